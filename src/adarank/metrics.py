@@ -1,0 +1,40 @@
+"""GLUE metrics, computed locally (scikit-learn, scipy): no metric scripts to download."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from adarank.tasks import GlueTask
+
+
+def predictions_from_logits(task: GlueTask, logits: np.ndarray) -> np.ndarray:
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    if task.is_regression:
+        return np.asarray(logits, dtype=np.float64).reshape(-1)
+    return np.asarray(logits).argmax(axis=-1)
+
+
+def glue_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The task's metrics, headline metric first."""
+    scorers = {
+        "accuracy": lambda p, y: accuracy_score(y, p),
+        "f1": lambda p, y: f1_score(y, p),
+        "matthews_correlation": lambda p, y: matthews_corrcoef(y, p),
+        "pearson": lambda p, y: pearsonr(p, y)[0],
+        "spearman": lambda p, y: spearmanr(p, y)[0],
+    }
+    labels = np.asarray(labels).reshape(-1)
+    # A constant prediction has no correlation: report 0, as GLUE does, not NaN.
+    return {name: float(np.nan_to_num(scorers[name](predictions, labels))) for name in task.metrics}
+
+
+def trainer_metrics(task: GlueTask):
+    """A ``compute_metrics`` function for the Trainer."""
+
+    def compute(eval_prediction) -> dict[str, float]:
+        predictions = predictions_from_logits(task, eval_prediction.predictions)
+        return glue_metrics(task, predictions, eval_prediction.label_ids)
+
+    return compute

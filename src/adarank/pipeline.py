@@ -1,0 +1,201 @@
+"""One fine-tuning run, top to bottom: arguments, data, model, adapters, training, outputs.
+
+Every task script calls ``main(task)``; everything a run does is in ``train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from dataclasses import asdict
+
+import numpy as np
+from transformers import DataCollatorWithPadding, Trainer, set_seed
+from transformers.utils import logging as hf_logging
+
+from adarank.arguments import Arguments, parse_arguments
+from adarank.callbacks import StepHistory
+from adarank.data import load_glue, tokenize
+from adarank.errors import exits_cleanly_on_usage_errors
+from adarank.memory import parameter_counts, peak_memory, reset_peak_memory
+from adarank.methods import AdapterRequest, budget_rank, get_method
+from adarank.metrics import glue_metrics, predictions_from_logits, trainer_metrics
+from adarank.models import load_model
+from adarank.modules import head_modules, resolve_target_modules
+from adarank.ranks import RankLog
+from adarank.rundir import RunDirectory, environment
+from adarank.schedule import count_optimizer_steps
+from adarank.tasks import GlueTask, get_task
+
+log = logging.getLogger("adarank")
+SYNTHETIC_NOTE = "synthetic demo data (--demo): these numbers say nothing about GLUE"
+
+
+@exits_cleanly_on_usage_errors
+def main(task: str, argv: list[str] | None = None, method_arguments=()) -> dict:
+    _configure_logging()
+    return train(task, argv, method_arguments)
+
+
+def train(task_name: str, argv: list[str] | None = None, method_arguments=()) -> dict:
+    task = get_task(task_name)
+    args = parse_arguments(task, argv, method_arguments)
+    method = get_method(args.adapter.method)
+    budget_rank(args.adapter.budget)
+    run = RunDirectory(args.run_dir)
+    main_process = args.training.process_index == 0
+    resuming = args.training.resume_from_checkpoint is not None
+    if run.finished and not args.run.overwrite_output_dir:
+        run.prepare(overwrite=False, resuming=resuming)  # refuses, naming the fix
+
+    set_seed(args.training.seed)
+    data = load_glue(task, args.data.data_dir, args.data.demo, args.data.max_train_samples, args.data.max_eval_samples)
+    if data.synthetic:
+        log.warning("Using %s.", SYNTHETIC_NOTE)
+    training = args.training
+    total_step = count_optimizer_steps(
+        len(data.train), training.per_device_train_batch_size, training.world_size,
+        training.gradient_accumulation_steps, training.num_train_epochs, training.max_steps,
+        training.dataloader_drop_last,
+    )
+    request = AdapterRequest(task, args.adapter, total_step, extra=args.extra)
+    plan = method.plan(request)
+    if "schedule_note" in plan:
+        log.info(plan["schedule_note"])
+
+    tokenizer, model, model_name = load_model(args.model.model_name_or_path, task)
+    request.target_modules = resolve_target_modules(model, args.model.target_modules)
+    request.head_modules = head_modules(model)
+    if main_process:
+        run.prepare(overwrite=args.run.overwrite_output_dir, resuming=resuming)
+    request.rank_log = RankLog(run / "ranks.jsonl", enabled=main_process)
+    set_seed(training.seed)  # the adapters' initial values depend on the seed alone
+    built = method.build(model, plan, request)
+    counts = parameter_counts(built.model)
+    log.info(
+        "%s on %s: %s trainable parameters (adapters %s, task head %s) of %s.",
+        method.name, task.name, f"{counts['trainable_params']:,}", f"{counts['adapter_params']:,}",
+        f"{counts['head_params']:,}", f"{counts['total_params']:,}",
+    )
+
+    tokenized = tokenize(data, tokenizer, args.model.max_seq_length)
+    config = _config_document(args, task, data, model_name, request, plan, counts)
+    if main_process:
+        run.write_json("config.json", config)
+
+    trainer = Trainer(
+        model=built.model,
+        args=training,
+        train_dataset=tokenized.train,
+        eval_dataset=tokenized.dev if len(tokenized.dev) > 1 else next(iter(tokenized.dev.values())),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=trainer_metrics(task),
+        callbacks=[StepHistory(run / "history.jsonl"), *built.callbacks],
+    )
+    reset_peak_memory()
+    started = time.perf_counter()
+    outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    train_seconds = time.perf_counter() - started
+
+    metrics, rows = _evaluate(trainer, task, tokenized.dev)
+    metrics.update(
+        counts,
+        total_steps=trainer.state.global_step,
+        train_seconds=round(train_seconds, 2),
+        train_examples_per_second=round(outcome.metrics["train_samples_per_second"], 2),
+        train_loss=outcome.metrics.get("train_loss"),
+        **peak_memory(),
+        data="synthetic" if data.synthetic else data.source,
+    )
+    if data.synthetic:
+        metrics["note"] = SYNTHETIC_NOTE
+    if main_process:
+        built.model.save_pretrained(str(run / "adapter"))
+        run.write_text("predictions.tsv", _predictions_table(rows, data.synthetic))
+        run.write_json("metrics.json", metrics)  # last: marks the run finished
+        _print_summary(task, method.name, args, metrics, run)
+    return metrics
+
+
+def _evaluate(trainer: Trainer, task: GlueTask, dev: dict) -> tuple[dict, list]:
+    metrics, rows = {}, []
+    for split, dataset in dev.items():
+        prefix = "eval" if len(dev) == 1 else f"eval_{split}"
+        output = trainer.predict(dataset, metric_key_prefix=prefix)
+        predicted = predictions_from_logits(task, output.predictions)
+        labels = np.asarray(output.label_ids).reshape(-1)
+        scores = glue_metrics(task, predicted, labels)
+        metrics.update({f"{prefix}_{name}": value for name, value in scores.items()})
+        metrics[f"{prefix}_loss"] = output.metrics.get(f"{prefix}_loss")
+        metrics[f"{prefix}_examples"] = len(dataset)
+        for index, (label, guess) in enumerate(zip(labels, predicted)):
+            rows.append((split, index, _label_text(task, label), _label_text(task, guess)))
+    return metrics, rows
+
+
+def _label_text(task: GlueTask, value) -> str:
+    return f"{float(value):.4f}" if task.is_regression else task.labels[int(value)]
+
+
+def _predictions_table(rows: list, synthetic: bool) -> str:
+    lines = [f"# {SYNTHETIC_NOTE}"] if synthetic else []
+    lines.append("split\tindex\tlabel\tprediction")
+    lines += ["\t".join(map(str, row)) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _config_document(args: Arguments, task, data, model_name, request, plan, counts) -> dict:
+    return {
+        "task": task.name,
+        "method": args.adapter.method,
+        "budget": args.adapter.budget,
+        "run_dir": str(args.run_dir),
+        "command": " ".join(sys.argv),
+        "synthetic_data": data.synthetic,
+        **({"note": SYNTHETIC_NOTE} if data.synthetic else {}),
+        "data_source": data.source,
+        "train_examples": len(data.train),
+        "dev_examples": {k: len(v) for k, v in data.dev.items()},
+        "model": model_name,
+        "target_modules": request.target_modules,
+        "head_modules": request.head_modules,
+        "total_steps": request.total_step,
+        "adapter": plan,
+        "parameters": counts,
+        "arguments": {
+            "model": asdict(args.model),
+            "data": asdict(args.data),
+            "adapter": asdict(args.adapter),
+            "run": asdict(args.run),
+            **{type(extra).__name__: asdict(extra) for extra in args.extra},
+            "training": args.training.to_dict(),
+        },
+        "explicit_arguments": sorted(args.explicit),
+        "environment": environment(),
+    }
+
+
+def _print_summary(task: GlueTask, method: str, args: Arguments, metrics: dict, run: RunDirectory) -> None:
+    headline = {k: v for k, v in metrics.items() if k.startswith("eval") and k.rsplit("_", 1)[-1] != "examples"
+                and not k.endswith("_loss")}
+    lines = [
+        f"== {task.name} / {method} / budget {args.adapter.budget}"
+        + (f" / {SYNTHETIC_NOTE}" if metrics.get("note") else "") + " ==",
+        "dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()),
+        f"trainable parameters: {metrics['trainable_params']:,} "
+        f"(adapters {metrics['adapter_params']:,}, task head {metrics['head_params']:,})",
+        f"training: {metrics['total_steps']} steps in {metrics['train_seconds']:.1f} s, "
+        f"{metrics['train_examples_per_second']:.1f} examples/s, peak memory {metrics['peak_memory_mb']:.0f} MB",
+        f"run directory: {run.path}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _configure_logging() -> None:
+    # PEFT warns on saving AdaLoRA modules pruned to rank 0, which are expected.
+    warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+    logging.basicConfig(stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    hf_logging.set_verbosity_warning()

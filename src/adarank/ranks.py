@@ -1,0 +1,55 @@
+"""ranks.jsonl: the rank of every adapted module at each allocation event.
+
+One JSON object a line::
+
+    {"step": 120, "event": "prune", "budget": 96, "total_rank": 96,
+     "ranks": {"0": {"query": 3, "key": 2, ...}, "1": {...}}}
+
+``step`` counts finished optimizer steps, as ``history.jsonl`` does. Events:
+``initial`` (before training), ``prune`` (an AdaLoRA masking step),
+``final`` (end of training) and ``grow`` (rank growth methods).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from adarank.modules import KIND_ORDER, locate
+
+
+def nest_by_layer(ranks: dict[str, int]) -> dict[str, dict[str, int]]:
+    """{module or parameter name: rank} -> {layer: {paper module name: rank}}."""
+    nested: dict[int, dict[str, int]] = {}
+    for name, rank in ranks.items():
+        place = locate(name)
+        if place is None:
+            raise ValueError(f"cannot place adapted module {name!r} in a layer")
+        layer, kind = place
+        nested.setdefault(layer, {})[kind] = int(rank)
+    return {
+        str(layer): {k: kinds[k] for k in sorted(kinds, key=KIND_ORDER.index)}
+        for layer, kinds in sorted(nested.items())
+    }
+
+
+class RankLog:
+    """Appends allocation events to ``ranks.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, step: int, event: str, budget: int, ranks: dict[str, int], **extra) -> dict:
+        record = {
+            "step": step,
+            "event": event,
+            "budget": int(budget),
+            "total_rank": int(sum(ranks.values())),
+            **extra,
+            "ranks": nest_by_layer(ranks),
+        }
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return record

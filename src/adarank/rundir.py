@@ -1,0 +1,115 @@
+"""The run directory: what training writes and analysis reads.
+
+A run is finished once ``metrics.json`` exists; it is written last. A
+finished run is never overwritten unless the user asks for it. Documents
+written once are written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from adarank.errors import UsageError
+
+FINISHED_MARKER = "metrics.json"
+RUN_FILES = (
+    "metrics.json", "config.json", "history.jsonl", "ranks.jsonl", "predictions.tsv",
+    "memory.json", "train.log",
+)
+RUN_FOLDERS = ("adapter", "checkpoints")
+PACKAGES = (
+    "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
+    "scikit-learn", "scipy", "numpy",
+)
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / FINISHED_MARKER).is_file()
+
+    def prepare(self, overwrite: bool, resuming: bool) -> None:
+        """Create the directory; refuse to touch a finished run unless told to."""
+        if self.finished and not overwrite:
+            raise UsageError(
+                f"{self.path} already holds a finished run: choose another --output_dir "
+                "or pass --overwrite_output_dir to replace it"
+            )
+        if self.finished or not resuming:
+            self._clear()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _clear(self) -> None:
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for name in RUN_FOLDERS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+
+    def write_json(self, name: str, document: dict) -> None:
+        self.write_text(name, json.dumps(document, indent=2, default=str) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        target = self.path / name
+        handle, temporary = tempfile.mkstemp(dir=self.path, prefix=f".{name}.")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.chmod(temporary, 0o644)  # mkstemp makes files private; runs are shared
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def environment() -> dict:
+    """Versions, code revision and device: what a reader needs to trust a number."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    if torch.cuda.is_available():
+        device = {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
+    else:
+        device = {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_commit": _git_commit(),
+        "device": device,
+        "host": platform.node(),
+    }
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        commit = revision.stdout.strip() if revision.returncode == 0 else ""
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not commit:
+        return None
+    return commit + ("-dirty" if dirty else "")

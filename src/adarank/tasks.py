@@ -1,0 +1,150 @@
+"""The facts of each GLUE task, in one table.
+
+Hyperparameters are the AdaLoRA paper's (Zhang et al., ICLR 2023, Table 8:
+DeBERTaV3-base, batch size 32). ``paper_train_size`` is the size of the full
+GLUE training split; with the paper's batch size and epochs it gives the
+number of optimizer steps the paper's schedule (tinit, tfinal) was written
+for, which is what lets a shorter run scale that schedule to itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from adarank.errors import UsageError
+
+PAPER_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class PaperHyperparameters:
+    learning_rate: float
+    epochs: int
+    orth_reg_weight: float  # gamma, the orthogonal regulariser's weight (eq. 4)
+    tinit: int  # warm-up steps before pruning starts (section 3.3)
+    delta_t: int  # steps between two budget allocations
+    tfinal: int  # final steps trained at the target budget
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str  # the name used on the command line and in run directories
+    hub_config: str  # the config name of nyu-mll/glue on the Hugging Face hub
+    data_folder: str  # the folder of the original GLUE download
+    text_columns: tuple[str, ...]  # TSV header names (or hub column names, below)
+    hub_text_columns: tuple[str, ...]
+    label_column: str
+    labels: tuple[str, ...] | None  # None: regression (STS-B)
+    metrics: tuple[str, ...]  # the first one is the task's headline metric
+    dev_splits: dict[str, str]  # split name -> TSV file name
+    hub_dev_splits: dict[str, str]  # split name -> hub split name
+    paper_train_size: int
+    paper: PaperHyperparameters
+    # Files without a header (CoLA): column positions of text and label.
+    headerless_columns: tuple[int, ...] | None = None
+    headerless_label: int | None = None
+    headerless_width: int | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def paper_total_steps(self) -> int:
+        """Optimizer steps of the paper's full run: the unit of its schedule."""
+        return math.ceil(self.paper_train_size / PAPER_BATCH_SIZE) * self.paper.epochs
+
+
+_ONE_DEV = {"validation": "dev.tsv"}
+_ONE_HUB_DEV = {"validation": "validation"}
+_BINARY = ("0", "1")
+_NLI2 = ("entailment", "not_entailment")
+
+TASKS: dict[str, GlueTask] = {
+    t.name: t
+    for t in [
+        GlueTask(
+            name="cola", hub_config="cola", data_folder="CoLA",
+            text_columns=("sentence",), hub_text_columns=("sentence",), label_column="label",
+            labels=_BINARY, metrics=("matthews_correlation", "accuracy"),
+            dev_splits=_ONE_DEV, hub_dev_splits=_ONE_HUB_DEV, paper_train_size=8551,
+            paper=PaperHyperparameters(5e-4, 25, 0.5, 800, 10, 3500),
+            # source, label, original mark, sentence
+            headerless_columns=(3,), headerless_label=1, headerless_width=4,
+        ),
+        GlueTask(
+            name="sst2", hub_config="sst2", data_folder="SST-2",
+            text_columns=("sentence",), hub_text_columns=("sentence",), label_column="label",
+            labels=_BINARY, metrics=("accuracy",),
+            dev_splits=_ONE_DEV, hub_dev_splits=_ONE_HUB_DEV, paper_train_size=67349,
+            paper=PaperHyperparameters(8e-4, 24, 0.1, 6000, 100, 22000),
+        ),
+        GlueTask(
+            name="mrpc", hub_config="mrpc", data_folder="MRPC",
+            text_columns=("#1 String", "#2 String"), hub_text_columns=("sentence1", "sentence2"),
+            label_column="Quality", labels=_BINARY, metrics=("f1", "accuracy"),
+            dev_splits=_ONE_DEV, hub_dev_splits=_ONE_HUB_DEV, paper_train_size=3668,
+            paper=PaperHyperparameters(1e-3, 30, 0.1, 600, 1, 1800),
+        ),
+        GlueTask(
+            name="qqp", hub_config="qqp", data_folder="QQP",
+            text_columns=("question1", "question2"), hub_text_columns=("question1", "question2"),
+            label_column="is_duplicate", labels=_BINARY, metrics=("accuracy", "f1"),
+            dev_splits=_ONE_DEV, hub_dev_splits=_ONE_HUB_DEV, paper_train_size=363846,
+            paper=PaperHyperparameters(5e-4, 5, 0.1, 8000, 100, 25000),
+        ),
+        GlueTask(
+            name="stsb", hub_config="stsb", data_folder="STS-B",
+            text_columns=("sentence1", "sentence2"), hub_text_columns=("sentence1", "sentence2"),
+            label_column="score", labels=None, metrics=("pearson", "spearman"),
+            dev_splits=_ONE_DEV, hub_dev_splits=_ONE_HUB_DEV, paper_train_size=5749,
+            paper=PaperHyperparameters(2.2e-3, 25, 0.1, 800, 10, 2000),
+        ),
+        GlueTask(
+            name="mnli", hub_config="mnli", data_folder="MNLI",
+            text_columns=("sentence1", "sentence2"), hub_text_columns=("premise", "hypothesis"),
+            label_column="gold_label", labels=("entailment", "neutral", "contradiction"),
+            metrics=("accuracy",),
+            dev_splits={"matched": "dev_matched.tsv", "mismatched": "dev_mismatched.tsv"},
+            hub_dev_splits={"matched": "validation_matched", "mismatched": "validation_mismatched"},
+            paper_train_size=392702,
+            paper=PaperHyperparameters(5e-4, 7, 0.1, 8000, 100, 50000),
+        ),
+        GlueTask(
+            name="qnli", hub_config="qnli", data_folder="QNLI",
+            text_columns=("question", "sentence"), hub_text_columns=("question", "sentence"),
+            label_column="label", labels=_NLI2, metrics=("accuracy",),
+            dev_splits=_ONE_DEV, hub_dev_splits=_ONE_HUB_DEV, paper_train_size=104743,
+            paper=PaperHyperparameters(1.2e-3, 5, 0.1, 2000, 100, 8000),
+        ),
+        GlueTask(
+            name="rte", hub_config="rte", data_folder="RTE",
+            text_columns=("sentence1", "sentence2"), hub_text_columns=("sentence1", "sentence2"),
+            label_column="label", labels=_NLI2, metrics=("accuracy",),
+            dev_splits=_ONE_DEV, hub_dev_splits=_ONE_HUB_DEV, paper_train_size=2490,
+            paper=PaperHyperparameters(1.2e-3, 50, 0.3, 600, 1, 1800),
+        ),
+    ]
+}
+
+
+def get_task(name: str) -> GlueTask:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in TASKS:
+        raise UsageError(
+            f"unknown task {name!r}: choose one of {', '.join(sorted(TASKS))}"
+        )
+    return TASKS[key]

@@ -1,0 +1,99 @@
+"""AdaLoRA must be right, not just run: allocation timing, budget, regulariser, loss scale."""
+
+import json
+
+import pytest
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+from adarank.arguments import AdapterArguments
+from adarank.data import load_glue, tokenize
+from adarank.methods import AdapterRequest, get_method
+from adarank.models import load_model
+from adarank.modules import head_modules, resolve_target_modules
+from adarank.tasks import TASKS
+from conftest import QUICK, read_jsonl, run_task
+
+
+def test_allocation_runs_once_per_optimizer_step_and_reaches_the_target_budget(tiny_model, tmp_path):
+    # 512 demo examples, batch 8, accumulation 2: 64 micro-batches, 32 optimizer steps.
+    code = run_task(
+        "sst2", "--demo", "--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "run"),
+        "--method", "adalora", "--budget", "small", "--num_train_epochs", "1",
+        "--gradient_accumulation_steps", "2", *QUICK,
+    )
+    assert code == 0
+    records = read_jsonl(tmp_path / "run" / "ranks.jsonl")
+    schedule = json.loads((tmp_path / "run" / "config.json").read_text())["adapter"]["schedule"]
+    total, tinit, tfinal = schedule["total_step"], schedule["tinit"], schedule["tfinal"]
+    assert total == 32
+    modules = 2 * 6
+    init_budget, target_budget = 3 * modules, 2 * modules
+
+    assert records[0]["event"] == "initial" and records[0]["total_rank"] == init_budget
+    prunes = [r for r in records if r["event"] == "prune"]
+    # One allocation per optimizer step (delta_t = 1 here) from tinit + 1 to total - tfinal;
+    # a call per micro-batch, or a missed step, would change this list.
+    assert [r["step"] for r in prunes] == [s + 1 for s in range(tinit + 1, total - tfinal + 1)]
+    for record in prunes:  # the paper's cubic schedule (eq. 12)
+        t = record["step"] - 1
+        progress = 1 - (t - tinit) / (total - tfinal - tinit)
+        assert record["budget"] == int((init_budget - target_budget) * progress**3 + target_budget)
+        assert record["total_rank"] <= record["budget"]
+    final = records[-1]
+    assert final["event"] == "final" and final["step"] == total
+    assert final["total_rank"] == target_budget
+    assert sorted(final["ranks"]) == ["0", "1"] and len(final["ranks"]["0"]) == 6
+
+
+def build_adalora(tiny_model, orth_reg_weight: float):
+    task = TASKS["sst2"]
+    tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    args = AdapterArguments(method="adalora", orth_reg_weight=orth_reg_weight)
+    request = AdapterRequest(task, args, total_step=100, target_modules=resolve_target_modules(model),
+                             head_modules=head_modules(model))
+    method = get_method("adalora")
+    return tokenizer, method.build(model, method.plan(request), request).model
+
+
+def demo_batch(tokenizer, size=8):
+    data = tokenize(load_glue(TASKS["sst2"], demo=True, max_train_samples=size), tokenizer, 64)
+    return data.train, DataCollatorWithPadding(tokenizer)([data.train[i] for i in range(size)])
+
+
+def test_the_orthogonal_regulariser_is_in_the_trainers_training_loss(tiny_model, tmp_path):
+    weight = 0.5
+    tokenizer, model = build_adalora(tiny_model, weight)
+    _, batch = demo_batch(tokenizer)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch)).item()
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        cross_entropy = torch.nn.functional.cross_entropy(logits, batch["labels"]).item()
+        # R(P, Q) = ||P^T P - I||_F + ||Q Q^T - I||_F, averaged over matrices (paper eq. 4)
+        norms = [
+            torch.linalg.norm((p @ p.T if "lora_A" in n else p.T @ p) - torch.eye(min(p.shape)))
+            for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n
+        ]
+        regulariser = torch.stack(norms).mean().item()
+    assert regulariser > 0.1
+    assert loss == pytest.approx(cross_entropy + weight * regulariser, rel=1e-5)
+
+
+def test_gradient_accumulation_does_not_scale_the_loss(tiny_model, tmp_path):
+    tokenizer, model = build_adalora(tiny_model, 0.0)
+    train, batch = demo_batch(tokenizer)
+    model.eval()
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(
+            model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]).item()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        max_steps=1, learning_rate=0.0, logging_steps=1, report_to="none", save_strategy="no",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.train()
+    logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    # Two equal micro-batches of 4 cover the 8 examples once: the logged loss is their mean.
+    assert logged == pytest.approx(expected, rel=1e-4)

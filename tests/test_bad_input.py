@@ -1,0 +1,115 @@
+"""Each mistake a user can make ends in one line naming the problem and the fix, exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK, run_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fails_cleanly(capsys, task, *argv) -> str:
+    code = run_task(task, *argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    return last
+
+
+@pytest.fixture
+def tiny(tiny_model, tmp_path):
+    return ("--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "run"), *QUICK)
+
+
+def write_sst2(root: Path, train: str) -> str:
+    (root / "SST-2").mkdir(parents=True)
+    (root / "SST-2" / "train.tsv").write_text(train)
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    return str(root)
+
+
+def test_unknown_task(capsys):
+    assert "unknown task 'sst5'" in fails_cleanly(capsys, "sst5", "--demo")
+
+
+def test_unknown_method(capsys, tiny):
+    assert "unknown method 'dora': choose one of adalora, lora" in fails_cleanly(capsys, "cola", "--demo", "--method", "dora", *tiny)
+
+
+def test_unknown_budget(capsys, tiny):
+    assert "unknown budget 'huge'" in fails_cleanly(capsys, "cola", "--demo", "--budget", "huge", *tiny)
+
+
+def test_data_dir_missing_a_file(capsys, tiny, tmp_path):
+    line = fails_cleanly(capsys, "qnli", "--data_dir", str(tmp_path), *tiny)
+    assert "QNLI/train.tsv" in line and "point it at the GLUE download" in line
+
+
+def test_malformed_row(capsys, tiny, tmp_path):
+    root = write_sst2(tmp_path / "glue", "sentence\tlabel\nok\t1\nbroken row without label\n")
+    assert "train.tsv:3: expected 2 tab-separated fields, found 1" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
+
+
+def test_label_outside_the_label_set(capsys, tiny, tmp_path):
+    root = write_sst2(tmp_path / "glue", "sentence\tlabel\nok\tpositive\n")
+    assert "train.tsv:2: label 'positive' is not one of 0, 1" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
+
+
+def test_empty_split(capsys, tiny, tmp_path):
+    root = write_sst2(tmp_path / "glue", "sentence\tlabel\n")
+    assert "is empty" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
+
+
+def test_target_rank_above_initial_rank(capsys, tiny):
+    line = fails_cleanly(capsys, "cola", "--demo", "--target_r", "8", "--init_r", "4", *tiny)
+    assert "--target_r 8 is larger than --init_r 4" in line and "--init_r 12" in line
+
+
+def test_impossible_schedule(capsys, tiny):
+    line = fails_cleanly(capsys, "cola", "--demo", "--tinit", "40", "--tfinal", "30", "--max_steps", "50", *tiny)
+    assert "impossible AdaLoRA schedule: tinit 40 + tfinal 30" in line and "try --tinit" in line
+
+
+def test_a_model_that_cannot_be_loaded(capsys, tmp_path):
+    line = fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", str(tmp_path / "nothing"),
+                         "--output_dir", str(tmp_path / "run"))
+    assert "could not load model" in line and "--model_name_or_path" in line
+
+
+def test_the_hub_unreachable(capsys, tiny, monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = fails_cleanly(capsys, "mrpc", *tiny)
+    assert "Hugging Face hub" in line and "--data_dir" in line and "--demo" in line
+
+
+def test_an_output_directory_with_a_finished_run_is_left_alone(capsys, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text('{"eval_accuracy": 0.91}')
+    (run_dir / "history.jsonl").write_text('{"step": 1}\n')
+    line = fails_cleanly(capsys, "cola", "--demo", *tiny)
+    assert "already holds a finished run" in line and "--overwrite_output_dir" in line
+    assert json.loads((run_dir / "metrics.json").read_text()) == {"eval_accuracy": 0.91}
+    assert (run_dir / "history.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_overwrite_output_dir_replaces_a_finished_run(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text('{"eval_accuracy": 0.91}')
+    assert run_task("cola", "--demo", "--method", "lora", "--max_steps", "2", "--overwrite_output_dir", *tiny) == 0
+    assert "eval_matthews_correlation" in json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_the_task_script_itself_exits_with_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "src" / "glue-cola.py"), "--demo", "--method", "dora"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: unknown method 'dora': choose one of adalora, lora"

@@ -1,0 +1,46 @@
+import pytest
+
+from adarank.errors import UsageError
+from adarank.schedule import count_optimizer_steps, fit_budget_schedule
+from adarank.tasks import TASKS
+
+
+def test_step_count_follows_batch_accumulation_world_size_and_epochs():
+    assert count_optimizer_steps(8000, 32, 1, 1, 3, -1) == 750
+    assert count_optimizer_steps(100, 8, 1, 2, 1, -1) == 7  # 13 batches -> 7 steps, the last one short
+    assert count_optimizer_steps(100, 8, 2, 1, 2, -1) == 14  # 2 processes: 7 global batches an epoch
+    assert count_optimizer_steps(100, 8, 1, 1, 1, 5) == 5  # --max_steps wins
+    assert count_optimizer_steps(100, 8, 1, 1, 1, -1, drop_last=True) == 12
+
+
+def test_a_short_run_keeps_the_papers_fractions_of_its_length():
+    sst2 = TASKS["sst2"]  # 6000 / 22000 / 100 over 2105 * 24 = 50520 steps
+    s = fit_budget_schedule(sst2, 750)
+    assert s.scaled and s.scale == pytest.approx(750 / 50520)
+    assert (s.tinit, s.tfinal, s.delta_t) == (round(6000 * 750 / 50520), round(22000 * 750 / 50520), 1)
+    assert "scaled" in s.describe()
+
+
+def test_a_full_length_run_uses_the_papers_numbers():
+    s = fit_budget_schedule(TASKS["cola"], TASKS["cola"].paper_total_steps)
+    assert (s.tinit, s.tfinal, s.delta_t, s.scaled) == (800, 3500, 10, False)
+
+
+def test_explicit_values_are_kept():
+    s = fit_budget_schedule(TASKS["cola"], 100, tinit=5, tfinal=10, delta_t=2)
+    assert (s.tinit, s.tfinal, s.delta_t) == (5, 10, 2)
+
+
+def test_an_impossible_explicit_schedule_names_the_numbers_and_a_fix():
+    with pytest.raises(UsageError, match=r"tinit 60 \+ tfinal 50 leaves no pruning steps .* 100 optimizer steps.*--tinit 12 --tfinal 52"):
+        fit_budget_schedule(TASKS["cola"], 100, tinit=60, tfinal=50)
+
+
+def test_tfinal_zero_is_refused_since_the_final_budget_is_fixed_at_total_minus_tfinal():
+    with pytest.raises(UsageError, match="--tfinal 0"):
+        fit_budget_schedule(TASKS["cola"], 100, tfinal=0)
+
+
+def test_a_one_step_run_cannot_prune():
+    with pytest.raises(UsageError, match="at least 2 optimizer steps"):
+        fit_budget_schedule(TASKS["rte"], 1)
