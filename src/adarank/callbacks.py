@@ -51,6 +51,8 @@ class AdaLoraAllocation(TrainerCallback):
             )
         if state.global_step == 0:
             self._log(0, "initial", self._allocator.init_bgt)
+        elif args.resume_from_checkpoint:
+            self.restore(Path(args.resume_from_checkpoint))
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step
@@ -65,20 +67,37 @@ class AdaLoraAllocation(TrainerCallback):
         self._log(state.global_step, "final", self._allocator.target_bgt)
 
     def on_save(self, args, state, control, **kwargs):
-        # The importance averages are in no checkpoint of PEFT's; keep them for resume.
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                torch.save(self.allocator_state(), folder / ALLOCATOR_STATE_FILE)
+        """Make the checkpoint resumable.
 
-    def allocator_state(self) -> dict:
+        PEFT saves an AdaLoRA adapter cut to its current rank pattern, and loading
+        it shrinks the modules, which no longer fit the optimizer state. So the
+        checkpoint gets the full-shape adapter, and the rank pattern travels with
+        the allocator's importance averages, which no PEFT checkpoint holds.
+        """
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not (state.is_world_process_zero and folder.is_dir()):
+            return
+        config = self._config
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            self.model.save_pretrained(str(folder))
+        finally:
+            config.rank_pattern = pattern
         allocator = self._allocator
-        return {
-            "ipt": allocator.ipt,
-            "exp_avg_ipt": allocator.exp_avg_ipt,
-            "exp_avg_unc": allocator.exp_avg_unc,
-            "rank_pattern": self._config.rank_pattern,
-        }
+        torch.save(
+            {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
+             "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": pattern},
+            folder / ALLOCATOR_STATE_FILE,
+        )
+
+    def restore(self, checkpoint: Path) -> None:
+        """Bring back the allocator's state saved by ``on_save`` (call before training resumes)."""
+        saved = torch.load(checkpoint / ALLOCATOR_STATE_FILE, map_location="cpu", weights_only=False)
+        device = next(self.model.parameters()).device
+        allocator = self._allocator
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, name, {k: v.to(device) for k, v in saved[name].items()})
+        self._config.rank_pattern = saved["rank_pattern"]
 
     def _log(self, step: int, event: str, budget: int) -> None:
         if self.rank_log is not None:

@@ -33,7 +33,10 @@ def load_model(name_or_path: str | None, task: GlueTask, **load_kwargs):
         label_kwargs["label2id"] = {name: i for i, name in enumerate(task.labels)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(source, **label_kwargs, **load_kwargs)
+        # A checkpoint with a head for another label count gets a fresh head, as in run_glue.py.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, **label_kwargs, ignore_mismatched_sizes=True, **load_kwargs
+        )
     except (OSError, ValueError, KeyError) as error:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UsageError(

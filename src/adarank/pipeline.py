@@ -5,11 +5,13 @@ Every task script calls ``main(task)``; everything a run does is in ``train``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from transformers import DataCollatorWithPadding, Trainer, set_seed
@@ -18,7 +20,7 @@ from transformers.utils import logging as hf_logging
 from adarank.arguments import Arguments, parse_arguments
 from adarank.callbacks import StepHistory
 from adarank.data import load_glue, tokenize
-from adarank.errors import exits_cleanly_on_usage_errors
+from adarank.errors import UsageError, exits_cleanly_on_usage_errors
 from adarank.memory import parameter_counts, peak_memory, reset_peak_memory
 from adarank.methods import AdapterRequest, budget_rank, get_method
 from adarank.metrics import glue_metrics, predictions_from_logits, trainer_metrics
@@ -70,6 +72,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=()) ->
     request.head_modules = head_modules(model)
     if main_process:
         run.prepare(overwrite=args.run.overwrite_output_dir, resuming=resuming)
+        if resuming:
+            run.rewind_logs(_checkpoint_step(training.resume_from_checkpoint))
     request.rank_log = RankLog(run / "ranks.jsonl", enabled=main_process)
     set_seed(training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
@@ -100,6 +104,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=()) ->
     outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
 
+    # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
+    trainer.args.train_sampling_strategy = "sequential"
     metrics, rows = _evaluate(trainer, task, tokenized.dev)
     metrics.update(
         counts,
@@ -118,6 +124,16 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=()) ->
         run.write_json("metrics.json", metrics)  # last: marks the run finished
         _print_summary(task, method.name, args, metrics, run)
     return metrics
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    state = Path(checkpoint) / "trainer_state.json"
+    if not state.is_file():
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint (no trainer_state.json): "
+            "give a checkpoint-N folder from the run's checkpoints/"
+        )
+    return json.loads(state.read_text())["global_step"]
 
 
 def _evaluate(trainer: Trainer, task: GlueTask, dev: dict) -> tuple[dict, list]:

@@ -60,6 +60,15 @@ class RunDirectory:
         for name in RUN_FOLDERS:
             shutil.rmtree(self.path / name, ignore_errors=True)
 
+    def rewind_logs(self, step: int) -> None:
+        """Drop log lines written after ``step`` by a run that is resumed from there."""
+        for name in ("history.jsonl", "ranks.jsonl"):
+            path = self.path / name
+            if path.is_file():
+                kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line)["step"] <= step]
+                self.write_text(name, "".join(line + "\n" for line in kept))
+
     def write_json(self, name: str, document: dict) -> None:
         self.write_text(name, json.dumps(document, indent=2, default=str) + "\n")
 
