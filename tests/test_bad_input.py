@@ -39,7 +39,7 @@ def test_unknown_task(capsys):
 
 
 def test_unknown_method(capsys, tiny):
-    assert "unknown method 'dora': choose one of adalora, lora" in fails_cleanly(capsys, "cola", "--demo", "--method", "dora", *tiny)
+    assert "unknown method 'dora': choose one of adalora, lora, qadalora, qlora" in fails_cleanly(capsys, "cola", "--demo", "--method", "dora", *tiny)
 
 
 def test_unknown_budget(capsys, tiny):
@@ -112,4 +112,4 @@ def test_the_task_script_itself_exits_with_one_line():
     done = subprocess.run([sys.executable, str(ROOT / "src" / "glue-cola.py"), "--demo", "--method", "dora"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown method 'dora': choose one of adalora, lora"
+    assert done.stderr.strip() == "error: unknown method 'dora': choose one of adalora, lora, qadalora, qlora"

@@ -119,3 +119,24 @@ def test_real_glue_data_on_a_slice(glue_dir, tmp_path, task, metric):
     assert -1.0 <= metrics[metric] <= 1.0 and metrics["eval_examples"] == 64
     assert config["synthetic_data"] is False and config["data_source"].endswith(TASKS[task].data_folder)
     assert config["train_examples"] == 96 and read_jsonl(run_dir / "ranks.jsonl")[-1]["event"] == "final"
+
+
+def test_a_resumed_adalora_run_continues_the_same_schedule(tiny_model, tmp_path):
+    common = ("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora", "--max_steps", "20",
+              "--per_device_train_batch_size", "8", "--logging_steps", "1", "--eval_strategy", "no",
+              "--save_strategy", "steps", "--save_steps", "10", "--save_total_limit", "2", "--seed", "3")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_task(*common, "--output_dir", str(straight)) == 0
+    assert run_task(*common, "--output_dir", str(resumed)) == 0
+    (resumed / "metrics.json").unlink()  # as if the job had been stopped after its checkpoint at step 10
+    checkpoint = resumed / "checkpoints" / "checkpoint-10"
+    assert run_task(*common, "--output_dir", str(resumed), "--resume_from_checkpoint", str(checkpoint)) == 0
+
+    # Steps 11 to 20 hold the last pruning steps and the final allocation: they need the
+    # importance averages and rank pattern of step 10, which the checkpoint carried.
+    assert read_jsonl(resumed / "ranks.jsonl") == read_jsonl(straight / "ranks.jsonl")
+    history = read_jsonl(resumed / "history.jsonl")
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 21))  # no step logged twice
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)

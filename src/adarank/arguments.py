@@ -36,6 +36,11 @@ class ModelArguments:
                           "output, or module names). Default: all six of every layer, as in the paper."},
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    bnb_4bit_compute_dtype: str | None = field(
+        default=None,
+        metadata={"help": "qlora/qadalora: dtype of the 4-bit layers' compute (float32, bfloat16, float16). "
+                          "Default: float32 on CPU, bfloat16 on GPUs that support it, else float16."},
+    )
 
 
 @dataclass
@@ -54,7 +59,9 @@ class DataArguments:
 
 @dataclass
 class AdapterArguments:
-    method: str = field(default="adalora", metadata={"help": "lora or adalora."})
+    method: str = field(
+        default="adalora",
+        metadata={"help": "lora, adalora, or qlora / qadalora (the same on a 4-bit NF4 base)."})
     budget: str = field(
         default="small",
         metadata={"help": "small or large: final average rank 2 or 8 per adapted matrix (paper Table 1)."})
@@ -75,6 +82,9 @@ class AdapterArguments:
 class RunArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir."})
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "Also save the base model with the adapter merged in (merged/); not for 4-bit bases."})
 
 
 @dataclass
@@ -111,8 +121,9 @@ def run_defaults(task: GlueTask, demo: bool) -> dict:
     return defaults
 
 
-def parse_arguments(task: GlueTask, argv: list[str] | None = None, method_arguments=()) -> Arguments:
-    """Parse flags (or one JSON/YAML file of them) over the task's defaults."""
+def parse_arguments(task: GlueTask, argv: list[str] | None = None, method_arguments=(),
+                    defaults: dict | None = None) -> Arguments:
+    """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own."""
     argv = sys.argv[1:] if argv is None else list(argv)
     classes = (ModelArguments, DataArguments, AdapterArguments, RunArguments, *method_arguments, TrainingArguments)
     parser = HfArgumentParser(classes)
@@ -120,12 +131,12 @@ def parse_arguments(task: GlueTask, argv: list[str] | None = None, method_argume
         given = _read_argument_file(Path(argv[0]))
         explicit = set(given)
         try:
-            parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo"))), **given})
+            parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo"))), **(defaults or {}), **given})
         except (ValueError, TypeError) as error:
             raise UsageError(f"{argv[0]}: {error}: use the flag names of --help as keys") from None
     else:
         explicit = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-        parser.set_defaults(**run_defaults(task, "--demo" in argv))
+        parser.set_defaults(**run_defaults(task, "--demo" in argv), **(defaults or {}))
         parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, adapter, run, *extra, training = parsed
     if "output_dir" in explicit:

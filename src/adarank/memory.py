@@ -1,9 +1,13 @@
-"""Parameter counts and measured peak memory."""
+"""Parameter counts, bytes of the base model and the adapters, and measured peak memory."""
 
 from __future__ import annotations
 
+import json
+import math
 import resource
+import struct
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,4 +48,91 @@ def peak_memory() -> dict:
     return {
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20,
         "peak_memory_measured_by": "peak resident set size of the process (getrusage ru_maxrss)",
+    }
+
+
+# --- what the base model and the adapters occupy --------------------------------------------
+
+BASE_COMPONENTS = (
+    "quantized_linear_weights", "quantization_constants", "linear_weights", "embeddings",
+    "norms_and_biases", "head",
+)
+HEAD_NAMES = ("pooler", "classifier")
+
+
+def _quant_state_tensors(weight) -> list[torch.Tensor]:
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        return []
+    tensors = [state.absmax, state.code, getattr(state, "offset", None)]
+    if state.state2 is not None:
+        tensors += [state.state2.absmax, state.state2.code]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+def base_model_bytes(model: nn.Module) -> dict:
+    """Bytes of a (possibly 4-bit) model by component kind and dtype, before adapters are added.
+
+    A tensor shared by several modules (the NF4 code book) is counted once.
+    """
+    table: dict[str, dict[str, int]] = {c: {} for c in BASE_COMPONENTS}
+    seen: set[int] = set()
+
+    def add(component: str, tensor: torch.Tensor | None) -> None:
+        if tensor is None or id(tensor) in seen:
+            return
+        seen.add(id(tensor))
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        table[component][dtype] = table[component].get(dtype, 0) + tensor.numel() * tensor.element_size()
+
+    for name, module in model.named_modules():
+        in_head = any(part in HEAD_NAMES for part in name.split("."))
+        for param_name, param in module.named_parameters(recurse=False):
+            if in_head:
+                component = "head"
+            elif type(module).__name__ == "Linear4bit" and param_name == "weight":
+                component = "quantized_linear_weights"
+            elif isinstance(module, nn.Embedding):
+                component = "embeddings"
+            elif isinstance(module, nn.Linear) and param_name == "weight":
+                component = "linear_weights"
+            else:
+                component = "norms_and_biases"
+            add(component, param)
+            if component == "quantized_linear_weights":
+                for constant in _quant_state_tensors(param):
+                    add("quantization_constants", constant)
+        for buffer in module.buffers(recurse=False):
+            add("head" if in_head else "norms_and_biases", buffer)
+    totals = {c: sum(by_dtype.values()) for c, by_dtype in table.items()}
+    return {"components": table, "component_bytes": totals, "total_bytes": sum(totals.values())}
+
+
+def quantized_bits_per_parameter(model: nn.Module) -> float | None:
+    """Bits per quantised weight, the quantisation constants included (NF4 + double quantisation: 4.127)."""
+    report = base_model_bytes(model)["component_bytes"]
+    quantized = sum(
+        int(torch.Size(m.weight.quant_state.shape).numel())
+        for m in model.modules() if type(m).__name__ == "Linear4bit" and m.weight.quant_state is not None
+    )
+    if not quantized:
+        return None
+    return 8 * (report["quantized_linear_weights"] + report["quantization_constants"]) / quantized
+
+
+def saved_adapter_size(adapter_dir) -> dict:
+    """What the saved adapter really holds: tensor bytes, LoRA parameters, and the file size."""
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    with open(path, "rb") as handle:
+        (header_length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_length))
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    data_bytes = sum(v["data_offsets"][1] - v["data_offsets"][0] for v in tensors.values())
+    lora = sum(math.prod(v["shape"]) for k, v in tensors.items() if ".lora_" in k)
+    return {
+        "adapter_file_bytes": path.stat().st_size,
+        "adapter_header_bytes": 8 + header_length,
+        "adapter_tensor_bytes": data_bytes,
+        "saved_adapter_params": lora,
+        "saved_head_params": sum(math.prod(v["shape"]) for k, v in tensors.items() if ".lora_" not in k),
     }

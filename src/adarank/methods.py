@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from peft import AdaLoraConfig, LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import AdaLoraConfig, LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import TrainerCallback
 
@@ -38,6 +38,7 @@ class AdapterRequest:
     target_modules: list[str] = field(default_factory=list)
     head_modules: list[str] = field(default_factory=list)
     rank_log: RankLog | None = None
+    gradient_checkpointing: bool = False
     extra: tuple = ()  # a method's own argument dataclasses, parsed with the rest
 
 
@@ -51,6 +52,7 @@ class AdapterMethod:
     """The interface every method implements."""
 
     name: str = ""
+    quantized: bool = False  # True: the base model is loaded in 4 bits (NF4) before adapters are added
 
     def plan(self, request: AdapterRequest) -> dict:
         """Check and resolve the method's hyperparameters; returns them for config.json."""
@@ -160,5 +162,28 @@ class AdaLora(AdapterMethod):
         return BuiltAdapter(peft_model, callbacks=[AdaLoraAllocation(peft_model, request.rank_log)])
 
 
-register_method(Lora())
-register_method(AdaLora())
+class FourBitBase:
+    """Mixin: the same method on a base model quantised to 4-bit NF4 (QLoRA, Dettmers et al., 2023)."""
+
+    quantized = True
+
+    def build(self, model: nn.Module, plan: dict, request: AdapterRequest) -> BuiltAdapter:
+        # Casts the unquantised parameters (norms, embeddings) to fp32 for stable training.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=request.gradient_checkpointing)
+        return super().build(model, plan, request)
+
+
+class QLora(FourBitBase, Lora):
+    """QLoRA: LoRA on a 4-bit base."""
+
+    name = "qlora"
+
+
+class QAdaLora(FourBitBase, AdaLora):
+    """QLoRA + AdaLoRA: AdaLoRA on a 4-bit base (PEFT's SVDLinear4bit)."""
+
+    name = "qadalora"
+
+
+for _method in (Lora(), AdaLora(), QLora(), QAdaLora()):
+    register_method(_method)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import os
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from adarank.errors import UsageError
 from adarank.tasks import GlueTask
@@ -22,9 +25,54 @@ def embedded_model_path() -> str:
     return str(get_model_path())
 
 
-def load_model(name_or_path: str | None, task: GlueTask, **load_kwargs):
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The task head stays out of quantisation: it is trained in full (modules_to_save).
+HEAD_NAMES = ["pooler", "classifier"]
+
+
+def four_bit_loading(compute_dtype: str | None) -> dict:
+    """from_pretrained arguments for NF4 with double quantisation (QLoRA, Dettmers et al. 2023)."""
+    try:
+        import bitsandbytes  # noqa: F401  (fails when no backend can serve this machine)
+    except Exception as error:  # ImportError, or a backend that fails to initialise
+        raise UsageError(
+            f"4-bit loading needs bitsandbytes with a backend for this machine ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}): pip install bitsandbytes, or use lora/adalora"
+        ) from None
+    cuda = torch.cuda.is_available()
+    if compute_dtype is None:
+        compute_dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise UsageError(
+            f"--bnb_4bit_compute_dtype {compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}"
+        )
+    if compute_dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UsageError(
+            f"this GPU ({torch.cuda.get_device_name(0)}) cannot compute in bfloat16: "
+            "use --bnb_4bit_compute_dtype float16 or float32"
+        )
+    if compute_dtype == "float16" and not cuda:
+        raise UsageError(
+            "bitsandbytes' CPU backend cannot compute in float16: use --bnb_4bit_compute_dtype float32 "
+            "(or bfloat16, which is much slower on most CPUs)"
+        )
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute_dtype],
+        llm_int8_skip_modules=HEAD_NAMES,
+    )
+    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if cuda else "cpu"
+    return {"quantization_config": config, "device_map": device_map}
+
+
+def load_model(name_or_path: str | None, task: GlueTask, load_in_4bit: bool = False,
+               compute_dtype: str | None = None, **load_kwargs):
     """(tokenizer, model, where it came from) for sequence classification on ``task``."""
     source = embedded_model_path() if name_or_path is None else name_or_path
+    if load_in_4bit:
+        load_kwargs.update(four_bit_loading(compute_dtype))
     label_kwargs = {"num_labels": task.num_labels}
     if task.is_regression:
         label_kwargs["problem_type"] = "regression"
@@ -43,6 +91,11 @@ def load_model(name_or_path: str | None, task: GlueTask, **load_kwargs):
             f"could not load model {source!r} ({reason}): pass --model_name_or_path a local model folder "
             "or a hub name reachable from here (offline, the default embedded model works)"
         ) from None
+    if load_in_4bit and not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+        raise UsageError(
+            f"model {source!r} has no Linear layers that bitsandbytes can quantise to 4 bits: "
+            "use --method lora or adalora for it"
+        )
     # The Trainer would otherwise scale the loss by the accumulation steps (and processes)
     # on the assumption that the model normalises by the number of items itself.
     model.accepts_loss_kwargs = False

@@ -21,7 +21,14 @@ from adarank.arguments import Arguments, parse_arguments
 from adarank.callbacks import StepHistory
 from adarank.data import load_glue, tokenize
 from adarank.errors import UsageError, exits_cleanly_on_usage_errors
-from adarank.memory import parameter_counts, peak_memory, reset_peak_memory
+from adarank.memory import (
+    base_model_bytes,
+    parameter_counts,
+    peak_memory,
+    quantized_bits_per_parameter,
+    reset_peak_memory,
+    saved_adapter_size,
+)
 from adarank.methods import AdapterRequest, budget_rank, get_method
 from adarank.metrics import glue_metrics, predictions_from_logits, trainer_metrics
 from adarank.models import load_model
@@ -36,21 +43,26 @@ SYNTHETIC_NOTE = "synthetic demo data (--demo): these numbers say nothing about 
 
 
 @exits_cleanly_on_usage_errors
-def main(task: str, argv: list[str] | None = None, method_arguments=()) -> dict:
+def main(task: str, argv: list[str] | None = None, method_arguments=(), defaults: dict | None = None) -> dict:
+    """The command line of a task script; ``defaults`` are the script's own (e.g. a method)."""
     _configure_logging()
-    return train(task, argv, method_arguments)
+    return train(task, argv, method_arguments, defaults)
 
 
-def train(task_name: str, argv: list[str] | None = None, method_arguments=()) -> dict:
+def train(task_name: str, argv: list[str] | None = None, method_arguments=(), defaults: dict | None = None) -> dict:
     task = get_task(task_name)
-    args = parse_arguments(task, argv, method_arguments)
+    args = parse_arguments(task, argv, method_arguments, defaults)
     method = get_method(args.adapter.method)
     budget_rank(args.adapter.budget)
+    if args.run.merge_adapter and method.quantized:
+        raise UsageError(
+            f"--merge_adapter cannot merge into a 4-bit base ({method.name}): bitsandbytes cannot add the "
+            "update to NF4 weights exactly; load adapter/ onto a full-precision base and merge there"
+        )
     run = RunDirectory(args.run_dir)
     main_process = args.training.process_index == 0
-    resuming = args.training.resume_from_checkpoint is not None
-    if run.finished and not args.run.overwrite_output_dir:
-        run.prepare(overwrite=False, resuming=resuming)  # refuses, naming the fix
+    run.refuse_if_finished(args.run.overwrite_output_dir)
+    resume_step = _checkpoint_step(args.training.resume_from_checkpoint)
 
     set_seed(args.training.seed)
     data = load_glue(task, args.data.data_dir, args.data.demo, args.data.max_train_samples, args.data.max_eval_samples)
@@ -62,18 +74,21 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=()) ->
         training.gradient_accumulation_steps, training.num_train_epochs, training.max_steps,
         training.dataloader_drop_last,
     )
-    request = AdapterRequest(task, args.adapter, total_step, extra=args.extra)
+    request = AdapterRequest(task, args.adapter, total_step, extra=args.extra,
+                             gradient_checkpointing=training.gradient_checkpointing)
     plan = method.plan(request)
     if "schedule_note" in plan:
         log.info(plan["schedule_note"])
 
-    tokenizer, model, model_name = load_model(args.model.model_name_or_path, task)
+    tokenizer, model, model_name = load_model(
+        args.model.model_name_or_path, task, load_in_4bit=method.quantized,
+        compute_dtype=args.model.bnb_4bit_compute_dtype,
+    )
     request.target_modules = resolve_target_modules(model, args.model.target_modules)
     request.head_modules = head_modules(model)
+    memory = {"base": base_model_bytes(model), "quantized_bits_per_parameter": quantized_bits_per_parameter(model)}
     if main_process:
-        run.prepare(overwrite=args.run.overwrite_output_dir, resuming=resuming)
-        if resuming:
-            run.rewind_logs(_checkpoint_step(training.resume_from_checkpoint))
+        run.prepare(overwrite=args.run.overwrite_output_dir, resume_step=resume_step)
     request.rank_log = RankLog(run / "ranks.jsonl", enabled=main_process)
     set_seed(training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
@@ -120,13 +135,33 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=()) ->
         metrics["note"] = SYNTHETIC_NOTE
     if main_process:
         built.model.save_pretrained(str(run / "adapter"))
+        memory["adapter"] = {"trainable_params": counts, **saved_adapter_size(run / "adapter")}
+        memory["peak"] = peak_memory()
+        metrics.update(_memory_summary(memory))
+        run.write_json("memory.json", memory)
+        if args.run.merge_adapter:
+            built.model.merge_and_unload().save_pretrained(str(run / "merged"))
+            tokenizer.save_pretrained(str(run / "merged"))
         run.write_text("predictions.tsv", _predictions_table(rows, data.synthetic))
         run.write_json("metrics.json", metrics)  # last: marks the run finished
         _print_summary(task, method.name, args, metrics, run)
     return metrics
 
 
-def _checkpoint_step(checkpoint: str) -> int:
+def _memory_summary(memory: dict) -> dict:
+    """The memory figures of the comparison table, in MB (2**20 bytes)."""
+    adapter = memory["adapter"]
+    return {
+        "base_mb": memory["base"]["total_bytes"] / 2**20,
+        "adapter_mb": adapter["adapter_tensor_bytes"] / 2**20,
+        "saved_adapter_params": adapter["saved_adapter_params"],
+        "quantized_bits_per_parameter": memory["quantized_bits_per_parameter"],
+    }
+
+
+def _checkpoint_step(checkpoint: str | None) -> int | None:
+    if checkpoint is None:
+        return None
     state = Path(checkpoint) / "trainer_state.json"
     if not state.is_file():
         raise UsageError(
@@ -168,6 +203,8 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
         "task": task.name,
         "method": args.adapter.method,
         "budget": args.adapter.budget,
+        "task_metrics": list(task.metrics),  # headline first; metrics.json has eval_[<split>_]<metric>
+        "dev_splits": list(task.dev_splits),
         "run_dir": str(args.run_dir),
         "command": " ".join(sys.argv),
         "synthetic_data": data.synthetic,

@@ -43,15 +43,20 @@ class RunDirectory:
     def finished(self) -> bool:
         return (self.path / FINISHED_MARKER).is_file()
 
-    def prepare(self, overwrite: bool, resuming: bool) -> None:
-        """Create the directory; refuse to touch a finished run unless told to."""
+    def refuse_if_finished(self, overwrite: bool) -> None:
         if self.finished and not overwrite:
             raise UsageError(
                 f"{self.path} already holds a finished run: choose another --output_dir "
                 "or pass --overwrite_output_dir to replace it"
             )
-        if self.finished or not resuming:
+
+    def prepare(self, overwrite: bool, resume_step: int | None = None) -> None:
+        """Create the directory for a new run, or trim its logs back to a resumed checkpoint."""
+        self.refuse_if_finished(overwrite)
+        if self.finished or resume_step is None:
             self._clear()
+        else:
+            self._rewind_logs(resume_step)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def _clear(self) -> None:
@@ -60,7 +65,7 @@ class RunDirectory:
         for name in RUN_FOLDERS:
             shutil.rmtree(self.path / name, ignore_errors=True)
 
-    def rewind_logs(self, step: int) -> None:
+    def _rewind_logs(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run that is resumed from there."""
         for name in ("history.jsonl", "ranks.jsonl"):
             path = self.path / name

@@ -1,0 +1,166 @@
+"""Reading run directories: the only thing the analysis scripts know about training.
+
+The format is the contract in the README (config.json, metrics.json,
+history.jsonl, ranks.jsonl, predictions.tsv, adapter/); nothing here imports
+the training code, so these scripts work on runs made anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KIND_ORDER = ("query", "key", "value", "attention.output", "intermediate", "output")
+KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output": "ffn out"}
+
+
+class AnalysisError(Exception):
+    """A problem with the user's input: reported as one line, exit code 2."""
+
+
+def fail_cleanly(main):
+    """Run ``main``; an AnalysisError becomes one line on stderr and exit code 2."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except AnalysisError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+@dataclass
+class JsonLines:
+    records: list[dict]
+    truncated: bool = False  # the last line was cut off (a run stopped mid-write)
+
+
+def read_jsonl(path: Path) -> JsonLines:
+    """Every complete record; a last line cut off mid-write is dropped and flagged."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records, truncated = [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                truncated = True
+            else:
+                raise AnalysisError(f"{path}:{number} is not a JSON line: the file is damaged") from None
+    return JsonLines(records, truncated)
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict = field(default_factory=dict)
+    metrics: dict | None = None  # None: the run has not finished
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.config.get("synthetic_data"))
+
+    @property
+    def task(self) -> str:
+        return self.config.get("task", "?")
+
+    @property
+    def method(self) -> str:
+        return self.config.get("method", "?")
+
+    @property
+    def budget(self) -> str:
+        return self.config.get("budget", "?")
+
+    @property
+    def seed(self):
+        return self.config.get("arguments", {}).get("training", {}).get("seed")
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} {self.method}-{self.budget} seed {self.seed}"
+
+    def ranks(self) -> JsonLines:
+        path = self.path / "ranks.jsonl"
+        if not path.is_file():
+            raise AnalysisError(
+                f"{self.path} has no ranks.jsonl: a {self.method} run has fixed ranks, so there is nothing to draw "
+                "(rank heatmaps need an AdaLoRA or rank-growth run)"
+            )
+        ranks = read_jsonl(path)
+        if not ranks.records:
+            raise AnalysisError(f"{path} holds no complete record: the run stopped before its first allocation")
+        return ranks
+
+    def history(self) -> JsonLines:
+        path = self.path / "history.jsonl"
+        return read_jsonl(path) if path.is_file() else JsonLines([])
+
+    def predictions(self) -> dict[tuple[str, int], tuple[str, str]]:
+        """(split, index) -> (label, prediction), from predictions.tsv."""
+        path = self.path / "predictions.tsv"
+        rows = {}
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+        for line in lines[1:]:
+            split, index, label, prediction = line.split("\t")
+            rows[(split, int(index))] = (label, prediction)
+        return rows
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise AnalysisError(
+            f"{path} is not a run directory (no config.json): give the --output_dir of a training run"
+        )
+    run = Run(path, config=json.loads((path / "config.json").read_text(encoding="utf-8")))
+    if (path / "metrics.json").is_file():
+        run.metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    return run
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run directory below ``root`` (``root`` itself may be one)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AnalysisError(f"{root} is not a directory: give the folder that holds your runs")
+    configs = sorted(root.rglob("config.json"))
+    runs = [load_run(c.parent) for c in configs if "checkpoints" not in c.parts and "adapter" not in c.parts]
+    if not runs:
+        raise AnalysisError(f"no run directories (folders with config.json) below {root}")
+    return runs
+
+
+# GLUE's headline metric per task and MNLI's two dev sets, for run directories written
+# before config.json recorded "task_metrics" and "dev_splits".
+_HEADLINE = {"cola": "matthews_correlation", "mrpc": "f1", "stsb": "pearson"}
+_SPLITS = {"mnli": ["matched", "mismatched"]}
+
+
+def task_metric(run: Run) -> str:
+    metrics = run.config.get("task_metrics")
+    return metrics[0] if metrics else _HEADLINE.get(run.task, "accuracy")
+
+
+def dev_splits(run: Run) -> list[str]:
+    return run.config.get("dev_splits") or _SPLITS.get(run.task, ["validation"])
+
+
+def metric_keys(run: Run) -> list[str]:
+    """The metrics.json keys of the task's headline metric, one per dev split (MNLI: two)."""
+    metric, splits = task_metric(run), dev_splits(run)
+    return [f"eval_{metric}"] if len(splits) == 1 else [f"eval_{split}_{metric}" for split in splits]

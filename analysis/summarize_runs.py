@@ -1,0 +1,254 @@
+"""Results tables over many runs, with seeds and a paired bootstrap between methods.
+
+    python analysis/summarize_runs.py RUNS_ROOT [--csv] [--paper] [--bootstrap 2000]
+
+Table 1: task x method x budget, the task's metric as mean +- std over seeds
+(n), trainable parameters, adapter MB, train time and peak memory.
+Table 2: for two methods on the same task and budget, the difference of the
+means and a paired bootstrap 95% interval of it, resampling the dev examples
+(the same resample for both methods, each method's metric averaged over its
+seeds), computed from predictions.tsv with the task's own metric.
+Unfinished or failed runs and synthetic-data (--demo) runs are listed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+from collections import defaultdict
+
+import numpy as np
+
+from rundirs import Run, dev_splits, fail_cleanly, find_runs, metric_keys, task_metric
+
+MB = 2**20
+
+# AdaLoRA paper, Table 1 (DeBERTaV3-base, mean of 5 seeds). MNLI: matched/mismatched
+# accuracy; QQP: accuracy/F1; CoLA: Matthews correlation; MRPC: accuracy; STS-B: Pearson.
+PAPER_TABLE = {
+    ("Full FT", "184M"): {"mnli": "89.90/90.12", "sst2": "95.63", "cola": "69.19", "qqp": "92.40/89.80",
+                          "qnli": "94.03", "rte": "83.75", "mrpc": "89.46", "stsb": "91.60"},
+    ("LoRA r=8", "1.33M"): {"mnli": "90.65/90.69", "sst2": "94.95", "cola": "69.82", "qqp": "91.99/89.38",
+                            "qnli": "93.87", "rte": "85.20", "mrpc": "89.95", "stsb": "91.60"},
+    ("AdaLoRA", "1.27M"): {"mnli": "90.76/90.79", "sst2": "96.10", "cola": "71.45", "qqp": "92.23/89.74",
+                           "qnli": "94.55", "rte": "88.09", "mrpc": "90.69", "stsb": "91.84"},
+    ("LoRA r=2", "0.33M"): {"mnli": "90.30/90.38", "sst2": "94.95", "cola": "68.71", "qqp": "91.61/88.91",
+                            "qnli": "94.03", "rte": "85.56", "mrpc": "89.71", "stsb": "91.68"},
+    ("AdaLoRA", "0.32M"): {"mnli": "90.66/90.70", "sst2": "95.80", "cola": "70.04", "qqp": "91.78/89.16",
+                           "qnli": "94.49", "rte": "87.36", "mrpc": "90.44", "stsb": "91.63"},
+}
+
+
+# --- metrics on label / prediction arrays, for the bootstrap ---------------------------------
+
+def _accuracy(y, p):
+    return float(np.mean(y == p))
+
+
+def _f1(y, p):  # positive class: label "1", as in GLUE's MRPC and QQP
+    tp = np.sum((p == 1) & (y == 1))
+    predicted, actual = np.sum(p == 1), np.sum(y == 1)
+    return float(2 * tp / (predicted + actual)) if predicted + actual else 0.0
+
+
+def _matthews(y, p):
+    classes = int(max(y.max(), p.max())) + 1
+    confusion = np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes)
+    t, q, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
+    denominator = np.sqrt(float(s * s - q @ q) * float(s * s - t @ t))
+    return float((c * s - t @ q) / denominator) if denominator else 0.0
+
+
+def _pearson(y, p):
+    if np.std(y) == 0 or np.std(p) == 0:
+        return 0.0
+    return float(np.corrcoef(y, p)[0, 1])
+
+
+def _spearman(y, p):
+    return _pearson(np.argsort(np.argsort(y)).astype(float), np.argsort(np.argsort(p)).astype(float))
+
+
+METRICS = {"accuracy": _accuracy, "f1": _f1, "matthews_correlation": _matthews, "pearson": _pearson,
+           "spearman": _spearman}
+
+
+def paired_bootstrap(metric, labels, predictions_a, predictions_b, resamples=2000, seed=0):
+    """Difference of mean metrics (a - b) and its 95% percentile interval.
+
+    ``predictions_a``/``_b`` hold one array per seed, all aligned with ``labels``.
+    Each resample draws dev examples with replacement, the same for both methods.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+
+    def mean_metric(predictions, rows):
+        return np.mean([metric(labels[rows], p[rows]) for p in predictions])
+
+    everything = np.arange(n)
+    observed = mean_metric(predictions_a, everything) - mean_metric(predictions_b, everything)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        rows = rng.integers(0, n, n)
+        diffs[i] = mean_metric(predictions_a, rows) - mean_metric(predictions_b, rows)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(observed), float(low), float(high)
+
+
+# --- collecting runs -------------------------------------------------------------------------
+
+def split_runs(runs: list[Run]):
+    """(finished real-data runs grouped by (task, method, budget), [(run, why it is apart)])."""
+    groups, apart = defaultdict(list), []
+    for run in runs:
+        if not run.finished:
+            apart.append((run, "unfinished or failed (no metrics.json)"))
+        elif run.synthetic:
+            apart.append((run, "synthetic demo data"))
+        else:
+            groups[(run.task, run.method, run.budget)].append(run)
+    return dict(sorted(groups.items())), apart
+
+
+def adapter_mb(run: Run) -> float | None:
+    path = run.path / "adapter" / "adapter_model.safetensors"
+    return path.stat().st_size / MB if path.is_file() else None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def results_rows(groups: dict) -> list[dict]:
+    rows = []
+    for (task, method, budget), runs in groups.items():
+        row = {"task": task, "method": method, "budget": budget, "seeds": len(runs)}
+        for key in metric_keys(runs[0]):
+            mean, std = _mean_std([run.metrics[key] for run in runs])
+            row[key.removeprefix("eval_")] = f"{100 * mean:.2f} +- {100 * std:.2f}"
+        row["trainable params"] = f"{int(np.mean([r.metrics['trainable_params'] for r in runs])):,}"
+        row["adapter params"] = f"{int(np.mean([r.metrics['adapter_params'] for r in runs])):,}"
+        sizes = [s for s in map(adapter_mb, runs) if s is not None]
+        row["adapter MB"] = f"{np.mean(sizes):.3f}" if sizes else "-"
+        row["train s"] = f"{np.mean([r.metrics['train_seconds'] for r in runs]):.0f}"
+        row["peak MB"] = f"{np.mean([r.metrics['peak_memory_mb'] for r in runs]):.0f}"
+        rows.append(row)
+    return rows
+
+
+def _aligned(runs: list[Run], split: str, keys: list):
+    labels, predictions = None, []
+    for run in runs:
+        table = run.predictions()
+        pairs = [table[(split, i)] for _, i in keys]
+        labels = [label for label, _ in pairs]
+        predictions.append([prediction for _, prediction in pairs])
+    return labels, predictions
+
+
+def _encode(metric: str, labels, *prediction_sets):
+    if metric in ("pearson", "spearman"):
+        return np.asarray(labels, float), [[np.asarray(p, float) for p in ps] for ps in prediction_sets]
+    names = sorted({*labels, *(x for ps in prediction_sets for p in ps for x in p)})
+    if metric == "f1":  # keep "1" as the positive class
+        names = [n for n in names if n != "1"] + ["1"]
+    code = {name: i for i, name in enumerate(names)}
+    encoded = np.asarray([code[x] for x in labels])
+    return encoded, [[np.asarray([code[x] for x in p]) for p in ps] for ps in prediction_sets]
+
+
+def comparison_rows(groups: dict, resamples: int) -> list[dict]:
+    rows = []
+    by_task_budget = defaultdict(dict)
+    for (task, method, budget), runs in groups.items():
+        by_task_budget[(task, budget)][method] = runs
+    for (task, budget), methods in sorted(by_task_budget.items()):
+        for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(sorted(methods.items()), 2):
+            metric = task_metric(runs_a[0])
+            for split in dev_splits(runs_a[0]):
+                common = set.intersection(*({k for k in r.predictions() if k[0] == split} for r in runs_a + runs_b))
+                keys = sorted(common)
+                labels, predictions_a = _aligned(runs_a, split, keys)
+                _, predictions_b = _aligned(runs_b, split, keys)
+                y, (pa, pb) = _encode(metric, labels, predictions_a, predictions_b)
+                diff, low, high = paired_bootstrap(METRICS[metric], y, pa, pb, resamples)
+                rows.append({
+                    "task": task + ("" if split == "validation" else f" ({split})"), "budget": budget,
+                    "comparison": f"{name_a} - {name_b}", "metric": metric,
+                    "seeds": f"{len(runs_a)} vs {len(runs_b)}", "examples": len(keys),
+                    "difference": f"{100 * diff:+.2f}", "95% CI": f"[{100 * low:+.2f}, {100 * high:+.2f}]",
+                    "excludes 0": "yes" if low > 0 or high < 0 else "no",
+                })
+    return rows
+
+
+# --- output ----------------------------------------------------------------------------------
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(none)\n"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[dict]) -> str:
+    out = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def paper_rows(tasks) -> list[dict]:
+    return [
+        {"task": task, "method": f"paper: {method}", "budget": params, "seeds": 5, "metric (paper)": values[task]}
+        for (method, params), values in PAPER_TABLE.items() for task in tasks if task in values
+    ]
+
+
+def summarize(root, paper: bool = False, resamples: int = 2000) -> dict[str, list[dict]]:
+    groups, apart = split_runs(find_runs(root))
+    tables = {
+        "results": results_rows(groups),
+        "comparisons": comparison_rows(groups, resamples),
+        "apart": [{"run": str(run.path), "task": run.task, "method": run.method, "why": why} for run, why in apart],
+    }
+    if paper:
+        tasks = sorted({task for task, _, _ in groups}) or sorted({t for v in PAPER_TABLE.values() for t in v})
+        tables["paper"] = paper_rows(tasks)
+    return tables
+
+
+TITLES = {
+    "results": "Results (dev set, mean +- std over seeds, in %)",
+    "comparisons": "Method differences (paired bootstrap over dev examples, in points)",
+    "paper": "Reference: AdaLoRA paper, Table 1 (DeBERTaV3-base, 5 seeds)",
+    "apart": "Runs left out of the numbers",
+}
+
+
+@fail_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="a folder of run directories (searched recursively)")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
+    parser.add_argument("--paper", action="store_true", help="add the AdaLoRA paper's numbers as reference rows")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    args = parser.parse_args(argv)
+    tables = summarize(args.root, args.paper, args.bootstrap)
+    for name, rows in tables.items():
+        if args.csv:
+            print(f"# {name}\n{csv_text(rows)}" if rows else f"# {name}\n")
+        else:
+            print(f"## {TITLES[name]}\n\n{markdown(rows)}")
+    return tables
+
+
+if __name__ == "__main__":
+    main()

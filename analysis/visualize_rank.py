@@ -1,0 +1,164 @@
+"""Rank-allocation heatmaps from ranks.jsonl: where the budget went.
+
+    python analysis/visualize_rank.py RUN_DIR [RUN_DIR ...] [--out FILE] [--over-time]
+
+Default: for each run, the rank of every adapted matrix (module type x layer,
+colour and number) at the initial step and the final step, side by side; all
+runs share one colour scale. ``--over-time``: a strip of heatmaps at several
+steps and the total rank against the step, with AdaLoRA's schedule phases
+(warm-up, pruning, final) or a growth method's growth events marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+import style
+from rundirs import KIND_LABELS, KIND_ORDER, AnalysisError, Run, fail_cleanly, load_run
+
+plt = style.plt
+
+
+def rank_matrix(record: dict) -> tuple[np.ndarray, list[str], list[int]]:
+    """(ranks[kind, layer], kinds, layers) from one ranks.jsonl record; NaN where not adapted."""
+    layers = sorted(int(layer) for layer in record["ranks"])
+    present = {kind for modules in record["ranks"].values() for kind in modules}
+    kinds = [k for k in KIND_ORDER if k in present] + sorted(present - set(KIND_ORDER))
+    matrix = np.full((len(kinds), len(layers)), np.nan)
+    for column, layer in enumerate(layers):
+        for kind, rank in record["ranks"][str(layer)].items():
+            matrix[kinds.index(kind), column] = rank
+    return matrix, kinds, layers
+
+
+def draw_heatmap(ax, record: dict, vmax: float, title: str):
+    matrix, kinds, layers = rank_matrix(record)
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    size = 8 if len(layers) <= 12 else 6
+    for (row, column), value in np.ndenumerate(matrix):
+        if not np.isnan(value):
+            shade = "white" if value < 0.6 * vmax else "black"
+            ax.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=size, color=shade)
+    ax.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=size)
+    ax.set_yticks(range(len(kinds)), [KIND_LABELS.get(k, k) for k in kinds])
+    ax.set_xlabel("layer")
+    ax.set_title(title)
+    return image
+
+
+def _ranks_of(run: Run) -> list[dict]:
+    ranks = run.ranks()
+    if ranks.truncated:
+        print(f"note: {run.path / 'ranks.jsonl'} ends in a cut-off line (the run was stopped mid-write); "
+              f"drawing its {len(ranks.records)} complete records")
+    return ranks.records
+
+
+def _label(record: dict, first: bool) -> str:
+    if first:
+        name = "initial"
+    else:
+        name = "final" if record["event"] == "final" else "last logged"
+    return f"{name}: step {record['step']}, total rank {record['total_rank']}"
+
+
+def heatmaps_figure(runs: list[Run]):
+    """Initial and final allocation of each run, one row per run, one colour scale for all."""
+    records = [_ranks_of(run) for run in runs]
+    vmax = max(max(r["ranks"][layer][kind] for r in recs for layer in r["ranks"] for kind in r["ranks"][layer])
+               for recs in records) or 1
+    layers = max(len(recs[0]["ranks"]) for recs in records)
+    width = max(4.0, 0.42 * layers + 1.8)
+    figure, axes = plt.subplots(len(runs), 2, figsize=(2 * width + 1.2, 2.4 * len(runs) + 0.6), squeeze=False)
+    for row, (run, recs) in enumerate(zip(runs, records)):
+        first, last = recs[0], recs[-1]
+        image = draw_heatmap(axes[row, 0], first, vmax, _label(first, True))
+        draw_heatmap(axes[row, 1], last, vmax, _label(last, False))
+        axes[row, 0].set_ylabel(run.label)
+    figure.colorbar(image, ax=axes.ravel().tolist(), label="effective rank", shrink=0.9)
+    budgets = ", ".join(f"{r[0]['budget']} -> {r[-1]['budget']}" for r in records)
+    figure.suptitle(f"Rank allocation, initial step -> final step (total budget {budgets})", y=1.0 + 0.08 / len(runs))
+    return figure
+
+
+def _schedule(run: Run) -> dict | None:
+    return run.config.get("adapter", {}).get("schedule")
+
+
+def over_time_figure(run: Run, panels: int = 5):
+    """A strip of heatmaps at several steps, and the total and per-type rank against the step."""
+    records = _ranks_of(run)
+    picks = sorted({round(i * (len(records) - 1) / max(panels - 1, 1)) for i in range(panels)})
+    chosen = [records[i] for i in picks]
+    vmax = max(r["ranks"][layer][kind] for r in records for layer in r["ranks"] for kind in r["ranks"][layer]) or 1
+    layers = len(records[0]["ranks"])
+    width = max(3.0, 0.3 * layers + 1.5)
+    figure = plt.figure(figsize=(width * len(chosen), 6.4))
+    grid = figure.add_gridspec(2, len(chosen), height_ratios=[1, 1.1], hspace=0.45)
+    for column, record in enumerate(chosen):
+        ax = figure.add_subplot(grid[0, column])
+        image = draw_heatmap(ax, record, vmax, f"step {record['step']} ({record['event']})\ntotal rank {record['total_rank']}")
+        if column:
+            ax.set_yticklabels([])
+    figure.colorbar(image, ax=figure.axes, label="effective rank", shrink=0.8)
+
+    half = max(1, len(chosen) // 2)
+    total_ax = figure.add_subplot(grid[1, :half])
+    kinds_ax = figure.add_subplot(grid[1, half:])
+    steps = [r["step"] for r in records]
+    color = style.method_color(run.method)
+    total_ax.plot(steps, [r["total_rank"] for r in records], color=color, lw=2, label="total rank")
+    total_ax.plot(steps, [r["budget"] for r in records], color="black", lw=1, ls="--", label="budget b(t)")
+    for kind in rank_matrix(records[0])[1]:
+        kinds_ax.plot(steps, [sum(m.get(kind, 0) for m in r["ranks"].values()) for r in records], lw=1.2,
+                      label=KIND_LABELS.get(kind, kind))
+    schedule = _schedule(run)
+    for ax in (total_ax, kinds_ax):
+        if schedule and run.method.endswith("adalora"):
+            final_from = schedule["total_step"] - schedule["tfinal"]
+            ax.axvspan(0, schedule["tinit"], color="0.9", label="warm-up (tinit)")
+            ax.axvspan(final_from, schedule["total_step"], color="#dde8f5", label="final (tfinal)")
+        grown = [r["step"] for r in records if r["event"] == "grow"]
+        for step in grown:
+            ax.axvline(step, color=color, lw=0.8, ls=":")
+        if grown:
+            ax.plot([], [], color=color, lw=0.8, ls=":", label="growth event")
+        ax.set_xlabel("optimizer step")
+    total_ax.set_ylabel("total rank")
+    kinds_ax.set_ylabel("rank summed over layers")
+    total_ax.legend(fontsize=7, loc="best")
+    kinds_ax.legend(fontsize=7, loc="best", ncol=2)
+    figure.suptitle(f"Rank allocation over training: {run.label}")
+    return figure
+
+
+@fail_cleanly
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories (with ranks.jsonl)")
+    parser.add_argument("--out", help="output file (.png, .pdf or .svg); default: in the run directory")
+    parser.add_argument("--over-time", action="store_true", help="show the allocation at several steps")
+    parser.add_argument("--steps", type=int, default=5, help="heatmaps in the --over-time strip")
+    args = parser.parse_args(argv)
+    runs = [load_run(path) for path in args.runs]
+    if args.over_time:
+        written = []
+        for run in runs:
+            out = Path(args.out) if args.out and len(runs) == 1 else None
+            if args.out and len(runs) > 1:
+                base = Path(args.out)
+                out = base.with_name(f"{base.stem}-{run.name}{base.suffix}")
+            written.append(style.save(over_time_figure(run, args.steps), out or run.path / "rank_over_time.png"))
+    else:
+        default = runs[0].path / "rank_heatmap.png" if len(runs) == 1 else Path("rank_heatmaps.png")
+        written = [style.save(heatmaps_figure(runs), args.out or default)]
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The analysis scripts on run directories made by real (tiny) training runs."""
+
+import csv
+import io
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import plot_training
+import report
+import summarize_runs
+import visualize_rank
+from adarank.demo_data import make_demo_split
+from adarank.tasks import TASKS
+from conftest import QUICK, read_jsonl, run_task
+from rundirs import load_run
+
+
+def write_sst2_folder(root: Path) -> Path:
+    """A GLUE-layout SST-2 folder (with demo sentences) so runs count as real-data runs."""
+    folder = root / "SST-2"
+    folder.mkdir(parents=True)
+    for split, name, size in (("train", "train.tsv", 128), ("validation", "dev.tsv", 64)):
+        rows = make_demo_split(TASKS["sst2"], split).select(range(size))
+        lines = ["sentence\tlabel", *(f"{t}\t{y}" for t, y in zip(rows["text_a"], rows["label"]))]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs_root(tiny_model, tmp_path_factory) -> Path:
+    data = write_sst2_folder(tmp_path_factory.mktemp("glue"))
+    root = tmp_path_factory.mktemp("runs")
+    for method in ("lora", "adalora"):
+        for seed in ("1", "2"):
+            assert run_task("sst2", "--data_dir", str(data), "--model_name_or_path", tiny_model,
+                            "--method", method, "--seed", seed, "--num_train_epochs", "2",
+                            "--learning_rate", "5e-3", "--output_dir", str(root / f"sst2-{method}-{seed}"), *QUICK) == 0
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",
+                    "--output_dir", str(root / "demo"), *QUICK) == 0
+    shutil.copytree(root / "sst2-lora-1", root / "stopped")
+    (root / "stopped" / "metrics.json").unlink()
+    return root
+
+
+def cell_values(ax) -> list[float]:
+    return [float(t.get_text()) for t in ax.texts]
+
+
+def test_heatmap_cells_are_the_logged_ranks_at_the_initial_and_final_step(runs_root):
+    run = load_run(runs_root / "sst2-adalora-1")
+    records = read_jsonl(run.path / "ranks.jsonl")
+    figure = visualize_rank.heatmaps_figure([run])
+    initial, final = figure.axes[0], figure.axes[1]
+    for ax, record in ((initial, records[0]), (final, records[-1])):
+        expected = [record["ranks"][layer][kind] for kind in visualize_rank.KIND_ORDER for layer in ("0", "1")]
+        assert cell_values(ax) == expected
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["query", "key", "value", "attn out", "ffn in", "ffn out"]
+    assert "initial: step 0" in initial.get_title() and "final: step" in final.get_title()
+    assert f"{records[0]['budget']} -> {records[-1]['budget']}" in figure._suptitle.get_text()
+    assert sum(cell_values(final)) == records[-1]["total_rank"] == 2 * 12
+
+
+def test_several_runs_share_one_colour_scale(runs_root):
+    runs = [load_run(runs_root / "sst2-adalora-1"), load_run(runs_root / "sst2-adalora-2")]
+    figure = visualize_rank.heatmaps_figure(runs)
+    limits = {ax.images[0].get_clim() for ax in figure.axes if ax.images}
+    assert limits == {(0, 3)}  # init_r 3 is the largest rank of either run
+
+
+def test_over_time_plots_the_total_rank_and_marks_the_schedule(runs_root):
+    run = load_run(runs_root / "sst2-adalora-1")
+    records = read_jsonl(run.path / "ranks.jsonl")
+    figure = visualize_rank.over_time_figure(run, panels=3)
+    total_ax, kinds_ax = figure.axes[-2:]
+    lines = {line.get_label(): line for line in total_ax.get_lines()}
+    assert list(lines["total rank"].get_ydata()) == [r["total_rank"] for r in records]
+    assert list(lines["budget b(t)"].get_ydata()) == [r["budget"] for r in records]
+    queries = {line.get_label(): line for line in kinds_ax.get_lines()}["query"]
+    assert list(queries.get_ydata()) == [r["ranks"]["0"]["query"] + r["ranks"]["1"]["query"] for r in records]
+    legend = [t.get_text() for t in total_ax.get_legend().get_texts()]
+    assert "warm-up (tinit)" in legend and "final (tfinal)" in legend
+    assert [ax.get_title().split("\n")[0] for ax in figure.axes[:3]] == [
+        f"step {records[i]['step']} ({records[i]['event']})" for i in (0, (len(records) - 1) // 2, -1)]
+
+
+def test_the_command_writes_png_and_pdf(runs_root, tmp_path):
+    run = str(runs_root / "sst2-adalora-1")
+    assert visualize_rank.main([run])[0] == runs_root / "sst2-adalora-1" / "rank_heatmap.png"
+    pdf = visualize_rank.main([run, "--over-time", "--out", str(tmp_path / "t.pdf")])[0]
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_a_lora_run_has_nothing_to_draw(runs_root, capsys):
+    with pytest.raises(SystemExit) as stop:
+        visualize_rank.main([str(runs_root / "sst2-lora-1")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "has no ranks.jsonl: a lora run has fixed ranks, so there is nothing to draw" in err
+
+
+def test_not_a_run_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        visualize_rank.main([str(tmp_path)])
+    assert stop.value.code == 2 and "is not a run directory" in capsys.readouterr().err
+
+
+def test_a_truncated_ranks_file_is_drawn_as_far_as_it_goes(runs_root, tmp_path, capsys):
+    copy = tmp_path / "preempted"
+    shutil.copytree(runs_root / "sst2-adalora-1", copy)
+    text = (copy / "ranks.jsonl").read_text()
+    (copy / "ranks.jsonl").write_text(text[: len(text) - 40])  # cut inside the last record
+    complete = read_jsonl(runs_root / "sst2-adalora-1" / "ranks.jsonl")[:-1]
+    figure = visualize_rank.heatmaps_figure([load_run(copy)])
+    assert "cut-off line" in capsys.readouterr().out
+    assert sum(cell_values(figure.axes[1])) == complete[-1]["total_rank"]
+    assert "last logged" in figure.axes[1].get_title()
+
+
+def test_training_curves_are_the_logged_values(runs_root):
+    runs = [load_run(runs_root / "sst2-lora-1"), load_run(runs_root / "sst2-adalora-1")]
+    figure = plot_training.training_figure(runs)
+    loss_ax, metric_ax = figure.axes
+    for line, run in zip(loss_ax.get_lines(), runs):
+        history = read_jsonl(run.path / "history.jsonl")
+        assert list(line.get_ydata()) == [h["loss"] for h in history if "loss" in h]
+        assert line.get_color() == {"lora": "#1f77b4", "adalora": "#d62728"}[run.method]
+    assert metric_ax.get_title() == "dev accuracy" and len(metric_ax.get_lines()) == 2
+
+
+def test_results_table_matches_the_metrics_files(runs_root):
+    tables = summarize_runs.summarize(runs_root, resamples=200)
+    rows = {(r["method"], r["budget"]): r for r in tables["results"]}
+    assert set(rows) == {("lora", "small"), ("adalora", "small")}
+    for method in ("lora", "adalora"):
+        values = [json.loads((runs_root / f"sst2-{method}-{s}" / "metrics.json").read_text()) for s in "12"]
+        accuracies = [100 * v["eval_accuracy"] for v in values]
+        expected = f"{statistics.mean(accuracies):.2f} +- {statistics.stdev(accuracies):.2f}"
+        assert rows[(method, "small")]["accuracy"] == expected and rows[(method, "small")]["seeds"] == 2
+        assert rows[(method, "small")]["trainable params"] == f"{values[0]['trainable_params']:,}"
+    apart = {Path(r["run"]).name: r["why"] for r in tables["apart"]}
+    assert apart == {"demo": "synthetic demo data", "stopped": "unfinished or failed (no metrics.json)"}
+    (comparison,) = tables["comparisons"]
+    assert comparison["comparison"] == "adalora - lora" and comparison["examples"] == 64
+
+
+def test_csv_and_paper_rows(runs_root, capsys):
+    summarize_runs.main([str(runs_root), "--csv", "--paper", "--bootstrap", "50"])
+    out = capsys.readouterr().out
+    results = out.split("# results\n")[1].split("\n# ")[0]
+    parsed = list(csv.DictReader(io.StringIO(results)))
+    assert {row["method"] for row in parsed} == {"lora", "adalora"}
+    assert "paper: AdaLoRA" in out and "95.80" in out  # SST-2, 0.32M
+
+
+def test_bootstrap_of_identical_predictions_is_an_interval_around_zero():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    guesses = np.where(rng.random(300) < 0.8, labels, 1 - labels)
+    diff, low, high = summarize_runs.paired_bootstrap(summarize_runs._accuracy, labels, [guesses], [guesses.copy()], 500)
+    assert diff == 0 and low <= 0 <= high
+
+
+def test_bootstrap_of_a_large_real_difference_excludes_zero():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 400)
+    good = np.where(rng.random(400) < 0.9, labels, 1 - labels)
+    poor = np.where(rng.random(400) < 0.6, labels, 1 - labels)
+    for metric in (summarize_runs._accuracy, summarize_runs._matthews, summarize_runs._f1):
+        diff, low, high = summarize_runs.paired_bootstrap(metric, labels, [good], [poor], 500)
+        assert 0 < low < diff < high
+
+
+def test_our_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    assert summarize_runs._matthews(y, p) == pytest.approx(matthews_corrcoef(y, p))
+    y2, p2 = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
+    assert summarize_runs._f1(y2, p2) == pytest.approx(f1_score(y2, p2))
+
+
+def test_report_is_one_self_contained_html_file(runs_root, tmp_path):
+    out = report.main([str(runs_root), "--out", str(tmp_path / "report.html"), "--bootstrap", "50"])
+    text = out.read_text()
+    assert text.count("data:image/png;base64,") == 2  # curves and heatmaps of the sst2 group
+    assert "adalora - lora" in text and "synthetic demo data" in text and "http" not in text.split("<body>")[1]
