@@ -86,7 +86,7 @@ def test_over_time_plots_the_total_rank_and_marks_the_schedule(runs_root):
     legend = [t.get_text() for t in total_ax.get_legend().get_texts()]
     assert "warm-up (tinit)" in legend and "final (tfinal)" in legend
     assert [ax.get_title().split("\n")[0] for ax in figure.axes[:3]] == [
-        f"step {records[i]['step']} ({records[i]['event']})" for i in (0, (len(records) - 1) // 2, -1)]
+        f"step {records[i]['step']} ({records[i]['event']})" for i in (0, round((len(records) - 1) / 2), -1)]
 
 
 def test_the_command_writes_png_and_pdf(runs_root, tmp_path):

@@ -26,8 +26,9 @@ def embedded_model_path() -> str:
 
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# The task head stays out of quantisation: it is trained in full (modules_to_save).
-HEAD_NAMES = ["pooler", "classifier"]
+# The task head stays out of quantisation: it is trained in full (modules_to_save). transformers
+# matches these from the start of a module name or as its suffix, so the pooler needs a regex.
+UNQUANTIZED_HEAD = [r"(.*\.)?pooler", "classifier"]
 
 
 def four_bit_loading(compute_dtype: str | None) -> dict:
@@ -51,17 +52,12 @@ def four_bit_loading(compute_dtype: str | None) -> dict:
             f"this GPU ({torch.cuda.get_device_name(0)}) cannot compute in bfloat16: "
             "use --bnb_4bit_compute_dtype float16 or float32"
         )
-    if compute_dtype == "float16" and not cuda:
-        raise UsageError(
-            "bitsandbytes' CPU backend cannot compute in float16: use --bnb_4bit_compute_dtype float32 "
-            "(or bfloat16, which is much slower on most CPUs)"
-        )
     config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute_dtype],
-        llm_int8_skip_modules=HEAD_NAMES,
+        llm_int8_skip_modules=UNQUANTIZED_HEAD,
     )
     device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if cuda else "cpu"
     return {"quantization_config": config, "device_map": device_map}
@@ -91,14 +87,19 @@ def load_model(name_or_path: str | None, task: GlueTask, load_in_4bit: bool = Fa
             f"could not load model {source!r} ({reason}): pass --model_name_or_path a local model folder "
             "or a hub name reachable from here (offline, the default embedded model works)"
         ) from None
-    if load_in_4bit and not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
-        raise UsageError(
-            f"model {source!r} has no Linear layers that bitsandbytes can quantise to 4 bits: "
-            "use --method lora or adalora for it"
-        )
+    if load_in_4bit:
+        require_quantized_layers(model, source)
     # The Trainer would otherwise scale the loss by the accumulation steps (and processes)
     # on the assumption that the model normalises by the number of items itself.
     model.accepts_loss_kwargs = False
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model, EMBEDDED_MODEL if name_or_path is None else name_or_path
+
+
+def require_quantized_layers(model, source: str) -> None:
+    if not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+        raise UsageError(
+            f"model {source!r} has no Linear layers that bitsandbytes can quantise to 4 bits: "
+            "use --method lora or adalora for it"
+        )

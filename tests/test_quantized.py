@@ -1,0 +1,137 @@
+"""QLoRA and QLoRA + AdaLoRA on a 4-bit NF4 base (bitsandbytes' CPU backend), and memory accounting."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from torch import nn
+
+import memory_calculation
+from adarank.data import load_glue, tokenize
+from adarank.errors import UsageError
+from adarank.memory import base_model_bytes, quantized_bits_per_parameter
+from adarank.models import load_model
+from adarank.tasks import TASKS
+from conftest import QUICK, run_task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "analysis" / "configs"
+
+
+@pytest.fixture(scope="module")
+def embedded_4bit():
+    return load_model(None, TASKS["sst2"], load_in_4bit=True)[1]
+
+
+def test_the_base_is_nf4_with_the_head_left_in_full_precision(embedded_4bit):
+    kinds = {name: type(m).__name__ for name, m in embedded_4bit.named_modules()}
+    assert kinds["bert.encoder.layer.0.attention.self.query"] == "Linear4bit"
+    assert kinds["bert.pooler.dense"] == "Linear" and kinds["classifier"] == "Linear"
+    state = embedded_4bit.bert.encoder.layer[0].attention.self.query.weight.quant_state
+    assert state.quant_type == "nf4" and state.nested and state.blocksize == 64
+
+
+def test_quantised_weights_cost_at_most_4_2_bits_with_their_constants(embedded_4bit):
+    bits = quantized_bits_per_parameter(embedded_4bit)
+    assert 4.127 <= bits <= 4.2
+
+
+def test_measured_bytes_agree_with_the_footprint_and_the_analytic_plan(embedded_4bit):
+    measured = base_model_bytes(embedded_4bit)
+    parts = measured["component_bytes"]
+    # get_memory_footprint counts parameters and buffers; the quantisation constants are neither.
+    assert measured["total_bytes"] - parts["quantization_constants"] == embedded_4bit.get_memory_footprint()
+    plan = memory_calculation.plan_rows(
+        memory_calculation.architecture(memory_calculation.model_skeleton(None, 2)), "small", "float32")
+    planned = {row["method"]: row["base MB"] for row in plan}
+    assert planned["qlora"] == pytest.approx(measured["total_bytes"] / 2**20, rel=0.01)
+    fp32 = load_model(None, TASKS["sst2"])[1]
+    assert planned["lora"] == pytest.approx(fp32.get_memory_footprint() / 2**20, rel=1e-6)
+
+
+@pytest.mark.parametrize("config", ["bert-base-uncased.json", "deberta-v3-base.json"])
+def test_the_plan_reads_shapes_from_a_config_alone(config):
+    arch = memory_calculation.architecture(memory_calculation.model_skeleton(str(CONFIGS / config), 2))
+    assert len(arch["adapted"]) == 12 * 6
+    rows = {r["method"]: r for r in memory_calculation.plan_rows(arch, "large", "float32")}
+    # LoRA r=8 on all six matrices of BERT-base: 8 * (4 * (768 + 768) + 2 * (768 + 3072)) * 12 layers
+    assert rows["lora"]["adapter params (saved)"] == 8 * (4 * 1536 + 2 * 3840) * 12
+    assert rows["qlora"]["adapter params (saved)"] == rows["lora"]["adapter params (saved)"]
+    # Only the Linear weights shrink, to 4.127 bits; embeddings (DeBERTa: 128,100 x 768) stay fp32.
+    saved = arch["counts"]["linear"] * (4 - 4.127 / 8) / 2**20
+    assert rows["qlora"]["base MB"] == pytest.approx(rows["lora"]["base MB"] - saved, rel=1e-3)
+    assert rows["qlora"]["unquantised share %"] == pytest.approx(
+        100 * (1 - arch["counts"]["linear"] / sum(arch["counts"].values())))
+
+
+def test_qadalora_trains_prunes_and_reloads_onto_a_fresh_4bit_base(tiny_model, tmp_path):
+    run_dir = tmp_path / "q"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "qadalora",
+                    "--max_steps", "12", "--output_dir", str(run_dir), *QUICK) == 0
+    memory = json.loads((run_dir / "memory.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    final = [json.loads(line) for line in (run_dir / "ranks.jsonl").read_text().splitlines()][-1]
+    assert final["total_rank"] == 2 * 12
+    assert memory["base"]["component_bytes"]["quantized_linear_weights"] > 0
+    adapter = memory["adapter"]
+    # The saved adapter holds the pruned ranks, and its file is the tensors plus a header.
+    assert adapter["adapter_file_bytes"] == adapter["adapter_tensor_bytes"] + adapter["adapter_header_bytes"]
+    assert adapter["saved_adapter_params"] < metrics["adapter_params"]
+    assert metrics["base_mb"] == pytest.approx(memory["base"]["total_bytes"] / 2**20)
+
+    task = TASKS["sst2"]
+    tokenizer, base, _ = load_model(tiny_model, task, load_in_4bit=True)
+    dev = tokenize(load_glue(task, demo=True, max_eval_samples=16), tokenizer, 128).dev["validation"]
+    inputs = tokenizer.pad([{k: r[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for r in dev],
+                           return_tensors="pt")
+    reloaded = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    with torch.no_grad():
+        predicted = reloaded(**inputs).logits.argmax(-1).tolist()
+    rows = [line.split("\t") for line in (run_dir / "predictions.tsv").read_text().splitlines()[2:18]]
+    assert predicted == [int(r[3]) for r in rows]
+
+
+def test_qlora_through_the_src_qlora_script(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "src" / "src_qlora" / "glue-cola.py"
+    done = subprocess.run([sys.executable, str(script), "--demo", "--model_name_or_path", tiny_model,
+                           "--max_steps", "3", "--output_dir", str(tmp_path / "c"), *QUICK],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["method"] == "qlora"
+    assert json.loads((tmp_path / "c" / "memory.json").read_text())["quantized_bits_per_parameter"] > 4
+
+
+def test_merging_into_a_4bit_base_is_refused(tiny_model, tmp_path, capsys):
+    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "qlora", "--merge_adapter",
+                    "--output_dir", str(tmp_path / "m"))
+    assert code == 2 and "--merge_adapter cannot merge into a 4-bit base" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_unknown_compute_dtype_is_refused(tiny_model, tmp_path, capsys):
+    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "qlora",
+                    "--bnb_4bit_compute_dtype", "float8", "--output_dir", str(tmp_path / "f"))
+    assert code == 2 and "--bnb_4bit_compute_dtype 'float8' is not one of float32, bfloat16, float16" in (
+        capsys.readouterr().err)
+
+
+def test_a_model_without_quantisable_layers_is_refused():
+    from adarank.models import require_quantized_layers
+
+    with pytest.raises(UsageError, match="no Linear layers that bitsandbytes can quantise"):
+        require_quantized_layers(nn.Sequential(nn.Embedding(10, 4)), "toy")
+
+
+def test_merge_adapter_writes_a_merged_full_precision_model(tiny_model, tmp_path):
+    run_dir = tmp_path / "merge"
+    assert run_task("rte", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--merge_adapter",
+                    "--max_steps", "3", "--output_dir", str(run_dir), *QUICK) == 0
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(run_dir / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
