@@ -9,7 +9,7 @@ config JSON; default: the embedded MiniLM), the same table computed from the
 architecture alone, without weights or training, to plan memory before
 renting a GPU. MB are 2**20 bytes.
 
-The analytic model (section "Memory accounting" of the README):
+The analytic model:
 - fp32 (or --dtype) for every unquantised tensor;
 - NF4 with double quantisation: 4 bits a weight, one 8-bit absmax per block of
   64 weights, one fp32 absmax per 256 of those, i.e. 4 + 8/64 + 32/(64*256)
@@ -60,7 +60,8 @@ def run_rows(paths) -> list[dict]:
             "base MB": f"{memory['base']['total_bytes'] / MB:.2f}",
             "quantised MB": f"{(base['quantized_linear_weights'] + base['quantization_constants']) / MB:.2f}",
             "bits/quantised weight": _maybe(memory["quantized_bits_per_parameter"], "{:.3f}"),
-            "adapter MB": f"{adapter['adapter_tensor_bytes'] / MB:.3f}",
+            "adapter MB": f"{adapter['adapter_lora_bytes'] / MB:.3f}",
+            "head MB": f"{adapter['adapter_head_bytes'] / MB:.3f}",
             "adapter params (saved)": f"{adapter['saved_adapter_params']:,}",
             "trainable params": f"{adapter['trainable_params']['trainable_params']:,}",
             "peak MB": f"{memory['peak']['peak_memory_mb']:.0f}",

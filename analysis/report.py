@@ -58,7 +58,7 @@ def build_report(root, paper: bool = False, resamples: int = 2000) -> str:
             parts += [f"<h2>{html.escape(TITLES[name])}</h2>", table_html(tables[name])]
 
     by_task = defaultdict(list)
-    for (task, _, _), runs in groups.items():
+    for (task, *_), runs in groups.items():
         by_task[task].extend(runs)
     for task, runs in sorted(by_task.items()):
         parts.append(f"<h2>{html.escape(task)}</h2>")

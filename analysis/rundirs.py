@@ -7,6 +7,7 @@ the training code, so these scripts work on runs made anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -91,6 +92,25 @@ class Run:
         return self.config.get("arguments", {}).get("training", {}).get("seed")
 
     @property
+    def setting(self) -> str:
+        """What makes runs comparable as seeds of one setting: every choice but the seed."""
+        arguments = self.config.get("arguments", {})
+        training = arguments.get("training", {})
+        chosen = {
+            "model": self.config.get("model"),
+            "train_examples": self.config.get("train_examples"),
+            "dev_examples": self.config.get("dev_examples"),
+            "adapter": arguments.get("adapter"),
+            "method_arguments": {k: v for k, v in arguments.items()
+                                 if k not in ("model", "data", "adapter", "run", "training")},
+            "max_seq_length": arguments.get("model", {}).get("max_seq_length"),
+            "training": {k: training.get(k) for k in (
+                "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},
+        }
+        return hashlib.sha1(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    @property
     def label(self) -> str:
         return f"{self.task} {self.method}-{self.budget} seed {self.seed}"
 
@@ -133,13 +153,22 @@ def load_run(path: str | Path) -> Run:
     return run
 
 
+def _is_run_config(path: Path, root: Path) -> bool:
+    inside = path.relative_to(root).parts[:-1]
+    if any(part in ("checkpoints", "adapter", "merged") for part in inside):
+        return False  # a Trainer checkpoint, a saved adapter or a merged model inside a run
+    try:
+        return "task" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def find_runs(root: str | Path) -> list[Run]:
     """Every run directory below ``root`` (``root`` itself may be one)."""
     root = Path(root)
     if not root.is_dir():
         raise AnalysisError(f"{root} is not a directory: give the folder that holds your runs")
-    configs = sorted(root.rglob("config.json"))
-    runs = [load_run(c.parent) for c in configs if "checkpoints" not in c.parts and "adapter" not in c.parts]
+    runs = [load_run(c.parent) for c in sorted(root.rglob("config.json")) if _is_run_config(c, root)]
     if not runs:
         raise AnalysisError(f"no run directories (folders with config.json) below {root}")
     return runs

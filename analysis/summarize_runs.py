@@ -20,8 +20,9 @@ import itertools
 from collections import defaultdict
 
 import numpy as np
+from scipy.stats import rankdata
 
-from rundirs import Run, dev_splits, fail_cleanly, find_runs, metric_keys, task_metric
+from rundirs import AnalysisError, Run, dev_splits, fail_cleanly, find_runs, metric_keys, task_metric
 
 MB = 2**20
 
@@ -68,7 +69,7 @@ def _pearson(y, p):
 
 
 def _spearman(y, p):
-    return _pearson(np.argsort(np.argsort(y)).astype(float), np.argsort(np.argsort(p)).astype(float))
+    return _pearson(rankdata(y), rankdata(p))  # tied values share their average rank, as in scipy
 
 
 METRICS = {"accuracy": _accuracy, "f1": _f1, "matthews_correlation": _matthews, "pearson": _pearson,
@@ -100,7 +101,11 @@ def paired_bootstrap(metric, labels, predictions_a, predictions_b, resamples=200
 # --- collecting runs -------------------------------------------------------------------------
 
 def split_runs(runs: list[Run]):
-    """(finished real-data runs grouped by (task, method, budget), [(run, why it is apart)])."""
+    """(finished real-data runs grouped by task, method, budget and setting, [(run, why it is apart)]).
+
+    Runs of one group differ in their seed alone; the same method and budget run with
+    another model, learning rate or data size is a group of its own.
+    """
     groups, apart = defaultdict(list), []
     for run in runs:
         if not run.finished:
@@ -108,13 +113,13 @@ def split_runs(runs: list[Run]):
         elif run.synthetic:
             apart.append((run, "synthetic demo data"))
         else:
-            groups[(run.task, run.method, run.budget)].append(run)
+            groups[(run.task, run.method, run.budget, run.setting)].append(run)
     return dict(sorted(groups.items())), apart
 
 
 def adapter_mb(run: Run) -> float | None:
-    path = run.path / "adapter" / "adapter_model.safetensors"
-    return path.stat().st_size / MB if path.is_file() else None
+    """MB of the saved LoRA tensors alone (the trained task head is counted apart)."""
+    return run.metrics.get("adapter_mb")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -124,8 +129,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def results_rows(groups: dict) -> list[dict]:
     rows = []
-    for (task, method, budget), runs in groups.items():
-        row = {"task": task, "method": method, "budget": budget, "seeds": len(runs)}
+    for (task, method, budget, setting), runs in groups.items():
+        row = {"task": task, "method": method, "budget": budget, "setting": setting, "seeds": len(runs)}
         for key in metric_keys(runs[0]):
             mean, std = _mean_std([run.metrics[key] for run in runs])
             row[key.removeprefix("eval_")] = f"{100 * mean:.2f} +- {100 * std:.2f}"
@@ -144,7 +149,13 @@ def _aligned(runs: list[Run], split: str, keys: list):
     for run in runs:
         table = run.predictions()
         pairs = [table[(split, i)] for _, i in keys]
-        labels = [label for label, _ in pairs]
+        these = [label for label, _ in pairs]
+        if labels is not None and these != labels:
+            raise AnalysisError(
+                f"{run.path}/predictions.tsv has other labels for the same dev examples than the runs it is "
+                "compared with: they were not evaluated on the same data"
+            )
+        labels = these
         predictions.append([prediction for _, prediction in pairs])
     return labels, predictions
 
@@ -162,9 +173,13 @@ def _encode(metric: str, labels, *prediction_sets):
 
 def comparison_rows(groups: dict, resamples: int) -> list[dict]:
     rows = []
+    settings = defaultdict(set)
+    for task, method, budget, setting in groups:
+        settings[(task, method, budget)].add(setting)
     by_task_budget = defaultdict(dict)
-    for (task, method, budget), runs in groups.items():
-        by_task_budget[(task, budget)][method] = runs
+    for (task, method, budget, setting), runs in groups.items():
+        name = method if len(settings[(task, method, budget)]) == 1 else f"{method} [{setting}]"
+        by_task_budget[(task, budget)][name] = runs
     for (task, budget), methods in sorted(by_task_budget.items()):
         for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(sorted(methods.items()), 2):
             metric = task_metric(runs_a[0])
@@ -220,7 +235,7 @@ def summarize(root, paper: bool = False, resamples: int = 2000) -> dict[str, lis
         "apart": [{"run": str(run.path), "task": run.task, "method": run.method, "why": why} for run, why in apart],
     }
     if paper:
-        tasks = sorted({task for task, _, _ in groups}) or sorted({t for v in PAPER_TABLE.values() for t in v})
+        tasks = sorted({task for task, *_ in groups}) or sorted({t for v in PAPER_TABLE.values() for t in v})
         tables["paper"] = paper_rows(tasks)
     return tables
 

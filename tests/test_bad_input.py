@@ -1,6 +1,7 @@
 """Each mistake a user can make ends in one line naming the problem and the fix, exit code 2."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def test_unknown_task(capsys):
 
 
 def test_unknown_method(capsys, tiny):
-    assert "unknown method 'dora': choose one of adalora, lora, qadalora, qlora" in fails_cleanly(capsys, "cola", "--demo", "--method", "dora", *tiny)
+    line = fails_cleanly(capsys, "cola", "--demo", "--method", "dora", *tiny)
+    assert re.search(r"unknown method 'dora': choose one of adalora, lora, .*qlora", line)
 
 
 def test_unknown_budget(capsys, tiny):
@@ -113,3 +115,43 @@ def test_the_task_script_itself_exits_with_one_line():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: unknown method 'dora': choose one of adalora, lora, qadalora, qlora"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--orth_reg_weight", "-1"), "--orth_reg_weight -1.0 must be >= 0"),
+    (("--lora_dropout", "1.5"), "--lora_dropout 1.5 must be in [0, 1)"),
+    (("--target_modules", ","), "--target_modules ',' names no module"),
+    (("--max_seq_length", "1000"), "--max_seq_length 1000 is longer than this model's 128 positions"),
+    (("--load_best_model_at_end", "--eval_strategy", "steps", "--save_strategy", "steps"),
+     "--load_best_model_at_end cannot be used with adalora"),
+    (("--resume_from_checkpoint", "nowhere/checkpoint-3"), "is not a readable Trainer checkpoint"),
+])
+def test_more_mistakes(capsys, tiny_model, tmp_path, flags, message):
+    line = fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora",
+                         "--output_dir", str(tmp_path / "run"), *flags)
+    assert message in line
+
+
+def test_a_file_that_is_not_utf8(capsys, tiny, tmp_path):
+    root = write_sst2(tmp_path / "glue", "sentence\tlabel\n")
+    (tmp_path / "glue" / "SST-2" / "train.tsv").write_bytes(b"sentence\tlabel\ncaf\xe9\t1\n")
+    assert "train.tsv is not UTF-8 text" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
+
+
+def test_checkpoints_of_an_unfinished_run_are_not_deleted(capsys, tiny, tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
+    line = fails_cleanly(capsys, "cola", "--demo", *tiny)
+    assert "holds checkpoints of an unfinished run" in line and "--resume_from_checkpoint" in line
+    assert checkpoint.is_dir()
+
+
+def test_two_processes_cannot_share_a_run_directory(capsys, tiny, tmp_path):
+    import fcntl
+
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = fails_cleanly(capsys, "cola", "--demo", "--method", "lora", "--max_steps", "2", *tiny)
+    assert "another process is writing to" in line

@@ -58,11 +58,17 @@ def test_the_plan_reads_shapes_from_a_config_alone(config):
     # LoRA r=8 on all six matrices of BERT-base: 8 * (4 * (768 + 768) + 2 * (768 + 3072)) * 12 layers
     assert rows["lora"]["adapter params (saved)"] == 8 * (4 * 1536 + 2 * 3840) * 12
     assert rows["qlora"]["adapter params (saved)"] == rows["lora"]["adapter params (saved)"]
-    # Only the Linear weights shrink, to 4.127 bits; embeddings (DeBERTa: 128,100 x 768) stay fp32.
-    saved = arch["counts"]["linear"] * (4 - 4.127 / 8) / 2**20
-    assert rows["qlora"]["base MB"] == pytest.approx(rows["lora"]["base MB"] - saved, rel=1e-3)
-    assert rows["qlora"]["unquantised share %"] == pytest.approx(
-        100 * (1 - arch["counts"]["linear"] / sum(arch["counts"].values())))
+    # The fp32 plan is the real model's footprint, built from the same config with random weights.
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    document = json.loads((CONFIGS / config).read_text())
+    real = AutoModelForSequenceClassification.from_config(
+        AutoConfig.for_model(document.pop("model_type"), num_labels=2, **document))
+    assert rows["lora"]["base MB"] == pytest.approx(real.get_memory_footprint() / 2**20, rel=1e-9)
+    linear = sum(m.weight.numel() for n, m in real.named_modules()
+                 if isinstance(m, nn.Linear) and "pooler" not in n and "classifier" not in n)
+    assert rows["qlora"]["unquantised share %"] == pytest.approx(100 * (1 - linear / real.num_parameters()))
+    assert rows["qlora"]["base MB"] < rows["lora"]["base MB"]
 
 
 def test_qadalora_trains_prunes_and_reloads_onto_a_fresh_4bit_base(tiny_model, tmp_path):
@@ -90,6 +96,39 @@ def test_qadalora_trains_prunes_and_reloads_onto_a_fresh_4bit_base(tiny_model, t
         predicted = reloaded(**inputs).logits.argmax(-1).tolist()
     rows = [line.split("\t") for line in (run_dir / "predictions.tsv").read_text().splitlines()[2:18]]
     assert predicted == [int(r[3]) for r in rows]
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora", "qadalora"])
+def test_a_saved_adapter_reloads_to_the_same_logits(tiny_model, tmp_path, method):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from adarank.arguments import AdapterArguments
+    from adarank.methods import AdapterRequest, get_method
+    from adarank.modules import head_modules, resolve_target_modules
+
+    task, chosen = TASKS["sst2"], get_method(method)
+    tokenizer, model, _ = load_model(tiny_model, task, load_in_4bit=chosen.quantized)
+    data = tokenize(load_glue(task, demo=True, max_train_samples=64, max_eval_samples=16), tokenizer, 64)
+    request = AdapterRequest(task, AdapterArguments(method=method), total_step=8,
+                             target_modules=resolve_target_modules(model), head_modules=head_modules(model))
+    built = chosen.build(model, chosen.plan(request), request)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1,
+                             learning_rate=1e-2, report_to="none", save_strategy="no")
+    Trainer(model=built.model, args=args, train_dataset=data.train, data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=built.callbacks).train()
+    dev = data.dev["validation"]
+    inputs = tokenizer.pad([{k: r[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for r in dev],
+                           return_tensors="pt")
+    built.model.eval()
+    with torch.no_grad():
+        trained = built.model(**inputs).logits
+    built.model.save_pretrained(str(tmp_path / "adapter"))
+    fresh = load_model(tiny_model, task, load_in_4bit=chosen.quantized)[1]
+    reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, trained, rtol=1e-5, atol=1e-6)
+    if method != "lora":  # the pruned ranks came back with it
+        assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
 
 
 def test_qlora_through_the_src_qlora_script(tiny_model, tmp_path):

@@ -136,7 +136,7 @@ def parse_arguments(task: GlueTask, argv: list[str] | None = None, method_argume
             raise UsageError(f"{argv[0]}: {error}: use the flag names of --help as keys") from None
     else:
         explicit = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-        parser.set_defaults(**run_defaults(task, "--demo" in argv), **(defaults or {}))
+        parser.set_defaults(**{**run_defaults(task, "--demo" in argv), **(defaults or {})})
         parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, adapter, run, *extra, training = parsed
     if "output_dir" in explicit:

@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import TrainerCallback
 
+from adarank.errors import UsageError
 from adarank.ranks import RankLog
 
 ALLOCATOR_STATE_FILE = "adalora_allocator.pt"
@@ -26,7 +27,8 @@ class AdaLoraAllocation(TrainerCallback):
     def __init__(self, model: PeftModel, rank_log: RankLog | None):
         self.model = model
         self.rank_log = rank_log
-        self.calls = 0  # optimizer steps seen, checked against the Trainer's count
+        self.calls = 0  # allocations run, checked against the Trainer's step count at the end
+        self.first_step = 0
 
     @property
     def _config(self):
@@ -49,6 +51,7 @@ class AdaLoraAllocation(TrainerCallback):
                 f"AdaLoRA was set up for {self._config.total_step} steps but the Trainer runs "
                 f"{state.max_steps}: the step count in adarank.schedule disagrees with the Trainer"
             )
+        self.first_step = state.global_step
         if state.global_step == 0:
             self._log(0, "initial", self._allocator.init_bgt)
         elif args.resume_from_checkpoint:
@@ -64,6 +67,10 @@ class AdaLoraAllocation(TrainerCallback):
             self._log(step + 1, "prune", budget)
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.calls != state.global_step - self.first_step:
+            raise RuntimeError(
+                f"AdaLoRA's allocation ran {self.calls} times over {state.global_step - self.first_step} optimizer steps"
+            )
         self._log(state.global_step, "final", self._allocator.target_bgt)
 
     def on_save(self, args, state, control, **kwargs):
@@ -92,6 +99,10 @@ class AdaLoraAllocation(TrainerCallback):
 
     def restore(self, checkpoint: Path) -> None:
         """Bring back the allocator's state saved by ``on_save`` (call before training resumes)."""
+        if not (checkpoint / ALLOCATOR_STATE_FILE).is_file():
+            raise UsageError(
+                f"{checkpoint} has no {ALLOCATOR_STATE_FILE}: resume an AdaLoRA run from one of its own checkpoints"
+            )
         saved = torch.load(checkpoint / ALLOCATOR_STATE_FILE, map_location="cpu", weights_only=False)
         device = next(self.model.parameters()).device
         allocator = self._allocator

@@ -87,8 +87,13 @@ def _from_directory(task: GlueTask, root: Path, given_by: str) -> GlueData:
 
 def read_glue_tsv(path: Path, task: GlueTask) -> datasets.Dataset:
     """Read one GLUE TSV file: tab-separated, no quoting (sentences hold stray quotes)."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().split("\n")
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            lines = handle.read().split("\n")
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{path} is not UTF-8 text (byte {error.start}): re-encode it as UTF-8, as GLUE is distributed"
+        ) from None
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line.rstrip("\r") for line in lines]

@@ -7,48 +7,83 @@ import math
 import resource
 import struct
 import sys
+import threading
 from pathlib import Path
 
+import psutil
 import torch
 from torch import nn
 
 
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters split into adapter and task head, and the total model size."""
-    adapter = head = frozen = 0
+def stored_numel(param: torch.Tensor) -> int:
+    """Parameters a tensor stands for: a packed 4-bit weight holds two per byte."""
+    state = getattr(param, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else param.numel()
+
+
+def base_parameter_count(model: nn.Module) -> int:
+    """Parameters of the pretrained model with its head, before any adapter is added."""
+    return sum(stored_numel(p) for p in model.parameters())
+
+
+def parameter_counts(model: nn.Module, base_params: int) -> dict[str, int]:
+    """Trainable parameters split into adapters and the (copied) task head; the model's total."""
+    adapter = head = 0
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            frozen += param.numel()
-        elif "lora_" in name:
-            adapter += param.numel()
-        else:
-            head += param.numel()
+        if param.requires_grad:
+            if "lora_" in name:
+                adapter += param.numel()
+            else:
+                head += param.numel()
     return {
         "trainable_params": adapter + head,
         "adapter_params": adapter,
         "head_params": head,
-        "total_params": adapter + head + frozen,
+        "total_params": base_params + adapter,
     }
 
 
-def reset_peak_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+class PeakMemory:
+    """Peak memory while training: the CUDA allocator's peak on a GPU; on a CPU the
+    process's resident set, sampled every 50 ms (ru_maxrss would include data loading)."""
 
+    def __enter__(self):
+        self.cuda = torch.cuda.is_available()
+        self.peak = 0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._process = psutil.Process()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
 
-def peak_memory() -> dict:
-    """Peak memory so far: CUDA allocations on a GPU, the process's peak RSS on a CPU."""
-    if torch.cuda.is_available():
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            if self._stop.wait(0.05):
+                return
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def report(self) -> dict:
+        # ru_maxrss is in KiB on Linux and in bytes on macOS.
+        unit = 1 if sys.platform == "darwin" else 1024
         return {
-            "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "peak_memory_measured_by": "torch.cuda.max_memory_allocated (since training began)",
+            "peak_memory_mb": self.peak / 2**20,
+            "peak_memory_measured_by": (
+                "torch.cuda.max_memory_allocated during training" if self.cuda
+                else "resident set size of the process, sampled every 50 ms during training"
+            ),
+            "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20,
         }
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
-    unit = 1 if sys.platform == "darwin" else 1024
-    return {
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20,
-        "peak_memory_measured_by": "peak resident set size of the process (getrusage ru_maxrss)",
-    }
 
 
 # --- what the base model and the adapters occupy --------------------------------------------
@@ -128,11 +163,15 @@ def saved_adapter_size(adapter_dir) -> dict:
         header = json.loads(handle.read(header_length))
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     data_bytes = sum(v["data_offsets"][1] - v["data_offsets"][0] for v in tensors.values())
-    lora = sum(math.prod(v["shape"]) for k, v in tensors.items() if ".lora_" in k)
+    def size(entry) -> int:
+        return entry["data_offsets"][1] - entry["data_offsets"][0]
+
     return {
         "adapter_file_bytes": path.stat().st_size,
         "adapter_header_bytes": 8 + header_length,
         "adapter_tensor_bytes": data_bytes,
-        "saved_adapter_params": lora,
+        "adapter_lora_bytes": sum(size(v) for k, v in tensors.items() if ".lora_" in k),
+        "adapter_head_bytes": sum(size(v) for k, v in tensors.items() if ".lora_" not in k),
+        "saved_adapter_params": sum(math.prod(v["shape"]) for k, v in tensors.items() if ".lora_" in k),
         "saved_head_params": sum(math.prod(v["shape"]) for k, v in tensors.items() if ".lora_" not in k),
     }

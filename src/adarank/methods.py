@@ -10,6 +10,7 @@ looks them up by name and knows nothing else about them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from peft import AdaLoraConfig, LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
@@ -39,6 +40,7 @@ class AdapterRequest:
     head_modules: list[str] = field(default_factory=list)
     rank_log: RankLog | None = None
     gradient_checkpointing: bool = False
+    resume_from: str | None = None  # the checkpoint a resumed run starts from
     extra: tuple = ()  # a method's own argument dataclasses, parsed with the rest
 
 
@@ -46,6 +48,7 @@ class AdapterRequest:
 class BuiltAdapter:
     model: PeftModel
     callbacks: list[TrainerCallback]
+    summary: Callable[[], dict] | None = None  # the method's own figures for metrics.json, after training
 
 
 class AdapterMethod:
@@ -53,6 +56,9 @@ class AdapterMethod:
 
     name: str = ""
     quantized: bool = False  # True: the base model is loaded in 4 bits (NF4) before adapters are added
+    # False where adapter shapes change during training, so an earlier checkpoint cannot be
+    # loaded back into the final model (--load_best_model_at_end).
+    reloads_checkpoints: bool = True
 
     def plan(self, request: AdapterRequest) -> dict:
         """Check and resolve the method's hyperparameters; returns them for config.json."""
@@ -82,6 +88,14 @@ def budget_rank(budget: str) -> int:
     return BUDGET_RANKS[budget]
 
 
+def check_lora_arguments(args) -> None:
+    """Checks shared by every LoRA-style method."""
+    if not 0.0 <= args.lora_dropout < 1.0:
+        raise UsageError(f"--lora_dropout {args.lora_dropout} must be in [0, 1)")
+    if args.lora_alpha <= 0:
+        raise UsageError(f"--lora_alpha {args.lora_alpha} must be positive (updates are scaled by alpha / r)")
+
+
 def _positive(name: str, value: int) -> int:
     if value < 1:
         raise UsageError(f"--{name} {value} must be at least 1")
@@ -95,6 +109,7 @@ class Lora(AdapterMethod):
 
     def plan(self, request: AdapterRequest) -> dict:
         a = request.args
+        check_lora_arguments(a)
         r = _positive("lora_r", a.lora_r if a.lora_r is not None else budget_rank(a.budget))
         return {"r": r, "lora_alpha": a.lora_alpha, "lora_dropout": a.lora_dropout}
 
@@ -114,9 +129,13 @@ class AdaLora(AdapterMethod):
     """AdaLoRA (Zhang et al., ICLR 2023): SVD-form adapters pruned by importance to a budget."""
 
     name = "adalora"
+    reloads_checkpoints = False
 
     def plan(self, request: AdapterRequest) -> dict:
         a, task = request.args, request.task
+        check_lora_arguments(a)
+        if a.orth_reg_weight is not None and a.orth_reg_weight < 0:
+            raise UsageError(f"--orth_reg_weight {a.orth_reg_weight} must be >= 0 (the paper: 0.1 to 0.5)")
         target_r = _positive("target_r", a.target_r if a.target_r is not None else budget_rank(a.budget))
         init_r = _positive("init_r", a.init_r if a.init_r is not None else math.ceil(INIT_RANK_FACTOR * target_r))
         if target_r > init_r:

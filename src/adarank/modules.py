@@ -79,6 +79,8 @@ def resolve_target_modules(model: nn.Module, requested: str | None = None) -> li
     if requested is None:
         return sorted(found, key=lambda n: (found[n][0], KIND_ORDER.index(found[n][1])))
     wanted = [w.strip() for w in requested.split(",") if w.strip()]
+    if not wanted:
+        raise UsageError(f"--target_modules {requested!r} names no module: use e.g. query,value")
     chosen = []
     for item in wanted:
         hits = [n for n, (_, kind, suffix) in found.items() if item in (kind, suffix)]

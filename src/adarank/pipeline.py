@@ -22,11 +22,11 @@ from adarank.callbacks import StepHistory
 from adarank.data import load_glue, tokenize
 from adarank.errors import UsageError, exits_cleanly_on_usage_errors
 from adarank.memory import (
+    PeakMemory,
     base_model_bytes,
+    base_parameter_count,
     parameter_counts,
-    peak_memory,
     quantized_bits_per_parameter,
-    reset_peak_memory,
     saved_adapter_size,
 )
 from adarank.methods import AdapterRequest, budget_rank, get_method
@@ -54,6 +54,11 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     args = parse_arguments(task, argv, method_arguments, defaults)
     method = get_method(args.adapter.method)
     budget_rank(args.adapter.budget)
+    if args.training.load_best_model_at_end and not method.reloads_checkpoints:
+        raise UsageError(
+            f"--load_best_model_at_end cannot be used with {method.name}: its adapter shapes change during "
+            "training, so an earlier checkpoint does not fit the final model; pick the best run from history.jsonl"
+        )
     if args.run.merge_adapter and method.quantized:
         raise UsageError(
             f"--merge_adapter cannot merge into a 4-bit base ({method.name}): bitsandbytes cannot add the "
@@ -61,8 +66,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         )
     run = RunDirectory(args.run_dir)
     main_process = args.training.process_index == 0
-    run.refuse_if_finished(args.run.overwrite_output_dir)
     resume_step = _checkpoint_step(args.training.resume_from_checkpoint)
+    run.check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
 
     set_seed(args.training.seed)
     data = load_glue(task, args.data.data_dir, args.data.demo, args.data.max_train_samples, args.data.max_eval_samples)
@@ -70,12 +75,13 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         log.warning("Using %s.", SYNTHETIC_NOTE)
     training = args.training
     total_step = count_optimizer_steps(
-        len(data.train), training.per_device_train_batch_size, training.world_size,
+        len(data.train), training.train_batch_size, training.world_size,
         training.gradient_accumulation_steps, training.num_train_epochs, training.max_steps,
         training.dataloader_drop_last,
     )
     request = AdapterRequest(task, args.adapter, total_step, extra=args.extra,
-                             gradient_checkpointing=training.gradient_checkpointing)
+                             gradient_checkpointing=training.gradient_checkpointing,
+                             resume_from=training.resume_from_checkpoint)
     plan = method.plan(request)
     if "schedule_note" in plan:
         log.info(plan["schedule_note"])
@@ -84,15 +90,17 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         args.model.model_name_or_path, task, load_in_4bit=method.quantized,
         compute_dtype=args.model.bnb_4bit_compute_dtype,
     )
+    _check_sequence_length(model, args.model.max_seq_length)
     request.target_modules = resolve_target_modules(model, args.model.target_modules)
     request.head_modules = head_modules(model)
     memory = {"base": base_model_bytes(model), "quantized_bits_per_parameter": quantized_bits_per_parameter(model)}
+    base_params = base_parameter_count(model)
     if main_process:
         run.prepare(overwrite=args.run.overwrite_output_dir, resume_step=resume_step)
     request.rank_log = RankLog(run / "ranks.jsonl", enabled=main_process)
     set_seed(training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
-    counts = parameter_counts(built.model)
+    counts = parameter_counts(built.model, base_params)
     log.info(
         "%s on %s: %s trainable parameters (adapters %s, task head %s) of %s.",
         method.name, task.name, f"{counts['trainable_params']:,}", f"{counts['adapter_params']:,}",
@@ -114,10 +122,10 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         compute_metrics=trainer_metrics(task),
         callbacks=[StepHistory(run / "history.jsonl"), *built.callbacks],
     )
-    reset_peak_memory()
-    started = time.perf_counter()
-    outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
-    train_seconds = time.perf_counter() - started
+    with PeakMemory() as peak:
+        started = time.perf_counter()
+        outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+        train_seconds = time.perf_counter() - started
 
     # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
     trainer.args.train_sampling_strategy = "sequential"
@@ -128,15 +136,19 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         train_seconds=round(train_seconds, 2),
         train_examples_per_second=round(outcome.metrics["train_samples_per_second"], 2),
         train_loss=outcome.metrics.get("train_loss"),
-        **peak_memory(),
+        **peak.report(),
         data="synthetic" if data.synthetic else data.source,
     )
+    # Methods whose adapters change size during training report their own averages.
+    metrics["average_adapter_params"] = counts["adapter_params"]
+    if built.summary is not None:
+        metrics.update(built.summary())
     if data.synthetic:
         metrics["note"] = SYNTHETIC_NOTE
     if main_process:
         built.model.save_pretrained(str(run / "adapter"))
         memory["adapter"] = {"trainable_params": counts, **saved_adapter_size(run / "adapter")}
-        memory["peak"] = peak_memory()
+        memory["peak"] = peak.report()
         metrics.update(_memory_summary(memory))
         run.write_json("memory.json", memory)
         if args.run.merge_adapter:
@@ -148,12 +160,22 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     return metrics
 
 
+def _check_sequence_length(model, max_seq_length: int) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    # Models with relative positions only (DeBERTa-v3) take longer inputs than their table.
+    if limit and getattr(model.config, "position_biased_input", True) and max_seq_length > limit:
+        raise UsageError(
+            f"--max_seq_length {max_seq_length} is longer than this model's {limit} positions: use at most {limit}"
+        )
+
+
 def _memory_summary(memory: dict) -> dict:
     """The memory figures of the comparison table, in MB (2**20 bytes)."""
     adapter = memory["adapter"]
     return {
         "base_mb": memory["base"]["total_bytes"] / 2**20,
-        "adapter_mb": adapter["adapter_tensor_bytes"] / 2**20,
+        "adapter_mb": adapter["adapter_lora_bytes"] / 2**20,  # the LoRA tensors alone
+        "head_mb": adapter["adapter_head_bytes"] / 2**20,
         "saved_adapter_params": adapter["saved_adapter_params"],
         "quantized_bits_per_parameter": memory["quantized_bits_per_parameter"],
     }
@@ -163,12 +185,13 @@ def _checkpoint_step(checkpoint: str | None) -> int | None:
     if checkpoint is None:
         return None
     state = Path(checkpoint) / "trainer_state.json"
-    if not state.is_file():
+    try:
+        return int(json.loads(state.read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(
-            f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint (no trainer_state.json): "
-            "give a checkpoint-N folder from the run's checkpoints/"
-        )
-    return json.loads(state.read_text())["global_step"]
+            f"--resume_from_checkpoint {checkpoint} is not a readable Trainer checkpoint (its trainer_state.json "
+            "is missing or damaged): give a checkpoint-N folder from the run's checkpoints/"
+        ) from None
 
 
 def _evaluate(trainer: Trainer, task: GlueTask, dev: dict) -> tuple[dict, list]:

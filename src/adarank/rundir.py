@@ -7,6 +7,7 @@ written once are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -23,9 +24,9 @@ from adarank.errors import UsageError
 FINISHED_MARKER = "metrics.json"
 RUN_FILES = (
     "metrics.json", "config.json", "history.jsonl", "ranks.jsonl", "predictions.tsv",
-    "memory.json", "train.log",
+    "memory.json",
 )
-RUN_FOLDERS = ("adapter", "checkpoints")
+RUN_FOLDERS = ("adapter", "checkpoints", "merged")
 PACKAGES = (
     "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
     "scikit-learn", "scipy", "numpy",
@@ -43,21 +44,42 @@ class RunDirectory:
     def finished(self) -> bool:
         return (self.path / FINISHED_MARKER).is_file()
 
-    def refuse_if_finished(self, overwrite: bool) -> None:
-        if self.finished and not overwrite:
+    def check_usable(self, overwrite: bool, resuming: bool) -> None:
+        """Refuse a directory holding a finished run, or checkpoints a new run would delete."""
+        if overwrite:
+            return
+        if self.finished:
             raise UsageError(
                 f"{self.path} already holds a finished run: choose another --output_dir "
                 "or pass --overwrite_output_dir to replace it"
             )
+        checkpoints = sorted((self.path / "checkpoints").glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
+        if checkpoints and not resuming:
+            raise UsageError(
+                f"{self.path} holds checkpoints of an unfinished run: continue it with --resume_from_checkpoint "
+                f"{checkpoints[-1]}, or pass --overwrite_output_dir to start over"
+            )
 
     def prepare(self, overwrite: bool, resume_step: int | None = None) -> None:
-        """Create the directory for a new run, or trim its logs back to a resumed checkpoint."""
-        self.refuse_if_finished(overwrite)
-        if self.finished or resume_step is None:
+        """Take the directory for this process; start it afresh, or trim its logs back to a checkpoint."""
+        self.check_usable(overwrite, resume_step is not None)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        if resume_step is None:
             self._clear()
         else:
             self._rewind_logs(resume_step)
-        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _lock(self) -> None:
+        # Held until the process ends, also when it is killed: a second job on the same
+        # directory stops here instead of mixing its files with this one's.
+        self._lock_file = open(self.path / ".lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"another process is writing to {self.path}: wait for it to end or choose another --output_dir"
+            ) from None
 
     def _clear(self) -> None:
         for name in RUN_FILES:
@@ -71,7 +93,7 @@ class RunDirectory:
             path = self.path / name
             if path.is_file():
                 kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and json.loads(line)["step"] <= step]
+                        if _complete(line) and json.loads(line)["step"] <= step]
                 self.write_text(name, "".join(line + "\n" for line in kept))
 
     def write_json(self, name: str, document: dict) -> None:
@@ -88,6 +110,15 @@ class RunDirectory:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _complete(line: str) -> bool:
+    """False for an empty line or one cut off mid-write (a job stopped while logging)."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def environment() -> dict:

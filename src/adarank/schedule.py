@@ -18,7 +18,7 @@ from adarank.tasks import GlueTask
 
 def count_optimizer_steps(
     train_examples: int,
-    per_device_batch_size: int,
+    per_device_batch_size: int,  # TrainingArguments.train_batch_size: x GPUs under DataParallel
     world_size: int,
     gradient_accumulation_steps: int,
     num_train_epochs: float,

@@ -1,0 +1,312 @@
+"""Dynamic rank scheduling via loss plateau: grow LoRA ranks when validation loss stalls.
+
+Every adapted matrix starts at rank ``r0``. The dev loss is evaluated every
+``eval_every`` steps; when it has not improved by ``plateau_min_delta`` for
+``plateau_patience`` evaluations, ranks grow by ``delta_r`` (up to ``r_max``)
+and training goes on with the same optimizer and learning-rate schedule.
+
+Growth is function-preserving. New columns of B are zero, so B A is unchanged;
+and the scaling alpha / r of each module is frozen at its initial alpha / r0
+(alpha grows with r), so old directions are not rescaled. The saved adapter is
+a standard PEFT LoRA adapter: per-module ranks in ``rank_pattern`` and the
+matching ``alpha_pattern``. AdamW's moments of existing entries are kept; new
+entries start with zero moments.
+
+New directions (``--growth_init``): ``lora`` draws A rows as PEFT does
+(Kaiming-uniform); ``gradient`` takes the top right singular vectors of the
+frozen weight's gradient accumulated over the last ``gradient_window`` steps
+before the evaluation, outside the span of the existing rows (in the spirit
+of GoRA and IncreLoRA), scaled to the norm of the existing rows.
+
+Where to grow (``--grow_where``): ``all`` modules (the original method), or
+``importance``: the modules with the highest EMA of sum |w * grad w| over
+their LoRA parameters (IncreLoRA's score), ``growth_budget`` rank units per event.
+
+This module plugs into adarank through its extension points (a registered
+method and its callback); adarank does not import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from torch import nn
+from transformers import TrainerCallback
+
+from adarank.errors import UsageError
+from adarank.methods import AdapterMethod, AdapterRequest, BuiltAdapter, check_lora_arguments, register_method
+
+STATE_FILE = "plateau_state.json"
+
+
+@dataclass
+class PlateauArguments:
+    r0: int = field(default=2, metadata={"help": "Initial rank of every adapted matrix."})
+    delta_r: int = field(default=2, metadata={"help": "Rank added to a module at a growth event."})
+    r_max: int = field(default=8, metadata={"help": "No module grows beyond this rank."})
+    plateau_patience: int = field(default=2, metadata={"help": "Evaluations without improvement before growing."})
+    plateau_min_delta: float = field(default=0.0, metadata={"help": "Smallest dev-loss decrease that counts."})
+    eval_every: int = field(default=100, metadata={"help": "Steps between dev-loss evaluations."})
+    growth_init: str = field(default="lora", metadata={"help": "lora (random A rows) or gradient (top singular vectors)."})
+    grow_where: str = field(default="all", metadata={"help": "all modules, or importance (the top-scored ones)."})
+    growth_budget: int | None = field(
+        default=None, metadata={"help": "Rank units per event with grow_where=importance (default: a third of all+delta_r)."})
+    gradient_window: int = field(default=10, metadata={"help": "Steps of weight gradients kept for growth_init=gradient."})
+    importance_beta: float = field(default=0.85, metadata={"help": "EMA factor of the importance score."})
+
+
+def plateau_arguments(request: AdapterRequest) -> PlateauArguments:
+    for extra in request.extra:
+        if isinstance(extra, PlateauArguments):
+            return extra
+    return PlateauArguments()
+
+
+class PlateauLora(AdapterMethod):
+    name = "plateau"
+    reloads_checkpoints = False  # ranks grow: an earlier checkpoint does not fit the final model
+
+    def plan(self, request: AdapterRequest) -> dict:
+        check_lora_arguments(request.args)
+        a = plateau_arguments(request)
+        if a.r0 < 1 or a.r0 > a.r_max:
+            raise UsageError(f"--r0 {a.r0} must be between 1 and --r_max {a.r_max}: lower --r0 or raise --r_max")
+        if a.delta_r < 1:
+            raise UsageError(f"--delta_r {a.delta_r} must be at least 1: ranks grow by whole directions")
+        if a.plateau_patience < 1:
+            raise UsageError(f"--plateau_patience {a.plateau_patience} must be at least 1 evaluation")
+        if a.eval_every < 1 or a.eval_every > request.total_step:
+            raise UsageError(
+                f"--eval_every {a.eval_every} does not fit this run of {request.total_step} optimizer steps: "
+                f"use a value from 1 to {request.total_step} (a few evaluations per epoch)"
+            )
+        if a.growth_init not in ("lora", "gradient"):
+            raise UsageError(f"--growth_init {a.growth_init!r}: choose lora or gradient")
+        if a.grow_where not in ("all", "importance"):
+            raise UsageError(f"--grow_where {a.grow_where!r}: choose all or importance")
+        if a.growth_init == "gradient" and not 1 <= a.gradient_window <= a.eval_every:
+            raise UsageError(f"--gradient_window {a.gradient_window} must be from 1 to --eval_every {a.eval_every}")
+        return {
+            "r0": a.r0, "delta_r": a.delta_r, "r_max": a.r_max, "patience": a.plateau_patience,
+            "min_delta": a.plateau_min_delta, "eval_every": a.eval_every, "growth_init": a.growth_init,
+            "grow_where": a.grow_where, "growth_budget": a.growth_budget, "gradient_window": a.gradient_window,
+            "importance_beta": a.importance_beta, "lora_alpha": request.args.lora_alpha,
+            "lora_dropout": request.args.lora_dropout,
+            "scaling_rule": "alpha / r fixed at alpha / r0: alpha grows with r",
+        }
+
+    def build(self, model: nn.Module, plan: dict, request: AdapterRequest) -> BuiltAdapter:
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=plan["r0"], lora_alpha=plan["lora_alpha"],
+            lora_dropout=plan["lora_dropout"], target_modules=request.target_modules,
+            modules_to_save=request.head_modules,
+        )
+        peft_model = get_peft_model(model, config)
+        growth = PlateauGrowth(peft_model, plan, request)
+        if request.resume_from:
+            growth.restore(Path(request.resume_from))
+        return BuiltAdapter(peft_model, callbacks=[growth], summary=growth.summary)
+
+
+class PlateauGrowth(TrainerCallback):
+    """Watches the dev loss, grows ranks on a plateau, and logs every event to ranks.jsonl."""
+
+    def __init__(self, model, plan: dict, request: AdapterRequest):
+        self.model = model
+        self.plan = plan
+        self.rank_log = request.rank_log
+        self.adapter = model.active_adapter
+        self.layers = {name: self._layer(name) for name in request.target_modules}
+        self.ranks = {name: plan["r0"] for name in self.layers}
+        self.best = math.inf
+        self.wait = 0
+        self.events: list[dict] = []
+        self.importance = {name: 0.0 for name in self.layers}
+        self.param_steps = 0.0  # sum over optimizer steps of the adapter parameters then trained
+        self.steps = 0
+        self.gradients: dict[str, torch.Tensor] = {}
+        self._hooks: list = []
+
+    def _layer(self, name: str):
+        return self.model.base_model.model.get_submodule(name)
+
+    # --- what the run reports -------------------------------------------------------------
+
+    def adapter_params(self) -> int:
+        return sum(r * (layer.in_features + layer.out_features) for r, layer in
+                   ((self.ranks[n], self.layers[n]) for n in self.layers))
+
+    def summary(self) -> dict:
+        return {
+            "average_adapter_params": self.param_steps / self.steps if self.steps else float(self.adapter_params()),
+            "final_adapter_params": self.adapter_params(),
+            "growth_events": len(self.events),
+            "final_total_rank": sum(self.ranks.values()),
+        }
+
+    def _log(self, step: int, event: str, **extra) -> None:
+        if self.rank_log is not None:
+            self.rank_log.write(step, event, sum(self.ranks.values()), dict(self.ranks), **extra)
+
+    # --- Trainer hooks --------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self._log(0, "initial")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.plan["growth_init"] == "gradient":
+            into_interval = (state.global_step % self.plan["eval_every"]) + 1
+            capture = into_interval > self.plan["eval_every"] - self.plan["gradient_window"]
+            if capture and not self._hooks:
+                self._start_capture()
+            elif not capture and self._hooks:
+                self._stop_capture()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.steps += 1
+        self.param_steps += self.adapter_params()
+        if self.plan["grow_where"] == "importance":
+            beta = self.plan["importance_beta"]
+            with torch.no_grad():
+                for name, layer in self.layers.items():
+                    score = sum(float((p * p.grad).abs().sum()) for p in self._lora_params(layer) if p.grad is not None)
+                    self.importance[name] = beta * self.importance[name] + (1 - beta) * score
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.plan["eval_every"] == 0:
+            control.should_evaluate = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        losses = [v for k, v in (metrics or {}).items() if k.startswith("eval") and k.endswith("_loss")]
+        if not losses:
+            return
+        loss = sum(losses) / len(losses)
+        if loss < self.best - self.plan["min_delta"]:
+            self.best, self.wait = loss, 0
+        else:
+            self.wait += 1
+        if self.wait >= self.plan["patience"] and any(r < self.plan["r_max"] for r in self.ranks.values()):
+            self.grow(state.global_step, kwargs.get("optimizer"), loss)
+            self.wait = 0
+        self.gradients.clear()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._stop_capture()
+        self._log(state.global_step, "final")
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            document = {"best": self.best, "wait": self.wait, "ranks": self.ranks, "events": self.events,
+                        "importance": self.importance, "param_steps": self.param_steps, "steps": self.steps}
+            (folder / STATE_FILE).write_text(json.dumps(document))
+
+    # --- growing --------------------------------------------------------------------------
+
+    def _lora_params(self, layer) -> list[nn.Parameter]:
+        return [layer.lora_A[self.adapter].weight, layer.lora_B[self.adapter].weight]
+
+    def _chosen(self) -> dict[str, int]:
+        """Module -> new rank for this event."""
+        open_modules = [n for n, r in self.ranks.items() if r < self.plan["r_max"]]
+        if self.plan["grow_where"] == "all":
+            return {n: min(self.ranks[n] + self.plan["delta_r"], self.plan["r_max"]) for n in open_modules}
+        budget = self.plan["growth_budget"] or max(1, len(self.layers) * self.plan["delta_r"] // 3)
+        chosen = {}
+        for name in sorted(open_modules, key=lambda n: -self.importance[n]):
+            if budget <= 0:
+                break
+            step = min(self.plan["delta_r"], self.plan["r_max"] - self.ranks[name], budget)
+            chosen[name] = self.ranks[name] + step
+            budget -= step
+        return chosen
+
+    def grow(self, step: int, optimizer, loss: float) -> None:
+        chosen = self._chosen()
+        for name, new_rank in chosen.items():
+            self.resize(name, new_rank, optimizer)
+        self.events.append({"step": step, "dev_loss": loss, "grown": len(chosen)})
+        self._log(step, "grow", dev_loss=loss, grown_modules=len(chosen))
+
+    def resize(self, name: str, new_rank: int, optimizer=None, init: bool = True) -> None:
+        """Give module ``name`` rank ``new_rank``, keeping its function and its optimizer state."""
+        layer = self.layers[name]
+        old_rank = self.ranks[name]
+        extra = new_rank - old_rank
+        a, b = self._lora_params(layer)
+        rows = self._new_rows(name, layer, a, extra) if init else torch.zeros(extra, a.shape[1])
+        with torch.no_grad():
+            a.data = torch.cat([a.data, rows.to(a.device, a.dtype)], dim=0)
+            b.data = torch.cat([b.data, torch.zeros(b.shape[0], extra, device=b.device, dtype=b.dtype)], dim=1)
+        layer.lora_A[self.adapter].out_features = new_rank
+        layer.lora_B[self.adapter].in_features = new_rank
+        # Keep alpha / r at its first value so the existing directions keep their scale.
+        alpha = self.plan["lora_alpha"] * new_rank / self.plan["r0"]
+        layer.r[self.adapter] = new_rank
+        layer.lora_alpha[self.adapter] = alpha
+        layer.scaling[self.adapter] = alpha / new_rank
+        config = self.model.peft_config[self.adapter]
+        config.rank_pattern = {**(config.rank_pattern or {}), name: new_rank}
+        config.alpha_pattern = {**(config.alpha_pattern or {}), name: alpha}
+        self.ranks[name] = new_rank
+        if optimizer is not None:
+            state = getattr(optimizer, "optimizer", optimizer).state
+            for param, dim in ((a, 0), (b, 1)):
+                for key, value in state.get(param, {}).items():
+                    if torch.is_tensor(value) and value.dim() == 2:
+                        shape = list(value.shape)
+                        shape[dim] = extra
+                        state[param][key] = torch.cat([value, value.new_zeros(shape)], dim=dim)
+
+    def _new_rows(self, name: str, layer, a: torch.Tensor, extra: int) -> torch.Tensor:
+        if self.plan["growth_init"] == "gradient" and name in self.gradients:
+            gradient = self.gradients[name]
+            basis, _ = torch.linalg.qr(a.detach().float().T)  # the span of the existing rows
+            outside = gradient - (gradient @ basis) @ basis.T
+            _, _, vh = torch.linalg.svd(outside, full_matrices=False)
+            norm = a.detach().float().norm(dim=1).mean()
+            return vh[:extra] * norm
+        rows = torch.empty(extra, a.shape[1])
+        nn.init.kaiming_uniform_(rows, a=math.sqrt(5))  # PEFT's default for lora_A
+        return rows
+
+    def _start_capture(self) -> None:
+        """Accumulate each frozen weight's gradient, sum over tokens of grad_out^T x."""
+        for name, layer in self.layers.items():
+            def forward_hook(module, inputs, output, name=name):
+                if not torch.is_grad_enabled() or not output.requires_grad:
+                    return
+                x = inputs[0].detach()
+
+                def backward(grad, x=x):
+                    g = torch.einsum("...o,...i->oi", grad.detach().float(), x.float())
+                    self.gradients[name] = self.gradients.get(name, 0) + g
+
+                output.register_hook(backward)
+            self._hooks.append(layer.register_forward_hook(forward_hook))
+
+    def _stop_capture(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def restore(self, checkpoint: Path) -> None:
+        """Before a resumed run loads its checkpoint: take back the ranks and the plateau state."""
+        path = checkpoint / STATE_FILE
+        if not path.is_file():
+            raise UsageError(f"{checkpoint} has no {STATE_FILE}: resume a plateau run from one of its own checkpoints")
+        saved = json.loads(path.read_text())
+        for name, rank in saved["ranks"].items():
+            if rank > self.ranks[name]:
+                self.resize(name, rank, init=False)
+        self.best, self.wait, self.events = saved["best"], saved["wait"], saved["events"]
+        self.importance, self.param_steps, self.steps = saved["importance"], saved["param_steps"], saved["steps"]
+
+
+register_method(PlateauLora())

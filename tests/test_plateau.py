@@ -1,0 +1,160 @@
+"""The plateau rank-growth method of src/custom, through adarank's extension points."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "custom"))
+
+from plateau import PlateauArguments, PlateauGrowth, PlateauLora  # noqa: E402
+
+from adarank.arguments import AdapterArguments  # noqa: E402
+from adarank.data import load_glue, tokenize  # noqa: E402
+from adarank.methods import AdapterRequest  # noqa: E402
+from adarank.models import load_model  # noqa: E402
+from adarank.modules import head_modules, resolve_target_modules  # noqa: E402
+from adarank.pipeline import main  # noqa: E402
+from adarank.tasks import TASKS  # noqa: E402
+from conftest import QUICK, read_jsonl  # noqa: E402
+
+
+def run_plateau(task, *argv) -> int:
+    try:
+        main(task, list(argv), method_arguments=(PlateauArguments,), defaults={"method": "plateau", "eval_strategy": "no"})
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def build(tiny_model, **plateau):
+    task = TASKS["sst2"]
+    tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    request = AdapterRequest(task, AdapterArguments(), total_step=100, extra=(PlateauArguments(**plateau),),
+                             target_modules=resolve_target_modules(model), head_modules=head_modules(model))
+    method = PlateauLora()
+    built = method.build(model, method.plan(request), request)
+    data = tokenize(load_glue(task, demo=True, max_train_samples=8), tokenizer, 64).train
+    batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in data], return_tensors="pt")
+    batch["labels"] = torch.tensor(data["labels"])
+    return built, batch
+
+
+def train_a_little(model, batch, steps=3):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return optimizer
+
+
+@pytest.mark.parametrize("init", ["lora", "gradient"])
+def test_growth_preserves_the_function_and_the_adam_moments(tiny_model, init):
+    built, batch = build(tiny_model, growth_init=init)
+    model, growth = built.model, built.callbacks[0]
+    model.train()
+    optimizer = train_a_little(model, batch)
+    if init == "gradient":
+        growth._start_capture()
+        model(**batch).loss.backward()
+        growth._stop_capture()
+        optimizer.zero_grad()
+    name = next(iter(growth.layers))
+    layer = growth.layers[name]
+    a, b = growth._lora_params(layer)
+    moments = optimizer.state[a]["exp_avg"].clone()
+    old_rows = a.detach().clone()
+    model.eval()
+    with torch.no_grad():
+        before = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    for module in list(growth.layers):
+        growth.resize(module, 6, optimizer)
+    with torch.no_grad():
+        after = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert a.shape == (6, layer.in_features) and b.shape == (layer.out_features, 6)
+    assert layer.scaling["default"] == pytest.approx(16 / 2)  # alpha / r0, unchanged
+    state = optimizer.state[a]["exp_avg"]
+    assert torch.equal(state[:2], moments) and not state[2:].any()
+    if init == "gradient":  # new directions lie outside the span of the old rows
+        assert (a.detach()[2:] @ old_rows.T).abs().max() < 1e-4
+    model.train()
+    train_a_little(model, batch, steps=1)  # the optimizer carries on with the grown shapes
+    assert model.peft_config["default"].rank_pattern[name] == 6
+
+
+def test_importance_growth_spends_the_event_budget(tiny_model):
+    built, batch = build(tiny_model, grow_where="importance", growth_budget=3, delta_r=2)
+    growth = built.callbacks[0]
+    growth.importance = {name: float(i) for i, name in enumerate(growth.layers)}
+    growth.grow(step=5, optimizer=None, loss=1.0)
+    ranks = list(growth.ranks.values())
+    assert sum(ranks) == 12 * 2 + 3 and ranks[-1] == 4 and ranks[-2] == 3  # the two most important
+
+
+def test_a_run_grows_on_plateaus_logs_it_and_reloads(tiny_model, tmp_path):
+    run_dir = tmp_path / "p"
+    # min_delta 1e9: no evaluation after the first counts as an improvement, so every
+    # second evaluation (patience 1) after the first grows ranks 2 -> 4 -> 6 -> 8.
+    assert run_plateau("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "16",
+                       "--eval_every", "4", "--plateau_patience", "1", "--plateau_min_delta", "1e9",
+                       "--output_dir", str(run_dir), *QUICK) == 0
+    records = read_jsonl(run_dir / "ranks.jsonl")
+    assert [(r["step"], r["event"], r["total_rank"]) for r in records] == [
+        (0, "initial", 24), (8, "grow", 48), (12, "grow", 72), (16, "grow", 96), (16, "final", 96)]
+    evaluated = [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "eval_loss" in h]
+    assert evaluated == [4, 8, 12, 16]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    per_rank = metrics["final_adapter_params"] // 8
+    assert metrics["average_adapter_params"] == pytest.approx(per_rank * (2 * 8 + 4 * 4 + 6 * 4) / 16)
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert set(config["rank_pattern"].values()) == {8} and set(config["alpha_pattern"].values()) == {64.0}
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    task = TASKS["sst2"]
+    tokenizer, _, _ = load_model(tiny_model, task)
+    dev = tokenize(load_glue(task, demo=True, max_eval_samples=16), tokenizer, 128).dev["validation"]
+    inputs = tokenizer.pad([{k: r[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for r in dev],
+                           return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    with torch.no_grad():
+        predicted = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()(**inputs).logits.argmax(-1)
+    rows = [line.split("\t") for line in (run_dir / "predictions.tsv").read_text().splitlines()[2:18]]
+    assert predicted.tolist() == [int(r[3]) for r in rows]
+
+
+def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):
+    common = ("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "16", "--eval_every", "4",
+              "--plateau_patience", "1", "--plateau_min_delta", "1e9", "--per_device_train_batch_size", "8",
+              "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "10", "--save_total_limit", "2",
+              "--growth_init", "gradient", "--gradient_window", "2", "--seed", "5")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_plateau(*common, "--output_dir", str(straight)) == 0
+    assert run_plateau(*common, "--output_dir", str(resumed)) == 0
+    (resumed / "metrics.json").unlink()
+    checkpoint = resumed / "checkpoints" / "checkpoint-10"  # after the growth at step 8
+    assert run_plateau(*common, "--output_dir", str(resumed), "--resume_from_checkpoint", str(checkpoint)) == 0
+    assert [r["total_rank"] for r in read_jsonl(resumed / "ranks.jsonl")] == [24, 48, 72, 96, 96]
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert b["average_adapter_params"] == a["average_adapter_params"]
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--r0", "10"), "--r0 10 must be between 1 and --r_max 8"),
+    (("--delta_r", "0"), "--delta_r 0 must be at least 1"),
+    (("--plateau_patience", "0"), "--plateau_patience 0 must be at least 1"),
+    (("--eval_every", "500"), "--eval_every 500 does not fit this run of 8 optimizer steps"),
+])
+def test_impossible_schedules_are_refused(tiny_model, tmp_path, capsys, flags, message):
+    code = run_plateau("cola", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "8",
+                       "--output_dir", str(tmp_path / "x"), *flags)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
