@@ -158,12 +158,13 @@ def test_two_processes_cannot_share_a_run_directory(capsys, tiny, tmp_path):
 
 
 def test_arguments_from_a_json_or_yaml_file(tiny_model, tmp_path, capsys):
-    arguments = {"demo": True, "model_name_or_path": tiny_model, "method": "lora", "max_steps": 2,
+    arguments = {"demo": True, "model_name_or_path": tiny_model, "method": "lora", "lora_r": 8, "max_steps": 2,
                  "output_dir": str(tmp_path / "from-json"), "save_strategy": "no"}
     (tmp_path / "args.json").write_text(json.dumps(arguments))
     assert run_task("rte", str(tmp_path / "args.json")) == 0
     config = json.loads((tmp_path / "from-json" / "config.json").read_text())
     assert config["method"] == "lora" and config["total_steps"] == 2
+    assert config["budget"] == "large"  # the label follows the rank given, r=8, not the default --budget small
     assert {"demo", "max_steps", "method"} <= set(config["explicit_arguments"])
     (tmp_path / "bad.yaml").write_text("method: [lora\n")
     assert "is not valid YAML" in fails_cleanly(capsys, "rte", str(tmp_path / "bad.yaml"))

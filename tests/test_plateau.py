@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "custom"))
 
-from plateau import PlateauArguments, PlateauGrowth, PlateauLora  # noqa: E402
+from plateau import SCRIPT_DEFAULTS, PlateauArguments, PlateauLora  # noqa: E402
 
 from adarank.arguments import AdapterArguments  # noqa: E402
 from adarank.data import load_glue, tokenize  # noqa: E402
@@ -23,7 +23,7 @@ from conftest import QUICK, read_jsonl  # noqa: E402
 
 def run_plateau(task, *argv) -> int:
     try:
-        main(task, list(argv), method_arguments=(PlateauArguments,), defaults={"method": "plateau", "eval_strategy": "no"})
+        main(task, list(argv), method_arguments=(PlateauArguments,), defaults=SCRIPT_DEFAULTS)
     except SystemExit as stop:
         return stop.code
     return 0
@@ -32,7 +32,7 @@ def run_plateau(task, *argv) -> int:
 def build(tiny_model, **plateau):
     task = TASKS["sst2"]
     tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    request = AdapterRequest(task, AdapterArguments(), total_step=100, extra=(PlateauArguments(**plateau),),
+    request = AdapterRequest(task, AdapterArguments(budget="large"), total_step=100, extra=(PlateauArguments(**plateau),),
                              target_modules=resolve_target_modules(model), head_modules=head_modules(model))
     method = PlateauLora()
     built = method.build(model, method.plan(request), request)
@@ -51,13 +51,13 @@ def train_a_little(model, batch, steps=3):
     return optimizer
 
 
-@pytest.mark.parametrize("init", ["lora", "gradient"])
+@pytest.mark.parametrize("init", ["lora", "gradient", "whitened"])
 def test_growth_preserves_the_function_and_the_adam_moments(tiny_model, init):
     built, batch = build(tiny_model, growth_init=init)
     model, growth = built.model, built.callbacks[0]
     model.train()
     optimizer = train_a_little(model, batch)
-    if init == "gradient":
+    if init != "lora":
         growth._start_capture()
         model(**batch).loss.backward()
         growth._stop_capture()
@@ -81,6 +81,16 @@ def test_growth_preserves_the_function_and_the_adam_moments(tiny_model, init):
     assert torch.equal(state[:2], moments) and not state[2:].any()
     if init == "gradient":  # new directions lie outside the span of the old rows
         assert (a.detach()[2:] @ old_rows.T).abs().max() < 1e-4
+    if init == "whitened":  # new features are uncorrelated with the old, with a default row's energy
+        total, count = growth.inputs[name]
+        second_moment = total / count
+        new_rows = a.detach()[2:]
+        cross = new_rows @ second_moment @ old_rows.T
+        energy = torch.diag(new_rows @ second_moment @ new_rows.T)
+        old_energy = torch.diag(old_rows @ second_moment @ old_rows.T)
+        assert cross.abs().max() < 1e-3 * (energy.max() * old_energy.max()).sqrt()
+        torch.testing.assert_close(energy, torch.full_like(energy, float(torch.trace(second_moment)) / (3 * a.shape[1])),
+                                   rtol=1e-3, atol=0)
     model.train()
     train_a_little(model, batch, steps=1)  # the optimizer carries on with the grown shapes
     assert model.peft_config["default"].rank_pattern[name] == 6
@@ -110,6 +120,7 @@ def test_a_run_grows_on_plateaus_logs_it_and_reloads(tiny_model, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     per_rank = metrics["final_adapter_params"] // 8
     assert metrics["average_adapter_params"] == pytest.approx(per_rank * (2 * 8 + 4 * 4 + 6 * 4) / 16)
+    assert json.loads((run_dir / "config.json").read_text())["budget"] == "large"  # compared with LoRA r=8
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert set(config["rank_pattern"].values()) == {8} and set(config["alpha_pattern"].values()) == {64.0}
 
@@ -132,7 +143,7 @@ def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):
     common = ("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "16", "--eval_every", "4",
               "--plateau_patience", "1", "--plateau_min_delta", "1e9", "--per_device_train_batch_size", "8",
               "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "10", "--save_total_limit", "2",
-              "--growth_init", "gradient", "--gradient_window", "2", "--seed", "5")
+              "--growth_init", "whitened", "--gradient_window", "2", "--seed", "5")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_plateau(*common, "--output_dir", str(straight)) == 0
     assert run_plateau(*common, "--output_dir", str(resumed)) == 0

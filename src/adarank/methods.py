@@ -61,7 +61,12 @@ class AdapterMethod:
     reloads_checkpoints: bool = True
 
     def plan(self, request: AdapterRequest) -> dict:
-        """Check and resolve the method's hyperparameters; returns them for config.json."""
+        """Check and resolve the method's hyperparameters; returns them for config.json.
+
+        ``budget_rank`` in the plan is the rank per adapted matrix the run's budget stands
+        for (LoRA's r, AdaLoRA's final average, a growing method's ceiling); config.json
+        labels the run with it, so runs of one budget are compared with each other.
+        """
         raise NotImplementedError
 
     def build(self, model: nn.Module, plan: dict, request: AdapterRequest) -> BuiltAdapter:
@@ -88,6 +93,12 @@ def budget_rank(budget: str) -> int:
     return BUDGET_RANKS[budget]
 
 
+def budget_label(rank: int) -> str:
+    """The paper's name for a budget of this rank per matrix, else r<rank>."""
+    names = {r: name for name, r in BUDGET_RANKS.items()}
+    return names.get(rank, f"r{rank}")
+
+
 def check_lora_arguments(args) -> None:
     """Checks shared by every LoRA-style method."""
     if not 0.0 <= args.lora_dropout < 1.0:
@@ -111,7 +122,7 @@ class Lora(AdapterMethod):
         a = request.args
         check_lora_arguments(a)
         r = _positive("lora_r", a.lora_r if a.lora_r is not None else budget_rank(a.budget))
-        return {"r": r, "lora_alpha": a.lora_alpha, "lora_dropout": a.lora_dropout}
+        return {"r": r, "lora_alpha": a.lora_alpha, "lora_dropout": a.lora_dropout, "budget_rank": r}
 
     def build(self, model: nn.Module, plan: dict, request: AdapterRequest) -> BuiltAdapter:
         config = LoraConfig(
@@ -150,6 +161,7 @@ class AdaLora(AdapterMethod):
         return {
             "init_r": init_r,
             "target_r": target_r,
+            "budget_rank": target_r,
             "lora_alpha": a.lora_alpha,
             "lora_dropout": a.lora_dropout,
             "orth_reg_weight": a.orth_reg_weight if a.orth_reg_weight is not None else task.paper.orth_reg_weight,

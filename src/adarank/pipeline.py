@@ -29,7 +29,7 @@ from adarank.memory import (
     quantized_bits_per_parameter,
     saved_adapter_size,
 )
-from adarank.methods import AdapterRequest, budget_rank, get_method
+from adarank.methods import AdapterRequest, budget_label, budget_rank, get_method
 from adarank.metrics import glue_metrics, predictions_from_logits, trainer_metrics
 from adarank.models import load_model
 from adarank.modules import head_modules, resolve_target_modules
@@ -156,7 +156,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
             tokenizer.save_pretrained(str(run / "merged"))
         run.write_text("predictions.tsv", _predictions_table(rows, data.synthetic))
         run.write_json("metrics.json", metrics)  # last: marks the run finished
-        _print_summary(task, method.name, args, metrics, run)
+        _print_summary(task, method.name, config["budget"], metrics, run)
     return metrics
 
 
@@ -225,7 +225,7 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
     return {
         "task": task.name,
         "method": args.adapter.method,
-        "budget": args.adapter.budget,
+        "budget": budget_label(plan["budget_rank"]) if "budget_rank" in plan else args.adapter.budget,
         "task_metrics": list(task.metrics),  # headline first; metrics.json has eval_[<split>_]<metric>
         "dev_splits": list(task.dev_splits),
         "run_dir": str(args.run_dir),
@@ -254,11 +254,11 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
     }
 
 
-def _print_summary(task: GlueTask, method: str, args: Arguments, metrics: dict, run: RunDirectory) -> None:
+def _print_summary(task: GlueTask, method: str, budget: str, metrics: dict, run: RunDirectory) -> None:
     headline = {k: v for k, v in metrics.items() if k.startswith("eval") and k.rsplit("_", 1)[-1] != "examples"
                 and not k.endswith("_loss")}
     lines = [
-        f"== {task.name} / {method} / budget {args.adapter.budget}"
+        f"== {task.name} / {method} / budget {budget}"
         + (f" / {SYNTHETIC_NOTE}" if metrics.get("note") else "") + " ==",
         "dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()),
         f"trainable parameters: {metrics['trainable_params']:,} "

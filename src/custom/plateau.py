@@ -14,9 +14,18 @@ entries start with zero moments.
 
 New directions (``--growth_init``): ``lora`` draws A rows as PEFT does
 (Kaiming-uniform); ``gradient`` takes the top right singular vectors of the
-frozen weight's gradient accumulated over the last ``gradient_window`` steps
+frozen weight's gradient G accumulated over the last ``gradient_window`` steps
 before the evaluation, outside the span of the existing rows (in the spirit
 of GoRA and IncreLoRA), scaled to the norm of the existing rows.
+``whitened`` does the same in whitened input coordinates: with C = E[x x^T]
+the second moment of the layer's inputs over the same steps, the rows are
+C^{-1/2} v for the top right singular vectors v of G C^{-1/2}, outside the
+whitened span of the existing rows (so the new features a.x are uncorrelated
+with the old ones), scaled so that E[(a.x)^2] equals that of a PEFT default
+row. Raw gradient directions follow the few input directions of largest
+energy (the activation outliers of a transformer), up to 100 times a random
+row's, and on CoLA they left the model at the majority class; whitening picks
+the directions that lower the loss most per unit of feature energy instead.
 
 Where to grow (``--grow_where``): ``all`` modules (the original method), or
 ``importance``: the modules with the highest EMA of sum |w * grad w| over
@@ -39,20 +48,28 @@ from torch import nn
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.methods import AdapterMethod, AdapterRequest, BuiltAdapter, check_lora_arguments, register_method
+from adarank.methods import (AdapterMethod, AdapterRequest, BuiltAdapter, budget_rank, check_lora_arguments,
+                             register_method)
 
 STATE_FILE = "plateau_state.json"
+GROWTH_INITS = ("lora", "gradient", "whitened")
+# What the entry scripts pass to adarank's main(): the method, a ceiling of rank 8 (the paper's
+# large budget, which fixed LoRA r=8 is compared at), and dev evaluations on the method's own steps.
+SCRIPT_DEFAULTS = {"method": "plateau", "budget": "large", "eval_strategy": "no"}
 
 
 @dataclass
 class PlateauArguments:
     r0: int = field(default=2, metadata={"help": "Initial rank of every adapted matrix."})
     delta_r: int = field(default=2, metadata={"help": "Rank added to a module at a growth event."})
-    r_max: int = field(default=8, metadata={"help": "No module grows beyond this rank."})
+    r_max: int | None = field(default=None, metadata={
+        "help": "No module grows beyond this rank (default: the budget's rank, 8 for --budget large)."})
     plateau_patience: int = field(default=2, metadata={"help": "Evaluations without improvement before growing."})
     plateau_min_delta: float = field(default=0.0, metadata={"help": "Smallest dev-loss decrease that counts."})
     eval_every: int = field(default=100, metadata={"help": "Steps between dev-loss evaluations."})
-    growth_init: str = field(default="lora", metadata={"help": "lora (random A rows) or gradient (top singular vectors)."})
+    growth_init: str = field(default="lora", metadata={
+        "help": "lora (random A rows), gradient (top singular vectors of the weight gradient) or whitened (the same "
+                "in whitened input coordinates)."})
     grow_where: str = field(default="all", metadata={"help": "all modules, or importance (the top-scored ones)."})
     growth_budget: int | None = field(
         default=None, metadata={"help": "Rank units per event with grow_where=importance (default: a third of all+delta_r)."})
@@ -74,8 +91,9 @@ class PlateauLora(AdapterMethod):
     def plan(self, request: AdapterRequest) -> dict:
         check_lora_arguments(request.args)
         a = plateau_arguments(request)
-        if a.r0 < 1 or a.r0 > a.r_max:
-            raise UsageError(f"--r0 {a.r0} must be between 1 and --r_max {a.r_max}: lower --r0 or raise --r_max")
+        r_max = a.r_max if a.r_max is not None else budget_rank(request.args.budget)
+        if a.r0 < 1 or a.r0 > r_max:
+            raise UsageError(f"--r0 {a.r0} must be between 1 and --r_max {r_max}: lower --r0 or raise --r_max")
         if a.delta_r < 1:
             raise UsageError(f"--delta_r {a.delta_r} must be at least 1: ranks grow by whole directions")
         if a.plateau_patience < 1:
@@ -85,19 +103,19 @@ class PlateauLora(AdapterMethod):
                 f"--eval_every {a.eval_every} does not fit this run of {request.total_step} optimizer steps: "
                 f"use a value from 1 to {request.total_step} (a few evaluations per epoch)"
             )
-        if a.growth_init not in ("lora", "gradient"):
-            raise UsageError(f"--growth_init {a.growth_init!r}: choose lora or gradient")
+        if a.growth_init not in GROWTH_INITS:
+            raise UsageError(f"--growth_init {a.growth_init!r}: choose one of {', '.join(GROWTH_INITS)}")
         if a.grow_where not in ("all", "importance"):
             raise UsageError(f"--grow_where {a.grow_where!r}: choose all or importance")
-        if a.growth_init == "gradient" and not 1 <= a.gradient_window <= a.eval_every:
+        if a.growth_init != "lora" and not 1 <= a.gradient_window <= a.eval_every:
             raise UsageError(f"--gradient_window {a.gradient_window} must be from 1 to --eval_every {a.eval_every}")
         return {
-            "r0": a.r0, "delta_r": a.delta_r, "r_max": a.r_max, "patience": a.plateau_patience,
+            "r0": a.r0, "delta_r": a.delta_r, "r_max": r_max, "patience": a.plateau_patience,
             "min_delta": a.plateau_min_delta, "eval_every": a.eval_every, "growth_init": a.growth_init,
             "grow_where": a.grow_where, "growth_budget": a.growth_budget, "gradient_window": a.gradient_window,
             "importance_beta": a.importance_beta, "lora_alpha": request.args.lora_alpha,
             "lora_dropout": request.args.lora_dropout,
-            "scaling_rule": "alpha / r fixed at alpha / r0: alpha grows with r",
+            "scaling_rule": "alpha / r fixed at alpha / r0: alpha grows with r", "budget_rank": r_max,
         }
 
     def build(self, model: nn.Module, plan: dict, request: AdapterRequest) -> BuiltAdapter:
@@ -129,7 +147,8 @@ class PlateauGrowth(TrainerCallback):
         self.importance = {name: 0.0 for name in self.layers}
         self.param_steps = 0.0  # sum over optimizer steps of the adapter parameters then trained
         self.steps = 0
-        self.gradients: dict[str, torch.Tensor] = {}
+        self.gradients: dict[str, torch.Tensor] = {}  # module -> summed gradient of its frozen weight
+        self.inputs: dict[str, list] = {}  # module -> [sum of x x^T, number of x] (growth_init whitened)
         self._hooks: list = []
 
     def _layer(self, name: str):
@@ -160,7 +179,7 @@ class PlateauGrowth(TrainerCallback):
             self._log(0, "initial")
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.plan["growth_init"] == "gradient":
+        if self.plan["growth_init"] != "lora":
             into_interval = (state.global_step % self.plan["eval_every"]) + 1
             capture = into_interval > self.plan["eval_every"] - self.plan["gradient_window"]
             if capture and not self._hooks:
@@ -195,6 +214,7 @@ class PlateauGrowth(TrainerCallback):
             self.grow(state.global_step, kwargs.get("optimizer"), loss)
             self.wait = 0
         self.gradients.clear()
+        self.inputs.clear()
 
     def on_train_end(self, args, state, control, **kwargs):
         self._stop_capture()
@@ -265,6 +285,8 @@ class PlateauGrowth(TrainerCallback):
                         state[param][key] = torch.cat([value, value.new_zeros(shape)], dim=dim)
 
     def _new_rows(self, name: str, layer, a: torch.Tensor, extra: int) -> torch.Tensor:
+        if self.plan["growth_init"] == "whitened" and name in self.gradients and name in self.inputs:
+            return self._whitened_rows(name, a, extra)
         if self.plan["growth_init"] == "gradient" and name in self.gradients:
             gradient = self.gradients[name]
             basis, _ = torch.linalg.qr(a.detach().float().T)  # the span of the existing rows
@@ -276,13 +298,35 @@ class PlateauGrowth(TrainerCallback):
         nn.init.kaiming_uniform_(rows, a=math.sqrt(5))  # PEFT's default for lora_A
         return rows
 
+    def _whitened_rows(self, name: str, a: torch.Tensor, extra: int) -> torch.Tensor:
+        """Rows C^{-1/2} v: v the top right singular vectors of G C^{-1/2} outside the old rows' span."""
+        total, count = self.inputs[name]
+        second_moment = total.double() / count
+        values, vectors = torch.linalg.eigh(second_moment)
+        values = values.clamp_min(0) + 1e-4 * values.clamp_min(0).mean()  # ridge: C may be singular
+        root = (vectors * values.sqrt()) @ vectors.T
+        inverse_root = (vectors / values.sqrt()) @ vectors.T
+        gradient = self.gradients[name].double() @ inverse_root
+        basis, _ = torch.linalg.qr((a.detach().double() @ root).T)  # old rows, whitened
+        outside = gradient - (gradient @ basis) @ basis.T
+        _, _, vh = torch.linalg.svd(outside, full_matrices=False)
+        rows = vh[:extra] @ inverse_root
+        # A PEFT default row (uniform in +-1/sqrt(in)) gives E[(a.x)^2] = trace(C) / (3 in).
+        target = torch.trace(second_moment) / (3 * a.shape[1])
+        energy = ((rows @ second_moment) * rows).sum(dim=1, keepdim=True)
+        return (rows * (target / energy).sqrt()).float()
+
     def _start_capture(self) -> None:
-        """Accumulate each frozen weight's gradient, sum over tokens of grad_out^T x."""
+        """Accumulate each frozen weight's gradient, sum over tokens of grad_out^T x (and of x x^T)."""
         for name, layer in self.layers.items():
             def forward_hook(module, inputs, output, name=name):
                 if not torch.is_grad_enabled() or not output.requires_grad:
                     return
                 x = inputs[0].detach()
+                if self.plan["growth_init"] == "whitened":
+                    flat = x.reshape(-1, x.shape[-1]).float()
+                    total, count = self.inputs.get(name, (0, 0))
+                    self.inputs[name] = [total + flat.T @ flat, count + flat.shape[0]]
 
                 def backward(grad, x=x):
                     g = torch.einsum("...o,...i->oi", grad.detach().float(), x.float())
