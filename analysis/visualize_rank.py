@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import style
-from rundirs import KIND_LABELS, KIND_ORDER, AnalysisError, Run, fail_cleanly, load_run
+from rundirs import KIND_LABELS, KIND_ORDER, Run, fail_cleanly, load_run
 
 plt = style.plt
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from adarank.data import load_glue, tokenize
 from adarank.models import embedded_model_path
 from adarank.pipeline import main
 
@@ -51,3 +52,16 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 QUICK = ("--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "no")
+
+
+def demo_dev_inputs(tokenizer, task, count: int):
+    """The first ``count`` demo dev examples of ``task``, padded into one batch of model inputs."""
+    dev = tokenize(load_glue(task, demo=True, max_eval_samples=count), tokenizer, 128).dev["validation"]
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in dev.column_names]
+    return tokenizer.pad([{k: row[k] for k in keys} for row in dev], return_tensors="pt")
+
+
+def predicted_labels(run_dir: Path, count: int) -> list[str]:
+    """The prediction column of the first ``count`` rows of a run's predictions.tsv."""
+    lines = [line for line in (Path(run_dir) / "predictions.tsv").read_text().splitlines() if not line.startswith("#")]
+    return [line.split("\t")[3] for line in lines[1:count + 1]]

@@ -10,10 +10,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from adarank.data import load_glue, tokenize
 from adarank.models import embedded_model_path, load_model
 from adarank.tasks import TASKS
-from conftest import QUICK, read_jsonl, run_task
+from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl, run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,16 +54,12 @@ def test_a_demo_run_writes_every_file_of_the_contract(demo_run):
 def test_the_saved_adapter_reloads_to_the_same_logits(demo_run):
     task = TASKS["sst2"]
     tokenizer, _, _ = load_model(None, task)
-    batch = tokenize(load_glue(task, demo=True, max_eval_samples=16), tokenizer, 128).dev["validation"]
-    inputs = tokenizer.pad([{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]} for r in batch],
-                           return_tensors="pt")
+    inputs = demo_dev_inputs(tokenizer, task, 16)
     base = AutoModelForSequenceClassification.from_pretrained(embedded_model_path(), num_labels=2)
     reloaded = PeftModel.from_pretrained(base, str(demo_run / "adapter")).eval()
     with torch.no_grad():
         logits = reloaded(**inputs).logits
-    predicted = logits.argmax(-1).tolist()
-    rows = [line.split("\t") for line in (demo_run / "predictions.tsv").read_text().splitlines()[2:18]]
-    assert predicted == [int(r[3]) for r in rows]
+    assert logits.argmax(-1).tolist() == [int(p) for p in predicted_labels(demo_run, 16)]
     # AdaLoRA's pruned ranks come back with the adapter
     final = read_jsonl(demo_run / "ranks.jsonl")[-1]
     config = json.loads((demo_run / "adapter" / "adapter_config.json").read_text())
@@ -77,16 +72,13 @@ def test_the_saved_adapter_reproduces_the_trained_models_logits(tiny_model, tmp_
                     "--output_dir", str(run_dir), "--num_train_epochs", "1", *QUICK) == 0
     task = TASKS["rte"]
     tokenizer, _, _ = load_model(tiny_model, task)
-    dev = tokenize(load_glue(task, demo=True, max_eval_samples=8), tokenizer, 128).dev["validation"]
-    inputs = tokenizer.pad([{k: r[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for r in dev],
-                           return_tensors="pt")
+    inputs = demo_dev_inputs(tokenizer, task, 8)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     with torch.no_grad():
         before = base(**inputs).logits
         after = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()(**inputs).logits
     assert not torch.allclose(before, after)  # the adapter and head changed something
-    rows = [line.split("\t") for line in (run_dir / "predictions.tsv").read_text().splitlines()[2:10]]
-    assert [task.labels[i] for i in after.argmax(-1).tolist()] == [r[3] for r in rows]
+    assert [task.labels[i] for i in after.argmax(-1).tolist()] == predicted_labels(run_dir, 8)
 
 
 def test_the_same_seed_gives_the_same_run(tiny_model, tmp_path):

@@ -18,7 +18,7 @@ from adarank.models import load_model  # noqa: E402
 from adarank.modules import head_modules, resolve_target_modules  # noqa: E402
 from adarank.pipeline import main  # noqa: E402
 from adarank.tasks import TASKS  # noqa: E402
-from conftest import QUICK, read_jsonl  # noqa: E402
+from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl  # noqa: E402
 
 
 def run_plateau(task, *argv) -> int:
@@ -129,14 +129,11 @@ def test_a_run_grows_on_plateaus_logs_it_and_reloads(tiny_model, tmp_path):
 
     task = TASKS["sst2"]
     tokenizer, _, _ = load_model(tiny_model, task)
-    dev = tokenize(load_glue(task, demo=True, max_eval_samples=16), tokenizer, 128).dev["validation"]
-    inputs = tokenizer.pad([{k: r[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for r in dev],
-                           return_tensors="pt")
+    inputs = demo_dev_inputs(tokenizer, task, 16)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     with torch.no_grad():
         predicted = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()(**inputs).logits.argmax(-1)
-    rows = [line.split("\t") for line in (run_dir / "predictions.tsv").read_text().splitlines()[2:18]]
-    assert predicted.tolist() == [int(r[3]) for r in rows]
+    assert predicted.tolist() == [int(p) for p in predicted_labels(run_dir, 16)]
 
 
 def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):

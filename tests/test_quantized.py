@@ -14,7 +14,7 @@ from adarank.errors import UsageError
 from adarank.memory import base_model_bytes, quantized_bits_per_parameter
 from adarank.models import load_model
 from adarank.tasks import TASKS
-from conftest import QUICK, run_task
+from conftest import QUICK, demo_dev_inputs, predicted_labels, run_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "analysis" / "configs"
 
@@ -88,14 +88,11 @@ def test_qadalora_trains_prunes_and_reloads_onto_a_fresh_4bit_base(tiny_model, t
 
     task = TASKS["sst2"]
     tokenizer, base, _ = load_model(tiny_model, task, load_in_4bit=True)
-    dev = tokenize(load_glue(task, demo=True, max_eval_samples=16), tokenizer, 128).dev["validation"]
-    inputs = tokenizer.pad([{k: r[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for r in dev],
-                           return_tensors="pt")
+    inputs = demo_dev_inputs(tokenizer, task, 16)
     reloaded = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
     with torch.no_grad():
         predicted = reloaded(**inputs).logits.argmax(-1).tolist()
-    rows = [line.split("\t") for line in (run_dir / "predictions.tsv").read_text().splitlines()[2:18]]
-    assert predicted == [int(r[3]) for r in rows]
+    assert predicted == [int(p) for p in predicted_labels(run_dir, 16)]
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "qadalora"])
