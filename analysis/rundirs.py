@@ -93,17 +93,19 @@ class Run:
 
     @property
     def setting(self) -> str:
-        """What makes runs comparable as seeds of one setting: every choice but the seed."""
+        """What makes runs comparable as seeds of one setting: every choice but the seed.
+
+        The adapter counts as planned (its resolved hyperparameters), not as typed: --lora_r 8
+        and --budget large are one setting. The budget itself is in the run's label.
+        """
         arguments = self.config.get("arguments", {})
         training = arguments.get("training", {})
         chosen = {
             "model": self.config.get("model"),
             "train_examples": self.config.get("train_examples"),
             "dev_examples": self.config.get("dev_examples"),
-            "adapter": arguments.get("adapter"),
-            "method_arguments": {k: v for k, v in arguments.items()
-                                 if k not in ("model", "data", "adapter", "run", "training")},
-            "max_seq_length": arguments.get("model", {}).get("max_seq_length"),
+            "adapter": {k: v for k, v in (self.config.get("adapter") or {}).items() if k != "budget_rank"},
+            "model_arguments": arguments.get("model"),
             "training": {k: training.get(k) for k in (
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},

@@ -149,6 +149,30 @@ def test_results_table_matches_the_metrics_files(runs_root):
     assert comparison["comparison"] == "adalora - lora" and comparison["examples"] == 64
 
 
+def test_seeds_group_by_the_planned_adapter_not_the_flags_typed(runs_root, tmp_path):
+    def variant(name: str, change) -> str:
+        copy = tmp_path / name
+        shutil.copytree(runs_root / "sst2-lora-1", copy)
+        config = json.loads((copy / "config.json").read_text())
+        change(config)
+        (copy / "config.json").write_text(json.dumps(config))
+        return load_run(copy).setting
+
+    def typed_as_rank(config):  # --lora_r 2 instead of --budget small: the same plan
+        config["arguments"]["adapter"].update(budget="large", lora_r=config["adapter"]["r"])
+
+    def other_learning_rate(config):
+        config["arguments"]["training"]["learning_rate"] *= 2
+
+    def other_rank(config):
+        config["adapter"]["r"] += 1
+
+    setting = load_run(runs_root / "sst2-lora-1").setting
+    assert setting == load_run(runs_root / "sst2-lora-2").setting  # seeds apart
+    assert variant("typed", typed_as_rank) == setting
+    assert variant("lr", other_learning_rate) != setting and variant("rank", other_rank) != setting
+
+
 def test_csv_and_paper_rows(runs_root, capsys):
     summarize_runs.main([str(runs_root), "--csv", "--paper", "--bootstrap", "50"])
     out = capsys.readouterr().out

@@ -96,6 +96,61 @@ def test_growth_preserves_the_function_and_the_adam_moments(tiny_model, init):
     assert model.peft_config["default"].rank_pattern[name] == 6
 
 
+def anisotropic_inputs(width: int, seed: int = 0):
+    """(sum of x x^T, count, C) of inputs whose second moment spans two orders of magnitude."""
+    generator = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))
+    scales = torch.logspace(0, -1, width, dtype=torch.float64)  # energies from 1 to 1e-2
+    x = torch.randn(400, width, generator=generator, dtype=torch.float64) @ (rotation * scales).T
+    return x.T @ x, 400, x.T @ x / 400
+
+
+def test_whitened_rows_lower_the_loss_most_per_unit_of_feature_energy(tiny_model):
+    from scipy.linalg import eigh, null_space
+
+    built, _ = build(tiny_model, growth_init="whitened")
+    growth = built.callbacks[0]
+    name = next(iter(growth.layers))
+    a = growth._lora_params(growth.layers[name])[0]
+    old = a.detach().double()
+    total, count, second_moment = anisotropic_inputs(a.shape[1])
+    out = growth.layers[name].out_features
+    gradient = torch.randn(out, a.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    growth.inputs[name], growth.gradients[name] = [total, count], gradient
+    rows = growth._whitened_rows(name, a, 3).double()
+    moments = rows @ second_moment @ torch.cat([old, rows]).T
+    target = float(torch.trace(second_moment)) / (3 * a.shape[1])  # a PEFT default row's E[(a.x)^2]
+    torch.testing.assert_close(moments[:, 2:], target * torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-6 * target)
+    assert moments[:, :2].abs().max() < 1e-6 * target  # uncorrelated with the old features
+    # The first row maximises |G a|^2 / E[(a.x)^2] among rows uncorrelated with the old ones:
+    # the top generalised eigenvalue, computed here independently.
+    free = torch.from_numpy(null_space((old @ second_moment).numpy()))
+    best = eigh((free.T @ gradient.T @ gradient @ free).numpy(), (free.T @ second_moment @ free).numpy(),
+                eigvals_only=True)[-1]
+    gain = (gradient @ rows[0]).pow(2).sum() / (rows[0] @ second_moment @ rows[0])
+    assert float(gain) == pytest.approx(best, rel=1e-6)
+
+
+@pytest.mark.parametrize("init", ["gradient", "whitened"])
+def test_a_rank_one_gradient_still_gives_independent_rows(tiny_model, init):
+    built, _ = build(tiny_model, growth_init=init)
+    growth = built.callbacks[0]
+    name = next(iter(growth.layers))
+    a = growth._lora_params(growth.layers[name])[0]
+    total, count, second_moment = anisotropic_inputs(a.shape[1])
+    direction = torch.randn(a.shape[1], dtype=torch.float64)
+    growth.inputs[name] = [total, count]
+    growth.gradients[name] = torch.outer(torch.randn(growth.layers[name].out_features, dtype=torch.float64), direction)
+    rows = growth._new_rows(name, growth.layers[name], a, 4).double()
+    assert torch.isfinite(rows).all()
+    metric = second_moment if init == "whitened" else torch.eye(a.shape[1], dtype=torch.float64)
+    everything = torch.cat([a.detach().double(), rows])
+    gram = everything @ metric @ everything.T
+    scale = torch.diag(gram).sqrt()
+    cosines = gram / torch.outer(scale, scale)  # old and new rows: no two share a direction
+    torch.testing.assert_close(cosines[2:, :], torch.eye(6, dtype=torch.float64)[2:, :], rtol=0, atol=1e-6)
+
+
 def test_importance_growth_spends_the_event_budget(tiny_model):
     built, batch = build(tiny_model, grow_where="importance", growth_budget=3, delta_r=2)
     growth = built.callbacks[0]

@@ -18,11 +18,13 @@ frozen weight's gradient G accumulated over the last ``gradient_window`` steps
 before the evaluation, outside the span of the existing rows (in the spirit
 of GoRA and IncreLoRA), scaled to the norm of the existing rows.
 ``whitened`` does the same in whitened input coordinates: with C = E[x x^T]
-the second moment of the layer's inputs over the same steps, the rows are
-C^{-1/2} v for the top right singular vectors v of G C^{-1/2}, outside the
-whitened span of the existing rows (so the new features a.x are uncorrelated
-with the old ones), scaled so that E[(a.x)^2] equals that of a PEFT default
-row. Raw gradient directions follow the few input directions of largest
+the second moment of the layer's inputs over the same steps (the tokens whose
+output reaches the loss), the rows are C^{-1/2} v for the top right singular
+vectors v of G C^{-1/2}, outside the whitened span of the existing rows (so
+the new features a.x have zero cross second moment with the old ones and with
+each other), scaled so that E[(a.x)^2] equals that of a PEFT default row.
+Where G has fewer such directions than needed, the rest are random ones in
+the same space. Raw gradient directions follow the few input directions of largest
 energy (the activation outliers of a transformer), up to 100 times a random
 row's, and on CoLA they left the model at the majority class; whitening picks
 the directions that lower the loss most per unit of feature energy instead.
@@ -31,6 +33,9 @@ Where to grow (``--grow_where``): ``all`` modules (the original method), or
 ``importance``: the modules with the highest EMA of sum |w * grad w| over
 their LoRA parameters (IncreLoRA's score), ``growth_budget`` rank units per event.
 
+Checkpoints carry the plateau state but not a gradient window in progress: a
+run resumed inside a window grows from the part of the window after resuming.
+
 This module plugs into adarank through its extension points (a registered
 method and its callback); adarank does not import it.
 """
@@ -38,6 +43,7 @@ method and its callback); adarank does not import it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,7 @@ from adarank.errors import UsageError
 from adarank.methods import (AdapterMethod, AdapterRequest, BuiltAdapter, budget_rank, check_lora_arguments,
                              register_method)
 
+log = logging.getLogger("adarank")
 STATE_FILE = "plateau_state.json"
 GROWTH_INITS = ("lora", "gradient", "whitened")
 # What the entry scripts pass to adarank's main(): the method, a ceiling of rank 8 (the paper's
@@ -94,6 +101,9 @@ class PlateauLora(AdapterMethod):
         r_max = a.r_max if a.r_max is not None else budget_rank(request.args.budget)
         if a.r0 < 1 or a.r0 > r_max:
             raise UsageError(f"--r0 {a.r0} must be between 1 and --r_max {r_max}: lower --r0 or raise --r_max")
+        if a.r0 == r_max:
+            log.warning(f"--r0 {a.r0} equals --r_max {r_max}: ranks cannot grow, so this run is fixed LoRA "
+                        f"r={r_max}; raise --r_max (or use --budget large) to let them grow")
         if a.delta_r < 1:
             raise UsageError(f"--delta_r {a.delta_r} must be at least 1: ranks grow by whole directions")
         if a.plateau_patience < 1:
@@ -129,6 +139,21 @@ class PlateauLora(AdapterMethod):
         if request.resume_from:
             growth.restore(Path(request.resume_from))
         return BuiltAdapter(peft_model, callbacks=[growth], summary=growth.summary)
+
+
+def top_directions(matrix: torch.Tensor, basis: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` orthonormal rows orthogonal to the columns of ``basis``: the top right singular
+    vectors of ``matrix`` there, then, where ``matrix`` has fewer such directions, random ones."""
+    outside = matrix - (matrix @ basis) @ basis.T
+    _, values, vh = torch.linalg.svd(outside, full_matrices=False)
+    chosen = vh[: count][values[: count] > 1e-6 * values[0].clamp_min(1e-30)]
+    missing = count - chosen.shape[0]
+    if missing:
+        span = torch.cat([basis, chosen.T], dim=1)
+        drawn = torch.randn(matrix.shape[1], missing, dtype=matrix.dtype)
+        drawn = drawn - span @ (span.T @ drawn)
+        chosen = torch.cat([chosen, torch.linalg.qr(drawn)[0].T])
+    return chosen
 
 
 class PlateauGrowth(TrainerCallback):
@@ -203,18 +228,16 @@ class PlateauGrowth(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         losses = [v for k, v in (metrics or {}).items() if k.startswith("eval") and k.endswith("_loss")]
-        if not losses:
-            return
-        loss = sum(losses) / len(losses)
-        if loss < self.best - self.plan["min_delta"]:
-            self.best, self.wait = loss, 0
-        else:
-            self.wait += 1
-        if self.wait >= self.plan["patience"] and any(r < self.plan["r_max"] for r in self.ranks.values()):
-            self.grow(state.global_step, kwargs.get("optimizer"), loss)
-            self.wait = 0
-        self.gradients.clear()
-        self.inputs.clear()
+        if losses:
+            loss = sum(losses) / len(losses)
+            if loss < self.best - self.plan["min_delta"]:
+                self.best, self.wait = loss, 0
+            else:
+                self.wait += 1
+            if self.wait >= self.plan["patience"] and any(r < self.plan["r_max"] for r in self.ranks.values()):
+                self.grow(state.global_step, kwargs.get("optimizer"), loss)
+                self.wait = 0
+        self.gradients, self.inputs = {}, {}  # a window informs only the evaluation right after it
 
     def on_train_end(self, args, state, control, **kwargs):
         self._stop_capture()
@@ -285,52 +308,64 @@ class PlateauGrowth(TrainerCallback):
                         state[param][key] = torch.cat([value, value.new_zeros(shape)], dim=dim)
 
     def _new_rows(self, name: str, layer, a: torch.Tensor, extra: int) -> torch.Tensor:
-        if self.plan["growth_init"] == "whitened" and name in self.gradients and name in self.inputs:
+        if self.plan["growth_init"] == "whitened" and name in self.gradients:
             return self._whitened_rows(name, a, extra)
         if self.plan["growth_init"] == "gradient" and name in self.gradients:
-            gradient = self.gradients[name]
-            basis, _ = torch.linalg.qr(a.detach().float().T)  # the span of the existing rows
-            outside = gradient - (gradient @ basis) @ basis.T
-            _, _, vh = torch.linalg.svd(outside, full_matrices=False)
-            norm = a.detach().float().norm(dim=1).mean()
-            return vh[:extra] * norm
+            old = a.detach().double()
+            basis, _ = torch.linalg.qr(old.T)  # the span of the existing rows
+            directions = top_directions(self.gradients[name].double(), basis, extra)
+            return (directions * old.norm(dim=1).mean()).float()
+        return self._lora_rows(a, extra)
+
+    def _whitened_rows(self, name: str, a: torch.Tensor, extra: int) -> torch.Tensor:
+        """Rows C^{-1/2} v: v the top right singular vectors of G C^{-1/2} outside the old rows' span.
+
+        C is kept on the eigen-directions the inputs use (eigenvalues above 1e-3 of the mean):
+        there the new features are exactly uncorrelated with the old ones (zero cross second
+        moment) and with each other, each with a PEFT default row's energy.
+        """
+        total, count = self.inputs.get(name, (None, 0))
+        if not count:  # no token of the window reached the loss through this module
+            return self._lora_rows(a, extra)
+        second_moment = total.double() / count
+        values, vectors = torch.linalg.eigh(second_moment)
+        used = values > 1e-3 * values.clamp_min(0).mean()
+        values, vectors = values[used], vectors[:, used]
+        to_white = vectors * values.sqrt()  # a row a becomes a @ to_white; x becomes diag^-1/2 V^T x
+        from_white = vectors / values.sqrt()  # a whitened direction v becomes the row v @ from_white.T
+        basis, _ = torch.linalg.qr((a.detach().double() @ to_white).T)  # old rows, whitened
+        if extra > values.numel() - basis.shape[1]:  # the inputs span too few directions: fall back
+            return self._lora_rows(a, extra)
+        directions = top_directions(self.gradients[name].double() @ from_white, basis, extra)
+        # A PEFT default row (uniform in +-1/sqrt(in)) gives E[(a.x)^2] = trace(C) / (3 in);
+        # a whitened unit direction gives E[(a.x)^2] = 1.
+        target = torch.trace(second_moment) / (3 * a.shape[1])
+        return (directions @ from_white.T * target.sqrt()).float()
+
+    @staticmethod
+    def _lora_rows(a: torch.Tensor, extra: int) -> torch.Tensor:
         rows = torch.empty(extra, a.shape[1])
         nn.init.kaiming_uniform_(rows, a=math.sqrt(5))  # PEFT's default for lora_A
         return rows
 
-    def _whitened_rows(self, name: str, a: torch.Tensor, extra: int) -> torch.Tensor:
-        """Rows C^{-1/2} v: v the top right singular vectors of G C^{-1/2} outside the old rows' span."""
-        total, count = self.inputs[name]
-        second_moment = total.double() / count
-        values, vectors = torch.linalg.eigh(second_moment)
-        values = values.clamp_min(0) + 1e-4 * values.clamp_min(0).mean()  # ridge: C may be singular
-        root = (vectors * values.sqrt()) @ vectors.T
-        inverse_root = (vectors / values.sqrt()) @ vectors.T
-        gradient = self.gradients[name].double() @ inverse_root
-        basis, _ = torch.linalg.qr((a.detach().double() @ root).T)  # old rows, whitened
-        outside = gradient - (gradient @ basis) @ basis.T
-        _, _, vh = torch.linalg.svd(outside, full_matrices=False)
-        rows = vh[:extra] @ inverse_root
-        # A PEFT default row (uniform in +-1/sqrt(in)) gives E[(a.x)^2] = trace(C) / (3 in).
-        target = torch.trace(second_moment) / (3 * a.shape[1])
-        energy = ((rows @ second_moment) * rows).sum(dim=1, keepdim=True)
-        return (rows * (target / energy).sqrt()).float()
-
     def _start_capture(self) -> None:
-        """Accumulate each frozen weight's gradient, sum over tokens of grad_out^T x (and of x x^T)."""
+        """Accumulate each frozen weight's gradient G = sum over tokens of grad_out^T x, and the
+        second moment sum of x x^T over the tokens whose output reaches the loss (whitened)."""
+        whitened = self.plan["growth_init"] == "whitened"
         for name, layer in self.layers.items():
             def forward_hook(module, inputs, output, name=name):
                 if not torch.is_grad_enabled() or not output.requires_grad:
                     return
                 x = inputs[0].detach()
-                if self.plan["growth_init"] == "whitened":
-                    flat = x.reshape(-1, x.shape[-1]).float()
-                    total, count = self.inputs.get(name, (0, 0))
-                    self.inputs[name] = [total + flat.T @ flat, count + flat.shape[0]]
 
-                def backward(grad, x=x):
-                    g = torch.einsum("...o,...i->oi", grad.detach().float(), x.float())
-                    self.gradients[name] = self.gradients.get(name, 0) + g
+                def backward(grad, x=x):  # runs outside autocast: sums are float32
+                    grad = grad.detach().reshape(-1, grad.shape[-1]).float()
+                    x_flat = x.reshape(-1, x.shape[-1]).float()
+                    self.gradients[name] = self.gradients.get(name, 0) + grad.T @ x_flat
+                    if whitened:
+                        reached = x_flat[grad.abs().amax(dim=1) > 0]  # not padding, not cut off
+                        total, count = self.inputs.get(name, (0, 0))
+                        self.inputs[name] = [total + reached.T @ reached, count + reached.shape[0]]
 
                 output.register_hook(backward)
             self._hooks.append(layer.register_forward_hook(forward_hook))
