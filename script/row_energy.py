@@ -1,0 +1,89 @@
+"""How much input energy each LoRA A row of a finished run picks up, against a random row.
+
+For every adapted matrix, with C = E[x x^T] the second moment of its inputs over
+real (unpadded) tokens of the first --examples training sentences, passed through
+the run's own trained model, a row a gets
+
+    relative energy = E[(a.x)^2] / (|a|^2 trace(C) / in)
+
+which is 1 on average for a random direction of the same norm. Rows are split into
+the first --r0 (there from the start) and the rest (added by growth), and the median
+and maximum over all matrices are printed per run.
+
+    python script/row_energy.py runs/benchmark-cola/plateau-seed42 runs/benchmark-cola/plateau-gradient-seed42 \
+        --data_dir ../shared/data/glue_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from adarank.data import load_glue, tokenize  # noqa: E402
+from adarank.errors import UsageError  # noqa: E402
+from adarank.models import load_model  # noqa: E402
+from adarank.tasks import get_task  # noqa: E402
+
+
+def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[torch.Tensor]]:
+    """Module name -> relative energy of each of its A rows."""
+    config_path, adapter = run_dir / "config.json", run_dir / "adapter"
+    if not config_path.is_file() or not (adapter / "adapter_model.safetensors").is_file():
+        raise UsageError(f"{run_dir} is not a finished run directory (config.json and adapter/ are needed)")
+    config = json.loads(config_path.read_text())
+    task = get_task(config["task"])
+    tokenizer, base, _ = load_model(config["arguments"]["model"]["model_name_or_path"], task)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    rows = tokenize(load_glue(task, data_dir=data_dir), tokenizer, 128).train.select(range(examples))
+    batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
+    real = batch["attention_mask"].bool()
+    moments, hooks = {}, []
+    for name in config["target_modules"]:
+        def keep(module, inputs, output, name=name):
+            x = inputs[0][real].double()
+            moments[name] = x.T @ x / x.shape[0]
+        hooks.append(model.base_model.model.get_submodule(name).register_forward_hook(keep))
+    with torch.no_grad():
+        model(**batch)
+    for hook in hooks:
+        hook.remove()
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    energies = {}
+    for name, second_moment in moments.items():
+        (a,) = [v for k, v in weights.items() if k.endswith(f"{name}.lora_A.weight")]
+        a = a.double()
+        random_row = (a * a).sum(dim=1) * torch.trace(second_moment) / a.shape[1]
+        energies[name] = ((a @ second_moment) * a).sum(dim=1) / random_row
+    return energies
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories with adapter/")
+    parser.add_argument("--data_dir", required=True, help="GLUE folder holding the run's task")
+    parser.add_argument("--examples", type=int, default=256, help="training sentences to measure inputs on")
+    parser.add_argument("--r0", type=int, default=2, help="rows there from the start; the rest were grown")
+    args = parser.parse_args(argv)
+    print("run\tinitial rows: median, max\tgrown rows: median, max")
+    for run_dir in args.runs:
+        try:
+            energies = row_energies(run_dir, args.data_dir, args.examples)
+        except UsageError as error:
+            raise SystemExit(f"error: {error}") from None
+        initial = [float(e) for v in energies.values() for e in v[: args.r0]]
+        grown = [float(e) for v in energies.values() for e in v[args.r0:]]
+        cells = [f"{statistics.median(x):.2f}, {max(x):.2f}" if x else "-" for x in (initial, grown)]
+        print(f"{run_dir.name}\t{cells[0]}\t{cells[1]}")
+
+
+if __name__ == "__main__":
+    main()
