@@ -73,12 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=256, help="training sentences to measure inputs on")
     parser.add_argument("--r0", type=int, default=2, help="rows there from the start; the rest were grown")
     args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        if not (run_dir / "adapter" / "adapter_model.safetensors").is_file():
+            print(f"error: {run_dir} is not a finished run directory (config.json and adapter/ are needed)",
+                  file=sys.stderr)
+            raise SystemExit(2)
     print("run\tinitial rows: median, max\tgrown rows: median, max")
     for run_dir in args.runs:
         try:
             energies = row_energies(run_dir, args.data_dir, args.examples)
         except UsageError as error:
-            raise SystemExit(f"error: {error}") from None
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         initial = [float(e) for v in energies.values() for e in v[: args.r0]]
         grown = [float(e) for v in energies.values() for e in v[args.r0:]]
         cells = [f"{statistics.median(x):.2f}, {max(x):.2f}" if x else "-" for x in (initial, grown)]
