@@ -21,6 +21,29 @@ class AnalysisError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
+def setting_names(runs: list[Run]) -> dict[str, str]:
+    """Setting hash -> the choices that set it apart from the other settings among ``runs``,
+    e.g. "growth_init=whitened, grow_where=importance" (the hash where nothing shows)."""
+    fields = {run.setting: _flatten(run.setting_fields) for run in runs}
+    keys = sorted({k for f in fields.values() for k in f})
+    differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in fields.values()}) > 1]
+    names = {}
+    for setting, flat in fields.items():
+        parts = [f"{k.rsplit('.', 1)[-1]}={flat.get(k)}" for k in differing]
+        names[setting] = ", ".join(parts) if parts else setting
+    return names
+
+
+def _flatten(document: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def fail_cleanly(main):
     """Run ``main``; an AnalysisError becomes one line on stderr and exit code 2."""
 
@@ -93,6 +116,11 @@ class Run:
 
     @property
     def setting(self) -> str:
+        """A short hash of ``setting_fields``: runs with the same one are seeds of one setting."""
+        return hashlib.sha1(json.dumps(self.setting_fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    @property
+    def setting_fields(self) -> dict:
         """What makes runs comparable as seeds of one setting: every choice but the seed.
 
         The adapter counts as planned (its resolved hyperparameters), not as typed: --lora_r 8
@@ -110,7 +138,7 @@ class Run:
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},
         }
-        return hashlib.sha1(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return chosen
 
     @property
     def label(self) -> str:

@@ -22,7 +22,8 @@ from collections import defaultdict
 import numpy as np
 from scipy.stats import rankdata
 
-from rundirs import AnalysisError, Run, dev_splits, fail_cleanly, find_runs, metric_keys, task_metric
+from rundirs import (AnalysisError, Run, dev_splits, fail_cleanly, find_runs, metric_keys, setting_names,
+                     task_metric)
 
 MB = 2**20
 
@@ -127,15 +128,27 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
+def method_name(groups: dict, key: tuple) -> str:
+    """The method, and where it ran in more than one setting, what sets this one apart."""
+    task, method, budget, setting = key
+    siblings = [runs[0] for (t, m, b, _), runs in groups.items() if (t, m, b) == (task, method, budget)]
+    return method if len(siblings) == 1 else f"{method} [{setting_names(siblings)[setting]}]"
+
+
 def results_rows(groups: dict) -> list[dict]:
     rows = []
-    for (task, method, budget, setting), runs in groups.items():
-        row = {"task": task, "method": method, "budget": budget, "setting": setting, "seeds": len(runs)}
+    for key, runs in groups.items():
+        task, method, budget, setting = key
+        row = {"task": task, "method": method_name(groups, key), "budget": budget, "setting": setting,
+               "seeds": len(runs)}
         for key in metric_keys(runs[0]):
             mean, std = _mean_std([run.metrics[key] for run in runs])
             row[key.removeprefix("eval_")] = f"{100 * mean:.2f} +- {100 * std:.2f}"
         row["trainable params"] = f"{int(np.mean([r.metrics['trainable_params'] for r in runs])):,}"
         row["adapter params"] = f"{int(np.mean([r.metrics['adapter_params'] for r in runs])):,}"
+        # Growing methods: the adapter parameters trained, averaged over the optimizer steps.
+        averages = [r.metrics.get("average_adapter_params", r.metrics["adapter_params"]) for r in runs]
+        row["avg adapter params"] = f"{int(np.mean(averages)):,}"
         sizes = [s for s in map(adapter_mb, runs) if s is not None]
         row["adapter MB"] = f"{np.mean(sizes):.3f}" if sizes else "-"
         row["train s"] = f"{np.mean([r.metrics['train_seconds'] for r in runs]):.0f}"
@@ -173,13 +186,9 @@ def _encode(metric: str, labels, *prediction_sets):
 
 def comparison_rows(groups: dict, resamples: int) -> list[dict]:
     rows = []
-    settings = defaultdict(set)
-    for task, method, budget, setting in groups:
-        settings[(task, method, budget)].add(setting)
     by_task_budget = defaultdict(dict)
     for (task, method, budget, setting), runs in groups.items():
-        name = method if len(settings[(task, method, budget)]) == 1 else f"{method} [{setting}]"
-        by_task_budget[(task, budget)][name] = runs
+        by_task_budget[(task, budget)][method_name(groups, (task, method, budget, setting))] = runs
     for (task, budget), methods in sorted(by_task_budget.items()):
         for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(sorted(methods.items()), 2):
             metric = task_metric(runs_a[0])

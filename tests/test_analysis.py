@@ -17,7 +17,7 @@ import visualize_rank
 from adarank.demo_data import make_demo_split
 from adarank.tasks import TASKS
 from conftest import QUICK, read_jsonl, run_task
-from rundirs import load_run
+from rundirs import load_run, setting_names
 
 
 def write_sst2_folder(root: Path) -> Path:
@@ -156,7 +156,7 @@ def test_seeds_group_by_the_planned_adapter_not_the_flags_typed(runs_root, tmp_p
         config = json.loads((copy / "config.json").read_text())
         change(config)
         (copy / "config.json").write_text(json.dumps(config))
-        return load_run(copy).setting
+        return load_run(copy)
 
     def typed_as_rank(config):  # --lora_r 2 instead of --budget small: the same plan
         config["arguments"]["adapter"].update(budget="large", lora_r=config["adapter"]["r"])
@@ -167,10 +167,14 @@ def test_seeds_group_by_the_planned_adapter_not_the_flags_typed(runs_root, tmp_p
     def other_rank(config):
         config["adapter"]["r"] += 1
 
-    setting = load_run(runs_root / "sst2-lora-1").setting
-    assert setting == load_run(runs_root / "sst2-lora-2").setting  # seeds apart
-    assert variant("typed", typed_as_rank) == setting
-    assert variant("lr", other_learning_rate) != setting and variant("rank", other_rank) != setting
+    run = load_run(runs_root / "sst2-lora-1")
+    assert run.setting == load_run(runs_root / "sst2-lora-2").setting  # seeds apart
+    assert variant("typed", typed_as_rank).setting == run.setting
+    faster, wider = variant("lr", other_learning_rate), variant("rank", other_rank)
+    assert faster.setting != run.setting and wider.setting != run.setting
+    # Tables name each setting by what sets it apart.
+    names = setting_names([run, faster])
+    assert (names[run.setting], names[faster.setting]) == ("learning_rate=0.005", "learning_rate=0.01")
 
 
 def test_csv_and_paper_rows(runs_root, capsys):

@@ -173,6 +173,7 @@ def test_a_run_grows_on_plateaus_logs_it_and_reloads(tiny_model, tmp_path):
     evaluated = [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "eval_loss" in h]
     assert evaluated == [4, 8, 12, 16]
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["adapter_params"] == metrics["final_adapter_params"]  # counted after training
     per_rank = metrics["final_adapter_params"] // 8
     assert metrics["average_adapter_params"] == pytest.approx(per_rank * (2 * 8 + 4 * 4 + 6 * 4) / 16)
     assert json.loads((run_dir / "config.json").read_text())["budget"] == "large"  # compared with LoRA r=8

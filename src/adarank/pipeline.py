@@ -130,6 +130,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
     trainer.args.train_sampling_strategy = "sequential"
     metrics, rows = _evaluate(trainer, task, tokenized.dev)
+    counts = parameter_counts(built.model, base_params)  # again: growing methods change them in training
     metrics.update(
         counts,
         total_steps=trainer.state.global_step,
