@@ -150,7 +150,7 @@ def top_directions(matrix: torch.Tensor, basis: torch.Tensor, count: int) -> tor
     missing = count - chosen.shape[0]
     if missing:
         span = torch.cat([basis, chosen.T], dim=1)
-        drawn = torch.randn(matrix.shape[1], missing, dtype=matrix.dtype)
+        drawn = torch.randn(matrix.shape[1], missing, dtype=matrix.dtype, device=matrix.device)
         drawn = drawn - span @ (span.T @ drawn)
         chosen = torch.cat([chosen, torch.linalg.qr(drawn)[0].T])
     return chosen
