@@ -128,7 +128,7 @@ class Run:
         """
         arguments = self.config.get("arguments", {})
         training = arguments.get("training", {})
-        chosen = {
+        return {
             "model": self.config.get("model"),
             "train_examples": self.config.get("train_examples"),
             "dev_examples": self.config.get("dev_examples"),
@@ -138,7 +138,6 @@ class Run:
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},
         }
-        return chosen
 
     @property
     def label(self) -> str:

@@ -137,9 +137,9 @@ def method_name(groups: dict, key: tuple) -> str:
 
 def results_rows(groups: dict) -> list[dict]:
     rows = []
-    for key, runs in groups.items():
-        task, method, budget, setting = key
-        row = {"task": task, "method": method_name(groups, key), "budget": budget, "setting": setting,
+    for group, runs in groups.items():
+        task, method, budget, setting = group
+        row = {"task": task, "method": method_name(groups, group), "budget": budget, "setting": setting,
                "seeds": len(runs)}
         for key in metric_keys(runs[0]):
             mean, std = _mean_std([run.metrics[key] for run in runs])
