@@ -7,6 +7,7 @@ import os
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
+from adarank.cpu_4bit import choose_kernels
 from adarank.errors import UsageError
 from adarank.tasks import GlueTask
 
@@ -89,6 +90,7 @@ def load_model(name_or_path: str | None, task: GlueTask, load_in_4bit: bool = Fa
         ) from None
     if load_in_4bit:
         require_quantized_layers(model, source)
+        choose_kernels(model, load_kwargs["quantization_config"].bnb_4bit_compute_dtype)
     # The Trainer would otherwise scale the loss by the accumulation steps (and processes)
     # on the assumption that the model normalises by the number of items itself.
     model.accepts_loss_kwargs = False

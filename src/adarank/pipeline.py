@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from adarank.arguments import Arguments, parse_arguments
 from adarank.callbacks import StepHistory
+from adarank.cpu_4bit import describe_kernels
 from adarank.data import load_glue, tokenize
 from adarank.errors import UsageError, exits_cleanly_on_usage_errors
 from adarank.memory import (
@@ -109,6 +110,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
 
     tokenized = tokenize(data, tokenizer, args.model.max_seq_length)
     config = _config_document(args, task, data, model_name, request, plan, counts)
+    if method.quantized:
+        config["four_bit_cpu_kernels"] = describe_kernels(built.model)
     if main_process:
         run.write_json("config.json", config)
 

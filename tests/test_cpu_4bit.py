@@ -1,0 +1,159 @@
+"""4-bit layers on both of bitsandbytes' CPU paths: its packed AVX512-BF16 kernel and the plain one.
+
+bitsandbytes decides per layer at construction, from the CPU (``has_avx512bf16``).
+Each test runs once per path: on the path this CPU takes, for real, and on the
+other by setting that flag the way bitsandbytes sets it (monkeypatching the
+function it calls). Packing itself is plain torch code, so the packed path's
+state changes (pack for evaluation, exact plain weights back for training and
+saving) are exercised on any CPU; only the packed kernel's arithmetic needs the
+real instruction set, and the one check of its values says so where it is skipped.
+"""
+
+import json
+
+import bitsandbytes.functional
+import bitsandbytes.nn.modules
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from adarank.cpu_4bit import is_linear_4bit, is_packed, packable
+from adarank.models import embedded_model_path, load_model
+from adarank.tasks import TASKS
+from conftest import demo_dev_inputs, predicted_labels, run_task
+
+CPU_HAS_PACKED_KERNEL = bool(bitsandbytes.functional.has_avx512bf16())
+
+
+@pytest.fixture(params=["packed", "plain"])
+def cpu_path(request, monkeypatch):
+    """Which path bitsandbytes takes on this CPU, forced where the CPU would take the other."""
+    packed = request.param == "packed"
+    if packed != CPU_HAS_PACKED_KERNEL:  # forced: the flag bitsandbytes reads at construction
+        monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: packed)
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def mixed_width_model(tmp_path_factory) -> str:
+    """A 2-layer BERT whose 4-bit layers are partly packable (widths 64, 96) and partly not
+    (the FFN output takes 96 inputs, not a multiple of the 64-weight quantisation block)."""
+    folder = tmp_path_factory.mktemp("bert-64")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=96, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def four_bit_layers(model) -> dict:
+    return {name: m for name, m in model.named_modules() if is_linear_4bit(m)}
+
+
+def test_each_layer_takes_the_packed_kernel_only_where_its_shape_and_dtype_allow(mixed_width_model, cpu_path):
+    task = TASKS["sst2"]
+    layers = four_bit_layers(load_model(mixed_width_model, task, load_in_4bit=True, compute_dtype="bfloat16")[1])
+    shapes_ok = {name for name, m in layers.items() if packable(m)}
+    assert shapes_ok and shapes_ok != set(layers)  # the model mixes both kinds
+    chosen = {name for name, m in layers.items() if m.support_avx512bf16_for_cpu}
+    assert chosen == (shapes_ok if cpu_path == "packed" else set())
+    # float32 compute (the CPU default): the bf16 kernel would lower the precision asked for.
+    fp32 = four_bit_layers(load_model(mixed_width_model, task, load_in_4bit=True, compute_dtype="float32")[1])
+    assert not any(m.support_avx512bf16_for_cpu for m in fp32.values())
+
+
+def test_evaluation_packs_and_training_and_saving_get_the_exact_plain_weights_back(mixed_width_model, cpu_path):
+    task = TASKS["sst2"]
+    tokenizer, model, _ = load_model(mixed_width_model, task, load_in_4bit=True, compute_dtype="bfloat16")
+    inputs = demo_dev_inputs(tokenizer, task, 8)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    trained_logits = model(**inputs).logits.detach()
+    model.eval()
+    with torch.no_grad():
+        plain_eval = model(**inputs).logits if cpu_path == "plain" else None
+        packed_eval = model(**inputs).logits
+    packed = {name for name, m in four_bit_layers(model).items() if is_packed(m)}
+    assert packed == {name for name, m in four_bit_layers(model).items() if m.support_avx512bf16_for_cpu}
+    assert bool(packed) == (cpu_path == "packed")
+
+    model.train()  # a training step after an evaluation runs on the weights it had before it
+    torch.testing.assert_close(model(**inputs).logits.detach(), trained_logits, rtol=0, atol=0)
+    assert not any(is_packed(m) for m in four_bit_layers(model).values())
+    model.eval()
+    with torch.no_grad():
+        model(**inputs)
+    after = model.state_dict()  # saving a packed model stores the weights it was loaded with
+    assert after.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(after[key], value), key
+    if cpu_path == "plain":
+        torch.testing.assert_close(packed_eval, plain_eval, rtol=0, atol=0)
+    elif CPU_HAS_PACKED_KERNEL:  # the real kernel: the same function up to bf16 rounding
+        fresh = load_model(mixed_width_model, task, load_in_4bit=True, compute_dtype="bfloat16")[1].train()
+        with torch.no_grad():
+            torch.testing.assert_close(packed_eval, fresh(**inputs).logits, rtol=0.05, atol=0.05)
+    else:
+        pytest.skip("packed kernel forced on a CPU without AVX512-BF16: its arithmetic needs the real kernel; "
+                    "the pack/unpack exactness above was checked")
+
+
+def test_evaluating_during_training_changes_nothing_and_a_resumed_run_matches(mixed_width_model, cpu_path, tmp_path):
+    common = ("sst2", "--demo", "--model_name_or_path", mixed_width_model, "--method", "qadalora",
+              "--bnb_4bit_compute_dtype", "bfloat16", "--max_steps", "12", "--per_device_train_batch_size", "8",
+              "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "3",
+              "--max_eval_samples", "16", "--seed", "5")
+    evaluated, quiet, resumed = tmp_path / "evaluated", tmp_path / "quiet", tmp_path / "resumed"
+    every4 = ("--eval_strategy", "steps", "--eval_steps", "4")
+    assert run_task(*common, *every4, "--output_dir", str(evaluated)) == 0
+    assert run_task(*common, "--eval_strategy", "no", "--output_dir", str(quiet)) == 0
+    config = json.loads((evaluated / "config.json").read_text())["four_bit_cpu_kernels"]
+    assert (config["packed_kernel_layers"] > 0) == (cpu_path == "packed")
+
+    weights = load_file(evaluated / "adapter" / "adapter_model.safetensors")
+    for key, value in load_file(quiet / "adapter" / "adapter_model.safetensors").items():
+        assert torch.equal(weights[key], value), key
+
+    assert run_task(*common, *every4, "--output_dir", str(resumed)) == 0
+    (resumed / "metrics.json").unlink()  # as if stopped after the checkpoint at step 8 (taken after an evaluation)
+    assert run_task(*common, *every4, "--output_dir", str(resumed),
+                    "--resume_from_checkpoint", str(resumed / "checkpoints" / "checkpoint-8")) == 0
+    for key, value in load_file(resumed / "adapter" / "adapter_model.safetensors").items():
+        torch.testing.assert_close(value, weights[key], rtol=1e-6, atol=1e-6)
+
+    task = TASKS["sst2"]
+    tokenizer, base, _ = load_model(mixed_width_model, task, load_in_4bit=True, compute_dtype="bfloat16")
+    reloaded = PeftModel.from_pretrained(base, str(evaluated / "adapter")).eval()
+    with torch.no_grad():
+        predicted = reloaded(**demo_dev_inputs(tokenizer, task, 16)).logits.argmax(-1).tolist()
+    assert [str(p) for p in predicted] == predicted_labels(evaluated, 16)
+
+
+def test_no_line_about_the_optional_kernels_package(tiny_model, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "src" / "src_qlora" / "glue_sst2.py"
+    done = subprocess.run([sys.executable, str(script), "--demo", "--model_name_or_path", tiny_model,
+                           "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
+                           "--output_dir", str(tmp_path / "k")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernels" not in done.stdout + done.stderr
+
+
+def test_only_the_kernels_notice_is_filtered(caplog):
+    import logging
+
+    import adarank  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module")
+        logger.warning("some other bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
