@@ -132,7 +132,10 @@ def environment() -> dict:
     if torch.cuda.is_available():
         device = {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
     else:
-        device = {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+        device = {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                  # Code paths and speed differ by instruction set (bf16 units, bitsandbytes' packed kernel).
+                  "capability": torch.backends.cpu.get_cpu_capability(),
+                  "avx512_bf16": torch.cpu._is_avx512_bf16_supported(), "amx": torch.cpu._is_amx_tile_supported()}
     return {
         "python": platform.python_version(),
         "packages": versions,
