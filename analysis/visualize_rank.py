@@ -34,6 +34,11 @@ def rank_matrix(record: dict) -> tuple[np.ndarray, list[str], list[int]]:
     return matrix, kinds, layers
 
 
+def row_height(kinds: int) -> float:
+    """Inches for one row of heatmaps: a line per module type, plus its title and layer axis."""
+    return 0.25 * kinds + 0.9
+
+
 def draw_heatmap(ax, record: dict, vmax: float, title: str):
     matrix, kinds, layers = rank_matrix(record)
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
@@ -71,8 +76,11 @@ def heatmaps_figure(runs: list[Run]):
     vmax = max(max(r["ranks"][layer][kind] for r in recs for layer in r["ranks"] for kind in r["ranks"][layer])
                for recs in records) or 1
     layers = max(len(recs[0]["ranks"]) for recs in records)
+    kinds = max(len(rank_matrix(recs[0])[1]) for recs in records)
     width = max(4.0, 0.42 * layers + 1.8)
-    figure, axes = plt.subplots(len(runs), 2, figsize=(2 * width + 1.2, 2.4 * len(runs) + 0.6), squeeze=False)
+    # constrained layout sizes the gaps from the labels: the right panel's row labels, the titles of the row below
+    figure, axes = plt.subplots(len(runs), 2, figsize=(2 * width + 1.2, row_height(kinds) * len(runs) + 0.6),
+                                squeeze=False, layout="constrained")
     for row, (run, recs) in enumerate(zip(runs, records)):
         first, last = recs[0], recs[-1]
         image = draw_heatmap(axes[row, 0], first, vmax, _label(first, True))
@@ -80,7 +88,7 @@ def heatmaps_figure(runs: list[Run]):
         axes[row, 0].set_ylabel(run.label)
     figure.colorbar(image, ax=axes.ravel().tolist(), label="effective rank", shrink=0.9)
     budgets = ", ".join(f"{r[0]['budget']} -> {r[-1]['budget']}" for r in records)
-    figure.suptitle(f"Rank allocation, initial step -> final step (total budget {budgets})", y=1.0 + 0.08 / len(runs))
+    figure.suptitle(f"Rank allocation, initial step -> final step (total budget {budgets})")
     return figure
 
 
@@ -96,18 +104,23 @@ def over_time_figure(run: Run, panels: int = 5):
     vmax = max(r["ranks"][layer][kind] for r in records for layer in r["ranks"] for kind in r["ranks"][layer]) or 1
     layers = len(records[0]["ranks"])
     width = max(3.0, 0.3 * layers + 1.5)
-    figure = plt.figure(figsize=(width * len(chosen), 6.4))
-    grid = figure.add_gridspec(2, len(chosen), height_ratios=[1, 1.1], hspace=0.45)
+    strip = row_height(len(rank_matrix(records[0])[1])) + 0.4  # a two-line title over each heatmap
+    half = max(1, len(chosen) // 2)
+    # constrained layout keeps each axis label clear of its tick labels and of the panel beside it;
+    # the strip and the curves get a grid each, so the curves' labels do not widen gaps in the strip
+    figure = plt.figure(figsize=(width * len(chosen), strip + 3.2), layout="constrained")
+    grid = figure.add_gridspec(2, 1, height_ratios=[strip, 3.0])
+    strip_grid = grid[0].subgridspec(1, len(chosen))
+    curves_grid = grid[1].subgridspec(1, 2, width_ratios=[half, len(chosen) - half])
     for column, record in enumerate(chosen):
-        ax = figure.add_subplot(grid[0, column])
+        ax = figure.add_subplot(strip_grid[column])
         image = draw_heatmap(ax, record, vmax, f"step {record['step']} ({record['event']})\ntotal rank {record['total_rank']}")
         if column:
             ax.set_yticklabels([])
     figure.colorbar(image, ax=figure.axes, label="effective rank", shrink=0.8)
 
-    half = max(1, len(chosen) // 2)
-    total_ax = figure.add_subplot(grid[1, :half])
-    kinds_ax = figure.add_subplot(grid[1, half:])
+    total_ax = figure.add_subplot(curves_grid[0])
+    kinds_ax = figure.add_subplot(curves_grid[1])
     steps = [r["step"] for r in records]
     color = style.method_color(run.method)
     total_ax.plot(steps, [r["total_rank"] for r in records], color=color, lw=2, label="total rank")
