@@ -13,7 +13,8 @@ runs=${2:-runs/benchmark-cola}
 python=${PYTHON:-.venv/bin/python}
 epochs=${EPOCHS:-3}
 common=(--data_dir "$data_dir" --num_train_epochs "$epochs")
-plateau=(--r0 2 --delta_r 2 --r_max 8 --eval_every 40 --plateau_patience 2)
+# min_delta 0: the value these runs were made with (the scripts' default is now 1e-4).
+plateau=(--r0 2 --delta_r 2 --r_max 8 --eval_every 40 --plateau_patience 2 --plateau_min_delta 0)
 run() {  # name seed script flags...
   local name=$1 seed=$2 script=$3
   shift 3

@@ -168,3 +168,47 @@ def test_arguments_from_a_json_or_yaml_file(tiny_model, tmp_path, capsys):
     assert {"demo", "max_steps", "method"} <= set(config["explicit_arguments"])
     (tmp_path / "bad.yaml").write_text("method: [lora\n")
     assert "is not valid YAML" in fails_cleanly(capsys, "rte", str(tmp_path / "bad.yaml"))
+
+
+def fails_in_one_line(capsys, task, *argv) -> str:
+    """Exit code 2 and exactly one line on stderr, the error."""
+    code = run_task(task, *argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_a_mistyped_flag_names_the_closest_known_ones(capsys, tmp_path):
+    line = fails_in_one_line(capsys, "cola", "--demo", "--learnig_rate", "1e-3", "--output_dir", str(tmp_path / "run"))
+    assert "unknown flag --learnig_rate (did you mean --learning_rate?)" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, messages", [
+    (("--learnig_rate", "1e-3", "--num_epochs=2", "--zzzz"),
+     ("unknown flags --learnig_rate (did you mean --learning_rate?)", "--num_epochs (did you mean --num_train_epochs?)",
+      "--zzzz (no flag is close)")),
+    (("--learning_rate", "1e-3", "extra"), ("unexpected argument 'extra'",)),
+    (("--learnig_rate", "1e-3", "extra", "more"),
+     ("--learnig_rate (did you mean --learning_rate?)", "unexpected arguments 'extra', 'more'")),
+    (("--learning_rate", "fast"), ("argument --learning_rate/--learning-rate: invalid float value: 'fast'",)),
+])
+def test_every_unknown_flag_and_stray_argument_is_named(capsys, tmp_path, flags, messages):
+    line = fails_in_one_line(capsys, "cola", "--demo", "--output_dir", str(tmp_path / "run"), *flags)
+    for message in messages:
+        assert message in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, text", [
+    ("args.json", json.dumps({"demo": True, "learnig_rate": 1e-3, "num_epochs": 2, "output_dir": "RUN"})),
+    ("args.yaml", "demo: true\nlearnig_rate: 0.001\nnum_epochs: 2\noutput_dir: RUN\n"),
+])
+def test_unknown_keys_of_an_argument_file_name_the_closest_flags(capsys, tmp_path, name, text):
+    (tmp_path / name).write_text(text.replace("RUN", str(tmp_path / "run")))
+    line = fails_in_one_line(capsys, "cola", str(tmp_path / name))
+    assert f"{name}: unknown keys 'learnig_rate' (did you mean 'learning_rate'?), 'num_epochs' (did you mean " \
+           "'num_train_epochs'?)" in line
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,9 @@
 """The plateau rank-growth method of src/custom, through adarank's extension points."""
 
 import json
+import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "custom"))
 
 from plateau import SCRIPT_DEFAULTS, PlateauArguments, PlateauLora  # noqa: E402
 
+from adarank.errors import UsageError  # noqa: E402
+
 from adarank.arguments import AdapterArguments  # noqa: E402
 from adarank.data import load_glue, tokenize  # noqa: E402
 from adarank.methods import AdapterRequest  # noqa: E402
@@ -19,6 +24,8 @@ from adarank.modules import head_modules, resolve_target_modules  # noqa: E402
 from adarank.pipeline import main  # noqa: E402
 from adarank.tasks import TASKS  # noqa: E402
 from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_plateau(task, *argv) -> int:
@@ -215,6 +222,7 @@ def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):
     (("--delta_r", "0"), "--delta_r 0 must be at least 1"),
     (("--plateau_patience", "0"), "--plateau_patience 0 must be at least 1"),
     (("--eval_every", "500"), "--eval_every 500 does not fit this run of 8 optimizer steps"),
+    (("--grow_where", "importance", "--growth_budget", "0"), "--growth_budget 0 must be at least 1"),
 ])
 def test_impossible_schedules_are_refused(tiny_model, tmp_path, capsys, flags, message):
     code = run_plateau("cola", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "8",
@@ -222,3 +230,66 @@ def test_impossible_schedules_are_refused(tiny_model, tmp_path, capsys, flags, m
     err = capsys.readouterr().err
     assert code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def planned(total_step, steps_per_epoch, **plateau) -> dict:
+    request = AdapterRequest(TASKS["cola"], AdapterArguments(budget="large"), total_step=total_step,
+                             steps_per_epoch=steps_per_epoch, extra=(PlateauArguments(**plateau),))
+    return PlateauLora().plan(request)
+
+
+@pytest.mark.parametrize("total_step, steps_per_epoch, eval_every, gradient_window", [
+    (64, 16, 4, 4),  # the demo: 512 examples, batch 32, 4 epochs
+    (804, 268, 67, 10),  # CoLA, 3 epochs
+    (8, 2, 1, 1),  # at least every step
+    (10, 268, 10, 10),  # --max_steps shorter than an epoch: at most once per run
+    (40, None, 10, 10),  # epoch length unknown: a quarter of the run
+])
+def test_eval_every_and_gradient_window_default_to_the_run(total_step, steps_per_epoch, eval_every, gradient_window):
+    plan = planned(total_step, steps_per_epoch)
+    assert (plan["eval_every"], plan["gradient_window"]) == (eval_every, gradient_window)
+    if steps_per_epoch:
+        assert eval_every == min(math.ceil(steps_per_epoch / 4), total_step)
+
+
+def test_explicit_eval_every_and_gradient_window_are_kept_and_checked():
+    plan = planned(804, 268, eval_every=40, gradient_window=3, growth_init="whitened")
+    assert (plan["eval_every"], plan["gradient_window"]) == (40, 3)
+    assert planned(804, 268, eval_every=5)["gradient_window"] == 5  # min(10, eval_every)
+    with pytest.raises(UsageError, match="--eval_every 900 does not fit this run of 804 optimizer steps.*out for 67"):
+        planned(804, 268, eval_every=900)
+    with pytest.raises(UsageError, match="--gradient_window 12 must be from 1 to --eval_every 4"):
+        planned(64, 16, gradient_window=12, growth_init="gradient")
+
+
+def test_the_default_growth_budget_is_planned_before_training(tiny_model, tmp_path):
+    run_dir = tmp_path / "imp"
+    assert run_plateau("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "4", "--eval_every", "2",
+                       "--grow_where", "importance", "--output_dir", str(run_dir), *QUICK) == 0
+    plan = json.loads((run_dir / "config.json").read_text())["adapter"]
+    # 12 adapted matrices x delta_r 2 / 3; the explicit --eval_every is kept, the window follows it.
+    assert (plan["growth_budget"], plan["eval_every"], plan["gradient_window"]) == (8, 2, 2)
+    built, _ = build(tiny_model, grow_where="importance")
+    growth = built.callbacks[0]
+    growth.grow(step=2, optimizer=None, loss=1.0)
+    assert sum(growth.ranks.values()) == 12 * 2 + growth.plan["growth_budget"] == 32
+
+
+def test_the_plain_demo_script_grows(tiny_model, tmp_path):
+    """src/custom/glue-cola.py --demo with no plateau flags evaluates 4 times an epoch and grows."""
+    run_dir = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "custom" / "glue-cola.py"), "--demo", "--model_name_or_path", tiny_model,
+         "--output_dir", str(run_dir)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    steps_per_epoch = math.ceil(config["train_examples"] / 32)
+    assert config["total_steps"] == 4 * steps_per_epoch  # the demo's 4 epochs
+    assert config["adapter"]["eval_every"] == math.ceil(steps_per_epoch / 4)
+    evaluated = [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "eval_loss" in h]
+    assert evaluated == list(range(config["adapter"]["eval_every"], config["total_steps"] + 1,
+                                   config["adapter"]["eval_every"]))
+    grown = [r for r in read_jsonl(run_dir / "ranks.jsonl") if r["event"] == "grow"]
+    assert grown and grown[0]["total_rank"] > 12 * 2

@@ -42,6 +42,7 @@ class AdapterRequest:
     gradient_checkpointing: bool = False
     resume_from: str | None = None  # the checkpoint a resumed run starts from
     extra: tuple = ()  # a method's own argument dataclasses, parsed with the rest
+    steps_per_epoch: int | None = None  # optimizer steps of one epoch (None: unknown)
 
 
 @dataclass

@@ -80,7 +80,12 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         training.gradient_accumulation_steps, training.num_train_epochs, training.max_steps,
         training.dataloader_drop_last,
     )
-    request = AdapterRequest(task, args.adapter, total_step, extra=args.extra,
+    steps_per_epoch = count_optimizer_steps(
+        len(data.train), training.train_batch_size, training.world_size,
+        training.gradient_accumulation_steps, num_train_epochs=1, max_steps=0,
+        drop_last=training.dataloader_drop_last,
+    )
+    request = AdapterRequest(task, args.adapter, total_step, steps_per_epoch=steps_per_epoch, extra=args.extra,
                              gradient_checkpointing=training.gradient_checkpointing,
                              resume_from=training.resume_from_checkpoint)
     plan = method.plan(request)

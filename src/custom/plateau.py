@@ -63,6 +63,10 @@ GROWTH_INITS = ("lora", "gradient", "whitened")
 # What the entry scripts pass to adarank's main(): the method, a ceiling of rank 8 (the paper's
 # large budget, which fixed LoRA r=8 is compared at), and dev evaluations on the method's own steps.
 SCRIPT_DEFAULTS = {"method": "plateau", "budget": "large", "eval_strategy": "no"}
+# Dev evaluations per epoch when --eval_every is not given: with the default patience of 2,
+# a plateau can then be seen, and acted on, within an epoch.
+EVALS_PER_EPOCH = 4
+GRADIENT_WINDOW = 10  # the most steps of gradients a default window holds
 
 
 @dataclass
@@ -72,15 +76,24 @@ class PlateauArguments:
     r_max: int | None = field(default=None, metadata={
         "help": "No module grows beyond this rank (default: the budget's rank, 8 for --budget large)."})
     plateau_patience: int = field(default=2, metadata={"help": "Evaluations without improvement before growing."})
-    plateau_min_delta: float = field(default=0.0, metadata={"help": "Smallest dev-loss decrease that counts."})
-    eval_every: int = field(default=100, metadata={"help": "Steps between dev-loss evaluations."})
+    # Not 0: a loss that keeps creeping towards its floor (a fitted training set, a decaying learning
+    # rate) improves a little at every evaluation and would never plateau (Keras' ReduceLROnPlateau: 1e-4).
+    plateau_min_delta: float = field(default=1e-4, metadata={
+        "help": "Smallest dev-loss decrease that counts as an improvement (a loss creeping towards its floor "
+                "by less is a plateau)."})
+    eval_every: int | None = field(default=None, metadata={
+        "help": f"Optimizer steps between dev-loss evaluations (default: {EVALS_PER_EPOCH} per epoch, "
+                f"ceil(steps per epoch / {EVALS_PER_EPOCH}), at most the run's steps)."})
     growth_init: str = field(default="lora", metadata={
         "help": "lora (random A rows), gradient (top singular vectors of the weight gradient) or whitened (the same "
                 "in whitened input coordinates)."})
     grow_where: str = field(default="all", metadata={"help": "all modules, or importance (the top-scored ones)."})
-    growth_budget: int | None = field(
-        default=None, metadata={"help": "Rank units per event with grow_where=importance (default: a third of all+delta_r)."})
-    gradient_window: int = field(default=10, metadata={"help": "Steps of weight gradients kept for growth_init=gradient."})
+    growth_budget: int | None = field(default=None, metadata={
+        "help": "Rank units per event with grow_where=importance (default: a third of (adapted matrices x delta_r), "
+                "at least 1)."})
+    gradient_window: int | None = field(default=None, metadata={
+        "help": f"Steps of weight gradients kept for growth_init=gradient/whitened (default: "
+                f"min({GRADIENT_WINDOW}, eval_every))."})
     importance_beta: float = field(default=0.85, metadata={"help": "EMA factor of the importance score."})
 
 
@@ -89,6 +102,18 @@ def plateau_arguments(request: AdapterRequest) -> PlateauArguments:
         if isinstance(extra, PlateauArguments):
             return extra
     return PlateauArguments()
+
+
+def default_eval_every(request: AdapterRequest) -> int:
+    """EVALS_PER_EPOCH evaluations per epoch of the run (a run without a known epoch length: of all its
+    steps), at least every step and at most once per run."""
+    per_epoch = request.steps_per_epoch or request.total_step
+    return min(max(1, math.ceil(per_epoch / EVALS_PER_EPOCH)), request.total_step)
+
+
+def default_growth_budget(modules: int, delta_r: int) -> int:
+    """Rank units per importance-driven event: a third of what growing every module would add."""
+    return max(1, modules * delta_r // 3)
 
 
 class PlateauLora(AdapterMethod):
@@ -108,21 +133,30 @@ class PlateauLora(AdapterMethod):
             raise UsageError(f"--delta_r {a.delta_r} must be at least 1: ranks grow by whole directions")
         if a.plateau_patience < 1:
             raise UsageError(f"--plateau_patience {a.plateau_patience} must be at least 1 evaluation")
-        if a.eval_every < 1 or a.eval_every > request.total_step:
+        if request.total_step < 1:
+            raise UsageError("this run has no optimizer steps: raise --num_train_epochs or --max_steps")
+        eval_every = a.eval_every if a.eval_every is not None else default_eval_every(request)
+        if eval_every < 1 or eval_every > request.total_step:
             raise UsageError(
-                f"--eval_every {a.eval_every} does not fit this run of {request.total_step} optimizer steps: "
-                f"use a value from 1 to {request.total_step} (a few evaluations per epoch)"
+                f"--eval_every {eval_every} does not fit this run of {request.total_step} optimizer steps: "
+                f"use a value from 1 to {request.total_step}, or leave it out for {default_eval_every(request)} "
+                f"({EVALS_PER_EPOCH} evaluations per epoch)"
             )
         if a.growth_init not in GROWTH_INITS:
             raise UsageError(f"--growth_init {a.growth_init!r}: choose one of {', '.join(GROWTH_INITS)}")
         if a.grow_where not in ("all", "importance"):
             raise UsageError(f"--grow_where {a.grow_where!r}: choose all or importance")
-        if a.growth_init != "lora" and not 1 <= a.gradient_window <= a.eval_every:
-            raise UsageError(f"--gradient_window {a.gradient_window} must be from 1 to --eval_every {a.eval_every}")
+        if a.growth_budget is not None and a.growth_budget < 1:
+            raise UsageError(f"--growth_budget {a.growth_budget} must be at least 1 rank unit per growth event "
+                             "(leave it out for a third of what growing every module would add)")
+        gradient_window = a.gradient_window if a.gradient_window is not None else min(GRADIENT_WINDOW, eval_every)
+        if a.growth_init != "lora" and not 1 <= gradient_window <= eval_every:
+            raise UsageError(f"--gradient_window {gradient_window} must be from 1 to --eval_every {eval_every}")
         return {
             "r0": a.r0, "delta_r": a.delta_r, "r_max": r_max, "patience": a.plateau_patience,
-            "min_delta": a.plateau_min_delta, "eval_every": a.eval_every, "growth_init": a.growth_init,
-            "grow_where": a.grow_where, "growth_budget": a.growth_budget, "gradient_window": a.gradient_window,
+            "min_delta": a.plateau_min_delta, "eval_every": eval_every, "growth_init": a.growth_init,
+            # growth_budget's default counts the adapted matrices, known once the model is loaded: build() sets it.
+            "grow_where": a.grow_where, "growth_budget": a.growth_budget, "gradient_window": gradient_window,
             "importance_beta": a.importance_beta, "lora_alpha": request.args.lora_alpha,
             "lora_dropout": request.args.lora_dropout,
             "scaling_rule": "alpha / r fixed at alpha / r0: alpha grows with r", "budget_rank": r_max,
@@ -134,6 +168,10 @@ class PlateauLora(AdapterMethod):
             lora_dropout=plan["lora_dropout"], target_modules=request.target_modules,
             modules_to_save=request.head_modules,
         )
+        if plan["grow_where"] == "importance":
+            # Resolved here, in the plan config.json records (written after build), as the events use it.
+            plan["growth_budget"] = plan["growth_budget"] or default_growth_budget(
+                len(request.target_modules), plan["delta_r"])
         peft_model = get_peft_model(model, config)
         growth = PlateauGrowth(peft_model, plan, request)
         if request.resume_from:
@@ -260,7 +298,7 @@ class PlateauGrowth(TrainerCallback):
         open_modules = [n for n, r in self.ranks.items() if r < self.plan["r_max"]]
         if self.plan["grow_where"] == "all":
             return {n: min(self.ranks[n] + self.plan["delta_r"], self.plan["r_max"]) for n in open_modules}
-        budget = self.plan["growth_budget"] or max(1, len(self.layers) * self.plan["delta_r"] // 3)
+        budget = self.plan["growth_budget"] or default_growth_budget(len(self.layers), self.plan["delta_r"])
         chosen = {}
         for name in sorted(open_modules, key=lambda n: -self.importance[n]):
             if budget <= 0:
