@@ -12,7 +12,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "custom"))
 
-from plateau import SCRIPT_DEFAULTS, PlateauArguments, PlateauLora  # noqa: E402
+from plateau import PlateauArguments, PlateauLora  # noqa: E402
+from plateau.growth import whitened_rows  # noqa: E402
 
 from adarank.errors import UsageError  # noqa: E402
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_plateau(task, *argv) -> int:
     try:
-        main(task, list(argv), method_arguments=(PlateauArguments,), defaults=SCRIPT_DEFAULTS)
+        main(task, list(argv), method="plateau")
     except SystemExit as stop:
         return stop.code
     return 0
@@ -65,9 +66,9 @@ def test_growth_preserves_the_function_and_the_adam_moments(tiny_model, init):
     model.train()
     optimizer = train_a_little(model, batch)
     if init != "lora":
-        growth._start_capture()
+        growth.capture.start()
         model(**batch).loss.backward()
-        growth._stop_capture()
+        growth.capture.stop()
         optimizer.zero_grad()
     name = next(iter(growth.layers))
     layer = growth.layers[name]
@@ -89,8 +90,7 @@ def test_growth_preserves_the_function_and_the_adam_moments(tiny_model, init):
     if init == "gradient":  # new directions lie outside the span of the old rows
         assert (a.detach()[2:] @ old_rows.T).abs().max() < 1e-4
     if init == "whitened":  # new features are uncorrelated with the old, with a default row's energy
-        total, count = growth.inputs[name]
-        second_moment = total / count
+        second_moment = growth.capture.second_moment(name).float()
         new_rows = a.detach()[2:]
         cross = new_rows @ second_moment @ old_rows.T
         energy = torch.diag(new_rows @ second_moment @ new_rows.T)
@@ -123,8 +123,7 @@ def test_whitened_rows_lower_the_loss_most_per_unit_of_feature_energy(tiny_model
     total, count, second_moment = anisotropic_inputs(a.shape[1])
     out = growth.layers[name].out_features
     gradient = torch.randn(out, a.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    growth.inputs[name], growth.gradients[name] = [total, count], gradient
-    rows = growth._whitened_rows(name, a, 3).double()
+    rows = whitened_rows(a, gradient, total / count, 3).double()
     moments = rows @ second_moment @ torch.cat([old, rows]).T
     target = float(torch.trace(second_moment)) / (3 * a.shape[1])  # a PEFT default row's E[(a.x)^2]
     torch.testing.assert_close(moments[:, 2:], target * torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-6 * target)
@@ -146,9 +145,10 @@ def test_a_rank_one_gradient_still_gives_independent_rows(tiny_model, init):
     a = growth._lora_params(growth.layers[name])[0]
     total, count, second_moment = anisotropic_inputs(a.shape[1])
     direction = torch.randn(a.shape[1], dtype=torch.float64)
-    growth.inputs[name] = [total, count]
-    growth.gradients[name] = torch.outer(torch.randn(growth.layers[name].out_features, dtype=torch.float64), direction)
-    rows = growth._new_rows(name, growth.layers[name], a, 4).double()
+    growth.capture.inputs[name] = [total, count]
+    growth.capture.gradients[name] = torch.outer(torch.randn(growth.layers[name].out_features, dtype=torch.float64),
+                                                 direction)
+    rows = growth._new_rows(name, a, 4).double()
     assert torch.isfinite(rows).all()
     metric = second_moment if init == "whitened" else torch.eye(a.shape[1], dtype=torch.float64)
     everything = torch.cat([a.detach().double(), rows])
@@ -232,7 +232,7 @@ def test_impossible_schedules_are_refused(tiny_model, tmp_path, capsys, flags, m
     assert not (tmp_path / "x").exists()
 
 
-def planned(total_step, steps_per_epoch, **plateau) -> dict:
+def planned(total_step, steps_per_epoch, **plateau):
     request = AdapterRequest(TASKS["cola"], AdapterArguments(budget="large"), total_step=total_step,
                              steps_per_epoch=steps_per_epoch, extra=(PlateauArguments(**plateau),))
     return PlateauLora().plan(request)
@@ -247,15 +247,15 @@ def planned(total_step, steps_per_epoch, **plateau) -> dict:
 ])
 def test_eval_every_and_gradient_window_default_to_the_run(total_step, steps_per_epoch, eval_every, gradient_window):
     plan = planned(total_step, steps_per_epoch)
-    assert (plan["eval_every"], plan["gradient_window"]) == (eval_every, gradient_window)
+    assert (plan.eval_every, plan.gradient_window) == (eval_every, gradient_window)
     if steps_per_epoch:
         assert eval_every == min(math.ceil(steps_per_epoch / 4), total_step)
 
 
 def test_explicit_eval_every_and_gradient_window_are_kept_and_checked():
     plan = planned(804, 268, eval_every=40, gradient_window=3, growth_init="whitened")
-    assert (plan["eval_every"], plan["gradient_window"]) == (40, 3)
-    assert planned(804, 268, eval_every=5)["gradient_window"] == 5  # min(10, eval_every)
+    assert (plan.eval_every, plan.gradient_window) == (40, 3)
+    assert planned(804, 268, eval_every=5).gradient_window == 5  # min(10, eval_every)
     with pytest.raises(UsageError, match="--eval_every 900 does not fit this run of 804 optimizer steps.*out for 67"):
         planned(804, 268, eval_every=900)
     with pytest.raises(UsageError, match="--gradient_window 12 must be from 1 to --eval_every 4"):
@@ -272,7 +272,7 @@ def test_the_default_growth_budget_is_planned_before_training(tiny_model, tmp_pa
     built, _ = build(tiny_model, grow_where="importance")
     growth = built.callbacks[0]
     growth.grow(step=2, optimizer=None, loss=1.0)
-    assert sum(growth.ranks.values()) == 12 * 2 + growth.plan["growth_budget"] == 32
+    assert sum(growth.ranks.values()) == 12 * 2 + growth.plan.growth_budget == 32
 
 
 def test_the_plain_demo_script_grows(tiny_model, tmp_path):

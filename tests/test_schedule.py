@@ -1,7 +1,8 @@
 import pytest
 
 from adarank.errors import UsageError
-from adarank.schedule import count_optimizer_steps, fit_budget_schedule
+from adarank.methods.adalora import fit_budget_schedule
+from adarank.training_steps import count_optimizer_steps
 from adarank.tasks import TASKS
 
 

@@ -18,10 +18,10 @@ from transformers import DataCollatorWithPadding, Trainer, set_seed
 from transformers.utils import logging as hf_logging
 
 from adarank.arguments import Arguments, parse_arguments
-from adarank.callbacks import StepHistory
 from adarank.cpu_4bit import describe_kernels
 from adarank.data import load_glue, tokenize
 from adarank.errors import UsageError, exits_cleanly_on_usage_errors
+from adarank.history import StepHistory
 from adarank.memory import (
     PeakMemory,
     base_model_bytes,
@@ -36,7 +36,7 @@ from adarank.models import load_model
 from adarank.modules import head_modules, resolve_target_modules
 from adarank.ranks import RankLog
 from adarank.rundir import RunDirectory, environment
-from adarank.schedule import count_optimizer_steps
+from adarank.training_steps import count_optimizer_steps
 from adarank.tasks import GlueTask, get_task
 
 log = logging.getLogger("adarank")
@@ -44,9 +44,15 @@ SYNTHETIC_NOTE = "synthetic demo data (--demo): these numbers say nothing about 
 
 
 @exits_cleanly_on_usage_errors
-def main(task: str, argv: list[str] | None = None, method_arguments=(), defaults: dict | None = None) -> dict:
-    """The command line of a task script; ``defaults`` are the script's own (e.g. a method)."""
+def main(task: str, argv: list[str] | None = None, method: str | None = None, method_arguments=(),
+         defaults: dict | None = None) -> dict:
+    """The command line of a task script. ``method`` makes a registered method the script's
+    default, with its own flags (``AdapterMethod.arguments``) and defaults."""
     _configure_logging()
+    if method is not None:
+        chosen = get_method(method)
+        method_arguments = (*method_arguments, *([chosen.arguments] if chosen.arguments else []))
+        defaults = {"method": method, **chosen.script_defaults, **(defaults or {})}
     return train(task, argv, method_arguments, defaults)
 
 
@@ -55,16 +61,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     args = parse_arguments(task, argv, method_arguments, defaults)
     method = get_method(args.adapter.method)
     budget_rank(args.adapter.budget)
-    if args.training.load_best_model_at_end and not method.reloads_checkpoints:
-        raise UsageError(
-            f"--load_best_model_at_end cannot be used with {method.name}: its adapter shapes change during "
-            "training, so an earlier checkpoint does not fit the final model; pick the best run from history.jsonl"
-        )
-    if args.run.merge_adapter and method.quantized:
-        raise UsageError(
-            f"--merge_adapter cannot merge into a 4-bit base ({method.name}): bitsandbytes cannot add the "
-            "update to NF4 weights exactly; load adapter/ onto a full-precision base and merge there"
-        )
+    method.check_run(args.training, args.run)
     run = RunDirectory(args.run_dir)
     main_process = args.training.process_index == 0
     resume_step = _checkpoint_step(args.training.resume_from_checkpoint)
@@ -89,8 +86,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
                              gradient_checkpointing=training.gradient_checkpointing,
                              resume_from=training.resume_from_checkpoint)
     plan = method.plan(request)
-    if "schedule_note" in plan:
-        log.info(plan["schedule_note"])
+    if plan.describe():
+        log.info(plan.describe())
 
     tokenizer, model, model_name = load_model(
         args.model.model_name_or_path, task, load_in_4bit=method.quantized,
@@ -114,7 +111,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     )
 
     tokenized = tokenize(data, tokenizer, args.model.max_seq_length)
-    config = _config_document(args, task, data, model_name, request, plan, counts)
+    config = _config_document(args, task, data, model_name, request, built.plan or plan, counts)
     if method.quantized:
         config["four_bit_cpu_kernels"] = describe_kernels(built.model)
     if main_process:
@@ -234,7 +231,7 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
     return {
         "task": task.name,
         "method": args.adapter.method,
-        "budget": budget_label(plan["budget_rank"]) if "budget_rank" in plan else args.adapter.budget,
+        "budget": budget_label(plan.budget_rank),
         "task_metrics": list(task.metrics),  # headline first; metrics.json has eval_[<split>_]<metric>
         "dev_splits": list(task.dev_splits),
         "run_dir": str(args.run_dir),
@@ -248,7 +245,7 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
         "target_modules": request.target_modules,
         "head_modules": request.head_modules,
         "total_steps": request.total_step,
-        "adapter": plan,
+        "adapter": plan.as_dict(),
         "parameters": counts,
         "arguments": {
             "model": asdict(args.model),

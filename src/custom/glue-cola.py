@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, when adarank is not pip-installed
 
 from adarank.pipeline import main  # noqa: E402
-from plateau import SCRIPT_DEFAULTS, PlateauArguments  # noqa: E402  (registers the plateau method)
+import plateau  # noqa: E402,F401  (registers the plateau method)
 
 if __name__ == "__main__":
-    main("cola", method_arguments=(PlateauArguments,), defaults=SCRIPT_DEFAULTS)
+    main("cola", method="plateau")

@@ -1,0 +1,295 @@
+"""AdaLoRA (Zhang et al., ICLR 2023), all of it: the plan, the budget schedule, the allocation
+callback and the allocator state that checkpoints carry.
+
+One file by design (a reader finds all of AdaLoRA here), hence its length.
+
+The adapters are SVD-form, W + P diag(lambda) Q, pruned by importance to a budget.
+The budget schedule (section 3.3) keeps the full budget for ``tinit`` steps,
+lowers it with a cubic schedule, and trains the last ``tfinal`` steps at the
+target budget, re-allocating every ``delta_t`` steps. The paper's values are
+counts of optimizer steps of a full-size run; a shorter run keeps the same
+fractions of its own length, so that pruning still happens, and ends, inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+from transformers import TrainerCallback
+
+from adarank.errors import UsageError
+from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, ShapeChanging, budget_rank,
+                                  check_lora_arguments, positive)
+from adarank.ranks import RankLog
+from adarank.tasks import GlueTask
+
+# AdaLoRA starts from 1.5x the final budget, b(0) = 1.5 b(T) (section 4, setup).
+INIT_RANK_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class BudgetSchedule:
+    total_step: int
+    tinit: int
+    tfinal: int
+    delta_t: int
+    scaled: bool  # True when the paper's values were shrunk to this run's length
+    scale: float  # this run's steps / the paper's steps (at most 1)
+    paper: dict  # the paper's values for the task, for config.json
+
+    def describe(self) -> str:
+        text = (
+            f"AdaLoRA schedule over {self.total_step} optimizer steps: full budget until step "
+            f"{self.tinit}, cubic decrease every {self.delta_t} step(s), target budget for the last {self.tfinal}"
+        )
+        if self.scaled:
+            p = self.paper
+            text += (
+                f" (the paper's tinit={p['tinit']}, tfinal={p['tfinal']}, delta_t={p['delta_t']} for "
+                f"{p['total_step']} steps, scaled by {self.scale:.4f} to this run's length)"
+            )
+        return text
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_budget_schedule(
+    task: GlueTask,
+    total_step: int,
+    tinit: int | None = None,
+    tfinal: int | None = None,
+    delta_t: int | None = None,
+) -> BudgetSchedule:
+    """Explicit values are used as given; the rest are the paper's, scaled to the run."""
+    paper = {
+        "tinit": task.paper.tinit,
+        "tfinal": task.paper.tfinal,
+        "delta_t": task.paper.delta_t,
+        "total_step": task.paper_total_steps,
+    }
+    scale = min(1.0, total_step / paper["total_step"])
+
+    def fitted(name: str, explicit: int | None, floor: int) -> int:
+        return explicit if explicit is not None else max(floor, round(paper[name] * scale))
+
+    schedule = BudgetSchedule(
+        total_step=total_step,
+        tinit=fitted("tinit", tinit, 0),
+        tfinal=fitted("tfinal", tfinal, 1),
+        delta_t=fitted("delta_t", delta_t, 1),
+        scaled=scale < 1.0 and None in (tinit, tfinal, delta_t),
+        scale=scale,
+        paper=paper,
+    )
+    _check(schedule, task, explicit=any(v is not None for v in (tinit, tfinal, delta_t)))
+    return schedule
+
+
+def _check(s: BudgetSchedule, task: GlueTask, explicit: bool) -> None:
+    suggestion = (
+        f"--tinit {round(task.paper.tinit * s.total_step / s.paper['total_step'])} "
+        f"--tfinal {max(1, round(task.paper.tfinal * s.total_step / s.paper['total_step']))} "
+        "(the paper's fractions of this run), or leave them out to have them scaled"
+    )
+    if s.total_step < 2:
+        raise UsageError(
+            f"AdaLoRA needs at least 2 optimizer steps, this run has {s.total_step}: "
+            "train on more examples or raise --num_train_epochs / --max_steps"
+        )
+    if s.delta_t < 1:
+        raise UsageError(f"--delta_t {s.delta_t} must be at least 1: use 1 to re-allocate every step")
+    if s.tinit < 0 or s.tfinal < 1:
+        raise UsageError(
+            f"--tinit {s.tinit} must be >= 0 and --tfinal {s.tfinal} >= 1 (step total_step - tfinal "
+            f"fixes the final budget): try {suggestion}"
+        )
+    if s.tinit + s.tfinal >= s.total_step:
+        what = "the given" if explicit else "the scaled"
+        raise UsageError(
+            f"impossible AdaLoRA schedule: tinit {s.tinit} + tfinal {s.tfinal} leaves no pruning steps in "
+            f"this run of {s.total_step} optimizer steps ({what} values need tinit + tfinal < {s.total_step}): "
+            f"try {suggestion}"
+        )
+
+
+@dataclass(frozen=True)
+class AdaLoraPlan(Plan):
+    init_r: int
+    target_r: int
+    lora_alpha: float
+    lora_dropout: float
+    orth_reg_weight: float
+    beta1: float
+    beta2: float
+    schedule: BudgetSchedule
+
+    @property
+    def budget_rank(self) -> int:
+        return self.target_r
+
+    def describe(self) -> str:
+        return self.schedule.describe()
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "schedule_note": self.describe()}
+
+
+class AdaLora(ShapeChanging, AdapterMethod):
+    """SVD-form adapters pruned by importance to a budget."""
+
+    name = "adalora"
+
+    def plan(self, request: AdapterRequest) -> AdaLoraPlan:
+        a, task = request.args, request.task
+        check_lora_arguments(a)
+        if a.orth_reg_weight is not None and a.orth_reg_weight < 0:
+            raise UsageError(f"--orth_reg_weight {a.orth_reg_weight} must be >= 0 (the paper: 0.1 to 0.5)")
+        target_r = positive("target_r", a.target_r if a.target_r is not None else budget_rank(a.budget))
+        init_r = positive("init_r", a.init_r if a.init_r is not None else math.ceil(INIT_RANK_FACTOR * target_r))
+        if target_r > init_r:
+            raise UsageError(
+                f"--target_r {target_r} is larger than --init_r {init_r}: AdaLoRA only prunes, "
+                f"so use --init_r {math.ceil(INIT_RANK_FACTOR * target_r)} or more (or a smaller --target_r)"
+            )
+        for name in ("beta1", "beta2"):
+            if not 0.0 < getattr(a, name) < 1.0:
+                raise UsageError(f"--{name} {getattr(a, name)} must lie strictly between 0 and 1 (the paper: 0.85)")
+        return AdaLoraPlan(
+            init_r=init_r, target_r=target_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+            orth_reg_weight=a.orth_reg_weight if a.orth_reg_weight is not None else task.paper.orth_reg_weight,
+            beta1=a.beta1, beta2=a.beta2,
+            schedule=fit_budget_schedule(task, request.total_step, a.tinit, a.tfinal, a.delta_t),
+        )
+
+    def build(self, model: nn.Module, plan: AdaLoraPlan, request: AdapterRequest) -> BuiltAdapter:
+        s = plan.schedule
+        config = AdaLoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            init_r=plan.init_r,
+            target_r=plan.target_r,
+            lora_alpha=plan.lora_alpha,
+            lora_dropout=plan.lora_dropout,
+            orth_reg_weight=plan.orth_reg_weight,
+            beta1=plan.beta1,
+            beta2=plan.beta2,
+            tinit=s.tinit,
+            tfinal=s.tfinal,
+            deltaT=s.delta_t,
+            total_step=s.total_step,
+            target_modules=request.target_modules,
+            modules_to_save=request.head_modules,
+        )
+        peft_model = get_peft_model(model, config)
+        return BuiltAdapter(peft_model, callbacks=[AdaLoraAllocation(peft_model, request.rank_log)])
+
+
+ALLOCATOR_STATE_FILE = "adalora_allocator.pt"
+
+
+class AdaLoraAllocation(TrainerCallback):
+    """Runs AdaLoRA's importance update and budget allocation once per optimizer step.
+
+    ``on_optimizer_step`` is the one hook that fires exactly once per optimizer
+    step (also under gradient accumulation) while the gradients still exist;
+    at ``on_step_end`` they have been zeroed. ``state.global_step`` there still
+    counts the steps before this one, as PEFT's ``update_and_allocate`` expects.
+    """
+
+    def __init__(self, model: PeftModel, rank_log: RankLog | None):
+        self.model = model
+        self.rank_log = rank_log
+        self.calls = 0  # allocations run, checked against the Trainer's step count at the end
+        self.first_step = 0
+
+    @property
+    def _config(self):
+        return self.model.peft_config[self.model.active_adapter]
+
+    @property
+    def _allocator(self):
+        return self.model.base_model.rankallocator
+
+    def effective_ranks(self) -> dict[str, int]:
+        """Rank of each module as the allocator's mask says (raw nonzeros drift between masks)."""
+        pattern = self._config.rank_pattern
+        if pattern:
+            return {name: int(sum(mask)) for name, mask in pattern.items()}
+        return {name % "lora_E": self._config.init_r for name in self._allocator.name_set}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps != self._config.total_step:
+            raise RuntimeError(
+                f"AdaLoRA was set up for {self._config.total_step} steps but the Trainer runs "
+                f"{state.max_steps}: the step count in adarank.schedule disagrees with the Trainer"
+            )
+        self.first_step = state.global_step
+        if state.global_step == 0:
+            self._log(0, "initial", self._allocator.init_bgt)
+        elif args.resume_from_checkpoint:
+            self.restore(Path(args.resume_from_checkpoint))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        step = state.global_step
+        self.calls += 1
+        self.model.base_model.update_and_allocate(step)
+        budget, masked = self._allocator.budget_schedule(step)
+        final_step = self._config.total_step - self._config.tfinal
+        if (masked and step < final_step) or step == final_step:
+            self._log(step + 1, "prune", budget)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.calls != state.global_step - self.first_step:
+            raise RuntimeError(
+                f"AdaLoRA's allocation ran {self.calls} times over {state.global_step - self.first_step} optimizer steps"
+            )
+        self._log(state.global_step, "final", self._allocator.target_bgt)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Make the checkpoint resumable.
+
+        PEFT saves an AdaLoRA adapter cut to its current rank pattern, and loading
+        it shrinks the modules, which no longer fit the optimizer state. So the
+        checkpoint gets the full-shape adapter, and the rank pattern travels with
+        the allocator's importance averages, which no PEFT checkpoint holds.
+        """
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not (state.is_world_process_zero and folder.is_dir()):
+            return
+        config = self._config
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            self.model.save_pretrained(str(folder))
+        finally:
+            config.rank_pattern = pattern
+        allocator = self._allocator
+        torch.save(
+            {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
+             "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": pattern},
+            folder / ALLOCATOR_STATE_FILE,
+        )
+
+    def restore(self, checkpoint: Path) -> None:
+        """Bring back the allocator's state saved by ``on_save`` (call before training resumes)."""
+        if not (checkpoint / ALLOCATOR_STATE_FILE).is_file():
+            raise UsageError(
+                f"{checkpoint} has no {ALLOCATOR_STATE_FILE}: resume an AdaLoRA run from one of its own checkpoints"
+            )
+        saved = torch.load(checkpoint / ALLOCATOR_STATE_FILE, map_location="cpu", weights_only=False)
+        device = next(self.model.parameters()).device
+        allocator = self._allocator
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, name, {k: v.to(device) for k, v in saved[name].items()})
+        self._config.rank_pattern = saved["rank_pattern"]
+
+    def _log(self, step: int, event: str, budget: int) -> None:
+        if self.rank_log is not None:
+            self.rank_log.write(
+                step, event, budget, self.effective_ranks(),
+                init_budget=self._allocator.init_bgt, target_budget=self._allocator.target_bgt,
+            )

@@ -1,0 +1,43 @@
+"""LoRA (Hu et al., 2022): a fixed rank r in every adapted matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft import LoraConfig, TaskType, get_peft_model
+from torch import nn
+
+from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_rank,
+                                  check_lora_arguments, positive)
+
+
+@dataclass(frozen=True)
+class LoraPlan(Plan):
+    r: int
+    lora_alpha: float
+    lora_dropout: float
+
+    @property
+    def budget_rank(self) -> int:
+        return self.r
+
+
+class Lora(AdapterMethod):
+    name = "lora"
+
+    def plan(self, request: AdapterRequest) -> LoraPlan:
+        a = request.args
+        check_lora_arguments(a)
+        r = positive("lora_r", a.lora_r if a.lora_r is not None else budget_rank(a.budget))
+        return LoraPlan(r=r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout)
+
+    def build(self, model: nn.Module, plan: LoraPlan, request: AdapterRequest) -> BuiltAdapter:
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=plan.r,
+            lora_alpha=plan.lora_alpha,
+            lora_dropout=plan.lora_dropout,
+            target_modules=request.target_modules,
+            modules_to_save=request.head_modules,
+        )
+        return BuiltAdapter(get_peft_model(model, config), callbacks=[])
