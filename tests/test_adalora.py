@@ -31,6 +31,8 @@ def test_allocation_runs_once_per_optimizer_step_and_reaches_the_target_budget(t
     init_budget, target_budget = 3 * modules, 2 * modules
 
     assert records[0]["event"] == "initial" and records[0]["total_rank"] == init_budget
+    # The schedule's phases travel with the ranks, for plots that know nothing of the method.
+    assert records[0]["phases"] == {"warm-up (tinit)": [0, tinit], "final (tfinal)": [total - tfinal, total]}
     prunes = [r for r in records if r["event"] == "prune"]
     # One allocation per optimizer step (delta_t = 1 here) from tinit + 1 to total - tfinal;
     # a call per micro-batch, or a missed step, would change this list.

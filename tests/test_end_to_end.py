@@ -137,3 +137,14 @@ def test_a_resumed_adalora_run_continues_the_same_schedule(tiny_model, tmp_path)
     a = json.loads((straight / "metrics.json").read_text())
     b = json.loads((resumed / "metrics.json").read_text())
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)
+
+
+def test_a_default_run_directory_is_named_by_the_resolved_budget(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--lora_r", "8",
+                    "--max_steps", "2", *QUICK) == 0
+    (run_dir,) = (tmp_path / "runs" / "sst2").iterdir()
+    assert run_dir.name.startswith("demo-lora-large-seed42-")  # r=8 is the paper's large budget
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["budget"] == "large" and config["run_dir"] == str(Path("runs") / "sst2" / run_dir.name)
+    assert config["arguments"]["training"]["output_dir"] == str(Path("runs") / "sst2" / run_dir.name / "checkpoints")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import sys
-import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -96,7 +95,7 @@ class Arguments:
     run: RunArguments
     training: TrainingArguments
     explicit: set[str]  # the names the user set, so defaults can be told apart
-    run_dir: Path
+    run_dir: Path | None  # --output_dir, the run directory itself; None: named after planning
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
 
 
@@ -143,14 +142,8 @@ def parse_arguments(task: GlueTask, argv: list[str] | None = None, method_argume
         _check_flags(parser, argv)
         parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, adapter, run, *extra, training = parsed
-    if "output_dir" in explicit:
-        run_dir = Path(training.output_dir)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        prefix = "demo-" if data.demo else ""
-        run_dir = Path("runs") / task.name / f"{prefix}{adapter.method}-{adapter.budget}-seed{training.seed}-{stamp}"
-    # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
-    training.output_dir = str(run_dir / "checkpoints")
+    # Without --output_dir the pipeline names the run once its plan (and budget label) is known.
+    run_dir = Path(training.output_dir) if "output_dir" in explicit else None
     return Arguments(model, data, adapter, run, training, explicit, run_dir, tuple(extra))
 
 

@@ -5,7 +5,6 @@ Every task script calls ``main(task)``; everything a run does is in ``train``.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -35,7 +34,7 @@ from adarank.metrics import glue_metrics, predictions_from_logits, trainer_metri
 from adarank.models import load_model
 from adarank.modules import head_modules, resolve_target_modules
 from adarank.ranks import RankLog
-from adarank.rundir import RunDirectory, environment
+from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
 from adarank.training_steps import count_optimizer_steps
 from adarank.tasks import GlueTask, get_task
 
@@ -62,10 +61,11 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     method = get_method(args.adapter.method)
     budget_rank(args.adapter.budget)
     method.check_run(args.training, args.run)
-    run = RunDirectory(args.run_dir)
     main_process = args.training.process_index == 0
-    resume_step = _checkpoint_step(args.training.resume_from_checkpoint)
-    run.check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
+    resume_from = args.training.resume_from_checkpoint
+    resume_step = None if resume_from is None else checkpoint_step(resume_from)
+    if args.run_dir is not None:  # refused before anything slow happens
+        RunDirectory(args.run_dir).check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
 
     set_seed(args.training.seed)
     data = load_glue(task, args.data.data_dir, args.data.demo, args.data.max_train_samples, args.data.max_eval_samples)
@@ -88,6 +88,11 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     plan = method.plan(request)
     if plan.describe():
         log.info(plan.describe())
+    run = RunDirectory(args.run_dir or default_run_dir(
+        task.name, method.name, budget_label(plan.budget_rank), training.seed, data.synthetic))
+    run.check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
+    # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
+    training.output_dir = str(run.checkpoints)
 
     tokenizer, model, model_name = load_model(
         args.model.model_name_or_path, task, load_in_4bit=method.quantized,
@@ -111,7 +116,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     )
 
     tokenized = tokenize(data, tokenizer, args.model.max_seq_length)
-    config = _config_document(args, task, data, model_name, request, built.plan or plan, counts)
+    config = _config_document(args, task, data, model_name, request, built.plan or plan, counts, run)
     if method.quantized:
         config["four_bit_cpu_kernels"] = describe_kernels(built.model)
     if main_process:
@@ -187,19 +192,6 @@ def _memory_summary(memory: dict) -> dict:
     }
 
 
-def _checkpoint_step(checkpoint: str | None) -> int | None:
-    if checkpoint is None:
-        return None
-    state = Path(checkpoint) / "trainer_state.json"
-    try:
-        return int(json.loads(state.read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(
-            f"--resume_from_checkpoint {checkpoint} is not a readable Trainer checkpoint (its trainer_state.json "
-            "is missing or damaged): give a checkpoint-N folder from the run's checkpoints/"
-        ) from None
-
-
 def _evaluate(trainer: Trainer, task: GlueTask, dev: dict) -> tuple[dict, list]:
     metrics, rows = {}, []
     for split, dataset in dev.items():
@@ -227,14 +219,14 @@ def _predictions_table(rows: list, synthetic: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _config_document(args: Arguments, task, data, model_name, request, plan, counts) -> dict:
+def _config_document(args: Arguments, task, data, model_name, request, plan, counts, run: RunDirectory) -> dict:
     return {
         "task": task.name,
         "method": args.adapter.method,
         "budget": budget_label(plan.budget_rank),
         "task_metrics": list(task.metrics),  # headline first; metrics.json has eval_[<split>_]<metric>
         "dev_splits": list(task.dev_splits),
-        "run_dir": str(args.run_dir),
+        "run_dir": str(run.path),
         "command": " ".join(sys.argv),
         "synthetic_data": data.synthetic,
         **({"note": SYNTHETIC_NOTE} if data.synthetic else {}),

@@ -7,7 +7,10 @@ One JSON object a line::
 
 ``step`` counts finished optimizer steps, as ``history.jsonl`` does. Events:
 ``initial`` (before training), ``prune`` (an AdaLoRA masking step),
-``final`` (end of training) and ``grow`` (rank growth methods).
+``final`` (end of training) and ``grow`` (rank growth methods). Within a
+layer, modules come in the paper's order (query ... output). A method with
+schedule phases names them on its ``initial`` record, e.g.
+``"phases": {"warm-up (tinit)": [0, 96], "final (tfinal)": [384, 804]}`` (steps).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -26,11 +27,35 @@ RUN_FILES = (
     "metrics.json", "config.json", "history.jsonl", "ranks.jsonl", "predictions.tsv",
     "memory.json",
 )
-RUN_FOLDERS = ("adapter", "checkpoints", "merged")
+CHECKPOINTS = "checkpoints"  # the Trainer's output_dir, inside the run directory
+RUN_FOLDERS = ("adapter", CHECKPOINTS, "merged")
 PACKAGES = (
     "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
     "scikit-learn", "scipy", "numpy",
 )
+
+
+def default_run_dir(task: str, method: str, budget_label: str, seed: int, demo: bool) -> Path:
+    """runs/<task>/[demo-]<method>-<budget label>-seed<seed>-<time>: the label of the resolved plan."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / task / f"{'demo-' if demo else ''}{method}-{budget_label}-seed{seed}-{stamp}"
+
+
+def checkpoint_folder(output_dir: str | Path, step: int) -> Path:
+    """Where the Trainer saves the checkpoint of ``step`` (methods add their state there)."""
+    return Path(output_dir) / f"checkpoint-{step}"
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a Trainer checkpoint was taken at."""
+    state = Path(checkpoint) / "trainer_state.json"
+    try:
+        return int(json.loads(state.read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint} is not a readable Trainer checkpoint (its trainer_state.json "
+            f"is missing or damaged): give a checkpoint-N folder from the run's {CHECKPOINTS}/"
+        ) from None
 
 
 class RunDirectory:
@@ -39,6 +64,10 @@ class RunDirectory:
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
 
     @property
     def finished(self) -> bool:
@@ -53,7 +82,7 @@ class RunDirectory:
                 f"{self.path} already holds a finished run: choose another --output_dir "
                 "or pass --overwrite_output_dir to replace it"
             )
-        checkpoints = sorted((self.path / "checkpoints").glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
+        checkpoints = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
         if checkpoints and not resuming:
             raise UsageError(
                 f"{self.path} holds checkpoints of an unfinished run: continue it with --resume_from_checkpoint "

@@ -26,6 +26,7 @@ from adarank.errors import UsageError
 from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, ShapeChanging, budget_rank,
                                   check_lora_arguments, positive)
 from adarank.ranks import RankLog
+from adarank.rundir import checkpoint_folder
 from adarank.tasks import GlueTask
 
 # AdaLoRA starts from 1.5x the final budget, b(0) = 1.5 b(T) (section 4, setup).
@@ -226,11 +227,14 @@ class AdaLoraAllocation(TrainerCallback):
         if state.max_steps != self._config.total_step:
             raise RuntimeError(
                 f"AdaLoRA was set up for {self._config.total_step} steps but the Trainer runs "
-                f"{state.max_steps}: the step count in adarank.schedule disagrees with the Trainer"
+                f"{state.max_steps}: the step count in adarank.training_steps disagrees with the Trainer"
             )
         self.first_step = state.global_step
         if state.global_step == 0:
-            self._log(0, "initial", self._allocator.init_bgt)
+            config = self._config  # the schedule's phases, so plots need no knowledge of the method
+            phases = {"warm-up (tinit)": [0, config.tinit],
+                      "final (tfinal)": [config.total_step - config.tfinal, config.total_step]}
+            self._log(0, "initial", self._allocator.init_bgt, phases=phases)
         elif args.resume_from_checkpoint:
             self.restore(Path(args.resume_from_checkpoint))
 
@@ -258,7 +262,7 @@ class AdaLoraAllocation(TrainerCallback):
         checkpoint gets the full-shape adapter, and the rank pattern travels with
         the allocator's importance averages, which no PEFT checkpoint holds.
         """
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = checkpoint_folder(args.output_dir, state.global_step)
         if not (state.is_world_process_zero and folder.is_dir()):
             return
         config = self._config
@@ -287,9 +291,9 @@ class AdaLoraAllocation(TrainerCallback):
             setattr(allocator, name, {k: v.to(device) for k, v in saved[name].items()})
         self._config.rank_pattern = saved["rank_pattern"]
 
-    def _log(self, step: int, event: str, budget: int) -> None:
+    def _log(self, step: int, event: str, budget: int, **extra) -> None:
         if self.rank_log is not None:
             self.rank_log.write(
                 step, event, budget, self.effective_ranks(),
-                init_budget=self._allocator.init_bgt, target_budget=self._allocator.target_bgt,
+                init_budget=self._allocator.init_bgt, target_budget=self._allocator.target_bgt, **extra,
             )

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from adarank.errors import UsageError
 from adarank.ranks import RankLog
+from adarank.rundir import checkpoint_folder
 from plateau.growth import (GradientCapture, extend_optimizer_state, gradient_rows, lora_rows, resize_module,
                             whitened_rows)
 
@@ -101,7 +102,7 @@ class PlateauGrowth(TrainerCallback):
         self._log(state.global_step, "final")
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = checkpoint_folder(args.output_dir, state.global_step)
         if state.is_world_process_zero and folder.is_dir():
             document = {"best": self.best, "wait": self.wait, "ranks": self.ranks, "events": self.events,
                         "importance": self.importance, "param_steps": self.param_steps, "steps": self.steps}
