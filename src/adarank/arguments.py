@@ -18,7 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from adarank.errors import UsageError
-from adarank.tasks import GlueTask
+from adarank.tasks import Task
 
 DEMO_EPOCHS = 4
 
@@ -99,7 +99,7 @@ class Arguments:
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
 
 
-def run_defaults(task: GlueTask, demo: bool) -> dict:
+def run_defaults(task: Task, demo: bool) -> dict:
     """Defaults of this project for a task; every one can be overridden."""
     defaults = {
         "learning_rate": task.paper.learning_rate,
@@ -121,7 +121,7 @@ def run_defaults(task: GlueTask, demo: bool) -> dict:
     return defaults
 
 
-def parse_arguments(task: GlueTask, argv: list[str] | None = None, method_arguments=(),
+def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=(),
                     defaults: dict | None = None) -> Arguments:
     """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own."""
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 
 from adarank.demo_data import make_demo_split
 from adarank.errors import UsageError
-from adarank.tasks import GlueTask
+
+if TYPE_CHECKING:
+    from adarank.tasks.glue import GlueTask
 
 HUB_DATASET = "nyu-mll/glue"
 SUBSET_SEED = 0  # --max_train_samples draws the same subset whatever the training seed

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import random
 import zlib
+from typing import TYPE_CHECKING
 
 import datasets
 
-from adarank.tasks import GlueTask
+if TYPE_CHECKING:
+    from adarank.tasks.glue import GlueTask
+
 
 DEMO_SIZES = {"train": 512}
 DEMO_DEV_SIZE = 256

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from adarank.tasks import GlueTask
+if TYPE_CHECKING:
+    from adarank.tasks.glue import GlueTask
+
 
 
 def predictions_from_logits(task: GlueTask, logits: np.ndarray) -> np.ndarray:

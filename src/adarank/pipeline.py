@@ -10,15 +10,12 @@ import sys
 import time
 import warnings
 from dataclasses import asdict
-from pathlib import Path
 
-import numpy as np
-from transformers import DataCollatorWithPadding, Trainer, set_seed
+from transformers import Trainer, set_seed
 from transformers.utils import logging as hf_logging
 
 from adarank.arguments import Arguments, parse_arguments
 from adarank.cpu_4bit import describe_kernels
-from adarank.data import load_glue, tokenize
 from adarank.errors import UsageError, exits_cleanly_on_usage_errors
 from adarank.history import StepHistory
 from adarank.memory import (
@@ -30,16 +27,15 @@ from adarank.memory import (
     saved_adapter_size,
 )
 from adarank.methods import AdapterRequest, budget_label, budget_rank, get_method
-from adarank.metrics import glue_metrics, predictions_from_logits, trainer_metrics
-from adarank.models import load_model
-from adarank.modules import head_modules, resolve_target_modules
+from adarank.modules import resolve_target_modules
 from adarank.ranks import RankLog
 from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
+from adarank.tasks import Task, get_task
 from adarank.training_steps import count_optimizer_steps
-from adarank.tasks import GlueTask, get_task
 
 log = logging.getLogger("adarank")
-SYNTHETIC_NOTE = "synthetic demo data (--demo): these numbers say nothing about GLUE"
+def synthetic_note(task: Task) -> str:
+    return f"synthetic demo data (--demo): these numbers say nothing about {task.family}"
 
 
 @exits_cleanly_on_usage_errors
@@ -68,9 +64,10 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         RunDirectory(args.run_dir).check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
 
     set_seed(args.training.seed)
-    data = load_glue(task, args.data.data_dir, args.data.demo, args.data.max_train_samples, args.data.max_eval_samples)
-    if data.synthetic:
-        log.warning("Using %s.", SYNTHETIC_NOTE)
+    data = task.load_data(args.data.data_dir, args.data.demo, args.data.max_train_samples, args.data.max_eval_samples)
+    note = synthetic_note(task) if data.synthetic else None
+    if note:
+        log.warning("Using %s.", note)
     training = args.training
     total_step = count_optimizer_steps(
         len(data.train), training.train_batch_size, training.world_size,
@@ -94,13 +91,12 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
     training.output_dir = str(run.checkpoints)
 
-    tokenizer, model, model_name = load_model(
-        args.model.model_name_or_path, task, load_in_4bit=method.quantized,
-        compute_dtype=args.model.bnb_4bit_compute_dtype,
+    tokenizer, model, model_name = task.load_model(
+        args.model.model_name_or_path, load_in_4bit=method.quantized, compute_dtype=args.model.bnb_4bit_compute_dtype,
     )
     _check_sequence_length(model, args.model.max_seq_length)
     request.target_modules = resolve_target_modules(model, args.model.target_modules)
-    request.head_modules = head_modules(model)
+    request.head_modules = task.head_modules(model)
     memory = {"base": base_model_bytes(model), "quantized_bits_per_parameter": quantized_bits_per_parameter(model)}
     base_params = base_parameter_count(model)
     if main_process:
@@ -115,7 +111,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         f"{counts['head_params']:,}", f"{counts['total_params']:,}",
     )
 
-    tokenized = tokenize(data, tokenizer, args.model.max_seq_length)
+    tokenized = task.tokenize(data, tokenizer, args.model.max_seq_length)
     config = _config_document(args, task, data, model_name, request, built.plan or plan, counts, run)
     if method.quantized:
         config["four_bit_cpu_kernels"] = describe_kernels(built.model)
@@ -127,9 +123,9 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         args=training,
         train_dataset=tokenized.train,
         eval_dataset=tokenized.dev if len(tokenized.dev) > 1 else next(iter(tokenized.dev.values())),
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=trainer_metrics(task),
+        compute_metrics=task.trainer_metrics(),
         callbacks=[StepHistory(run / "history.jsonl"), *built.callbacks],
     )
     with PeakMemory() as peak:
@@ -139,7 +135,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
 
     # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
     trainer.args.train_sampling_strategy = "sequential"
-    metrics, rows = _evaluate(trainer, task, tokenized.dev)
+    metrics, rows = task.evaluate(trainer, tokenized.dev)
     counts = parameter_counts(built.model, base_params)  # again: growing methods change them in training
     metrics.update(
         counts,
@@ -154,8 +150,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     metrics["average_adapter_params"] = counts["adapter_params"]
     if built.summary is not None:
         metrics.update(built.summary())
-    if data.synthetic:
-        metrics["note"] = SYNTHETIC_NOTE
+    if note:
+        metrics["note"] = note
     if main_process:
         built.model.save_pretrained(str(run / "adapter"))
         memory["adapter"] = {"trainable_params": counts, **saved_adapter_size(run / "adapter")}
@@ -165,7 +161,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         if args.run.merge_adapter:
             built.model.merge_and_unload().save_pretrained(str(run / "merged"))
             tokenizer.save_pretrained(str(run / "merged"))
-        run.write_text("predictions.tsv", _predictions_table(rows, data.synthetic))
+        run.write_text(*task.predictions_file(rows, note))
         run.write_json("metrics.json", metrics)  # last: marks the run finished
         _print_summary(task, method.name, config["budget"], metrics, run)
     return metrics
@@ -192,33 +188,6 @@ def _memory_summary(memory: dict) -> dict:
     }
 
 
-def _evaluate(trainer: Trainer, task: GlueTask, dev: dict) -> tuple[dict, list]:
-    metrics, rows = {}, []
-    for split, dataset in dev.items():
-        prefix = "eval" if len(dev) == 1 else f"eval_{split}"
-        output = trainer.predict(dataset, metric_key_prefix=prefix)
-        predicted = predictions_from_logits(task, output.predictions)
-        labels = np.asarray(output.label_ids).reshape(-1)
-        scores = glue_metrics(task, predicted, labels)
-        metrics.update({f"{prefix}_{name}": value for name, value in scores.items()})
-        metrics[f"{prefix}_loss"] = output.metrics.get(f"{prefix}_loss")
-        metrics[f"{prefix}_examples"] = len(dataset)
-        for index, (label, guess) in enumerate(zip(labels, predicted)):
-            rows.append((split, index, _label_text(task, label), _label_text(task, guess)))
-    return metrics, rows
-
-
-def _label_text(task: GlueTask, value) -> str:
-    return f"{float(value):.4f}" if task.is_regression else task.labels[int(value)]
-
-
-def _predictions_table(rows: list, synthetic: bool) -> str:
-    lines = [f"# {SYNTHETIC_NOTE}"] if synthetic else []
-    lines.append("split\tindex\tlabel\tprediction")
-    lines += ["\t".join(map(str, row)) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _config_document(args: Arguments, task, data, model_name, request, plan, counts, run: RunDirectory) -> dict:
     return {
         "task": task.name,
@@ -229,7 +198,7 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
         "run_dir": str(run.path),
         "command": " ".join(sys.argv),
         "synthetic_data": data.synthetic,
-        **({"note": SYNTHETIC_NOTE} if data.synthetic else {}),
+        **({"note": synthetic_note(task)} if data.synthetic else {}),
         "data_source": data.source,
         "train_examples": len(data.train),
         "dev_examples": {k: len(v) for k, v in data.dev.items()},
@@ -252,12 +221,12 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
     }
 
 
-def _print_summary(task: GlueTask, method: str, budget: str, metrics: dict, run: RunDirectory) -> None:
+def _print_summary(task: Task, method: str, budget: str, metrics: dict, run: RunDirectory) -> None:
     headline = {k: v for k, v in metrics.items() if k.startswith("eval") and k.rsplit("_", 1)[-1] != "examples"
                 and not k.endswith("_loss")}
     lines = [
         f"== {task.name} / {method} / budget {budget}"
-        + (f" / {SYNTHETIC_NOTE}" if metrics.get("note") else "") + " ==",
+        + (f" / {metrics['note']}" if metrics.get("note") else "") + " ==",
         "dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()),
         f"trainable parameters: {metrics['trainable_params']:,} "
         f"(adapters {metrics['adapter_params']:,}, task head {metrics['head_params']:,})",

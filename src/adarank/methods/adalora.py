@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
+from peft import AdaLoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import TrainerCallback
 
@@ -27,7 +27,7 @@ from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, P
                                   check_lora_arguments, positive)
 from adarank.ranks import RankLog
 from adarank.rundir import checkpoint_folder
-from adarank.tasks import GlueTask
+from adarank.tasks import Task
 
 # AdaLoRA starts from 1.5x the final budget, b(0) = 1.5 b(T) (section 4, setup).
 INIT_RANK_FACTOR = 1.5
@@ -61,7 +61,7 @@ class BudgetSchedule:
 
 
 def fit_budget_schedule(
-    task: GlueTask,
+    task: Task,
     total_step: int,
     tinit: int | None = None,
     tfinal: int | None = None,
@@ -92,7 +92,7 @@ def fit_budget_schedule(
     return schedule
 
 
-def _check(s: BudgetSchedule, task: GlueTask, explicit: bool) -> None:
+def _check(s: BudgetSchedule, task: Task, explicit: bool) -> None:
     suggestion = (
         f"--tinit {round(task.paper.tinit * s.total_step / s.paper['total_step'])} "
         f"--tfinal {max(1, round(task.paper.tfinal * s.total_step / s.paper['total_step']))} "
@@ -171,7 +171,7 @@ class AdaLora(ShapeChanging, AdapterMethod):
     def build(self, model: nn.Module, plan: AdaLoraPlan, request: AdapterRequest) -> BuiltAdapter:
         s = plan.schedule
         config = AdaLoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=request.task.peft_task_type,
             init_r=plan.init_r,
             target_r=plan.target_r,
             lora_alpha=plan.lora_alpha,

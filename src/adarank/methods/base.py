@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from adarank.errors import UsageError
 from adarank.ranks import RankLog
-from adarank.tasks import GlueTask
+from adarank.tasks import Task
 
 # The paper's two budget labels: the final average rank of every adapted matrix (Table 1).
 BUDGET_RANKS = {"small": 2, "large": 8}
@@ -27,7 +27,7 @@ BUDGET_RANKS = {"small": 2, "large": 8}
 class AdapterRequest:
     """What a method needs to know about the run."""
 
-    task: GlueTask
+    task: Task
     args: object  # AdapterArguments (plus a method's own fields)
     total_step: int
     target_modules: list[str] = field(default_factory=list)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_rank,
@@ -33,7 +33,7 @@ class Lora(AdapterMethod):
 
     def build(self, model: nn.Module, plan: LoraPlan, request: AdapterRequest) -> BuiltAdapter:
         config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=request.task.peft_task_type,
             r=plan.r,
             lora_alpha=plan.lora_alpha,
             lora_dropout=plan.lora_dropout,

@@ -1,4 +1,4 @@
-"""The facts of each GLUE task, in one table.
+"""GLUE: the facts of each task, in one table, and the task family's side of the pipeline.
 
 Hyperparameters are the AdaLoRA paper's (Zhang et al., ICLR 2023, Table 8:
 DeBERTaV3-base, batch size 32). ``paper_train_size`` is the size of the full
@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-from adarank.errors import UsageError
+import numpy as np
+from peft import TaskType
+from transformers import DataCollatorWithPadding
+
+from adarank import data, metrics, models, modules
 
 PAPER_BATCH_SIZE = 32
 
@@ -67,13 +72,60 @@ class GlueTask:
         """Optimizer steps of the paper's full run: the unit of its schedule."""
         return math.ceil(self.paper_train_size / PAPER_BATCH_SIZE) * self.paper.epochs
 
+    # --- the task family's side of the pipeline (adarank.tasks.base.Task) ---------------------
+
+    family: ClassVar[str] = "GLUE"
+    peft_task_type: ClassVar[TaskType] = TaskType.SEQ_CLS
+
+    def load_data(self, data_dir, demo, max_train_samples, max_eval_samples) -> data.GlueData:
+        return data.load_glue(self, data_dir, demo, max_train_samples, max_eval_samples)
+
+    def load_model(self, name_or_path, load_in_4bit=False, compute_dtype=None):
+        return models.load_model(name_or_path, self, load_in_4bit=load_in_4bit, compute_dtype=compute_dtype)
+
+    def head_modules(self, model) -> list[str]:
+        return modules.head_modules(model)
+
+    def tokenize(self, glue_data, tokenizer, max_seq_length: int) -> data.GlueData:
+        return data.tokenize(glue_data, tokenizer, max_seq_length)
+
+    def collator(self, tokenizer):
+        return DataCollatorWithPadding(tokenizer)
+
+    def trainer_metrics(self):
+        return metrics.trainer_metrics(self)
+
+    def evaluate(self, trainer, dev: dict) -> tuple[dict, list[tuple]]:
+        scores, rows = {}, []
+        for split, dataset in dev.items():
+            prefix = "eval" if len(dev) == 1 else f"eval_{split}"
+            output = trainer.predict(dataset, metric_key_prefix=prefix)
+            predicted = metrics.predictions_from_logits(self, output.predictions)
+            labels = np.asarray(output.label_ids).reshape(-1)
+            found = metrics.glue_metrics(self, predicted, labels)
+            scores.update({f"{prefix}_{name}": value for name, value in found.items()})
+            scores[f"{prefix}_loss"] = output.metrics.get(f"{prefix}_loss")
+            scores[f"{prefix}_examples"] = len(dataset)
+            for index, (label, guess) in enumerate(zip(labels, predicted)):
+                rows.append((split, index, self._label_text(label), self._label_text(guess)))
+        return scores, rows
+
+    def predictions_file(self, rows: list[tuple], note: str | None) -> tuple[str, str]:
+        lines = [f"# {note}"] if note else []
+        lines.append("split\tindex\tlabel\tprediction")
+        lines += ["\t".join(map(str, row)) for row in rows]
+        return "predictions.tsv", "\n".join(lines) + "\n"
+
+    def _label_text(self, value) -> str:
+        return f"{float(value):.4f}" if self.is_regression else self.labels[int(value)]
+
 
 _ONE_DEV = {"validation": "dev.tsv"}
 _ONE_HUB_DEV = {"validation": "validation"}
 _BINARY = ("0", "1")
 _NLI2 = ("entailment", "not_entailment")
 
-TASKS: dict[str, GlueTask] = {
+GLUE_TASKS: dict[str, GlueTask] = {
     t.name: t
     for t in [
         GlueTask(
@@ -140,11 +192,3 @@ TASKS: dict[str, GlueTask] = {
     ]
 }
 
-
-def get_task(name: str) -> GlueTask:
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in TASKS:
-        raise UsageError(
-            f"unknown task {name!r}: choose one of {', '.join(sorted(TASKS))}"
-        )
-    return TASKS[key]

@@ -1,0 +1,17 @@
+"""Tasks, by family: GLUE (``glue``). ``get_task`` finds any of them by name."""
+
+from adarank.errors import UsageError
+from adarank.tasks.base import Task
+from adarank.tasks.glue import GLUE_TASKS, PAPER_BATCH_SIZE, GlueTask, PaperHyperparameters
+
+TASKS: dict[str, Task] = {**GLUE_TASKS}
+
+
+def get_task(name: str) -> Task:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in TASKS:
+        raise UsageError(f"unknown task {name!r}: choose one of {', '.join(sorted(TASKS))}")
+    return TASKS[key]
+
+
+__all__ = ["PAPER_BATCH_SIZE", "TASKS", "GlueTask", "PaperHyperparameters", "Task", "get_task"]
