@@ -18,7 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from adarank.errors import UsageError
-from adarank.tasks import Task
+from adarank.tasks import Task, recipe_of
 
 DEMO_EPOCHS = 4
 
@@ -35,7 +35,9 @@ class ModelArguments:
         metadata={"help": "Comma-separated matrices to adapt (query,key,value,attention.output,intermediate,"
                           "output, or module names). Default: all six of every layer, as in the paper."},
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated (default: the recipe's)."})
+    classifier_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout before the task head (default: the recipe's, else the model's own)."})
     bnb_4bit_compute_dtype: str | None = field(
         default=None,
         metadata={"help": "qlora/qadalora: dtype of the 4-bit layers' compute (float32, bfloat16, float16). "
@@ -66,7 +68,13 @@ class AdapterArguments:
         default="small",
         metadata={"help": "small or large: final average rank 2 or 8 per adapted matrix (paper Table 1)."})
     lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (overrides --budget)."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: updates are scaled by alpha/r."})
+    recipe: str = field(
+        default="paper",
+        metadata={"help": "Defaults for the task: paper (the AdaLoRA paper's Table 8) or official (the authors' "
+                          "released scripts: other lr, alpha, gamma, warm-up steps, weight decay, max length, "
+                          "classifier dropout, and AdaLoRA's small budget init 2-3 -> target 1). Flags you give win."})
+    lora_alpha: float = field(default=16.0, metadata={
+        "help": "Scaling numerator: updates are scaled by alpha/r (default: the recipe's, 16 or 32)."})
     lora_dropout: float = field(default=0.0)
     init_r: int | None = field(default=None, metadata={"help": "AdaLoRA initial rank (default 1.5x target_r)."})
     target_r: int | None = field(default=None, metadata={"help": "AdaLoRA final average rank (overrides --budget)."})
@@ -99,15 +107,19 @@ class Arguments:
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
 
 
-def run_defaults(task: Task, demo: bool) -> dict:
-    """Defaults of this project for a task; every one can be overridden."""
+def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
+    """Defaults of this project for a task under a recipe; every one can be overridden."""
+    recipe = recipe_of(task, recipe_name)
     defaults = {
-        "learning_rate": task.paper.learning_rate,
-        "num_train_epochs": DEMO_EPOCHS if demo else task.paper.epochs,
+        "learning_rate": recipe.learning_rate,
+        "num_train_epochs": DEMO_EPOCHS if demo else recipe.epochs,
         "per_device_train_batch_size": 32,  # the paper's batch size
         "per_device_eval_batch_size": 64,
-        "weight_decay": 0.01,
-        "warmup_steps": 0.06,  # a fraction of all steps
+        "weight_decay": recipe.weight_decay,
+        "warmup_steps": recipe.warmup,  # below 1: a fraction of all steps
+        "max_seq_length": recipe.max_seq_length,
+        "classifier_dropout": recipe.classifier_dropout,
+        "lora_alpha": recipe.lora_alpha,
         "eval_strategy": "epoch",
         "save_strategy": "epoch",
         "save_total_limit": 1,
@@ -133,12 +145,14 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         _check_keys(argv[0], given, classes)
         explicit = set(given)
         try:
-            parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo"))), **(defaults or {}), **given})
+            parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo")), given.get("recipe", "paper")),
+                                        **(defaults or {}), **given})
         except (ValueError, TypeError) as error:
             raise UsageError(f"{argv[0]}: {error}: use the flag names of --help as keys") from None
     else:
         explicit = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-        parser.set_defaults(**{**run_defaults(task, "--demo" in argv), **(defaults or {})})
+        parser.set_defaults(**{**run_defaults(task, "--demo" in argv, _flag_value(argv, "recipe") or "paper"),
+                                **(defaults or {})})
         _check_flags(parser, argv)
         parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, adapter, run, *extra, training = parsed
@@ -224,3 +238,14 @@ def _read_argument_file(path: Path) -> dict:
     if not isinstance(document, dict):
         raise UsageError(f"argument file {path} must hold a mapping of flag names to values")
     return document
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name value`` or ``--name=value`` in argv, read before the full parse
+    because it decides the other defaults."""
+    for i, item in enumerate(argv):
+        if item == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if item.startswith(f"--{name}="):
+            return item.split("=", 1)[1]
+    return None

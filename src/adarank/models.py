@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from adarank.cpu_4bit import choose_kernels
 from adarank.errors import UsageError
@@ -68,12 +68,12 @@ def four_bit_loading(compute_dtype: str | None) -> dict:
 
 
 def load_model(name_or_path: str | None, task: GlueTask, load_in_4bit: bool = False,
-               compute_dtype: str | None = None, **load_kwargs):
-    """(tokenizer, model, where it came from) for sequence classification on ``task``."""
+               compute_dtype: str | None = None, classifier_dropout: float | None = None, **config_kwargs):
+    """(tokenizer, model, where it came from) for sequence classification on ``task``;
+    ``config_kwargs`` override the model's configuration (e.g. hidden_dropout_prob)."""
     source = embedded_model_path() if name_or_path is None else name_or_path
-    if load_in_4bit:
-        load_kwargs.update(four_bit_loading(compute_dtype))
-    label_kwargs = {"num_labels": task.num_labels}
+    load_kwargs = four_bit_loading(compute_dtype) if load_in_4bit else {}
+    label_kwargs = {"num_labels": task.num_labels, **config_kwargs}
     if task.is_regression:
         label_kwargs["problem_type"] = "regression"
     else:
@@ -81,9 +81,12 @@ def load_model(name_or_path: str | None, task: GlueTask, load_in_4bit: bool = Fa
         label_kwargs["label2id"] = {name: i for i, name in enumerate(task.labels)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **label_kwargs)
+        if classifier_dropout is not None:  # BERT-style heads read classifier_dropout, DeBERTa's cls_dropout
+            config.classifier_dropout = config.cls_dropout = classifier_dropout
         # A checkpoint with a head for another label count gets a fresh head, as in run_glue.py.
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, **label_kwargs, ignore_mismatched_sizes=True, **load_kwargs
+            source, config=config, ignore_mismatched_sizes=True, **load_kwargs
         )
     except (OSError, ValueError, KeyError) as error:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__

@@ -30,7 +30,7 @@ from adarank.methods import AdapterRequest, budget_label, budget_rank, get_metho
 from adarank.modules import resolve_target_modules
 from adarank.ranks import RankLog
 from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
-from adarank.tasks import Task, get_task
+from adarank.tasks import Task, get_task, recipe_of
 from adarank.training_steps import count_optimizer_steps
 
 log = logging.getLogger("adarank")
@@ -86,13 +86,14 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     if plan.describe():
         log.info(plan.describe())
     run = RunDirectory(args.run_dir or default_run_dir(
-        task.name, method.name, budget_label(plan.budget_rank), training.seed, data.synthetic))
+        task.name, method.name, budget_label(plan.budget_rank), training.seed, data.synthetic, args.adapter.recipe))
     run.check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
     # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
     training.output_dir = str(run.checkpoints)
 
     tokenizer, model, model_name = task.load_model(
         args.model.model_name_or_path, load_in_4bit=method.quantized, compute_dtype=args.model.bnb_4bit_compute_dtype,
+        classifier_dropout=args.model.classifier_dropout,
     )
     _check_sequence_length(model, args.model.max_seq_length)
     request.target_modules = resolve_target_modules(model, args.model.target_modules)
@@ -193,6 +194,8 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
         "task": task.name,
         "method": args.adapter.method,
         "budget": budget_label(plan.budget_rank),
+        "recipe": args.adapter.recipe,  # whose defaults: paper (Table 8) or official (the authors' scripts)
+        "recipe_values": asdict(recipe_of(task, args.adapter.recipe)),
         "task_metrics": list(task.metrics),  # headline first; metrics.json has eval_[<split>_]<metric>
         "dev_splits": list(task.dev_splits),
         "run_dir": str(run.path),

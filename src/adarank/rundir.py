@@ -35,10 +35,12 @@ PACKAGES = (
 )
 
 
-def default_run_dir(task: str, method: str, budget_label: str, seed: int, demo: bool) -> Path:
-    """runs/<task>/[demo-]<method>-<budget label>-seed<seed>-<time>: the label of the resolved plan."""
+def default_run_dir(task: str, method: str, budget_label: str, seed: int, demo: bool, recipe: str = "paper") -> Path:
+    """runs/<task>/[demo-]<method>[-<recipe>]-<budget label>-seed<seed>-<time>, with the budget label
+    of the resolved plan; the recipe is named where it is not the default (paper)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / task / f"{'demo-' if demo else ''}{method}-{budget_label}-seed{seed}-{stamp}"
+    label = f"{method}-{budget_label}" if recipe == "paper" else f"{method}-{recipe}-{budget_label}"
+    return Path("runs") / task / f"{'demo-' if demo else ''}{label}-seed{seed}-{stamp}"
 
 
 def checkpoint_folder(output_dir: str | Path, step: int) -> Path:

@@ -27,7 +27,7 @@ from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, P
                                   check_lora_arguments, positive)
 from adarank.ranks import RankLog
 from adarank.rundir import checkpoint_folder
-from adarank.tasks import Task
+from adarank.tasks import Task, recipe_of
 
 # AdaLoRA starts from 1.5x the final budget, b(0) = 1.5 b(T) (section 4, setup).
 INIT_RANK_FACTOR = 1.5
@@ -39,9 +39,10 @@ class BudgetSchedule:
     tinit: int
     tfinal: int
     delta_t: int
-    scaled: bool  # True when the paper's values were shrunk to this run's length
-    scale: float  # this run's steps / the paper's steps (at most 1)
-    paper: dict  # the paper's values for the task, for config.json
+    scaled: bool  # True when the published values were shrunk to this run's length
+    scale: float  # this run's steps / the published run's steps (at most 1)
+    recipe: str  # whose values: paper (Table 8) or official (the authors' scripts)
+    published: dict  # those values and the length of the run they were written for
 
     def describe(self) -> str:
         text = (
@@ -49,10 +50,10 @@ class BudgetSchedule:
             f"{self.tinit}, cubic decrease every {self.delta_t} step(s), target budget for the last {self.tfinal}"
         )
         if self.scaled:
-            p = self.paper
+            p = self.published
             text += (
-                f" (the paper's tinit={p['tinit']}, tfinal={p['tfinal']}, delta_t={p['delta_t']} for "
-                f"{p['total_step']} steps, scaled by {self.scale:.4f} to this run's length)"
+                f" (the {self.recipe} recipe's tinit={p['tinit']}, tfinal={p['tfinal']}, delta_t={p['delta_t']} "
+                f"for {p['total_step']} steps, scaled by {self.scale:.4f} to this run's length)"
             )
         return text
 
@@ -66,18 +67,20 @@ def fit_budget_schedule(
     tinit: int | None = None,
     tfinal: int | None = None,
     delta_t: int | None = None,
+    recipe: str = "paper",
 ) -> BudgetSchedule:
-    """Explicit values are used as given; the rest are the paper's, scaled to the run."""
-    paper = {
-        "tinit": task.paper.tinit,
-        "tfinal": task.paper.tfinal,
-        "delta_t": task.paper.delta_t,
-        "total_step": task.paper_total_steps,
+    """Explicit values are used as given; the rest are the recipe's, scaled to the run."""
+    values = recipe_of(task, recipe)
+    published = {
+        "tinit": values.tinit,
+        "tfinal": values.tfinal,
+        "delta_t": values.delta_t,
+        "total_step": task.full_run_steps(values),
     }
-    scale = min(1.0, total_step / paper["total_step"])
+    scale = min(1.0, total_step / published["total_step"])
 
     def fitted(name: str, explicit: int | None, floor: int) -> int:
-        return explicit if explicit is not None else max(floor, round(paper[name] * scale))
+        return explicit if explicit is not None else max(floor, round(published[name] * scale))
 
     schedule = BudgetSchedule(
         total_step=total_step,
@@ -86,17 +89,19 @@ def fit_budget_schedule(
         delta_t=fitted("delta_t", delta_t, 1),
         scaled=scale < 1.0 and None in (tinit, tfinal, delta_t),
         scale=scale,
-        paper=paper,
+        recipe=recipe,
+        published=published,
     )
-    _check(schedule, task, explicit=any(v is not None for v in (tinit, tfinal, delta_t)))
+    _check(schedule, explicit=any(v is not None for v in (tinit, tfinal, delta_t)))
     return schedule
 
 
-def _check(s: BudgetSchedule, task: Task, explicit: bool) -> None:
+def _check(s: BudgetSchedule, explicit: bool) -> None:
+    p = s.published
     suggestion = (
-        f"--tinit {round(task.paper.tinit * s.total_step / s.paper['total_step'])} "
-        f"--tfinal {max(1, round(task.paper.tfinal * s.total_step / s.paper['total_step']))} "
-        "(the paper's fractions of this run), or leave them out to have them scaled"
+        f"--tinit {round(p['tinit'] * s.total_step / p['total_step'])} "
+        f"--tfinal {max(1, round(p['tfinal'] * s.total_step / p['total_step']))} "
+        f"(the {s.recipe} recipe's fractions of this run), or leave them out to have them scaled"
     )
     if s.total_step < 2:
         raise UsageError(
@@ -129,10 +134,13 @@ class AdaLoraPlan(Plan):
     beta1: float
     beta2: float
     schedule: BudgetSchedule
+    # The LoRA rank this budget is compared with: target_r, except for the official recipe's
+    # small budget (init 2-3 -> target 1), which trains about as many parameters as LoRA r=2.
+    compared_with_lora_r: int
 
     @property
     def budget_rank(self) -> int:
-        return self.target_r
+        return self.compared_with_lora_r
 
     def describe(self) -> str:
         return self.schedule.describe()
@@ -151,8 +159,13 @@ class AdaLora(ShapeChanging, AdapterMethod):
         check_lora_arguments(a)
         if a.orth_reg_weight is not None and a.orth_reg_weight < 0:
             raise UsageError(f"--orth_reg_weight {a.orth_reg_weight} must be >= 0 (the paper: 0.1 to 0.5)")
-        target_r = positive("target_r", a.target_r if a.target_r is not None else budget_rank(a.budget))
-        init_r = positive("init_r", a.init_r if a.init_r is not None else math.ceil(INIT_RANK_FACTOR * target_r))
+        recipe = recipe_of(task, a.recipe)
+        # The official recipe's small budget has its own ranks, when the user gave neither.
+        from_recipe = a.budget == "small" and recipe.target_r is not None and a.target_r is None
+        target_r = positive("target_r", recipe.target_r if from_recipe else
+                            a.target_r if a.target_r is not None else budget_rank(a.budget))
+        init_r = positive("init_r", a.init_r if a.init_r is not None else
+                          recipe.init_r if from_recipe else math.ceil(INIT_RANK_FACTOR * target_r))
         if target_r > init_r:
             raise UsageError(
                 f"--target_r {target_r} is larger than --init_r {init_r}: AdaLoRA only prunes, "
@@ -163,9 +176,10 @@ class AdaLora(ShapeChanging, AdapterMethod):
                 raise UsageError(f"--{name} {getattr(a, name)} must lie strictly between 0 and 1 (the paper: 0.85)")
         return AdaLoraPlan(
             init_r=init_r, target_r=target_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-            orth_reg_weight=a.orth_reg_weight if a.orth_reg_weight is not None else task.paper.orth_reg_weight,
+            orth_reg_weight=a.orth_reg_weight if a.orth_reg_weight is not None else recipe.orth_reg_weight,
             beta1=a.beta1, beta2=a.beta2,
-            schedule=fit_budget_schedule(task, request.total_step, a.tinit, a.tfinal, a.delta_t),
+            schedule=fit_budget_schedule(task, request.total_step, a.tinit, a.tfinal, a.delta_t, a.recipe),
+            compared_with_lora_r=budget_rank(a.budget) if from_recipe else target_r,
         )
 
     def build(self, model: nn.Module, plan: AdaLoraPlan, request: AdapterRequest) -> BuiltAdapter:

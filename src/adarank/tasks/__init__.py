@@ -2,7 +2,7 @@
 
 from adarank.errors import UsageError
 from adarank.tasks.base import Task
-from adarank.tasks.glue import GLUE_TASKS, PAPER_BATCH_SIZE, GlueTask, PaperHyperparameters
+from adarank.tasks.glue import GLUE_TASKS, PAPER_BATCH_SIZE, GlueTask, Recipe
 
 TASKS: dict[str, Task] = {**GLUE_TASKS}
 
@@ -14,4 +14,11 @@ def get_task(name: str) -> Task:
     return TASKS[key]
 
 
-__all__ = ["PAPER_BATCH_SIZE", "TASKS", "GlueTask", "PaperHyperparameters", "Task", "get_task"]
+def recipe_of(task: Task, name: str):
+    """The task's hyperparameters under a named recipe (``--recipe``)."""
+    if name not in task.recipes:
+        raise UsageError(f"unknown recipe {name!r}: choose one of {', '.join(task.recipes)}")
+    return task.recipes[name]
+
+
+__all__ = ["PAPER_BATCH_SIZE", "TASKS", "GlueTask", "Recipe", "Task", "get_task", "recipe_of"]

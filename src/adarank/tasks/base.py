@@ -18,6 +18,7 @@ class Task(Protocol):
     metrics: tuple[str, ...]  # the first one is the headline metric
     dev_splits: dict[str, str]  # the evaluation splits, by name
     paper: Any  # the paper's hyperparameters for the task (learning_rate, epochs, the AdaLoRA schedule)
+    recipes: dict  # every published set of hyperparameters (``--recipe``), by name: paper first
     peft_task_type: TaskType  # PEFT's name for the model head
 
     @property
@@ -27,11 +28,15 @@ class Task(Protocol):
     def paper_total_steps(self) -> int:
         """Optimizer steps of the paper's full run: the unit of its schedule."""
 
+    def full_run_steps(self, recipe) -> int:
+        """Optimizer steps of a full-size run under ``recipe``."""
+
     def load_data(self, data_dir: str | None, demo: bool, max_train_samples: int | None,
                   max_eval_samples: int | None) -> Any:
         """An object with ``train``, ``dev`` (split name -> dataset), ``source`` and ``synthetic``."""
 
-    def load_model(self, name_or_path: str | None, load_in_4bit: bool, compute_dtype: str | None) -> tuple:
+    def load_model(self, name_or_path: str | None, load_in_4bit: bool, compute_dtype: str | None,
+                   classifier_dropout: float | None) -> tuple:
         """(tokenizer, model, the model's name for config.json)."""
 
     def head_modules(self, model) -> list[str]:

@@ -1,0 +1,110 @@
+"""--recipe paper (Table 8) and --recipe official (the authors' scripts), as config.json records them."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from adarank.models import embedded_model_path, load_model
+from adarank.tasks import TASKS
+from conftest import QUICK, run_task
+
+# The authors' NLU scripts (QingruZhang/AdaLoRA, NLU/scripts/run_debertav3_<task>.sh), typed in
+# from them independently of the library's table: init r, target r, alpha, gamma, tinit, tfinal,
+# delta_t, lr, epochs, warm-up (steps, or a fraction), classifier dropout, weight decay, max length.
+OFFICIAL = {
+    "mnli": (3, 1, 16, 0.1, 8000, 50000, 100, 5e-4, 7, 1000, 0.15, 0.0, 256),
+    "sst2": (2, 1, 16, 0.1, 6000, 22000, 100, 8e-4, 24, 1000, 0.0, 0.01, 128),
+    "cola": (3, 1, 32, 0.1, 800, 3500, 10, 8e-4, 25, 100, 0.10, 0.0, 64),
+    "qqp": (2, 1, 16, 0.1, 8000, 25000, 100, 8e-4, 5, 2000, 0.15, 0.01, 320),
+    "qnli": (2, 1, 32, 0.1, 2000, 8000, 100, 5e-4, 5, 500, 0.1, 0.01, 512),
+    "rte": (2, 1, 32, 0.3, 600, 1800, 1, 1.2e-3, 50, 200, 0.20, 0.01, 320),
+    "mrpc": (2, 1, 32, 0.1, 600, 1800, 1, 1e-3, 30, 0.1, 0.0, 0.01, 320),
+    "stsb": (2, 1, 32, 0.3, 800, 2000, 10, 2.2e-3, 25, 100, 0.2, 0.1, 128),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_512(tmp_path_factory) -> str:
+    """A tiny BERT with 512 positions: the official recipe reads up to 512 tokens (QNLI)."""
+    folder = tmp_path_factory.mktemp("tiny-512")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=512)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("task", sorted(OFFICIAL))
+def test_the_official_recipe_is_the_authors_scripts_in_config_json(tiny_512, tmp_path, task):
+    run_dir = tmp_path / task
+    assert run_task(task, "--demo", "--model_name_or_path", tiny_512, "--method", "adalora", "--recipe", "official",
+                    "--max_steps", "4", "--save_strategy", "no", "--output_dir", str(run_dir)) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    init_r, target_r, alpha, gamma, tinit, tfinal, delta_t, lr, epochs, warmup, dropout, decay, length = OFFICIAL[task]
+    adapter, training = config["adapter"], config["arguments"]["training"]
+    assert config["recipe"] == "official" and config["arguments"]["adapter"]["recipe"] == "official"
+    assert (adapter["init_r"], adapter["target_r"], adapter["lora_alpha"]) == (init_r, target_r, alpha)
+    assert (adapter["orth_reg_weight"], adapter["beta1"], adapter["beta2"]) == (gamma, 0.85, 0.85)
+    published = adapter["schedule"]["published"]
+    assert (published["tinit"], published["tfinal"], published["delta_t"]) == (tinit, tfinal, delta_t)
+    # The schedule's unit is the authors' full run: the GLUE training set at batch 32 for their epochs.
+    assert published["total_step"] == -(-TASKS[task].paper_train_size // 32) * epochs
+    assert config["recipe_values"]["epochs"] == epochs
+    assert (training["learning_rate"], training["warmup_steps"], training["weight_decay"]) == (lr, warmup, decay)
+    assert training["per_device_train_batch_size"] == 32
+    model = config["arguments"]["model"]
+    assert (model["max_seq_length"], model["classifier_dropout"]) == (length, dropout)
+    # init 2-3 -> target 1 trains about as many parameters as LoRA r=2: the run is filed as the small budget.
+    assert config["budget"] == "small"
+
+
+def test_the_paper_recipe_stays_the_default(tiny_model, tmp_path):
+    run_dir = tmp_path / "paper"
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora", "--max_steps", "4",
+                    "--output_dir", str(run_dir), *QUICK) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    paper = TASKS["cola"].paper
+    assert config["recipe"] == "paper" and config["budget"] == "small"
+    assert (config["adapter"]["init_r"], config["adapter"]["target_r"], config["adapter"]["lora_alpha"]) == (3, 2, 16)
+    assert config["adapter"]["orth_reg_weight"] == paper.orth_reg_weight == 0.5
+    training = config["arguments"]["training"]
+    assert (training["learning_rate"], training["warmup_steps"], training["weight_decay"]) == (5e-4, 0.06, 0.01)
+    assert config["arguments"]["model"]["max_seq_length"] == 128
+
+
+def test_lora_takes_the_recipe_with_its_own_rank(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--recipe", "official",
+                    "--max_steps", "2", *QUICK) == 0
+    (run_dir,) = (tmp_path / "runs" / "cola").iterdir()
+    assert run_dir.name.startswith("demo-lora-official-small-seed42-")  # the recipe is in the run's name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["adapter"]["r"], config["adapter"]["lora_alpha"]) == (2, 32)  # alpha / r = 16
+    assert config["arguments"]["training"]["learning_rate"] == 8e-4
+
+
+def test_explicit_flags_win_over_the_recipe(tiny_model, tmp_path):
+    run_dir = tmp_path / "explicit"
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora", "--recipe", "official",
+                    "--target_r", "2", "--lora_alpha", "8", "--learning_rate", "1e-3", "--max_steps", "4",
+                    "--output_dir", str(run_dir), *QUICK) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    # With --target_r given, init_r follows the budget rule again, and the run is filed by its target.
+    assert (config["adapter"]["target_r"], config["adapter"]["init_r"], config["adapter"]["lora_alpha"]) == (2, 3, 8)
+    assert config["arguments"]["training"]["learning_rate"] == 1e-3 and config["budget"] == "small"
+
+
+def test_the_recipe_sets_the_classifier_dropout(tiny_model):
+    model = load_model(tiny_model, TASKS["cola"], classifier_dropout=0.15)[1]
+    assert model.dropout.p == 0.15
+    assert load_model(tiny_model, TASKS["cola"])[1].dropout.p == 0.1  # the model's own hidden dropout
+
+
+def test_an_unknown_recipe_is_one_line(tiny_model, tmp_path, capsys):
+    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--recipe", "authors",
+                    "--output_dir", str(tmp_path / "x"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: unknown recipe 'authors': choose one of paper, official"]
+    assert not (tmp_path / "x").exists()
