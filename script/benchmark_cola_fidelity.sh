@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The paper-length comparison of BENCHMARKS.md ("AdaLoRA fidelity"): CoLA at 25 epochs (the
-# paper's length), full train and dev sets, embedded MiniLM, 3 seeds of each configuration.
+# paper's length), full train and dev sets, embedded MiniLM, 3 seeds of each configuration:
+# LoRA r=2 and AdaLoRA small under the paper's Table 8 (--recipe paper), and both under the
+# authors' released script settings (--recipe official).
 # Finished runs keep their small files (config, metrics, history, ranks, predictions; never
 # adapters or checkpoints) under results/fidelity/cola/<config>-seed<N>/, and a run already
 # there is skipped, so the table grows from session to session.
 # JOBS runs go side by side, each with cores/JOBS threads (two single-threaded runs finish
 # sooner in total than one two-threaded run on two cores; see BENCHMARKS.md).
-# Usage: [SEEDS="42 43 44"] [CONFIGS="lora-r2 adalora-small"] [JOBS=2] [NICE=0] [EPOCHS=25]
+# Usage: [SEEDS="42 43 44"] [CONFIGS="lora-r2 adalora-small adalora-official lora-official"] [JOBS=2] [NICE=0] [EPOCHS=25]
 #        bash script/benchmark_cola_fidelity.sh [GLUE_DATA_DIR] [RUNS_ROOT] [RESULTS_ROOT]
 #SBATCH --job-name=adarank-bench-fidelity
 #SBATCH --time=24:00:00
@@ -24,7 +26,10 @@ flags() {  # the flags of one configuration
   case $1 in
     lora-r2) echo src/glue-cola.py --method lora --budget small ;;
     adalora-small) echo src/glue-cola.py --method adalora --budget small ;;
-    *) echo "error: unknown config '$1': choose from lora-r2 adalora-small" >&2; return 2 ;;
+    adalora-official) echo src/glue-cola.py --method adalora --budget small --recipe official ;;  # init 3 -> target 1
+    lora-official) echo src/glue-cola.py --method lora --budget small --recipe official ;;  # r=2 under the same recipe
+    *) echo "error: unknown config '$1': choose from lora-r2 adalora-small adalora-official lora-official" >&2
+       return 2 ;;
   esac
 }
 
@@ -49,7 +54,7 @@ export keep_list="${keep[*]}"
 mkdir -p "$runs" "$results"
 pending=()
 for seed in ${SEEDS:-42 43 44}; do
-  for config in ${CONFIGS:-lora-r2 adalora-small}; do
+  for config in ${CONFIGS:-lora-r2 adalora-small adalora-official lora-official}; do
     flags "$config" >/dev/null
     [ -f "$results/$config-seed$seed/metrics.json" ] || pending+=("$config $seed")
   done
