@@ -90,6 +90,10 @@ class AdapterArguments:
 class RunArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir."})
+    diagnostics: bool = field(
+        default=False,
+        metadata={"help": "Also write diagnostics.jsonl: the adapters' update norms, AdaLoRA's |E|, orthogonal "
+                          "regulariser and importance-score quantiles (see adarank/diagnostics.py)."})
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "Also save the base model with the adapter merged in (merged/); not for 4-bit bases."})

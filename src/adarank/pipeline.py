@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from adarank.arguments import Arguments, parse_arguments
 from adarank.cpu_4bit import describe_kernels
+from adarank.diagnostics import Diagnostics
 from adarank.errors import UsageError, exits_cleanly_on_usage_errors
 from adarank.history import StepHistory
 from adarank.memory import (
@@ -127,7 +128,9 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=task.trainer_metrics(),
-        callbacks=[StepHistory(run / "history.jsonl"), *built.callbacks],
+        callbacks=[StepHistory(run / "history.jsonl"), *built.callbacks,
+                   *([Diagnostics(run / "diagnostics.jsonl", built.model)] if args.run.diagnostics and main_process
+                     else [])],
     )
     with PeakMemory() as peak:
         started = time.perf_counter()

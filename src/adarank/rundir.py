@@ -25,7 +25,7 @@ from adarank.errors import UsageError
 FINISHED_MARKER = "metrics.json"
 RUN_FILES = (
     "metrics.json", "config.json", "history.jsonl", "ranks.jsonl", "predictions.tsv",
-    "memory.json",
+    "memory.json", "diagnostics.jsonl",
 )
 CHECKPOINTS = "checkpoints"  # the Trainer's output_dir, inside the run directory
 RUN_FOLDERS = ("adapter", CHECKPOINTS, "merged")
@@ -120,7 +120,7 @@ class RunDirectory:
 
     def _rewind_logs(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run that is resumed from there."""
-        for name in ("history.jsonl", "ranks.jsonl"):
+        for name in ("history.jsonl", "ranks.jsonl", "diagnostics.jsonl"):
             path = self.path / name
             if path.is_file():
                 kept = [line for line in path.read_text(encoding="utf-8").splitlines()

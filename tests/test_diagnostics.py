@@ -1,0 +1,78 @@
+"""--diagnostics: update norms, |E|, the orthogonal regulariser and importance quantiles, checked
+against PEFT's own delta weights and loss."""
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional
+
+from adarank.arguments import AdapterArguments
+from adarank.data import load_glue, tokenize
+from adarank.diagnostics import orthogonal_regulariser, update_norms
+from adarank.methods import AdapterRequest, get_method
+from adarank.models import load_model
+from adarank.modules import head_modules, locate, resolve_target_modules
+from adarank.tasks import TASKS
+from conftest import QUICK, read_jsonl, run_task
+
+
+def trained(tiny_model, method: str, steps: int = 3):
+    task = TASKS["sst2"]
+    tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    request = AdapterRequest(task, AdapterArguments(method=method), total_step=100,
+                             target_modules=resolve_target_modules(model), head_modules=head_modules(model))
+    chosen = get_method(method)
+    peft_model = chosen.build(model, chosen.plan(request), request).model
+    data = tokenize(load_glue(task, demo=True, max_train_samples=8), tokenizer, 64).train
+    batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in data], return_tensors="pt")
+    batch["labels"] = torch.tensor(data["labels"])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return peft_model, batch
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_update_norms_are_the_norms_of_peft_delta_weights(tiny_model, method):
+    model, _ = trained(tiny_model, method)
+    expected: dict[str, float] = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
+            kind = locate(name)[1]
+            expected[kind] = expected.get(kind, 0.0) + float(module.get_delta_weight("default").pow(2).sum())
+    measured = update_norms(model, "default")["update_norm"]
+    assert measured.keys() == expected.keys() and len(measured) == 6
+    for kind, value in expected.items():
+        assert measured[kind] == pytest.approx(value**0.5, rel=1e-4)
+        assert measured[kind] > 0
+
+
+def test_the_orthogonal_regulariser_is_what_peft_adds_to_the_loss(tiny_model):
+    model, batch = trained(tiny_model, "adalora")
+    model.peft_config["default"].orth_reg_weight = 1.0
+    with torch.no_grad():
+        output = model(**batch)
+        plain = functional.cross_entropy(output.logits, batch["labels"])
+    assert float(output.loss - plain) == pytest.approx(orthogonal_regulariser(model, "default"), rel=1e-4)
+    assert orthogonal_regulariser(trained(tiny_model, "lora", steps=0)[0], "default") == 0.0
+
+
+def test_a_run_writes_diagnostics_from_a_zero_update_to_the_importance_quantiles(tiny_model, tmp_path):
+    run_dir = tmp_path / "diag"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora", "--diagnostics",
+                    "--max_steps", "20", "--tinit", "4", "--tfinal", "6", "--delta_t", "2",
+                    "--output_dir", str(run_dir), *QUICK) == 0
+    records = read_jsonl(run_dir / "diagnostics.jsonl")
+    norms = [r for r in records if "update_norm" in r]
+    assert [r["step"] for r in norms] == list(range(0, 21))  # at the start, then every logging step (1)
+    # AdaLoRA's singular values start at zero, so its first update is exactly zero.
+    assert all(v == 0 for v in norms[0]["update_norm"].values()) and norms[-1]["update_norm"]["query"] > 0
+    config = json.loads((run_dir / "config.json").read_text())["adapter"]
+    assert norms[0]["orth_reg_weighted"] == pytest.approx(config["orth_reg_weight"] * norms[0]["orth_reg"])
+    scores = [r for r in records if "importance" in r]
+    assert [r["step"] for r in scores] == [5, 14]  # after step tinit, and the last update before T - tfinal
+    for quantiles in scores[0]["importance"].values():
+        assert len(quantiles) == 7 and quantiles == sorted(quantiles)
