@@ -76,3 +76,13 @@ def test_a_run_writes_diagnostics_from_a_zero_update_to_the_importance_quantiles
     assert [r["step"] for r in scores] == [5, 14]  # after step tinit, and the last update before T - tfinal
     for quantiles in scores[0]["importance"].values():
         assert len(quantiles) == 7 and quantiles == sorted(quantiles)
+
+
+def test_the_lora_like_adalora_start_is_a_named_departure_with_a_zero_first_update(tiny_model, tmp_path):
+    run_dir = tmp_path / "lora-init"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora", "--diagnostics",
+                    "--adalora_init", "lora", "--max_steps", "4", "--output_dir", str(run_dir), *QUICK) == 0
+    assert json.loads((run_dir / "config.json").read_text())["adapter"]["init"] == "lora"
+    norms = [r["update_norm"] for r in read_jsonl(run_dir / "diagnostics.jsonl") if "update_norm" in r]
+    assert all(v == 0 for v in norms[0].values())  # B = 0: the function is the base model's
+    assert sum(norms[-1].values()) > 0  # and B learns (the first step has lr 0: warm-up)

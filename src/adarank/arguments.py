@@ -82,6 +82,11 @@ class AdapterArguments:
     tfinal: int | None = field(default=None, metadata={"help": "AdaLoRA final fixed-budget steps (default: the paper's, scaled)."})
     delta_t: int | None = field(default=None, metadata={"help": "Steps between allocations (default: the paper's, scaled)."})
     orth_reg_weight: float | None = field(default=None, metadata={"help": "Orthogonal regulariser weight gamma (default: the paper's)."})
+    adalora_init: str = field(
+        default="paper",
+        metadata={"help": "AdaLoRA's initial values: paper (E = 0, A and B ~ N(0, 0.02), as the paper and PEFT) or "
+                          "lora (E = 1, B = 0, A as LoRA's A: the same zero update, but B learns from the first "
+                          "step; departs from the paper, offered for the diagnosis in BENCHMARKS.md)."})
     beta1: float = field(default=0.85, metadata={"help": "Importance smoothing (eq. 8)."})
     beta2: float = field(default=0.85, metadata={"help": "Uncertainty smoothing (eq. 9)."})
 

@@ -31,6 +31,10 @@ from adarank.tasks import Task, recipe_of
 
 # AdaLoRA starts from 1.5x the final budget, b(0) = 1.5 b(T) (section 4, setup).
 INIT_RANK_FACTOR = 1.5
+INITS = {
+    "paper": "E = 0, A and B ~ N(0, 0.02) (the paper; PEFT's default)",
+    "lora": "E = 1, B = 0, A Kaiming-uniform as LoRA's A (departs from the paper)",
+}
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class AdaLoraPlan(Plan):
     # The LoRA rank this budget is compared with: target_r, except for the official recipe's
     # small budget (init 2-3 -> target 1), which trains about as many parameters as LoRA r=2.
     compared_with_lora_r: int
+    init: str = "paper"  # the initial values (INITS); anything but "paper" departs from the paper
 
     @property
     def budget_rank(self) -> int:
@@ -171,6 +176,8 @@ class AdaLora(ShapeChanging, AdapterMethod):
                 f"--target_r {target_r} is larger than --init_r {init_r}: AdaLoRA only prunes, "
                 f"so use --init_r {math.ceil(INIT_RANK_FACTOR * target_r)} or more (or a smaller --target_r)"
             )
+        if a.adalora_init not in INITS:
+            raise UsageError(f"--adalora_init {a.adalora_init!r}: choose one of {', '.join(INITS)}")
         for name in ("beta1", "beta2"):
             if not 0.0 < getattr(a, name) < 1.0:
                 raise UsageError(f"--{name} {getattr(a, name)} must lie strictly between 0 and 1 (the paper: 0.85)")
@@ -180,6 +187,7 @@ class AdaLora(ShapeChanging, AdapterMethod):
             beta1=a.beta1, beta2=a.beta2,
             schedule=fit_budget_schedule(task, request.total_step, a.tinit, a.tfinal, a.delta_t, a.recipe),
             compared_with_lora_r=budget_rank(a.budget) if from_recipe else target_r,
+            init=a.adalora_init,
         )
 
     def build(self, model: nn.Module, plan: AdaLoraPlan, request: AdapterRequest) -> BuiltAdapter:
@@ -201,7 +209,21 @@ class AdaLora(ShapeChanging, AdapterMethod):
             modules_to_save=request.head_modules,
         )
         peft_model = get_peft_model(model, config)
+        if plan.init == "lora":
+            _lora_like_start(peft_model)
         return BuiltAdapter(peft_model, callbacks=[AdaLoraAllocation(peft_model, request.rank_log)])
+
+
+def _lora_like_start(model: PeftModel) -> None:
+    """E = 1, B = 0 and A as LoRA draws it: the update starts at zero as in the paper, but B
+    gets a gradient from the first step instead of waiting for E and the 0.02-scale A, B to grow."""
+    adapter = model.active_adapter
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "lora_E") and adapter in module.lora_E:
+                nn.init.ones_(module.lora_E[adapter])
+                nn.init.zeros_(module.lora_B[adapter])
+                nn.init.kaiming_uniform_(module.lora_A[adapter], a=math.sqrt(5))
 
 
 ALLOCATOR_STATE_FILE = "adalora_allocator.pt"
