@@ -14,18 +14,14 @@ Unfinished or failed runs and synthetic-data (--demo) runs are listed apart.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import itertools
 from collections import defaultdict
 
 import numpy as np
-from scipy.stats import rankdata
 
-from rundirs import (AnalysisError, Run, dev_splits, fail_cleanly, find_runs, metric_keys, setting_names,
-                     task_metric)
-
-MB = 2**20
+from rundirs import Run, dev_splits, fail_cleanly, find_runs, metric_keys, setting_names, task_metric
+from stats import PredictionTables, mean_std, method_difference
+from tables import csv_text, markdown
 
 # AdaLoRA paper, Table 1 (DeBERTaV3-base, mean of 5 seeds). MNLI: matched/mismatched
 # accuracy; QQP: accuracy/F1; CoLA: Matthews correlation; MRPC: accuracy; STS-B: Pearson.
@@ -41,62 +37,6 @@ PAPER_TABLE = {
     ("AdaLoRA", "0.32M"): {"mnli": "90.66/90.70", "sst2": "95.80", "cola": "70.04", "qqp": "91.78/89.16",
                            "qnli": "94.49", "rte": "87.36", "mrpc": "90.44", "stsb": "91.63"},
 }
-
-
-# --- metrics on label / prediction arrays, for the bootstrap ---------------------------------
-
-def _accuracy(y, p):
-    return float(np.mean(y == p))
-
-
-def _f1(y, p):  # positive class: label "1", as in GLUE's MRPC and QQP
-    tp = np.sum((p == 1) & (y == 1))
-    predicted, actual = np.sum(p == 1), np.sum(y == 1)
-    return float(2 * tp / (predicted + actual)) if predicted + actual else 0.0
-
-
-def _matthews(y, p):
-    classes = int(max(y.max(), p.max())) + 1
-    confusion = np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes)
-    t, q, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
-    denominator = np.sqrt(float(s * s - q @ q) * float(s * s - t @ t))
-    return float((c * s - t @ q) / denominator) if denominator else 0.0
-
-
-def _pearson(y, p):
-    if np.std(y) == 0 or np.std(p) == 0:
-        return 0.0
-    return float(np.corrcoef(y, p)[0, 1])
-
-
-def _spearman(y, p):
-    return _pearson(rankdata(y), rankdata(p))  # tied values share their average rank, as in scipy
-
-
-METRICS = {"accuracy": _accuracy, "f1": _f1, "matthews_correlation": _matthews, "pearson": _pearson,
-           "spearman": _spearman}
-
-
-def paired_bootstrap(metric, labels, predictions_a, predictions_b, resamples=2000, seed=0):
-    """Difference of mean metrics (a - b) and its 95% percentile interval.
-
-    ``predictions_a``/``_b`` hold one array per seed, all aligned with ``labels``.
-    Each resample draws dev examples with replacement, the same for both methods.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-
-    def mean_metric(predictions, rows):
-        return np.mean([metric(labels[rows], p[rows]) for p in predictions])
-
-    everything = np.arange(n)
-    observed = mean_metric(predictions_a, everything) - mean_metric(predictions_b, everything)
-    diffs = np.empty(resamples)
-    for i in range(resamples):
-        rows = rng.integers(0, n, n)
-        diffs[i] = mean_metric(predictions_a, rows) - mean_metric(predictions_b, rows)
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return float(observed), float(low), float(high)
 
 
 # --- collecting runs -------------------------------------------------------------------------
@@ -123,17 +63,14 @@ def adapter_mb(run: Run) -> float | None:
     return run.metrics.get("adapter_mb")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values, dtype=float)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
-
-
 def method_name(groups: dict, key: tuple) -> str:
     """The method, and where it ran in more than one setting, what sets this one apart."""
     task, method, budget, setting = key
     siblings = [runs[0] for (t, m, b, _), runs in groups.items() if (t, m, b) == (task, method, budget)]
     return method if len(siblings) == 1 else f"{method} [{setting_names(siblings)[setting]}]"
 
+
+# --- rows -------------------------------------------------------------------------------------
 
 def results_rows(groups: dict) -> list[dict]:
     rows = []
@@ -142,7 +79,7 @@ def results_rows(groups: dict) -> list[dict]:
         row = {"task": task, "method": method_name(groups, group), "budget": budget, "setting": setting,
                "seeds": len(runs)}
         for key in metric_keys(runs[0]):
-            mean, std = _mean_std([run.metrics[key] for run in runs])
+            mean, std = mean_std([run.metrics[key] for run in runs])
             row[key.removeprefix("eval_")] = f"{100 * mean:.2f} +- {100 * std:.2f}"
         row["trainable params"] = f"{int(np.mean([r.metrics['trainable_params'] for r in runs])):,}"
         row["adapter params"] = f"{int(np.mean([r.metrics['adapter_params'] for r in runs])):,}"
@@ -157,77 +94,29 @@ def results_rows(groups: dict) -> list[dict]:
     return rows
 
 
-def _aligned(runs: list[Run], split: str, keys: list):
-    labels, predictions = None, []
-    for run in runs:
-        table = run.predictions()
-        pairs = [table[(split, i)] for _, i in keys]
-        these = [label for label, _ in pairs]
-        if labels is not None and these != labels:
-            raise AnalysisError(
-                f"{run.path}/predictions.tsv has other labels for the same dev examples than the runs it is "
-                "compared with: they were not evaluated on the same data"
-            )
-        labels = these
-        predictions.append([prediction for _, prediction in pairs])
-    return labels, predictions
-
-
-def _encode(metric: str, labels, *prediction_sets):
-    if metric in ("pearson", "spearman"):
-        return np.asarray(labels, float), [[np.asarray(p, float) for p in ps] for ps in prediction_sets]
-    names = sorted({*labels, *(x for ps in prediction_sets for p in ps for x in p)})
-    if metric == "f1":  # keep "1" as the positive class
-        names = [n for n in names if n != "1"] + ["1"]
-    code = {name: i for i, name in enumerate(names)}
-    encoded = np.asarray([code[x] for x in labels])
-    return encoded, [[np.asarray([code[x] for x in p]) for p in ps] for ps in prediction_sets]
-
-
 def comparison_rows(groups: dict, resamples: int) -> list[dict]:
     rows = []
     by_task_budget = defaultdict(dict)
     for (task, method, budget, setting), runs in groups.items():
         by_task_budget[(task, budget)][method_name(groups, (task, method, budget, setting))] = runs
+    predictions = PredictionTables()
     for (task, budget), methods in sorted(by_task_budget.items()):
         for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(sorted(methods.items()), 2):
             metric = task_metric(runs_a[0])
+            tables_a, tables_b = ({run.path: predictions(run) for run in runs} for runs in (runs_a, runs_b))
             for split in dev_splits(runs_a[0]):
-                common = set.intersection(*({k for k in r.predictions() if k[0] == split} for r in runs_a + runs_b))
-                keys = sorted(common)
-                labels, predictions_a = _aligned(runs_a, split, keys)
-                _, predictions_b = _aligned(runs_b, split, keys)
-                y, (pa, pb) = _encode(metric, labels, predictions_a, predictions_b)
-                diff, low, high = paired_bootstrap(METRICS[metric], y, pa, pb, resamples)
+                d = method_difference(metric, split, tables_a, tables_b, resamples)
                 rows.append({
                     "task": task + ("" if split == "validation" else f" ({split})"), "budget": budget,
                     "comparison": f"{name_a} - {name_b}", "metric": metric,
-                    "seeds": f"{len(runs_a)} vs {len(runs_b)}", "examples": len(keys),
-                    "difference": f"{100 * diff:+.2f}", "95% CI": f"[{100 * low:+.2f}, {100 * high:+.2f}]",
-                    "excludes 0": "yes" if low > 0 or high < 0 else "no",
+                    "seeds": f"{len(runs_a)} vs {len(runs_b)}", "examples": d.examples,
+                    "difference": f"{100 * d.value:+.2f}", "95% CI": f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]",
+                    "excludes 0": "yes" if d.excludes_zero else "no",
                 })
     return rows
 
 
-# --- output ----------------------------------------------------------------------------------
-
-def markdown(rows: list[dict]) -> str:
-    if not rows:
-        return "(none)\n"
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_text(rows: list[dict]) -> str:
-    out = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
+# --- the tables ------------------------------------------------------------------------------
 
 def paper_rows(tasks) -> list[dict]:
     return [

@@ -10,41 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import memory_calculation
 import plot_training
 import report
+import rundirs
+import stats
 import summarize_runs
 import visualize_rank
-from adarank.demo_data import make_demo_split
-from adarank.tasks import TASKS
-from conftest import QUICK, read_jsonl, run_task
+from conftest import read_jsonl
 from rundirs import load_run, setting_names
-
-
-def write_sst2_folder(root: Path) -> Path:
-    """A GLUE-layout SST-2 folder (with demo sentences) so runs count as real-data runs."""
-    folder = root / "SST-2"
-    folder.mkdir(parents=True)
-    for split, name, size in (("train", "train.tsv", 128), ("validation", "dev.tsv", 64)):
-        rows = make_demo_split(TASKS["sst2"], split).select(range(size))
-        lines = ["sentence\tlabel", *(f"{t}\t{y}" for t, y in zip(rows["text_a"], rows["label"]))]
-        (folder / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def runs_root(tiny_model, tmp_path_factory) -> Path:
-    data = write_sst2_folder(tmp_path_factory.mktemp("glue"))
-    root = tmp_path_factory.mktemp("runs")
-    for method in ("lora", "adalora"):
-        for seed in ("1", "2"):
-            assert run_task("sst2", "--data_dir", str(data), "--model_name_or_path", tiny_model,
-                            "--method", method, "--seed", seed, "--num_train_epochs", "2",
-                            "--learning_rate", "5e-3", "--output_dir", str(root / f"sst2-{method}-{seed}"), *QUICK) == 0
-    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",
-                    "--output_dir", str(root / "demo"), *QUICK) == 0
-    shutil.copytree(root / "sst2-lora-1", root / "stopped")
-    (root / "stopped" / "metrics.json").unlink()
-    return root
 
 
 def cell_values(ax) -> list[float]:
@@ -186,32 +160,140 @@ def test_csv_and_paper_rows(runs_root, capsys):
     assert "paper: AdaLoRA" in out and "95.80" in out  # SST-2, 0.32M
 
 
-def test_bootstrap_of_identical_predictions_is_an_interval_around_zero():
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 300)
-    guesses = np.where(rng.random(300) < 0.8, labels, 1 - labels)
-    diff, low, high = summarize_runs.paired_bootstrap(summarize_runs._accuracy, labels, [guesses], [guesses.copy()], 500)
-    assert diff == 0 and low <= 0 <= high
+def test_memory_table_of_runs_reads_their_memory_json_and_nothing_else(runs_root):
+    import subprocess
+    import sys
+
+    runs = [runs_root / "sst2-lora-1", runs_root / "sst2-adalora-1"]
+    rows = memory_calculation.main([str(run) for run in runs])
+    for row, run in zip(rows, runs):
+        memory = json.loads((run / "memory.json").read_text())
+        assert (row["method"], row["adapter params (saved)"]) == (
+            run.name.split("-")[1], f"{memory['adapter']['saved_adapter_params']:,}")
+        assert row["base MB"] == f"{memory['base']['total_bytes'] / 2**20:.2f}"
+    # Reading runs needs no training code: neither the library nor torch is imported.
+    analysis = Path(memory_calculation.__file__).parent
+    check = (f"import sys; sys.path.insert(0, {str(analysis)!r}); import memory_calculation; "
+             f"memory_calculation.main({[str(run) for run in runs]!r}); "
+             "assert not {'adarank', 'torch'} & set(sys.modules), sorted(sys.modules)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def copy_runs(runs_root: Path, folder: Path, **methods: str) -> Path:
+    """Copies of the real-data SST-2 runs in ``folder``; ``methods`` names further copies of a
+    run (copy name -> run name) as a method of their own, "qlora"."""
+    for seed in "12":
+        for method in ("lora", "adalora"):
+            shutil.copytree(runs_root / f"sst2-{method}-{seed}", folder / f"sst2-{method}-{seed}")
+    for copy, run in methods.items():
+        shutil.copytree(runs_root / run, folder / copy)
+        config = json.loads((folder / copy / "config.json").read_text())
+        (folder / copy / "config.json").write_text(json.dumps({**config, "method": "qlora"}))
+    return folder
+
+
+def test_each_predictions_file_is_read_once(runs_root, tmp_path, monkeypatch):
+    root = copy_runs(runs_root, tmp_path, **{"sst2-qlora-1": "sst2-lora-1", "sst2-qlora-2": "sst2-lora-2"})
+    reads, read = [], rundirs.Run.predictions
+    monkeypatch.setattr(rundirs.Run, "predictions", lambda run: reads.append(run.name) or read(run))
+    comparisons = summarize_runs.summarize(root, resamples=20)["comparisons"]
+    assert len(comparisons) == 3  # every run is in two of them
+    assert sorted(reads) == sorted(path.name for path in root.iterdir())
+
+
+def test_runs_compared_must_have_the_same_dev_labels(runs_root, tmp_path, capsys):
+    root = copy_runs(runs_root, tmp_path)
+    for seed in "12":  # both AdaLoRA runs alike, so only the comparison with LoRA sees it
+        tsv = root / f"sst2-adalora-{seed}" / "predictions.tsv"
+        lines = tsv.read_text().splitlines()
+        split, index, label, prediction = lines[-1].split("\t")
+        tsv.write_text("\n".join([*lines[:-1], "\t".join((split, index, str(1 - int(label)), prediction))]) + "\n")
+    with pytest.raises(SystemExit) as stop:
+        summarize_runs.main([str(root), "--bootstrap", "20"])
+    assert stop.value.code == 2
+    assert "sst2-lora-1/predictions.tsv has other labels for the same dev examples" in capsys.readouterr().err
+
+
+# --- the statistics ------------------------------------------------------------------------------
+
+def predictor(rng, labels, accuracy: float):
+    """Binary predictions that are right on about ``accuracy`` of the examples, at random."""
+    return np.where(rng.random(len(labels)) < accuracy, labels, 1 - labels)
+
+
+def small_real_difference(seed: int):
+    """(labels, a, b): ``a`` is ``b`` (75% right) with 20 of its 2,000 errors put right, so
+    a is better by exactly one point, and never worse."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 2000)
+    b = predictor(rng, labels, 0.75)
+    a = b.copy()
+    fixed = rng.choice(np.flatnonzero(b != labels), 20, replace=False)
+    a[fixed] = labels[fixed]
+    return labels, a, b
+
+
+def relabelled(seed: int, n: int = 500):
+    """(labels, a, b): two predictors (80% right each) whose answers are handed to "a" and "b"
+    by a coin toss per example, so a and b differ on many examples but not in quality."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    p, q = predictor(rng, labels, 0.8), predictor(rng, labels, 0.8)
+    heads = rng.random(n) < 0.5
+    return labels, np.where(heads, p, q), np.where(heads, q, p)
+
+
+def test_bootstrap_separates_a_small_real_difference_from_zero():
+    # Resampling the two methods' examples independently, not in pairs, gives about +-2.7 points here.
+    labels, a, b = small_real_difference(seed=4)
+    diff, low, high = stats.paired_bootstrap(stats.accuracy, labels, [a], [b], 1000)
+    assert diff == pytest.approx(0.01)
+    assert 0 < low < diff < high
+    # The per-example differences are 0 or 1, so the interval is about diff +- 1.96 standard errors.
+    standard_error = np.sqrt(diff * (1 - diff) / len(labels))
+    assert high - low == pytest.approx(2 * 1.96 * standard_error, rel=0.25)
+    assert high - diff == pytest.approx(diff - low, rel=0.3)
+
+
+def test_bootstrap_of_randomly_relabelled_methods_covers_zero():
+    labels, a, b = relabelled(seed=5)
+    assert np.mean(a != b) > 0.2
+    diff, low, high = stats.paired_bootstrap(stats.accuracy, labels, [a], [b], 1000)
+    assert abs(diff) >= 0.01  # the observed difference is noise, not 0 by construction
+    assert low < 0 < high
+
+
+def test_bootstrap_intervals_cover_zero_95_times_in_100_without_a_difference():
+    covered = []
+    for seed in range(100):
+        labels, a, b = relabelled(seed, n=300)
+        _, low, high = stats.paired_bootstrap(stats.accuracy, labels, [a], [b], 400)
+        covered.append(low < 0 < high)
+    assert 0.9 <= np.mean(covered) <= 0.99
 
 
 def test_bootstrap_of_a_large_real_difference_excludes_zero():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 400)
-    good = np.where(rng.random(400) < 0.9, labels, 1 - labels)
-    poor = np.where(rng.random(400) < 0.6, labels, 1 - labels)
-    for metric in (summarize_runs._accuracy, summarize_runs._matthews, summarize_runs._f1):
-        diff, low, high = summarize_runs.paired_bootstrap(metric, labels, [good], [poor], 500)
+    good, poor = predictor(rng, labels, 0.9), predictor(rng, labels, 0.6)
+    for metric in (stats.accuracy, stats.matthews, stats.f1):
+        diff, low, high = stats.paired_bootstrap(metric, labels, [good], [poor], 500)
         assert 0 < low < diff < high
 
 
-def test_our_metrics_agree_with_scikit_learn():
+def test_our_metrics_agree_with_scikit_learn_and_scipy():
+    from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import f1_score, matthews_corrcoef
 
     rng = np.random.default_rng(3)
     y, p = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
-    assert summarize_runs._matthews(y, p) == pytest.approx(matthews_corrcoef(y, p))
+    assert stats.matthews(y, p) == pytest.approx(matthews_corrcoef(y, p))
     y2, p2 = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
-    assert summarize_runs._f1(y2, p2) == pytest.approx(f1_score(y2, p2))
+    assert stats.f1(y2, p2) == pytest.approx(f1_score(y2, p2))
+    scores, guesses = rng.random(200) * 5, np.round(rng.random(200) * 5, 1)  # ties among the guesses
+    assert stats.pearson(scores, guesses) == pytest.approx(pearsonr(scores, guesses)[0])
+    assert stats.spearman(scores, guesses) == pytest.approx(spearmanr(scores, guesses)[0])
 
 
 def test_report_is_one_self_contained_html_file(runs_root, tmp_path):

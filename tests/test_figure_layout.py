@@ -1,6 +1,7 @@
 """The rank figures are laid out so that no label, tick label or title runs into another axes or text.
 
-Each figure is drawn with matplotlib's renderer and the window extents of its texts and axes are compared.
+Each figure is drawn with matplotlib's renderer and the window extents of its texts and axes are compared,
+on the tiny training runs of conftest.py's ``runs_root`` (shared with test_analysis.py).
 """
 
 import json
@@ -14,8 +15,6 @@ import report
 import visualize_rank
 from conftest import read_jsonl
 from rundirs import load_run
-# The real tiny training runs of test_analysis.py; the fixture is module-scoped there, so this module trains its own.
-from test_analysis import runs_root  # noqa: F401
 
 SLACK = 1.0  # pixels: boxes that only touch do not overlap
 
@@ -75,23 +74,23 @@ def with_layers(run_dir: Path, copy: Path, count: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def deep_runs(runs_root, tmp_path_factory) -> list[Path]:  # noqa: F811
+def deep_runs(runs_root, tmp_path_factory) -> list[Path]:
     """The two AdaLoRA runs with 24 layers each."""
     folder = tmp_path_factory.mktemp("deep")
     return [with_layers(runs_root / f"sst2-adalora-{seed}", folder / f"adalora-{seed}", 24) for seed in "12"]
 
 
-def test_one_run_initial_and_final_side_by_side(runs_root):  # noqa: F811
+def test_one_run_initial_and_final_side_by_side(runs_root):
     figure = visualize_rank.heatmaps_figure([load_run(runs_root / "sst2-adalora-1")])
     assert_nothing_overlaps(figure)
 
 
-def test_several_runs_one_row_each(runs_root):  # noqa: F811
+def test_several_runs_one_row_each(runs_root):
     figure = visualize_rank.heatmaps_figure([load_run(runs_root / f"sst2-adalora-{seed}") for seed in "12"])
     assert_nothing_overlaps(figure)
 
 
-def test_over_time_strip_and_curves(runs_root):  # noqa: F811
+def test_over_time_strip_and_curves(runs_root):
     figure = visualize_rank.over_time_figure(load_run(runs_root / "sst2-adalora-1"))
     assert_nothing_overlaps(figure)
 
@@ -108,7 +107,7 @@ def test_24_layers_over_time(deep_runs):
     assert_nothing_overlaps(figure)
 
 
-def test_the_overlap_check_sees_an_overlap(runs_root):  # noqa: F811
+def test_the_overlap_check_sees_an_overlap(runs_root):
     figure = visualize_rank.heatmaps_figure([load_run(runs_root / "sst2-adalora-1")])
     initial, final = figure.axes[:2]
     final.set_position(initial.get_position())  # the right panel drawn on top of the left one
@@ -116,7 +115,7 @@ def test_the_overlap_check_sees_an_overlap(runs_root):  # noqa: F811
         assert_nothing_overlaps(figure)
 
 
-def test_the_report_draws_its_figures_without_overlaps(runs_root, monkeypatch):  # noqa: F811
+def test_the_report_draws_its_figures_without_overlaps(runs_root, monkeypatch):
     checked = []
 
     def check(figure, alt: str) -> str:

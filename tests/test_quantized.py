@@ -1,22 +1,26 @@
-"""QLoRA and QLoRA + AdaLoRA on a 4-bit NF4 base (bitsandbytes' CPU backend), and memory accounting."""
+"""QLoRA and QLoRA + AdaLoRA on a 4-bit NF4 base (bitsandbytes' CPU backend), memory accounting,
+and the memory planner (adarank.memory_plan) against real models."""
 
+import csv
+import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
 from torch import nn
 
 import memory_calculation
 from adarank.data import load_glue, tokenize
 from adarank.errors import UsageError
-from adarank.memory import base_model_bytes, quantized_bits_per_parameter
+from adarank.memory import base_model_bytes, parameter_counts, quantized_bits_per_parameter, stored_numel
+from adarank.memory_plan import architecture, model_skeleton, plan, plan_model, planned_methods
 from adarank.models import load_model
 from adarank.tasks import TASKS
-from conftest import QUICK, demo_dev_inputs, predicted_labels, run_task
+from conftest import QUICK, assert_adapter_gives_the_run_predictions, pad_batch, reloaded_logits, run_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "analysis" / "configs"
+MB = 2**20
 
 
 @pytest.fixture(scope="module")
@@ -42,33 +46,65 @@ def test_measured_bytes_agree_with_the_footprint_and_the_analytic_plan(embedded_
     parts = measured["component_bytes"]
     # get_memory_footprint counts parameters and buffers; the quantisation constants are neither.
     assert measured["total_bytes"] - parts["quantization_constants"] == embedded_4bit.get_memory_footprint()
-    plan = memory_calculation.plan_rows(
-        memory_calculation.architecture(memory_calculation.model_skeleton(None, 2)), "small", "float32")
-    planned = {row["method"]: row["base MB"] for row in plan}
-    assert planned["qlora"] == pytest.approx(measured["total_bytes"] / 2**20, rel=0.01)
+    planned = {p.method: p.base_bytes for p in plan_model(None, "small", "float32")}
+    assert planned["qlora"] == pytest.approx(measured["total_bytes"], rel=0.01)
     fp32 = load_model(None, TASKS["sst2"])[1]
-    assert planned["lora"] == pytest.approx(fp32.get_memory_footprint() / 2**20, rel=1e-6)
+    assert planned["lora"] == pytest.approx(fp32.get_memory_footprint(), rel=1e-6)
+
+
+def test_the_plan_quantises_what_the_4bit_loader_quantises(embedded_4bit):
+    arch = architecture(model_skeleton(None, 2))
+    loaded = [m for m in embedded_4bit.modules() if type(m).__name__ == "Linear4bit"]
+    assert arch.quantized_params == sum(stored_numel(m.weight) for m in loaded)
+    assert base_model_bytes(embedded_4bit)["component_bytes"]["linear_weights"] == 0  # the head is apart
+    assert arch.parameters["head"] == sum(p.numel() for n, p in embedded_4bit.named_parameters()
+                                          if n.startswith(("bert.pooler.", "classifier.")))
 
 
 @pytest.mark.parametrize("config", ["bert-base-uncased.json", "deberta-v3-base.json"])
 def test_the_plan_reads_shapes_from_a_config_alone(config):
-    arch = memory_calculation.architecture(memory_calculation.model_skeleton(str(CONFIGS / config), 2))
-    assert len(arch["adapted"]) == 12 * 6
-    rows = {r["method"]: r for r in memory_calculation.plan_rows(arch, "large", "float32")}
+    arch = architecture(model_skeleton(str(CONFIGS / config), 2))
+    assert len(arch.adapted) == 12 * 6
+    plans = {p.method: p for p in (plan(arch, method, "large") for method in planned_methods())}
+    assert list(plans) == ["lora", "adalora", "qlora", "qadalora"]
     # LoRA r=8 on all six matrices of BERT-base: 8 * (4 * (768 + 768) + 2 * (768 + 3072)) * 12 layers
-    assert rows["lora"]["adapter params (saved)"] == 8 * (4 * 1536 + 2 * 3840) * 12
-    assert rows["qlora"]["adapter params (saved)"] == rows["lora"]["adapter params (saved)"]
+    assert plans["lora"].saved_adapter_params == 8 * (4 * 1536 + 2 * 3840) * 12
+    assert plans["qlora"].saved_adapter_params == plans["lora"].saved_adapter_params
     # The fp32 plan is the real model's footprint, built from the same config with random weights.
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     document = json.loads((CONFIGS / config).read_text())
     real = AutoModelForSequenceClassification.from_config(
         AutoConfig.for_model(document.pop("model_type"), num_labels=2, **document))
-    assert rows["lora"]["base MB"] == pytest.approx(real.get_memory_footprint() / 2**20, rel=1e-9)
+    assert plans["lora"].base_bytes == pytest.approx(real.get_memory_footprint(), rel=1e-9)
     linear = sum(m.weight.numel() for n, m in real.named_modules()
                  if isinstance(m, nn.Linear) and "pooler" not in n and "classifier" not in n)
-    assert rows["qlora"]["unquantised share %"] == pytest.approx(100 * (1 - linear / real.num_parameters()))
-    assert rows["qlora"]["base MB"] < rows["lora"]["base MB"]
+    assert plans["qlora"].unquantized_percent == pytest.approx(100 * (1 - linear / real.num_parameters()))
+    assert plans["qlora"].base_bytes < plans["lora"].base_bytes
+
+
+def test_the_planning_command_prints_the_library_plan(capsys):
+    memory_calculation.main(["--plan", "--budget", "large", "--csv"])
+    rows = {row["method"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    for p in plan_model(None, "large"):
+        assert rows[p.method]["adapter params (training)"] == f"{p.train_adapter_params:,}"
+        assert rows[p.method]["training MB (no activations)"] == f"{p.training_bytes / MB:.2f}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--plan", "--budget", "huge"], "unknown budget 'huge': choose one of small, large"),
+    (["--plan", "--dtype", "float8"], "unknown dtype 'float8' for the unquantised tensors"),
+    (["--model_name_or_path", "no/such-model-here"], "cannot read a model config from 'no/such-model-here'"),
+    (["--model_name_or_path", "GPT2"], "GPT2ForSequenceClassification has none of the six adaptable matrices"),
+])
+def test_the_planning_command_refuses_in_one_line(argv, message, tmp_path, capsys):
+    gpt2 = tmp_path / "gpt2.json"  # Conv1D layers: nothing this project adapts
+    gpt2.write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 50,
+                                "pad_token_id": 0}))
+    with pytest.raises(SystemExit) as stop:
+        memory_calculation.main([str(gpt2) if a == "GPT2" else a for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_qadalora_trains_prunes_and_reloads_onto_a_fresh_4bit_base(tiny_model, tmp_path):
@@ -88,11 +124,7 @@ def test_qadalora_trains_prunes_and_reloads_onto_a_fresh_4bit_base(tiny_model, t
 
     task = TASKS["sst2"]
     tokenizer, base, _ = load_model(tiny_model, task, load_in_4bit=True)
-    inputs = demo_dev_inputs(tokenizer, task, 16)
-    reloaded = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
-    with torch.no_grad():
-        predicted = reloaded(**inputs).logits.argmax(-1).tolist()
-    assert predicted == [int(p) for p in predicted_labels(run_dir, 16)]
+    assert_adapter_gives_the_run_predictions(run_dir, tokenizer, base, task, 16)
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "qadalora"])
@@ -109,21 +141,22 @@ def test_a_saved_adapter_reloads_to_the_same_logits(tiny_model, tmp_path, method
     request = AdapterRequest(task, AdapterArguments(method=method), total_step=8,
                              target_modules=resolve_target_modules(model), head_modules=head_modules(model))
     built = chosen.build(model, chosen.plan(request), request)
+    # The memory planner counts the parameters this method really trains.
+    planned = plan(architecture(model_skeleton(tiny_model, 2)), method, "small")
+    trained = parameter_counts(built.model, 0)
+    assert (trained["adapter_params"], trained["trainable_params"]) == (
+        planned.train_adapter_params, planned.trainable_params)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1,
                              learning_rate=1e-2, report_to="none", save_strategy="no")
     Trainer(model=built.model, args=args, train_dataset=data.train, data_collator=DataCollatorWithPadding(tokenizer),
             callbacks=built.callbacks).train()
-    dev = data.dev["validation"]
-    inputs = tokenizer.pad([{k: r[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for r in dev],
-                           return_tensors="pt")
+    inputs = pad_batch(tokenizer, data.dev["validation"])
     built.model.eval()
     with torch.no_grad():
-        trained = built.model(**inputs).logits
+        logits = built.model(**inputs).logits
     built.model.save_pretrained(str(tmp_path / "adapter"))
     fresh = load_model(tiny_model, task, load_in_4bit=chosen.quantized)[1]
-    reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(**inputs).logits, trained, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reloaded_logits(fresh, tmp_path / "adapter", inputs), logits, rtol=1e-5, atol=1e-6)
     if method != "lora":  # the pruned ranks came back with it
         assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
 

@@ -8,11 +8,14 @@ import resource
 import struct
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import torch
 from torch import nn
+
+from adarank.modules import head_modules
 
 
 def stored_numel(param: torch.Tensor) -> int:
@@ -92,7 +95,20 @@ BASE_COMPONENTS = (
     "quantized_linear_weights", "quantization_constants", "linear_weights", "embeddings",
     "norms_and_biases", "head",
 )
-HEAD_NAMES = ("pooler", "classifier")
+
+
+def component(module: nn.Module, param_name: str, in_head: bool) -> str:
+    """Which of BASE_COMPONENTS a parameter of a base model belongs to (``in_head``: the module
+    is inside the task head, adarank.modules.head_modules, which is trained in full and never quantised)."""
+    if in_head:
+        return "head"
+    if type(module).__name__ == "Linear4bit" and param_name == "weight":
+        return "quantized_linear_weights"
+    if isinstance(module, nn.Embedding):
+        return "embeddings"
+    if isinstance(module, nn.Linear) and param_name == "weight":
+        return "linear_weights"
+    return "norms_and_biases"
 
 
 def _quant_state_tensors(weight) -> list[torch.Tensor]:
@@ -105,40 +121,34 @@ def _quant_state_tensors(weight) -> list[torch.Tensor]:
     return [t for t in tensors if isinstance(t, torch.Tensor)]
 
 
-def base_model_bytes(model: nn.Module) -> dict:
-    """Bytes of a (possibly 4-bit) model by component kind and dtype, before adapters are added.
+def base_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(component, tensor) for every parameter, quantisation constant and buffer of a base model.
 
-    A tensor shared by several modules (the NF4 code book) is counted once.
+    A tensor shared by several modules (the NF4 code book) comes once. Parameters are the
+    ``nn.Parameter`` among them.
     """
-    table: dict[str, dict[str, int]] = {c: {} for c in BASE_COMPONENTS}
+    head = set(head_modules(model))
     seen: set[int] = set()
-
-    def add(component: str, tensor: torch.Tensor | None) -> None:
-        if tensor is None or id(tensor) in seen:
-            return
-        seen.add(id(tensor))
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        table[component][dtype] = table[component].get(dtype, 0) + tensor.numel() * tensor.element_size()
-
     for name, module in model.named_modules():
-        in_head = any(part in HEAD_NAMES for part in name.split("."))
+        in_head = any(part in head for part in name.split("."))
+        found = []
         for param_name, param in module.named_parameters(recurse=False):
-            if in_head:
-                component = "head"
-            elif type(module).__name__ == "Linear4bit" and param_name == "weight":
-                component = "quantized_linear_weights"
-            elif isinstance(module, nn.Embedding):
-                component = "embeddings"
-            elif isinstance(module, nn.Linear) and param_name == "weight":
-                component = "linear_weights"
-            else:
-                component = "norms_and_biases"
-            add(component, param)
-            if component == "quantized_linear_weights":
-                for constant in _quant_state_tensors(param):
-                    add("quantization_constants", constant)
-        for buffer in module.buffers(recurse=False):
-            add("head" if in_head else "norms_and_biases", buffer)
+            found.append((component(module, param_name, in_head), param))
+            if found[-1][0] == "quantized_linear_weights":
+                found += [("quantization_constants", constant) for constant in _quant_state_tensors(param)]
+        found += [("head" if in_head else "norms_and_biases", buffer) for buffer in module.buffers(recurse=False)]
+        for kind, tensor in found:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                yield kind, tensor
+
+
+def base_model_bytes(model: nn.Module) -> dict:
+    """Bytes of a (possibly 4-bit) model by component kind and dtype, before adapters are added."""
+    table: dict[str, dict[str, int]] = {c: {} for c in BASE_COMPONENTS}
+    for kind, tensor in base_tensors(model):
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        table[kind][dtype] = table[kind].get(dtype, 0) + tensor.numel() * tensor.element_size()
     totals = {c: sum(by_dtype.values()) for c, by_dtype in table.items()}
     return {"components": table, "component_bytes": totals, "total_bytes": sum(totals.values())}
 

@@ -1,0 +1,146 @@
+"""The statistics behind the tables: each task's metric recomputed from dev predictions, and a
+paired bootstrap of the difference between two methods over the dev examples.
+
+Predictions are the tables ``Run.predictions()`` reads from predictions.tsv:
+(split, index) -> (label, prediction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+from rundirs import AnalysisError, Run
+
+# --- metrics on label / prediction arrays ----------------------------------------------------
+
+
+def accuracy(y, p):
+    return float(np.mean(y == p))
+
+
+def f1(y, p):  # positive class: label "1", as in GLUE's MRPC and QQP
+    tp = np.sum((p == 1) & (y == 1))
+    predicted, actual = np.sum(p == 1), np.sum(y == 1)
+    return float(2 * tp / (predicted + actual)) if predicted + actual else 0.0
+
+
+def matthews(y, p):
+    classes = int(max(y.max(), p.max())) + 1
+    confusion = np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes)
+    t, q, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
+    denominator = np.sqrt(float(s * s - q @ q) * float(s * s - t @ t))
+    return float((c * s - t @ q) / denominator) if denominator else 0.0
+
+
+def pearson(y, p):
+    if np.std(y) == 0 or np.std(p) == 0:
+        return 0.0
+    return float(np.corrcoef(y, p)[0, 1])
+
+
+def spearman(y, p):
+    return pearson(rankdata(y), rankdata(p))  # tied values share their average rank, as in scipy
+
+
+# The metric names of config.json's "task_metrics" (and rundirs.task_metric).
+METRICS = {"accuracy": accuracy, "f1": f1, "matthews_correlation": matthews, "pearson": pearson,
+           "spearman": spearman}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value), e.g. of one setting's seeds."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def paired_bootstrap(metric, labels, predictions_a, predictions_b, resamples=2000, seed=0):
+    """Difference of mean metrics (a - b) and its 95% percentile interval.
+
+    ``predictions_a``/``_b`` hold one array per seed, all aligned with ``labels``.
+    Each resample draws dev examples with replacement, the same for both methods.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+
+    def mean_metric(predictions, rows):
+        return np.mean([metric(labels[rows], p[rows]) for p in predictions])
+
+    everything = np.arange(n)
+    observed = mean_metric(predictions_a, everything) - mean_metric(predictions_b, everything)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        rows = rng.integers(0, n, n)
+        diffs[i] = mean_metric(predictions_a, rows) - mean_metric(predictions_b, rows)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(observed), float(low), float(high)
+
+
+# --- from predictions.tsv to arrays ----------------------------------------------------------
+
+class PredictionTables:
+    """Each run's predictions.tsv, read once however many comparisons the run is in."""
+
+    def __init__(self):
+        self._tables: dict[Path, dict] = {}
+
+    def __call__(self, run: Run) -> dict[tuple[str, int], tuple[str, str]]:
+        if run.path not in self._tables:
+            self._tables[run.path] = run.predictions()
+        return self._tables[run.path]
+
+
+def aligned(tables: dict[Path, dict], split: str, keys: list) -> tuple[list, list[list]]:
+    """(labels, one prediction list per run) of the dev examples ``keys``; every run must have
+    the same labels for them."""
+    labels, predictions = None, []
+    for path, table in tables.items():
+        pairs = [table[(split, i)] for _, i in keys]
+        these = [label for label, _ in pairs]
+        if labels is not None and these != labels:
+            raise AnalysisError(
+                f"{path}/predictions.tsv has other labels for the same dev examples than the runs it is "
+                "compared with: they were not evaluated on the same data"
+            )
+        labels = these
+        predictions.append([prediction for _, prediction in pairs])
+    return labels, predictions
+
+
+def encode(metric: str, labels, *prediction_sets):
+    """Labels and predictions as arrays: floats for a correlation, else class codes."""
+    if metric in ("pearson", "spearman"):
+        return np.asarray(labels, float), [[np.asarray(p, float) for p in ps] for ps in prediction_sets]
+    names = sorted({*labels, *(x for ps in prediction_sets for p in ps for x in p)})
+    if metric == "f1":  # keep "1" as the positive class
+        names = [n for n in names if n != "1"] + ["1"]
+    code = {name: i for i, name in enumerate(names)}
+    encoded = np.asarray([code[x] for x in labels])
+    return encoded, [[np.asarray([code[x] for x in p]) for p in ps] for ps in prediction_sets]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Mean metric of method a minus method b, with its paired bootstrap 95% interval."""
+
+    examples: int
+    value: float
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def method_difference(metric: str, split: str, tables_a: dict[Path, dict], tables_b: dict[Path, dict],
+                      resamples: int = 2000) -> Difference:
+    """a - b on the dev examples of ``split`` that every run predicted (tables: run path -> predictions)."""
+    tables = {**tables_a, **tables_b}
+    keys = sorted(set.intersection(*({k for k in table if k[0] == split} for table in tables.values())))
+    labels, predictions = aligned(tables, split, keys)
+    y, (a, b) = encode(metric, labels, predictions[:len(tables_a)], predictions[len(tables_a):])
+    return Difference(len(keys), *paired_bootstrap(METRICS[metric], y, a, b, resamples))
