@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rundirs import AnalysisError, fail_cleanly, load_run
+from run_reader import AnalysisError, fail_cleanly, load_run
 from tables import csv_text, markdown
 
 MB = 2**20

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import style
-from rundirs import Run, fail_cleanly, load_run, metric_keys
+from run_reader import Run, fail_cleanly, load_run, metric_keys
 
 plt = style.plt
 BUDGET_STYLES = {"small": "-", "large": "--"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import style
 from plot_training import training_figure
-from rundirs import AnalysisError, fail_cleanly, find_runs
+from run_reader import AnalysisError, fail_cleanly, find_runs
 from summarize_runs import TITLES, split_runs, summarize
 from visualize_rank import heatmaps_figure
 

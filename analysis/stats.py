@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from rundirs import AnalysisError, Run
+from run_reader import AnalysisError, Run
 
 # --- metrics on label / prediction arrays ----------------------------------------------------
 
@@ -46,7 +46,7 @@ def spearman(y, p):
     return pearson(rankdata(y), rankdata(p))  # tied values share their average rank, as in scipy
 
 
-# The metric names of config.json's "task_metrics" (and rundirs.task_metric).
+# The metric names of config.json's "task_metrics" (and run_reader.task_metric).
 METRICS = {"accuracy": accuracy, "f1": f1, "matthews_correlation": matthews, "pearson": pearson,
            "spearman": spearman}
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only: runs on SLURM nodes and CI without a displa
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rundirs import AnalysisError  # noqa: E402
+from run_reader import AnalysisError  # noqa: E402
 
 METHOD_COLORS = {
     "lora": "#1f77b4",

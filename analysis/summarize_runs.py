@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from rundirs import Run, dev_splits, fail_cleanly, find_runs, metric_keys, setting_names, task_metric
+from run_reader import Run, dev_splits, fail_cleanly, find_runs, metric_keys, setting_names, task_metric
 from stats import PredictionTables, mean_std, method_difference
 from tables import csv_text, markdown
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import style
-from rundirs import KIND_LABELS, KIND_ORDER, Run, fail_cleanly, load_run
+from run_reader import KIND_LABELS, Run, fail_cleanly, load_run
 
 plt = style.plt
 
@@ -25,8 +25,7 @@ plt = style.plt
 def rank_matrix(record: dict) -> tuple[np.ndarray, list[str], list[int]]:
     """(ranks[kind, layer], kinds, layers) from one ranks.jsonl record; NaN where not adapted."""
     layers = sorted(int(layer) for layer in record["ranks"])
-    present = {kind for modules in record["ranks"].values() for kind in modules}
-    kinds = [k for k in KIND_ORDER if k in present] + sorted(present - set(KIND_ORDER))
+    kinds = list(dict.fromkeys(kind for modules in record["ranks"].values() for kind in modules))  # as logged
     matrix = np.full((len(kinds), len(layers)), np.nan)
     for column, layer in enumerate(layers):
         for kind, rank in record["ranks"][str(layer)].items():
@@ -92,8 +91,16 @@ def heatmaps_figure(runs: list[Run]):
     return figure
 
 
-def _schedule(run: Run) -> dict | None:
-    return run.config.get("adapter", {}).get("schedule")
+def schedule_phases(run: Run, records: list[dict]) -> dict[str, list[int]]:
+    """Named step ranges to shade, as the method logged them on its ranks.jsonl records (runs
+    written before records carried them: from config.json's schedule, where there is one)."""
+    for record in records:
+        if record.get("phases"):
+            return record["phases"]
+    s = run.config.get("adapter", {}).get("schedule") or {}
+    if {"tinit", "tfinal", "total_step"} <= s.keys():
+        return {"warm-up (tinit)": [0, s["tinit"]], "final (tfinal)": [s["total_step"] - s["tfinal"], s["total_step"]]}
+    return {}
 
 
 def over_time_figure(run: Run, panels: int = 5):
@@ -128,12 +135,10 @@ def over_time_figure(run: Run, panels: int = 5):
     for kind in rank_matrix(records[0])[1]:
         kinds_ax.plot(steps, [sum(m.get(kind, 0) for m in r["ranks"].values()) for r in records], lw=1.2,
                       label=KIND_LABELS.get(kind, kind))
-    schedule = _schedule(run)
+    phases = schedule_phases(run, records)
     for ax in (total_ax, kinds_ax):
-        if schedule and run.method.endswith("adalora"):
-            final_from = schedule["total_step"] - schedule["tfinal"]
-            ax.axvspan(0, schedule["tinit"], color="0.9", label="warm-up (tinit)")
-            ax.axvspan(final_from, schedule["total_step"], color="#dde8f5", label="final (tfinal)")
+        for (name, (start, end)), shade in zip(phases.items(), ("0.9", "#dde8f5", "#e8f5dd")):
+            ax.axvspan(start, end, color=shade, label=name)
         grown = [r["step"] for r in records if r["event"] == "grow"]
         for step in grown:
             ax.axvline(step, color=color, lw=0.8, ls=":")

@@ -13,12 +13,12 @@ import pytest
 import memory_calculation
 import plot_training
 import report
-import rundirs
+import run_reader
 import stats
 import summarize_runs
 import visualize_rank
 from conftest import read_jsonl
-from rundirs import load_run, setting_names
+from run_reader import load_run, setting_names
 
 
 def cell_values(ax) -> list[float]:
@@ -31,7 +31,8 @@ def test_heatmap_cells_are_the_logged_ranks_at_the_initial_and_final_step(runs_r
     figure = visualize_rank.heatmaps_figure([run])
     initial, final = figure.axes[0], figure.axes[1]
     for ax, record in ((initial, records[0]), (final, records[-1])):
-        expected = [record["ranks"][layer][kind] for kind in visualize_rank.KIND_ORDER for layer in ("0", "1")]
+        kinds = ("query", "key", "value", "attention.output", "intermediate", "output")  # the paper's order
+        expected = [record["ranks"][layer][kind] for kind in kinds for layer in ("0", "1")]
         assert cell_values(ax) == expected
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
         assert [t.get_text() for t in ax.get_yticklabels()] == ["query", "key", "value", "attn out", "ffn in", "ffn out"]
@@ -59,6 +60,8 @@ def test_over_time_plots_the_total_rank_and_marks_the_schedule(runs_root):
     assert list(queries.get_ydata()) == [r["ranks"]["0"]["query"] + r["ranks"]["1"]["query"] for r in records]
     legend = [t.get_text() for t in total_ax.get_legend().get_texts()]
     assert "warm-up (tinit)" in legend and "final (tfinal)" in legend
+    # The shaded phases are the ones the run logged, not a copy of AdaLoRA's schedule rule.
+    assert visualize_rank.schedule_phases(run, records) == records[0]["phases"]
     assert [ax.get_title().split("\n")[0] for ax in figure.axes[:3]] == [
         f"step {records[i]['step']} ({records[i]['event']})" for i in (0, round((len(records) - 1) / 2), -1)]
 
@@ -195,8 +198,8 @@ def copy_runs(runs_root: Path, folder: Path, **methods: str) -> Path:
 
 def test_each_predictions_file_is_read_once(runs_root, tmp_path, monkeypatch):
     root = copy_runs(runs_root, tmp_path, **{"sst2-qlora-1": "sst2-lora-1", "sst2-qlora-2": "sst2-lora-2"})
-    reads, read = [], rundirs.Run.predictions
-    monkeypatch.setattr(rundirs.Run, "predictions", lambda run: reads.append(run.name) or read(run))
+    reads, read = [], run_reader.Run.predictions
+    monkeypatch.setattr(run_reader.Run, "predictions", lambda run: reads.append(run.name) or read(run))
     comparisons = summarize_runs.summarize(root, resamples=20)["comparisons"]
     assert len(comparisons) == 3  # every run is in two of them
     assert sorted(reads) == sorted(path.name for path in root.iterdir())

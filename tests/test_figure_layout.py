@@ -14,7 +14,7 @@ import pytest
 import report
 import visualize_rank
 from conftest import read_jsonl
-from rundirs import load_run
+from run_reader import load_run
 
 SLACK = 1.0  # pixels: boxes that only touch do not overlap
 

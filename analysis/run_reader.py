@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KIND_ORDER = ("query", "key", "value", "attention.output", "intermediate", "output")
+# Shorter axis labels for three of the paper's module names (any other name is shown as it is).
 KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output": "ffn out"}
 
 
