@@ -1,9 +1,12 @@
 """Training curves from history.jsonl: training loss and the dev metric against the step.
 
     python analysis/plot_training.py RUN_DIR [RUN_DIR ...] [--out FILE]
+    python analysis/plot_training.py RUN_DIR [RUN_DIR ...] --diagnostics   # runs trained with --diagnostics
 
 One line per run, coloured by method as in every figure of the project
-(the budget sets the line style).
+(the budget sets the line style). ``--diagnostics`` draws diagnostics.jsonl
+instead: the size of the adapters' update, the orthogonal regulariser's share
+of the training loss, AdaLoRA's mean |E|, and the update by module kind.
 """
 
 from __future__ import annotations
@@ -54,15 +57,55 @@ def training_figure(runs: list[Run]):
     return figure
 
 
+def diagnostics_figure(runs: list[Run]):
+    """Update size, regulariser share, |E| and per-kind update of runs trained with --diagnostics."""
+    figure, axes = plt.subplots(1, 4, figsize=(19, 3.8), layout="constrained")
+    total_ax, share_ax, e_ax, kind_ax = axes
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for number, run in enumerate(runs):
+        colour = colours[number % len(colours)]
+        records = [r for r in run.diagnostics().records if "update_norm" in r]
+        steps = [r["step"] for r in records]
+        total = [sum(v**2 for v in r["update_norm"].values()) ** 0.5 for r in records]
+        total_ax.plot(steps, total, color=colour, lw=1.4, label=run.path.name)
+        losses = {h["step"]: h["loss"] for h in run.history().records if "loss" in h}
+        shared = [(r["step"], r["orth_reg_weighted"] / losses[r["step"]]) for r in records
+                  if "orth_reg_weighted" in r and losses.get(r["step"])]
+        if shared:
+            share_ax.plot(*zip(*shared), color=colour, lw=1.4)
+        if records and "lora_E_abs_mean" in records[-1]:
+            e_ax.plot(steps, [sum(r["lora_E_abs_mean"].values()) / len(r["lora_E_abs_mean"]) for r in records],
+                      color=colour, lw=1.4)
+        final = records[-1]["update_norm"] if records else {}
+        kind_ax.plot(range(len(final)), list(final.values()), color=colour, marker="o", lw=1)
+        kind_ax.set_xticks(range(len(final)), list(final))
+    total_ax.set_yscale("symlog", linthresh=1e-3)
+    total_ax.set_title("adapter update ||dW||_F, all matrices")
+    share_ax.set_title("gamma R / training loss")
+    e_ax.set_title("AdaLoRA: mean |E|")
+    kind_ax.set_title("update by module kind, end of training")
+    kind_ax.tick_params(axis="x", labelrotation=30)
+    for ax in axes[:3]:
+        ax.set_xlabel("optimizer step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    total_ax.legend(fontsize=7)
+    return figure
+
+
 @fail_cleanly
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--out", help="output file (.png, .pdf or .svg)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="draw diagnostics.jsonl (runs trained with --diagnostics) instead of the curves")
     args = parser.parse_args(argv)
     runs = [load_run(path) for path in args.runs]
-    default = runs[0].path / "training_curves.png" if len(runs) == 1 else Path("training_curves.png")
-    out = style.save(training_figure(runs), args.out or default)
+    name = "diagnostics.png" if args.diagnostics else "training_curves.png"
+    default = runs[0].path / name if len(runs) == 1 else Path(name)
+    figure = diagnostics_figure(runs) if args.diagnostics else training_figure(runs)
+    out = style.save(figure, args.out or default)
     print(f"wrote {out}")
     return out
 

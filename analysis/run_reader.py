@@ -159,6 +159,12 @@ class Run:
         path = self.path / "history.jsonl"
         return read_jsonl(path) if path.is_file() else JsonLines([])
 
+    def diagnostics(self) -> JsonLines:
+        path = self.path / "diagnostics.jsonl"
+        if not path.is_file():
+            raise AnalysisError(f"{self.path} has no diagnostics.jsonl: train with --diagnostics to record it")
+        return read_jsonl(path)
+
     def predictions(self) -> dict[tuple[str, int], tuple[str, str]]:
         """(split, index) -> (label, prediction), from predictions.tsv."""
         path = self.path / "predictions.tsv"

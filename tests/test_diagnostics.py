@@ -77,6 +77,26 @@ def test_a_run_writes_diagnostics_from_a_zero_update_to_the_importance_quantiles
     for quantiles in scores[0]["importance"].values():
         assert len(quantiles) == 7 and quantiles == sorted(quantiles)
 
+    import plot_training
+    from run_reader import load_run
+
+    figure = plot_training.diagnostics_figure([load_run(run_dir)])
+    (line,) = figure.axes[0].get_lines()
+    totals = [sum(v**2 for v in r["update_norm"].values()) ** 0.5 for r in norms]
+    assert list(line.get_ydata()) == pytest.approx(totals)
+    assert plot_training.main([str(run_dir), "--diagnostics"]) == run_dir / "diagnostics.png"
+
+
+def test_diagnostics_of_a_run_without_them_is_one_line(tiny_model, tmp_path, capsys):
+    import plot_training
+
+    run_dir = tmp_path / "plain"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",
+                    "--output_dir", str(run_dir), *QUICK) == 0
+    with pytest.raises(SystemExit) as stop:
+        plot_training.main([str(run_dir), "--diagnostics"])
+    assert stop.value.code == 2 and "train with --diagnostics" in capsys.readouterr().err
+
 
 def test_the_lora_like_adalora_start_is_a_named_departure_with_a_zero_first_update(tiny_model, tmp_path):
     run_dir = tmp_path / "lora-init"
