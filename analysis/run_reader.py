@@ -129,6 +129,7 @@ class Run:
         arguments = self.config.get("arguments", {})
         training = arguments.get("training", {})
         return {
+            "recipe": self.recipe,
             "model": self.config.get("model"),
             "train_examples": self.config.get("train_examples"),
             "dev_examples": self.config.get("dev_examples"),
@@ -138,6 +139,18 @@ class Run:
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},
         }
+
+    @property
+    def recipe(self) -> str:
+        """Whose defaults the run took: paper (Table 8) or official (the authors' scripts)."""
+        return self.config.get("recipe", "paper")  # runs made before recipes existed took the paper's
+
+    @property
+    def shared_fields(self) -> dict:
+        """What two methods' runs must share to be compared: the recipe and every choice of
+        ``setting_fields`` outside the adapter (model, data, training arguments)."""
+        shared = {k: v for k, v in self.setting_fields.items() if k != "adapter"}
+        return {"recipe": self.recipe, **shared}
 
     @property
     def label(self) -> str:

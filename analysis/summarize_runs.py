@@ -64,10 +64,31 @@ def adapter_mb(run: Run) -> float | None:
 
 
 def method_name(groups: dict, key: tuple) -> str:
-    """The method, and where it ran in more than one setting, what sets this one apart."""
+    """The method, with its recipe where it is not the paper's, and, where it ran in more than
+    one setting, what sets this one apart."""
     task, method, budget, setting = key
     siblings = [runs[0] for (t, m, b, _), runs in groups.items() if (t, m, b) == (task, method, budget)]
-    return method if len(siblings) == 1 else f"{method} [{setting_names(siblings)[setting]}]"
+    recipe = groups[key][0].recipe
+    parts = [] if recipe == "paper" else [f"recipe={recipe}"]
+    if len(siblings) > 1:
+        parts += [p for p in setting_names(siblings)[setting].split(", ") if not p.startswith("recipe=")]
+    return f"{method} [{', '.join(parts)}]" if parts else method
+
+
+def differences(run_a: Run, run_b: Run) -> list[str]:
+    """The shared choices (recipe, model, data, training arguments) in which two runs differ."""
+    a, b = (_flat(run.shared_fields) for run in (run_a, run_b))
+    return [k.rsplit(".", 1)[-1] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def _flat(document: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 # --- rows -------------------------------------------------------------------------------------
@@ -94,7 +115,9 @@ def results_rows(groups: dict) -> list[dict]:
     return rows
 
 
-def comparison_rows(groups: dict, resamples: int) -> list[dict]:
+def comparison_rows(groups: dict, resamples: int, pair_all: bool = False) -> list[dict]:
+    """Paired differences between methods of a task and budget that share recipe, model, data and
+    training arguments; with ``pair_all``, every pair, each naming what differs."""
     rows = []
     by_task_budget = defaultdict(dict)
     for (task, method, budget, setting), runs in groups.items():
@@ -102,13 +125,17 @@ def comparison_rows(groups: dict, resamples: int) -> list[dict]:
     predictions = PredictionTables()
     for (task, budget), methods in sorted(by_task_budget.items()):
         for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(sorted(methods.items()), 2):
+            differ = differences(runs_a[0], runs_b[0])
+            if differ and not pair_all:
+                continue
             metric = task_metric(runs_a[0])
             tables_a, tables_b = ({run.path: predictions(run) for run in runs} for runs in (runs_a, runs_b))
             for split in dev_splits(runs_a[0]):
                 d = method_difference(metric, split, tables_a, tables_b, resamples)
                 rows.append({
                     "task": task + ("" if split == "validation" else f" ({split})"), "budget": budget,
-                    "comparison": f"{name_a} - {name_b}", "metric": metric,
+                    "comparison": f"{name_a} - {name_b}" + (f" (differ: {', '.join(differ)})" if differ else ""),
+                    "metric": metric,
                     "seeds": f"{len(runs_a)} vs {len(runs_b)}", "examples": d.examples,
                     "difference": f"{100 * d.value:+.2f}", "95% CI": f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]",
                     "excludes 0": "yes" if d.excludes_zero else "no",
@@ -125,11 +152,11 @@ def paper_rows(tasks) -> list[dict]:
     ]
 
 
-def summarize(root, paper: bool = False, resamples: int = 2000) -> dict[str, list[dict]]:
+def summarize(root, paper: bool = False, resamples: int = 2000, pair_all: bool = False) -> dict[str, list[dict]]:
     groups, apart = split_runs(find_runs(root))
     tables = {
         "results": results_rows(groups),
-        "comparisons": comparison_rows(groups, resamples),
+        "comparisons": comparison_rows(groups, resamples, pair_all),
         "apart": [{"run": str(run.path), "task": run.task, "method": run.method, "why": why} for run, why in apart],
     }
     if paper:
@@ -153,8 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     parser.add_argument("--paper", action="store_true", help="add the AdaLoRA paper's numbers as reference rows")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--pair-all", action="store_true",
+                        help="also compare methods whose runs differ in recipe, model, data or training arguments "
+                             "(each such row names what differs)")
     args = parser.parse_args(argv)
-    tables = summarize(args.root, args.paper, args.bootstrap)
+    tables = summarize(args.root, args.paper, args.bootstrap, args.pair_all)
     for name, rows in tables.items():
         if args.csv:
             print(f"# {name}\n{csv_text(rows)}" if rows else f"# {name}\n")

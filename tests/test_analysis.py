@@ -304,3 +304,18 @@ def test_report_is_one_self_contained_html_file(runs_root, tmp_path):
     text = out.read_text()
     assert text.count("data:image/png;base64,") == 2  # curves and heatmaps of the sst2 group
     assert "adalora - lora" in text and "synthetic demo data" in text and "http" not in text.split("<body>")[1]
+
+
+def test_methods_are_paired_only_like_with_like_and_named_by_recipe(runs_root, tmp_path):
+    root = copy_runs(runs_root, tmp_path)
+    for seed in "12":  # AdaLoRA "ran" under the official recipe at another learning rate
+        path = root / f"sst2-adalora-{seed}" / "config.json"
+        config = json.loads(path.read_text())
+        config["recipe"] = "official"
+        config["arguments"]["training"]["learning_rate"] = 8e-4
+        path.write_text(json.dumps(config))
+    tables = summarize_runs.summarize(root, resamples=20)
+    assert {row["method"] for row in tables["results"]} == {"lora", "adalora [recipe=official]"}
+    assert tables["comparisons"] == []  # different recipes and learning rates: not compared unless asked
+    (row,) = summarize_runs.summarize(root, resamples=20, pair_all=True)["comparisons"]
+    assert row["comparison"] == "adalora [recipe=official] - lora (differ: recipe, learning_rate)"
