@@ -121,3 +121,27 @@ def runs_root(tiny_model, tmp_path_factory) -> Path:
     shutil.copytree(root / "sst2-lora-1", root / "stopped")
     (root / "stopped" / "metrics.json").unlink()
     return root
+
+
+# --- building a method's adapters, and the resume of a stopped job ---------------------------
+
+def build_adapter(model, task, method, adapter_args=None, total_step: int = 100, extra: tuple = ()):
+    """A method's plan and build on ``model``, as the pipeline does it (``method``: a name or an object)."""
+    from adarank.arguments import AdapterArguments
+    from adarank.methods import AdapterRequest, get_method
+    from adarank.modules import head_modules, resolve_target_modules
+
+    chosen = get_method(method) if isinstance(method, str) else method
+    request = AdapterRequest(task, adapter_args or AdapterArguments(method=chosen.name), total_step=total_step,
+                             target_modules=resolve_target_modules(model), head_modules=head_modules(model),
+                             extra=extra)
+    return chosen.build(model, chosen.plan(request), request)
+
+
+def stop_and_resume(run, argv: tuple, run_dir: Path, step: int) -> None:
+    """Train ``argv`` into ``run_dir``, then resume it from its checkpoint at ``step`` as a job
+    stopped right after that checkpoint would be (``run``: the function that runs a command line)."""
+    assert run(*argv, "--output_dir", str(run_dir)) == 0
+    (run_dir / "metrics.json").unlink()  # a finished run is never resumed: as if stopped after the checkpoint
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}"
+    assert run(*argv, "--output_dir", str(run_dir), "--resume_from_checkpoint", str(checkpoint)) == 0

@@ -8,11 +8,9 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from adarank.arguments import AdapterArguments
 from adarank.data import load_glue, tokenize
-from adarank.methods import AdapterRequest, get_method
 from adarank.models import load_model
-from adarank.modules import head_modules, resolve_target_modules
 from adarank.tasks import TASKS
-from conftest import QUICK, read_jsonl, run_task
+from conftest import QUICK, build_adapter, read_jsonl, run_task
 
 
 def test_allocation_runs_once_per_optimizer_step_and_reaches_the_target_budget(tiny_model, tmp_path):
@@ -52,10 +50,7 @@ def build_adalora(tiny_model, orth_reg_weight: float):
     task = TASKS["sst2"]
     tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     args = AdapterArguments(method="adalora", orth_reg_weight=orth_reg_weight)
-    request = AdapterRequest(task, args, total_step=100, target_modules=resolve_target_modules(model),
-                             head_modules=head_modules(model))
-    method = get_method("adalora")
-    return tokenizer, method.build(model, method.plan(request), request).model
+    return tokenizer, build_adapter(model, task, "adalora", args).model
 
 
 def demo_batch(tokenizer, size=8):

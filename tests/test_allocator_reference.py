@@ -40,10 +40,9 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 
 from adarank.arguments import AdapterArguments
 from adarank.data import load_glue, tokenize
-from adarank.methods import AdapterRequest, get_method
 from adarank.models import load_model
-from adarank.modules import head_modules, resolve_target_modules
 from adarank.tasks import TASKS
+from conftest import build_adapter
 
 # 36 optimizer steps: warm-up to t_i = 6, masks at t = 9, 12, ..., 27, the final mask
 # at T - t_f = 28 (not a multiple of delta_t), then 7 steps at the fixed final mask.
@@ -201,10 +200,7 @@ def run_beside_the_paper(tiny_model: str, output_dir) -> Comparison:
         method="adalora", init_r=INIT_R, target_r=TARGET_R, tinit=TINIT, tfinal=TFINAL, delta_t=DELTA_T,
         beta1=BETA1, beta2=BETA2,
     )
-    request = AdapterRequest(task, adapter_args, total_step=T, target_modules=resolve_target_modules(model),
-                             head_modules=head_modules(model))
-    method = get_method("adalora")
-    built = method.build(model, method.plan(request), request)
+    built = build_adapter(model, task, "adalora", adapter_args, total_step=T)
     modules = list(adapter_tensors(built.model))
     reference = PaperAllocator(modules, INIT_R, TARGET_R, TINIT, TFINAL, DELTA_T, T, BETA1, BETA2)
     comparison = Comparison(built.model, reference)

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from adarank.cpu_4bit import is_linear_4bit, is_packed, packable
 from adarank.models import embedded_model_path, load_model
 from adarank.tasks import TASKS
-from conftest import demo_dev_inputs, predicted_labels, run_task
+from conftest import demo_dev_inputs, predicted_labels, run_task, stop_and_resume
 
 CPU_HAS_PACKED_KERNEL = bool(bitsandbytes.functional.has_avx512bf16())
 
@@ -119,10 +119,7 @@ def test_evaluating_during_training_changes_nothing_and_a_resumed_run_matches(mi
     for key, value in load_file(quiet / "adapter" / "adapter_model.safetensors").items():
         assert torch.equal(weights[key], value), key
 
-    assert run_task(*common, *every4, "--output_dir", str(resumed)) == 0
-    (resumed / "metrics.json").unlink()  # as if stopped after the checkpoint at step 8 (taken after an evaluation)
-    assert run_task(*common, *every4, "--output_dir", str(resumed),
-                    "--resume_from_checkpoint", str(resumed / "checkpoints" / "checkpoint-8")) == 0
+    stop_and_resume(run_task, (*common, *every4), resumed, step=8)  # a checkpoint taken after an evaluation
     for key, value in load_file(resumed / "adapter" / "adapter_model.safetensors").items():
         torch.testing.assert_close(value, weights[key], rtol=1e-6, atol=1e-6)
 

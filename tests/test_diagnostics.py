@@ -7,23 +7,18 @@ import pytest
 import torch
 from torch.nn import functional
 
-from adarank.arguments import AdapterArguments
 from adarank.data import load_glue, tokenize
 from adarank.diagnostics import orthogonal_regulariser, update_norms
-from adarank.methods import AdapterRequest, get_method
 from adarank.models import load_model
-from adarank.modules import head_modules, locate, resolve_target_modules
+from adarank.modules import locate
 from adarank.tasks import TASKS
-from conftest import QUICK, read_jsonl, run_task
+from conftest import QUICK, build_adapter, read_jsonl, run_task
 
 
 def trained(tiny_model, method: str, steps: int = 3):
     task = TASKS["sst2"]
     tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    request = AdapterRequest(task, AdapterArguments(method=method), total_step=100,
-                             target_modules=resolve_target_modules(model), head_modules=head_modules(model))
-    chosen = get_method(method)
-    peft_model = chosen.build(model, chosen.plan(request), request).model
+    peft_model = build_adapter(model, task, method).model
     data = tokenize(load_glue(task, demo=True, max_train_samples=8), tokenizer, 64).train
     batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in data], return_tensors="pt")
     batch["labels"] = torch.tensor(data["labels"])

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 
 from adarank.models import embedded_model_path, load_model
 from adarank.tasks import TASKS
-from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl, run_task
+from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl, run_task, stop_and_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,10 +124,7 @@ def test_a_resumed_adalora_run_continues_the_same_schedule(tiny_model, tmp_path)
               "--save_strategy", "steps", "--save_steps", "10", "--save_total_limit", "2", "--seed", "3")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_task(*common, "--output_dir", str(straight)) == 0
-    assert run_task(*common, "--output_dir", str(resumed)) == 0
-    (resumed / "metrics.json").unlink()  # as if the job had been stopped after its checkpoint at step 10
-    checkpoint = resumed / "checkpoints" / "checkpoint-10"
-    assert run_task(*common, "--output_dir", str(resumed), "--resume_from_checkpoint", str(checkpoint)) == 0
+    stop_and_resume(run_task, common, resumed, step=10)
 
     # Steps 11 to 20 hold the last pruning steps and the final allocation: they need the
     # importance averages and rank pattern of step 10, which the checkpoint carried.

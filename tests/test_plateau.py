@@ -21,10 +21,9 @@ from adarank.arguments import AdapterArguments  # noqa: E402
 from adarank.data import load_glue, tokenize  # noqa: E402
 from adarank.methods import AdapterRequest  # noqa: E402
 from adarank.models import load_model  # noqa: E402
-from adarank.modules import head_modules, resolve_target_modules  # noqa: E402
 from adarank.pipeline import main  # noqa: E402
 from adarank.tasks import TASKS  # noqa: E402
-from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl  # noqa: E402
+from conftest import QUICK, build_adapter, demo_dev_inputs, predicted_labels, read_jsonl, stop_and_resume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,10 +39,8 @@ def run_plateau(task, *argv) -> int:
 def build(tiny_model, **plateau):
     task = TASKS["sst2"]
     tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    request = AdapterRequest(task, AdapterArguments(budget="large"), total_step=100, extra=(PlateauArguments(**plateau),),
-                             target_modules=resolve_target_modules(model), head_modules=head_modules(model))
-    method = PlateauLora()
-    built = method.build(model, method.plan(request), request)
+    built = build_adapter(model, task, PlateauLora(), AdapterArguments(budget="large"),
+                          extra=(PlateauArguments(**plateau),))
     data = tokenize(load_glue(task, demo=True, max_train_samples=8), tokenizer, 64).train
     batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in data], return_tensors="pt")
     batch["labels"] = torch.tensor(data["labels"])
@@ -206,10 +203,7 @@ def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):
               "--growth_init", "whitened", "--gradient_window", "2", "--seed", "5")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_plateau(*common, "--output_dir", str(straight)) == 0
-    assert run_plateau(*common, "--output_dir", str(resumed)) == 0
-    (resumed / "metrics.json").unlink()
-    checkpoint = resumed / "checkpoints" / "checkpoint-10"  # after the growth at step 8
-    assert run_plateau(*common, "--output_dir", str(resumed), "--resume_from_checkpoint", str(checkpoint)) == 0
+    stop_and_resume(run_plateau, common, resumed, step=10)  # the checkpoint after the growth at step 8
     assert [r["total_rank"] for r in read_jsonl(resumed / "ranks.jsonl")] == [24, 48, 72, 96, 96]
     a = json.loads((straight / "metrics.json").read_text())
     b = json.loads((resumed / "metrics.json").read_text())

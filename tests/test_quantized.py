@@ -17,7 +17,8 @@ from adarank.memory import base_model_bytes, parameter_counts, quantized_bits_pe
 from adarank.memory_plan import architecture, model_skeleton, plan, plan_model, planned_methods
 from adarank.models import load_model
 from adarank.tasks import TASKS
-from conftest import QUICK, assert_adapter_gives_the_run_predictions, pad_batch, reloaded_logits, run_task
+from conftest import (QUICK, assert_adapter_gives_the_run_predictions, build_adapter, pad_batch, reloaded_logits,
+                      run_task)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "analysis" / "configs"
 MB = 2**20
@@ -132,15 +133,12 @@ def test_a_saved_adapter_reloads_to_the_same_logits(tiny_model, tmp_path, method
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from adarank.arguments import AdapterArguments
-    from adarank.methods import AdapterRequest, get_method
-    from adarank.modules import head_modules, resolve_target_modules
+    from adarank.methods import get_method
 
     task, chosen = TASKS["sst2"], get_method(method)
     tokenizer, model, _ = load_model(tiny_model, task, load_in_4bit=chosen.quantized)
     data = tokenize(load_glue(task, demo=True, max_train_samples=64, max_eval_samples=16), tokenizer, 64)
-    request = AdapterRequest(task, AdapterArguments(method=method), total_step=8,
-                             target_modules=resolve_target_modules(model), head_modules=head_modules(model))
-    built = chosen.build(model, chosen.plan(request), request)
+    built = build_adapter(model, task, chosen, AdapterArguments(method=method), total_step=8)
     # The memory planner counts the parameters this method really trains.
     planned = plan(architecture(model_skeleton(tiny_model, 2)), method, "small")
     trained = parameter_counts(built.model, 0)
