@@ -163,7 +163,7 @@ def test_arguments_from_a_json_or_yaml_file(tiny_model, tmp_path, capsys):
     (tmp_path / "args.json").write_text(json.dumps(arguments))
     assert run_task("rte", str(tmp_path / "args.json")) == 0
     config = json.loads((tmp_path / "from-json" / "config.json").read_text())
-    assert config["method"] == "lora" and config["total_steps"] == 2
+    assert config["method"] == "lora" and config["total_step"] == 2
     assert config["budget"] == "large"  # the label follows the rank given, r=8, not the default --budget small
     assert {"demo", "max_steps", "method"} <= set(config["explicit_arguments"])
     (tmp_path / "bad.yaml").write_text("method: [lora\n")

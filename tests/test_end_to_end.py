@@ -44,7 +44,7 @@ def test_a_demo_run_writes_every_file_of_the_contract(demo_run):
     assert metrics["eval_accuracy"] > 0.7  # the demo's signal is learnable
     assert metrics["trainable_params"] == metrics["adapter_params"] + metrics["head_params"] > 0
     assert metrics["peak_memory_mb"] > 0 and metrics["train_examples_per_second"] > 0
-    assert metrics["total_steps"] == config["total_steps"] == 16
+    assert metrics["total_step"] == config["total_step"] == 16
     assert any("eval_accuracy" in h for h in read_jsonl(demo_run / "history.jsonl"))
     lines = (demo_run / "predictions.tsv").read_text().splitlines()
     assert lines[0].startswith("# synthetic") and lines[1] == "split\tindex\tlabel\tprediction"

@@ -280,10 +280,10 @@ def test_the_plain_demo_script_grows(tiny_model, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
     steps_per_epoch = math.ceil(config["train_examples"] / 32)
-    assert config["total_steps"] == 4 * steps_per_epoch  # the demo's 4 epochs
+    assert config["total_step"] == 4 * steps_per_epoch  # the demo's 4 epochs
     assert config["adapter"]["eval_every"] == math.ceil(steps_per_epoch / 4)
     evaluated = [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "eval_loss" in h]
-    assert evaluated == list(range(config["adapter"]["eval_every"], config["total_steps"] + 1,
+    assert evaluated == list(range(config["adapter"]["eval_every"], config["total_step"] + 1,
                                    config["adapter"]["eval_every"]))
     grown = [r for r in read_jsonl(run_dir / "ranks.jsonl") if r["event"] == "grow"]
     assert grown and grown[0]["total_rank"] > 12 * 2

@@ -23,7 +23,7 @@ def test_a_short_run_keeps_the_papers_fractions_of_its_length():
 
 
 def test_a_full_length_run_uses_the_papers_numbers():
-    s = fit_budget_schedule(TASKS["cola"], TASKS["cola"].paper_total_steps)
+    s = fit_budget_schedule(TASKS["cola"], TASKS["cola"].paper_total_step)
     assert (s.tinit, s.tfinal, s.delta_t, s.scaled) == (800, 3500, 10, False)
 
 

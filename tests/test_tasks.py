@@ -20,7 +20,7 @@ def test_table_holds_the_eight_glue_tasks_with_the_papers_hyperparameters():
 @pytest.mark.parametrize("name", TASKS)
 def test_every_paper_schedule_fits_inside_the_papers_own_run(name):
     task = TASKS[name]
-    assert task.paper.tinit + task.paper.tfinal < task.paper_total_steps
+    assert task.paper.tinit + task.paper.tfinal < task.paper_total_step
 
 
 def test_task_names_accept_the_spellings_users_type():

@@ -143,7 +143,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     counts = parameter_counts(built.model, base_params)  # again: growing methods change them in training
     metrics.update(
         counts,
-        total_steps=trainer.state.global_step,
+        total_step=trainer.state.global_step,
         train_seconds=round(train_seconds, 2),
         train_examples_per_second=round(outcome.metrics["train_samples_per_second"], 2),
         train_loss=outcome.metrics.get("train_loss"),
@@ -211,7 +211,7 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
         "model": model_name,
         "target_modules": request.target_modules,
         "head_modules": request.head_modules,
-        "total_steps": request.total_step,
+        "total_step": request.total_step,
         "adapter": plan.as_dict(),
         "parameters": counts,
         "arguments": {
@@ -236,7 +236,7 @@ def _print_summary(task: Task, method: str, budget: str, metrics: dict, run: Run
         "dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()),
         f"trainable parameters: {metrics['trainable_params']:,} "
         f"(adapters {metrics['adapter_params']:,}, task head {metrics['head_params']:,})",
-        f"training: {metrics['total_steps']} steps in {metrics['train_seconds']:.1f} s, "
+        f"training: {metrics['total_step']} steps in {metrics['train_seconds']:.1f} s, "
         f"{metrics['train_examples_per_second']:.1f} examples/s, peak memory {metrics['peak_memory_mb']:.0f} MB",
         f"run directory: {run.path}",
     ]

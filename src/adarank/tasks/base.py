@@ -25,7 +25,7 @@ class Task(Protocol):
     def main_metric(self) -> str: ...
 
     @property
-    def paper_total_steps(self) -> int:
+    def paper_total_step(self) -> int:
         """Optimizer steps of the paper's full run: the unit of its schedule."""
 
     def full_run_steps(self, recipe) -> int:

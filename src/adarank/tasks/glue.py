@@ -90,7 +90,7 @@ class GlueTask:
         return self.metrics[0]
 
     @property
-    def paper_total_steps(self) -> int:
+    def paper_total_step(self) -> int:
         """Optimizer steps of the paper's full run: the unit of its schedule."""
         return self.full_run_steps(self.paper)
 
