@@ -81,6 +81,16 @@ def test_a_run_writes_diagnostics_from_a_zero_update_to_the_importance_quantiles
     assert list(line.get_ydata()) == pytest.approx(totals)
     assert plot_training.main([str(run_dir), "--diagnostics"]) == run_dir / "diagnostics.png"
 
+    import diagnostics_table
+
+    (row,) = diagnostics_table.main([str(run_dir), "--steps", "0", "10"])
+    assert row["||dW|| @0"] == "0" and float(row["||dW|| @20"]) == pytest.approx(totals[-1], rel=1e-2)
+    assert float(row["gamma R / loss @10"]) == pytest.approx(
+        norms[10]["orth_reg_weighted"] / [h for h in read_jsonl(run_dir / "history.jsonl") if h.get("step") == 10
+                                         and "loss" in h][0]["loss"], abs=0.01)
+    final = read_jsonl(run_dir / "ranks.jsonl")[-1]["ranks"]
+    assert row["final rank by kind"].startswith(f"query {final['0']['query'] + final['1']['query']},")
+
 
 def test_diagnostics_of_a_run_without_them_is_one_line(tiny_model, tmp_path, capsys):
     import plot_training
