@@ -133,7 +133,9 @@ class Run:
             "model": self.config.get("model"),
             "train_examples": self.config.get("train_examples"),
             "dev_examples": self.config.get("dev_examples"),
-            "adapter": {k: v for k, v in (self.config.get("adapter") or {}).items() if k != "budget_rank"},
+            # Derived entries (the budget label's rank, a log line) add nothing to the setting.
+            "adapter": {k: v for k, v in (self.config.get("adapter") or {}).items()
+                        if k not in ("budget_rank", "schedule_note")},
             "model_arguments": arguments.get("model"),
             "training": {k: training.get(k) for k in (
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",

@@ -67,8 +67,11 @@ def method_name(groups: dict, key: tuple) -> str:
     """The method, with its recipe where it is not the paper's, and, where it ran in more than
     one setting, what sets this one apart."""
     task, method, budget, setting = key
-    siblings = [runs[0] for (t, m, b, _), runs in groups.items() if (t, m, b) == (task, method, budget)]
     recipe = groups[key][0].recipe
+    # What else sets a setting apart is named among the method's runs under the same recipe
+    # (the recipe's own values, learning rate and all, come with its name).
+    siblings = [runs[0] for (t, m, b, _), runs in groups.items()
+                if (t, m, b) == (task, method, budget) and runs[0].recipe == recipe]
     parts = [] if recipe == "paper" else [f"recipe={recipe}"]
     if len(siblings) > 1:
         parts += [p for p in setting_names(siblings)[setting].split(", ") if not p.startswith("recipe=")]
