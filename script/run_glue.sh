@@ -27,5 +27,6 @@ if [ ! -f "$script" ]; then
   echo "error: unknown task '$task': choose one of cola sst2 mnli qnli rte mrpc stsb qqp" >&2
   exit 2
 fi
+# auto: continue from the run's newest complete checkpoint (a resubmitted or requeued job), if any.
 exec "$python" "$script" --method "$method" --budget "$budget" --seed "$seed" \
-  --output_dir "runs/$task/$method-$budget-seed$seed" "$@"
+  --output_dir "runs/$task/$method-$budget-seed$seed" --resume_from_checkpoint auto "$@"

@@ -5,6 +5,7 @@ Every task script calls ``main(task)``; everything a run does is in ``train``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -29,6 +30,8 @@ from adarank.memory import (
 )
 from adarank.methods import AdapterRequest, budget_label, budget_rank, get_method
 from adarank.modules import resolve_target_modules
+from adarank.preemption import (PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal,
+                                 newest_complete_checkpoint)
 from adarank.ranks import RankLog
 from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
 from adarank.tasks import Task, get_task, recipe_of
@@ -59,6 +62,10 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     budget_rank(args.adapter.budget)
     method.check_run(args.training, args.run)
     main_process = args.training.process_index == 0
+    if args.training.resume_from_checkpoint == "auto":
+        finished = _resolve_auto_resume(args)
+        if finished is not None:
+            return finished
     resume_from = args.training.resume_from_checkpoint
     resume_step = None if resume_from is None else checkpoint_step(resume_from)
     if args.run_dir is not None:  # refused before anything slow happens
@@ -120,6 +127,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     if main_process:
         run.write_json("config.json", config)
 
+    stop = StopOnSignal()  # SIGUSR1 / SIGTERM (a cluster's warning): checkpoint, stop, exit to be requeued
     trainer = Trainer(
         model=built.model,
         args=training,
@@ -128,14 +136,23 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=task.trainer_metrics(),
-        callbacks=[StepHistory(run / "history.jsonl"), *built.callbacks,
+        callbacks=[stop, StepHistory(run / "history.jsonl"), *built.callbacks,
                    *([Diagnostics(run / "diagnostics.jsonl", built.model)] if args.run.diagnostics and main_process
-                     else [])],
+                     else []),
+                   MarkCheckpointComplete()],  # last: the other callbacks' state is saved by then
     )
-    with PeakMemory() as peak:
-        started = time.perf_counter()
-        outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
-        train_seconds = time.perf_counter() - started
+    try:
+        with PeakMemory() as peak:
+            started = time.perf_counter()
+            outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+            train_seconds = time.perf_counter() - started
+    finally:
+        stop.restore_handlers()
+    if stop.received is not None:
+        log.warning("%s received: stopped after the checkpoint of step %d in %s; the same command with "
+                    "--resume_from_checkpoint auto continues from there.", stop.signal_name,
+                    trainer.state.global_step, run.checkpoints)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
     # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
     trainer.args.train_sampling_strategy = "sequential"
@@ -169,6 +186,22 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         run.write_json("metrics.json", metrics)  # last: marks the run finished
         _print_summary(task, method.name, config["budget"], metrics, run)
     return metrics
+
+
+def _resolve_auto_resume(args: Arguments) -> dict | None:
+    """--resume_from_checkpoint auto: the run directory's newest complete checkpoint, or a fresh
+    start where there is none; a run that already finished is reported, not repeated."""
+    if args.run_dir is None:
+        raise UsageError("--resume_from_checkpoint auto needs --output_dir: the run directory to continue")
+    run = RunDirectory(args.run_dir)
+    if run.finished and not args.run.overwrite_output_dir:
+        print(f"{run.path} already holds a finished run: nothing to do", flush=True)
+        return json.loads((run / "metrics.json").read_text())
+    newest = newest_complete_checkpoint(run.checkpoints)
+    args.training.resume_from_checkpoint = None if newest is None else str(newest)
+    if newest is not None:
+        log.info("Continuing from %s.", newest)
+    return None
 
 
 def _check_sequence_length(model, max_seq_length: int) -> None:

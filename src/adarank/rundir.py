@@ -119,12 +119,13 @@ class RunDirectory:
             shutil.rmtree(self.path / name, ignore_errors=True)
 
     def _rewind_logs(self, step: int) -> None:
-        """Drop log lines written after ``step`` by a run that is resumed from there."""
+        """Drop log lines written after ``step`` by a run that is resumed from there, and the
+        end-of-training records of a run that was stopped there (it did not end)."""
         for name in ("history.jsonl", "ranks.jsonl", "diagnostics.jsonl"):
             path = self.path / name
             if path.is_file():
                 kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                        if _complete(line) and json.loads(line)["step"] <= step]
+                        if _complete(line) and json.loads(line)["step"] <= step and not _ending(json.loads(line))]
                 self.write_text(name, "".join(line + "\n" for line in kept))
 
     def write_json(self, name: str, document: dict) -> None:
@@ -141,6 +142,11 @@ class RunDirectory:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _ending(record: dict) -> bool:
+    """A record written when training ended: a ranks.jsonl "final" event, the Trainer's summary."""
+    return record.get("event") == "final" or "train_runtime" in record
 
 
 def _complete(line: str) -> bool:

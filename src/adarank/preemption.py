@@ -1,0 +1,63 @@
+"""Stopping cleanly when the cluster asks: a checkpoint at the next optimizer step, then exit.
+
+SLURM sends SIGUSR1 (``--signal=B:USR1@<seconds>``) or SIGTERM before a job's
+time limit or a preemption. The run then saves a checkpoint at the end of the
+optimizer step in progress (a TrainerCallback, not a kill), stops, and exits
+with ``PREEMPTED_EXIT_CODE``, which the job scripts turn into a requeue; the
+same command with ``--resume_from_checkpoint auto`` continues from there.
+A checkpoint is complete once every callback has added its state to it: the
+last callback then writes ``COMPLETE_MARKER``, and only such checkpoints are
+resumed from automatically.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from adarank.rundir import checkpoint_folder
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
+COMPLETE_MARKER = "checkpoint_complete"
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class StopOnSignal(TrainerCallback):
+    """Turns SIGUSR1 or SIGTERM into a checkpoint and a stop at the next optimizer step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._note) for sig in SIGNALS}
+
+    def _note(self, signum, frame) -> None:
+        self.received = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.received is None else signal.Signals(self.received).name
+
+
+class MarkCheckpointComplete(TrainerCallback):
+    """Placed after every other callback: their ``on_save`` state is in the checkpoint by now."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = checkpoint_folder(args.output_dir, state.global_step)
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / COMPLETE_MARKER).touch()
+
+
+def newest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The checkpoint of the latest step whose saving finished (a half-written one is ignored)."""
+    complete = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)

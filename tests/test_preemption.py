@@ -1,0 +1,118 @@
+"""A run sent SIGUSR1 or SIGTERM (what SLURM sends before a preemption or the time limit)
+checkpoints at the next optimizer step, exits to be requeued, and the same command with
+--resume_from_checkpoint auto ends where an uninterrupted run ends. Real processes, real signals."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adarank.preemption import COMPLETE_MARKER, PREEMPTED_EXIT_CODE, newest_complete_checkpoint
+from conftest import QUICK, read_jsonl, run_task
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SCRIPTS = {"lora": SRC / "glue_sst2.py", "adalora": SRC / "glue_sst2.py", "plateau": SRC / "custom" / "glue_sst2.py"}
+
+
+def command(method: str, tiny_model: str, run_dir: Path) -> list[str]:
+    flags = ["--demo", "--model_name_or_path", tiny_model, "--max_steps", "300", "--per_device_train_batch_size", "8",
+             "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--seed", "7",
+             "--output_dir", str(run_dir), "--resume_from_checkpoint", "auto"]
+    if method == "plateau":
+        flags += ["--eval_every", "25", "--plateau_patience", "1", "--plateau_min_delta", "1e9"]
+    else:
+        flags += ["--method", method]
+    return [sys.executable, str(SCRIPTS[method]), *flags]
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen:
+    """The command in its own process, its output to ``log`` (a pipe nobody reads would block it)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(log, "w") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(process: subprocess.Popen, log: Path) -> str:
+    process.wait(timeout=600)
+    return log.read_text()
+
+
+def signal_at_step(process: subprocess.Popen, history: Path, step: int, signum: int) -> None:
+    """Send ``signum`` once history.jsonl shows training past ``step``."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.is_file() and any(r.get("step", 0) >= step for r in read_jsonl(history)):
+            process.send_signal(signum)
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the run ended or stalled before step {step} (exit {process.poll()})")
+
+
+@pytest.mark.parametrize("method, signum", [
+    ("adalora", signal.SIGUSR1), ("lora", signal.SIGTERM), ("plateau", signal.SIGUSR1)])
+def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_model, tmp_path, method, signum):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    done = start(command(method, tiny_model, straight), tmp_path / "straight.log")
+    output = finish(done, tmp_path / "straight.log")
+    assert done.returncode == 0, output[-2000:]
+
+    at = random.Random().randint(5, 60)  # a step of the first epoch
+    first = start(command(method, tiny_model, stopped), tmp_path / "first.log")
+    signal_at_step(first, stopped / "history.jsonl", at, signum)
+    output = finish(first, tmp_path / "first.log")
+    assert first.returncode == PREEMPTED_EXIT_CODE, output[-2000:]
+    assert f"{signal.Signals(signum).name} received" in output and not (stopped / "metrics.json").exists()
+    checkpoint = newest_complete_checkpoint(stopped / "checkpoints")
+    assert checkpoint is not None and int(checkpoint.name.split("-")[1]) >= at
+
+    again = start(command(method, tiny_model, stopped), tmp_path / "again.log")  # what the requeued job runs
+    output = finish(again, tmp_path / "again.log")
+    assert again.returncode == 0, output[-2000:]
+    assert f"Continuing from {checkpoint}" in output
+
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, stopped))
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["total_step"] == a["total_step"] == 300
+    weights = load_file(straight / "adapter" / "adapter_model.safetensors")
+    for key, value in load_file(stopped / "adapter" / "adapter_model.safetensors").items():
+        torch.testing.assert_close(value, weights[key], rtol=1e-5, atol=1e-6)
+    if method != "lora":  # the same allocation or growth events, logged once each
+        assert read_jsonl(stopped / "ranks.jsonl") == read_jsonl(straight / "ranks.jsonl")
+    steps = [h["step"] for h in read_jsonl(stopped / "history.jsonl") if "loss" in h]
+    assert steps == list(range(1, 301))
+
+
+def test_auto_skips_a_half_written_checkpoint_and_starts_fresh_without_one(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora", "--max_steps", "12",
+            "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "5",
+            "--output_dir", str(run_dir), *QUICK[:4])
+    assert run_task(*args, "--resume_from_checkpoint", "auto") == 0  # nothing to continue: a fresh start
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-4",
+                                                                            "checkpoint-8"]
+    (run_dir / "checkpoints" / "checkpoint-12" / COMPLETE_MARKER).unlink()  # as if killed while saving it
+    assert newest_complete_checkpoint(run_dir / "checkpoints").name == "checkpoint-8"
+
+
+def test_auto_on_a_finished_run_does_nothing(tiny_model, tmp_path, capsys):
+    run_dir = tmp_path / "done"
+    args = ("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",
+            "--output_dir", str(run_dir), *QUICK)
+    assert run_task(*args) == 0
+    before = (run_dir / "metrics.json").read_text()
+    assert run_task(*args, "--resume_from_checkpoint", "auto") == 0
+    assert "already holds a finished run: nothing to do" in capsys.readouterr().out
+    assert (run_dir / "metrics.json").read_text() == before
+
+
+def test_auto_needs_the_run_directory(tiny_model, capsys):
+    code = run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--resume_from_checkpoint", "auto")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: --resume_from_checkpoint auto needs --output_dir: the run directory to continue"]
