@@ -1,0 +1,47 @@
+"""The machine's matmul rate in fp32 and bf16, at the embedded MiniLM's shapes: the ceiling a
+training run is measured against, and whether bf16 pays on this CPU.
+
+    python script/matmul_rate.py [--threads N] [--repeats 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+# (tokens, in, out): a batch of 32 sequences of 64 tokens through MiniLM's attention and FFN matrices.
+SHAPES = ((2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384))
+
+
+def rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of an (m x k) @ (k x n) product, the median of ``repeats`` timings."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * m * k * n / sorted(times)[len(times) // 2] / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AVX512-BF16 "
+          f"{torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}, "
+          f"{args.threads} thread(s)")
+    print("shape (tokens x in -> out)\tfp32 GFLOP/s\tbf16 GFLOP/s\tbf16 / fp32")
+    for m, k, n in SHAPES:
+        fp32, bf16 = rate(m, k, n, torch.float32, args.repeats), rate(m, k, n, torch.bfloat16, args.repeats)
+        print(f"{m} x {k} -> {n}\t{fp32:.0f}\t{bf16:.0f}\t{bf16 / fp32:.2f}")
+
+
+if __name__ == "__main__":
+    main()
