@@ -7,10 +7,9 @@ described by one visible set of numbers, all written to ``config.json``.
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from adarank.errors import UsageError
 from adarank.tasks import Task, recipe_of
+from adarank.unknown_flags import argparse_error, check_flags, check_keys
 
 DEMO_EPOCHS = 4
 
@@ -148,10 +148,10 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     argv = sys.argv[1:] if argv is None else list(argv)
     classes = (ModelArguments, DataArguments, AdapterArguments, RunArguments, *method_arguments, TrainingArguments)
     parser = HfArgumentParser(classes)
-    parser.error = _argparse_error  # argparse's own complaints (a bad value, an ambiguous flag): one line too
+    parser.error = argparse_error  # argparse's own complaints (a bad value, an ambiguous flag): one line too
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         given = _read_argument_file(Path(argv[0]))
-        _check_keys(argv[0], given, classes)
+        check_keys(argv[0], given, classes)
         explicit = set(given)
         try:
             parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo")), given.get("recipe", "paper")),
@@ -162,78 +162,12 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         explicit = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
         parser.set_defaults(**{**run_defaults(task, "--demo" in argv, _flag_value(argv, "recipe") or "paper"),
                                 **(defaults or {})})
-        _check_flags(parser, argv)
+        check_flags(parser, argv)
         parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, adapter, run, *extra, training = parsed
     # Without --output_dir the pipeline names the run once its plan (and budget label) is known.
     run_dir = Path(training.output_dir) if "output_dir" in explicit else None
     return Arguments(model, data, adapter, run, training, explicit, run_dir, tuple(extra))
-
-
-def _argparse_error(message: str):
-    raise UsageError(f"{message.rstrip('.')}: --help lists every flag")
-
-
-def _close(name: str, known: list[str]) -> list[str]:
-    """Up to three known names like ``name``, as close as the closest one (a typo has one answer)."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    ratio = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in close}
-    return [c for c in close if ratio[c] >= ratio[close[0]] - 0.1] if close else []
-
-
-def _suggestion(name: str, known: list[str], prefix: str = "--") -> str:
-    close = _close(name.lstrip("-").replace("-", "_"), known)
-    if not close:
-        return "no flag is close" if prefix else "no key is close"
-    names = [f"{prefix}{c}" if prefix else repr(c) for c in close]
-    return "did you mean " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]) + "?"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_flags(parser: HfArgumentParser, argv: list[str]) -> None:
-    """Refuse flags no argument class knows, and stray words, naming the closest flags."""
-    _, remaining = parser.parse_known_args(args=argv)
-    if not remaining:
-        return
-    # Candidates: the underscore spelling of every flag (HfArgumentParser also accepts dashes).
-    known = sorted({o[2:] for o in parser._option_string_actions if o.startswith("--") and "-" not in o[2:]})
-    unknown, stray = [], []
-    follows_flag = False
-    for word in remaining:
-        if word.startswith("-") and not _is_number(word):
-            flag = word.split("=", 1)[0]
-            unknown.append(f"{flag} ({_suggestion(flag, known)})")
-            follows_flag = "=" not in word
-        elif follows_flag:  # the value of the unknown flag before it
-            follows_flag = False
-        else:
-            stray.append(repr(word))
-    problems = []
-    if unknown:
-        problems.append(f"unknown flag{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
-    if stray:
-        problems.append(
-            f"unexpected argument{'s' if len(stray) > 1 else ''} {', '.join(stray)} (flags are given as --name value; "
-            "a JSON/YAML file of arguments must be the only argument)"
-        )
-    raise UsageError("; ".join(problems) + ": --help lists every flag")
-
-
-def _check_keys(source: str, given: dict, classes) -> None:
-    """Refuse keys of an argument file that name no flag, naming the closest ones."""
-    known = sorted({f.name for cls in classes for f in fields(cls) if f.init})
-    unknown = [key for key in given if key not in known]
-    if unknown:
-        named = ", ".join(f"{str(key)!r} ({_suggestion(str(key), known, prefix='')})" for key in unknown)
-        raise UsageError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {named}: "
-                         "use the flag names of --help as keys")
 
 
 def _read_argument_file(path: Path) -> dict:

@@ -185,3 +185,15 @@ def saved_adapter_size(adapter_dir) -> dict:
         "saved_adapter_params": sum(math.prod(v["shape"]) for k, v in tensors.items() if ".lora_" in k),
         "saved_head_params": sum(math.prod(v["shape"]) for k, v in tensors.items() if ".lora_" not in k),
     }
+
+
+def memory_summary(memory: dict) -> dict:
+    """The memory figures of the comparison table, in MB (2**20 bytes)."""
+    adapter = memory["adapter"]
+    return {
+        "base_mb": memory["base"]["total_bytes"] / 2**20,
+        "adapter_mb": adapter["adapter_lora_bytes"] / 2**20,  # the LoRA tensors alone
+        "head_mb": adapter["adapter_head_bytes"] / 2**20,
+        "saved_adapter_params": adapter["saved_adapter_params"],
+        "quantized_bits_per_parameter": memory["quantized_bits_per_parameter"],
+    }

@@ -111,3 +111,12 @@ def require_quantized_layers(model, source: str) -> None:
             f"model {source!r} has no Linear layers that bitsandbytes can quantise to 4 bits: "
             "use --method lora or adalora for it"
         )
+
+
+def check_sequence_length(model, max_seq_length: int) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    # Models with relative positions only (DeBERTa-v3) take longer inputs than their table.
+    if limit and getattr(model.config, "position_biased_input", True) and max_seq_length > limit:
+        raise UsageError(
+            f"--max_seq_length {max_seq_length} is longer than this model's {limit} positions: use at most {limit}"
+        )

@@ -5,7 +5,6 @@ Every task script calls ``main(task)``; everything a run does is in ``train``.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -18,20 +17,21 @@ from transformers.utils import logging as hf_logging
 from adarank.arguments import Arguments, parse_arguments
 from adarank.cpu_4bit import describe_kernels
 from adarank.diagnostics import Diagnostics
-from adarank.errors import UsageError, exits_cleanly_on_usage_errors
+from adarank.errors import exits_cleanly_on_usage_errors
 from adarank.history import StepHistory
 from adarank.memory import (
     PeakMemory,
     base_model_bytes,
     base_parameter_count,
+    memory_summary,
     parameter_counts,
     quantized_bits_per_parameter,
     saved_adapter_size,
 )
 from adarank.methods import AdapterRequest, budget_label, budget_rank, get_method
+from adarank.models import check_sequence_length
 from adarank.modules import resolve_target_modules
-from adarank.preemption import (PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal,
-                                 newest_complete_checkpoint)
+from adarank.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
 from adarank.ranks import RankLog
 from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
 from adarank.tasks import Task, get_task, recipe_of
@@ -63,7 +63,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     method.check_run(args.training, args.run)
     main_process = args.training.process_index == 0
     if args.training.resume_from_checkpoint == "auto":
-        finished = _resolve_auto_resume(args)
+        finished = resolve_auto_resume(args)
         if finished is not None:
             return finished
     resume_from = args.training.resume_from_checkpoint
@@ -103,7 +103,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         args.model.model_name_or_path, load_in_4bit=method.quantized, compute_dtype=args.model.bnb_4bit_compute_dtype,
         classifier_dropout=args.model.classifier_dropout,
     )
-    _check_sequence_length(model, args.model.max_seq_length)
+    check_sequence_length(model, args.model.max_seq_length)
     request.target_modules = resolve_target_modules(model, args.model.target_modules)
     request.head_modules = task.head_modules(model)
     memory = {"base": base_model_bytes(model), "quantized_bits_per_parameter": quantized_bits_per_parameter(model)}
@@ -177,7 +177,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         built.model.save_pretrained(str(run / "adapter"))
         memory["adapter"] = {"trainable_params": counts, **saved_adapter_size(run / "adapter")}
         memory["peak"] = peak.report()
-        metrics.update(_memory_summary(memory))
+        metrics.update(memory_summary(memory))
         run.write_json("memory.json", memory)
         if args.run.merge_adapter:
             built.model.merge_and_unload().save_pretrained(str(run / "merged"))
@@ -186,43 +186,6 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         run.write_json("metrics.json", metrics)  # last: marks the run finished
         _print_summary(task, method.name, config["budget"], metrics, run)
     return metrics
-
-
-def _resolve_auto_resume(args: Arguments) -> dict | None:
-    """--resume_from_checkpoint auto: the run directory's newest complete checkpoint, or a fresh
-    start where there is none; a run that already finished is reported, not repeated."""
-    if args.run_dir is None:
-        raise UsageError("--resume_from_checkpoint auto needs --output_dir: the run directory to continue")
-    run = RunDirectory(args.run_dir)
-    if run.finished and not args.run.overwrite_output_dir:
-        print(f"{run.path} already holds a finished run: nothing to do", flush=True)
-        return json.loads((run / "metrics.json").read_text())
-    newest = newest_complete_checkpoint(run.checkpoints)
-    args.training.resume_from_checkpoint = None if newest is None else str(newest)
-    if newest is not None:
-        log.info("Continuing from %s.", newest)
-    return None
-
-
-def _check_sequence_length(model, max_seq_length: int) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    # Models with relative positions only (DeBERTa-v3) take longer inputs than their table.
-    if limit and getattr(model.config, "position_biased_input", True) and max_seq_length > limit:
-        raise UsageError(
-            f"--max_seq_length {max_seq_length} is longer than this model's {limit} positions: use at most {limit}"
-        )
-
-
-def _memory_summary(memory: dict) -> dict:
-    """The memory figures of the comparison table, in MB (2**20 bytes)."""
-    adapter = memory["adapter"]
-    return {
-        "base_mb": memory["base"]["total_bytes"] / 2**20,
-        "adapter_mb": adapter["adapter_lora_bytes"] / 2**20,  # the LoRA tensors alone
-        "head_mb": adapter["adapter_head_bytes"] / 2**20,
-        "saved_adapter_params": adapter["saved_adapter_params"],
-        "quantized_bits_per_parameter": memory["quantized_bits_per_parameter"],
-    }
 
 
 def _config_document(args: Arguments, task, data, model_name, request, plan, counts, run: RunDirectory) -> dict:

@@ -12,12 +12,17 @@ resumed from automatically.
 
 from __future__ import annotations
 
+import json
+import logging
 import signal
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from adarank.rundir import checkpoint_folder
+from adarank.errors import UsageError
+from adarank.rundir import RunDirectory, checkpoint_folder
+
+log = logging.getLogger("adarank")
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
 COMPLETE_MARKER = "checkpoint_complete"
@@ -61,3 +66,19 @@ def newest_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The checkpoint of the latest step whose saving finished (a half-written one is ignored)."""
     complete = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
     return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def resolve_auto_resume(args) -> dict | None:
+    """--resume_from_checkpoint auto: the run directory's newest complete checkpoint, or a fresh
+    start where there is none; a run that already finished is reported, not repeated."""
+    if args.run_dir is None:
+        raise UsageError("--resume_from_checkpoint auto needs --output_dir: the run directory to continue")
+    run = RunDirectory(args.run_dir)
+    if run.finished and not args.run.overwrite_output_dir:
+        print(f"{run.path} already holds a finished run: nothing to do", flush=True)
+        return json.loads((run / "metrics.json").read_text())
+    newest = newest_complete_checkpoint(run.checkpoints)
+    args.training.resume_from_checkpoint = None if newest is None else str(newest)
+    if newest is not None:
+        log.info("Continuing from %s.", newest)
+    return None
