@@ -116,3 +116,24 @@ def test_auto_needs_the_run_directory(tiny_model, capsys):
     code = run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--resume_from_checkpoint", "auto")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: --resume_from_checkpoint auto needs --output_dir: the run directory to continue"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_the_job_script_passes_the_signal_on_and_a_second_submission_finishes(tiny_model, tmp_path, signum):
+    """script/run_glue.sh as SLURM's batch shell: the signal reaches the batch shell (--signal=B:USR1),
+    which passes it to the run; outside SLURM the script exits 75 instead of requeueing."""
+    (tmp_path / "src").symlink_to(SRC)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SLURM_SUBMIT_DIR": str(tmp_path), "PYTHON": sys.executable}
+    env.pop("SLURM_JOB_ID", None)
+    job = [str(SRC.parent / "script" / "run_glue.sh"), "sst2", "lora", "small", "7", "--demo",
+           "--model_name_or_path", tiny_model, "--max_steps", "300", "--per_device_train_batch_size", "8",
+           "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no"]
+    run_dir = tmp_path / "runs" / "sst2" / "lora-small-seed7"
+    with open(tmp_path / "first.log", "w") as out:
+        first = subprocess.Popen(["bash", *job], stdout=out, stderr=subprocess.STDOUT, env=env)
+    signal_at_step(first, run_dir / "history.jsonl", 10, signum)
+    assert first.wait(timeout=600) == PREEMPTED_EXIT_CODE, (tmp_path / "first.log").read_text()[-2000:]
+    assert newest_complete_checkpoint(run_dir / "checkpoints") is not None
+    second = subprocess.run(["bash", *job], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["total_step"] == 300
