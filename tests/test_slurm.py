@@ -1,0 +1,90 @@
+"""script/run_glue.sh on a real SLURM cluster (one node on localhost: script/slurm-local.sh):
+a job told to stop (USR1 to its batch shell, as --signal=B:USR1 does before the time limit)
+checkpoints, requeues itself, and the requeued job ends where an uninterrupted run ends."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+
+
+def cluster_idle() -> str | None:
+    """None where a SLURM node is idle here, else why the test cannot run."""
+    if shutil.which("sbatch") is None:
+        return "SLURM is not installed here (bash script/slurm-local.sh start installs and starts a local cluster)"
+    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if "idle" not in state.stdout.split():
+        return f"no idle SLURM node (sinfo: {(state.stdout + state.stderr).strip()[:200] or 'nothing'})"
+    return None
+
+
+def job_state(job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def wait_for(condition, what: str, seconds: int = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run(tiny_model, tmp_path):
+    reason = cluster_idle()
+    if reason:
+        pytest.skip(reason)
+    (tmp_path / "src").symlink_to(ROOT / "src")
+    flags = ["sst2", "adalora", "small", "7", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2000",
+             "--per_device_train_batch_size", "8", "--logging_steps", "1", "--eval_strategy", "no",
+             "--save_strategy", "no"]
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "runs" / "sst2" / "adalora-small-seed7"
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "src").symlink_to(ROOT / "src")
+    straight = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), *flags], capture_output=True, text=True,
+                              env={**env, "SLURM_SUBMIT_DIR": str(reference)}, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    # The script's GPU and memory requests, scaled down to this one-node CPU cluster.
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--gres=gpu:0", "--cpus-per-task=1", "--mem=2G", "--chdir", str(tmp_path),
+         "--export=ALL", "-o", str(tmp_path / "job-%j.out"), str(ROOT / "script" / "run_glue.sh"), *flags],
+        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)  # the job's SLURM_SUBMIT_DIR
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    try:
+        history = run_dir / "history.jsonl"
+        wait_for(lambda: history.is_file() and len(read_jsonl(history)) > 20, "the job's first steps")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
+        wait_for(lambda: job_state(job) == "PENDING", "the job to requeue itself")
+        log = (tmp_path / f"job-{job}.out").read_text()
+        assert "SIGUSR1 received" in log and f"requeueing job {job}" in log
+        # A requeued job waits before it may start again; a test need not.
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+        wait_for(lambda: job_state(job) == "", "the requeued job to finish", seconds=600)
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert "Continuing from runs/sst2/adalora-small-seed7/checkpoints/checkpoint-" in log, log[-2000:]
+
+    a = json.loads((reference / "runs" / "sst2" / "adalora-small-seed7" / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["total_step"] == 2000
+    assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "runs" / "sst2" / "adalora-small-seed7" /
+                                                              "ranks.jsonl")
+    assert [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "loss" in h] == list(range(1, 2001))
