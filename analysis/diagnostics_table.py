@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import argparse
 
-from run_reader import KIND_LABELS, Run, fail_cleanly, load_run, task_metric
+from run_reader import KIND_LABELS, AnalysisError, Run, fail_cleanly, load_run, metric_keys
 from tables import csv_text, markdown
 
 
 def row(run: Run, steps: list[int]) -> dict:
+    if not run.finished:
+        raise AnalysisError(f"{run.path} is not a finished run (no metrics.json)")
     records = [r for r in run.diagnostics().records if "update_norm" in r]
+    if not records:
+        raise AnalysisError(f"{run.path / 'diagnostics.jsonl'} holds no update-norm record")
     by_step = {r["step"]: r for r in records}
     losses = {h["step"]: h["loss"] for h in run.history().records if "loss" in h}
-    metric = task_metric(run)
-    out = {"run": run.path.name, metric: f"{100 * run.metrics.get(f'eval_{metric}', float('nan')):.2f}"}
+    out = {"run": run.path.name}
+    for key in metric_keys(run):  # each dev split's headline metric (MNLI has two)
+        out[key.removeprefix("eval_")] = f"{100 * run.metrics[key]:.2f}"
     for step in [*steps, records[-1]["step"]]:
         if step in by_step:
             out[f"||dW|| @{step}"] = f"{sum(v**2 for v in by_step[step]['update_norm'].values()) ** 0.5:.3g}"

@@ -24,7 +24,7 @@ class AnalysisError(Exception):
 def setting_names(runs: list[Run]) -> dict[str, str]:
     """Setting hash -> the choices that set it apart from the other settings among ``runs``,
     e.g. "growth_init=whitened, grow_where=importance" (the hash where nothing shows)."""
-    fields = {run.setting: _flatten(run.setting_fields) for run in runs}
+    fields = {run.setting: flatten(run.setting_fields) for run in runs}
     keys = sorted({k for f in fields.values() for k in f})
     differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in fields.values()}) > 1]
     names = {}
@@ -34,11 +34,11 @@ def setting_names(runs: list[Run]) -> dict[str, str]:
     return names
 
 
-def _flatten(document: dict, prefix: str = "") -> dict:
+def flatten(document: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in document.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

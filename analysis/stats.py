@@ -115,9 +115,9 @@ def encode(metric: str, labels, *prediction_sets):
     if metric in ("pearson", "spearman"):
         return np.asarray(labels, float), [[np.asarray(p, float) for p in ps] for ps in prediction_sets]
     names = sorted({*labels, *(x for ps in prediction_sets for p in ps for x in p)})
-    if metric == "f1":  # keep "1" as the positive class
-        names = [n for n in names if n != "1"] + ["1"]
     code = {name: i for i, name in enumerate(names)}
+    if metric == "f1":  # "1" is the positive class, whichever labels a split holds
+        code = {name: int(name == "1") for name in names}
     encoded = np.asarray([code[x] for x in labels])
     return encoded, [[np.asarray([code[x] for x in p]) for p in ps] for ps in prediction_sets]
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from run_reader import Run, dev_splits, fail_cleanly, find_runs, metric_keys, setting_names, task_metric
+from run_reader import Run, dev_splits, fail_cleanly, find_runs, flatten, metric_keys, setting_names, task_metric
 from stats import PredictionTables, mean_std, method_difference
 from tables import csv_text, markdown
 
@@ -80,18 +80,8 @@ def method_name(groups: dict, key: tuple) -> str:
 
 def differences(run_a: Run, run_b: Run) -> list[str]:
     """The shared choices (recipe, model, data, training arguments) in which two runs differ."""
-    a, b = (_flat(run.shared_fields) for run in (run_a, run_b))
+    a, b = (flatten(run.shared_fields) for run in (run_a, run_b))
     return [k.rsplit(".", 1)[-1] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-
-
-def _flat(document: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 # --- rows -------------------------------------------------------------------------------------

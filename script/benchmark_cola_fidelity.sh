@@ -44,15 +44,11 @@ flags() {  # the flags of one configuration
   esac
 }
 
-one() {  # config seed: train (continuing from the run's newest checkpoint, if any), then keep the small files
-  local config=$1 seed=$2 name="$1-seed$2" start=(--overwrite_output_dir) newest
-  newest=$(for c in "$runs/$name"/checkpoints/checkpoint-*/trainer_state.json; do  # complete checkpoints only
-    [ -f "$c" ] && echo "${c%/trainer_state.json}"; done | awk -F'checkpoint-' '{print $NF, $0}' | sort -n |
-    tail -n 1 | cut -d' ' -f2-)
-  [ -n "$newest" ] && start=(--resume_from_checkpoint "$newest")
+one() {  # config seed: train (continuing from the run's newest complete checkpoint, if any), keep the small files
+  local config=$1 seed=$2 name="$1-seed$2"
   # shellcheck disable=SC2046
   OMP_NUM_THREADS=$threads nice -n "${NICE:-0}" "$python" $(flags "$config") --data_dir "$data_dir" \
-    --num_train_epochs "${EPOCHS:-25}" --seed "$seed" --output_dir "$runs/$name" "${start[@]}" ${EXTRA:-} \
+    --num_train_epochs "${EPOCHS:-25}" --seed "$seed" --output_dir "$runs/$name" --resume_from_checkpoint auto ${EXTRA:-} \
     >>"$runs/$name.log" 2>&1 || { echo "failed: $name (see $runs/$name.log)" >&2; return 1; }
   mkdir -p "$results/$name"
   for f in "${keep[@]}"; do [ -f "$runs/$name/$f" ] && cp "$runs/$name/$f" "$results/$name/"; done

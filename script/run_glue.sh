@@ -14,6 +14,7 @@
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300
 #SBATCH --output=slurm-%x-%j.out
+#SBATCH --open-mode=append
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 TASK METHOD BUDGET [SEED] [extra flags...]" >&2
@@ -31,13 +32,14 @@ if [ ! -f "$script" ]; then
   echo "error: unknown task '$task': choose one of cola sst2 mnli qnli rte mrpc stsb qqp" >&2
   exit 2
 fi
+# The batch shell gets the signal (B:); the run must, so pass it on, and wait again for its checkpoint.
+run=
+trap '[ -n "$run" ] && kill -USR1 "$run" 2>/dev/null' USR1
+trap '[ -n "$run" ] && kill -TERM "$run" 2>/dev/null' TERM
 # auto: continue from the run's newest complete checkpoint (a resubmitted or requeued job), if any.
 "$python" "$script" --method "$method" --budget "$budget" --seed "$seed" \
   --output_dir "runs/$task/$method-$budget-seed$seed" --resume_from_checkpoint auto "$@" &
 run=$!
-# The batch shell gets the signal (B:); the run must, so pass it on, and wait again for its checkpoint.
-trap 'kill -USR1 "$run" 2>/dev/null' USR1
-trap 'kill -TERM "$run" 2>/dev/null' TERM
 code=0
 wait "$run" || code=$?
 while kill -0 "$run" 2>/dev/null; do wait "$run" || code=$?; done

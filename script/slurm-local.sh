@@ -7,6 +7,11 @@
 set -euo pipefail
 node=$(hostname -s)
 conf=/etc/slurm/slurm.conf
+mark="# written by adarank's script/slurm-local.sh (a one-node test cluster)"
+
+ours() {  # a configuration this script wrote, or none: never touch a real cluster's
+  [ ! -e "$conf" ] || head -n 1 "$conf" | grep -qxF "$mark"
+}
 
 install() {
   command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
@@ -19,6 +24,7 @@ configure() {
   cpus=$(nproc)
   memory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
   cat >"$conf" <<EOF
+$mark
 ClusterName=adarank-local
 SlurmctldHost=$node(127.0.0.1)
 SlurmUser=root
@@ -48,12 +54,14 @@ EOF
 }
 
 start() {
+  ours || { echo "slurm-local: $conf belongs to another SLURM setup: not touching it" >&2; return 1; }
   install
   configure
-  pgrep -x munged >/dev/null || runuser -u munge -- munged
-  pgrep -x slurmctld >/dev/null || slurmctld -c
-  pgrep -x slurmd >/dev/null || slurmd -N "$node"
   for _ in $(seq 60); do
+    # (Re)start whatever is not running: a daemon stopped just before may still have been exiting.
+    pgrep -x munged >/dev/null || runuser -u munge -- munged
+    pgrep -x slurmctld >/dev/null || slurmctld -c
+    pgrep -x slurmd >/dev/null || slurmd -N "$node"
     if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
       echo "slurm-local: node $node is idle"
       return 0
@@ -65,6 +73,7 @@ start() {
 }
 
 stop() {
+  ours || { echo "slurm-local: $conf belongs to another SLURM setup: not stopping its daemons" >&2; return 1; }
   pkill -x slurmd || true
   pkill -x slurmctld || true
   pkill -x munged || true

@@ -319,3 +319,10 @@ def test_methods_are_paired_only_like_with_like_and_named_by_recipe(runs_root, t
     assert tables["comparisons"] == []  # different recipes and learning rates: not compared unless asked
     (row,) = summarize_runs.summarize(root, resamples=20, pair_all=True)["comparisons"]
     assert row["comparison"] == "adalora [recipe=official] - lora (differ: recipe, learning_rate)"
+
+
+def test_f1_counts_label_1_as_positive_whichever_labels_a_split_holds():
+    labels, (predictions,) = stats.encode("f1", ["1", "1", "1"], [["1", "1", "1"]])
+    assert stats.f1(labels, predictions[0]) == 1.0  # no "0" anywhere: still perfect, not 0
+    labels, (predictions,) = stats.encode("f1", ["0", "1", "1", "0"], [["1", "1", "0", "0"]])
+    assert stats.f1(labels, predictions[0]) == pytest.approx(0.5)

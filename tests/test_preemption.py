@@ -22,10 +22,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 SCRIPTS = {"lora": SRC / "glue_sst2.py", "adalora": SRC / "glue_sst2.py", "plateau": SRC / "custom" / "glue_sst2.py"}
 
 
-def command(method: str, tiny_model: str, run_dir: Path) -> list[str]:
+def command(method: str, tiny_model: str, run_dir: Path, per_epoch: bool = False) -> list[str]:
+    """``per_epoch``: the defaults' evaluation and checkpoint every epoch (64 steps), logs every 10 steps."""
+    every = ["--logging_steps", "10"] if per_epoch else ["--logging_steps", "1", "--eval_strategy", "no",
+                                                          "--save_strategy", "no"]
     flags = ["--demo", "--model_name_or_path", tiny_model, "--max_steps", "300", "--per_device_train_batch_size", "8",
-             "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--seed", "7",
-             "--output_dir", str(run_dir), "--resume_from_checkpoint", "auto"]
+             *every, "--seed", "7", "--output_dir", str(run_dir), "--resume_from_checkpoint", "auto"]
     if method == "plateau":
         flags += ["--eval_every", "25", "--plateau_patience", "1", "--plateau_min_delta", "1e9"]
     else:
@@ -56,16 +58,19 @@ def signal_at_step(process: subprocess.Popen, history: Path, step: int, signum: 
     raise AssertionError(f"the run ended or stalled before step {step} (exit {process.poll()})")
 
 
-@pytest.mark.parametrize("method, signum", [
-    ("adalora", signal.SIGUSR1), ("lora", signal.SIGTERM), ("plateau", signal.SIGUSR1)])
-def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_model, tmp_path, method, signum):
+@pytest.mark.parametrize("method, signum, per_epoch", [
+    ("adalora", signal.SIGUSR1, False), ("lora", signal.SIGTERM, False), ("plateau", signal.SIGUSR1, False),
+    ("adalora", signal.SIGTERM, True)])
+def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_model, tmp_path, method, signum,
+                                                                        per_epoch):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    done = start(command(method, tiny_model, straight), tmp_path / "straight.log")
+    command_for = lambda run_dir: command(method, tiny_model, run_dir, per_epoch)  # noqa: E731
+    done = start(command_for(straight), tmp_path / "straight.log")
     output = finish(done, tmp_path / "straight.log")
     assert done.returncode == 0, output[-2000:]
 
     at = random.Random().randint(5, 60)  # a step of the first epoch
-    first = start(command(method, tiny_model, stopped), tmp_path / "first.log")
+    first = start(command_for(stopped), tmp_path / "first.log")
     signal_at_step(first, stopped / "history.jsonl", at, signum)
     output = finish(first, tmp_path / "first.log")
     assert first.returncode == PREEMPTED_EXIT_CODE, output[-2000:]
@@ -73,7 +78,7 @@ def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_mode
     checkpoint = newest_complete_checkpoint(stopped / "checkpoints")
     assert checkpoint is not None and int(checkpoint.name.split("-")[1]) >= at
 
-    again = start(command(method, tiny_model, stopped), tmp_path / "again.log")  # what the requeued job runs
+    again = start(command_for(stopped), tmp_path / "again.log")  # what the requeued job runs
     output = finish(again, tmp_path / "again.log")
     assert again.returncode == 0, output[-2000:]
     assert f"Continuing from {checkpoint}" in output
@@ -85,8 +90,14 @@ def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_mode
         torch.testing.assert_close(value, weights[key], rtol=1e-5, atol=1e-6)
     if method != "lora":  # the same allocation or growth events, logged once each
         assert read_jsonl(stopped / "ranks.jsonl") == read_jsonl(straight / "ranks.jsonl")
-    steps = [h["step"] for h in read_jsonl(stopped / "history.jsonl") if "loss" in h]
-    assert steps == list(range(1, 301))
+    # The same history: no evaluation or log that only the broken-off epoch would have made.
+    a_history, b_history = (read_jsonl(d / "history.jsonl") for d in (straight, stopped))
+    assert [(h["step"], sorted(h)) for h in b_history] == [(h["step"], sorted(h)) for h in a_history]
+    for a_record, b_record in zip(a_history, b_history):
+        # The end-of-training summary times and averages the steps this process ran, not the whole run.
+        measured = [k for k in a_record if k not in ("step", "epoch", "train_loss") and "runtime" not in k
+                    and "per_second" not in k]
+        assert [b_record[k] for k in measured] == pytest.approx([a_record[k] for k in measured], rel=1e-4)
 
 
 def test_auto_skips_a_half_written_checkpoint_and_starts_fresh_without_one(tiny_model, tmp_path):
@@ -99,6 +110,18 @@ def test_auto_skips_a_half_written_checkpoint_and_starts_fresh_without_one(tiny_
                                                                             "checkpoint-8"]
     (run_dir / "checkpoints" / "checkpoint-12" / COMPLETE_MARKER).unlink()  # as if killed while saving it
     assert newest_complete_checkpoint(run_dir / "checkpoints").name == "checkpoint-8"
+
+
+def test_auto_starts_over_where_every_checkpoint_is_incomplete(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "8",
+            "--save_strategy", "steps", "--save_steps", "4", "--output_dir", str(run_dir), *QUICK[:4])
+    assert run_task(*args) == 0
+    (run_dir / "metrics.json").unlink()
+    for marker in (run_dir / "checkpoints").glob(f"*/{COMPLETE_MARKER}"):
+        marker.unlink()  # killed while saving, and the Trainer had already removed the older checkpoint
+    assert run_task(*args, "--resume_from_checkpoint", "auto") == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_step"] is None
 
 
 def test_auto_on_a_finished_run_does_nothing(tiny_model, tmp_path, capsys):

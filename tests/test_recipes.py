@@ -108,3 +108,11 @@ def test_an_unknown_recipe_is_one_line(tiny_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: unknown recipe 'authors': choose one of paper, official"]
     assert not (tmp_path / "x").exists()
+
+
+def test_an_abbreviated_recipe_flag_is_refused_not_half_applied(tiny_model, tmp_path, capsys):
+    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--reci", "official",
+                    "--output_dir", str(tmp_path / "x"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--reci (did you mean --recipe?)" in err[0]
+    assert not (tmp_path / "x").exists()

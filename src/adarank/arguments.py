@@ -147,7 +147,8 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own."""
     argv = sys.argv[1:] if argv is None else list(argv)
     classes = (ModelArguments, DataArguments, AdapterArguments, RunArguments, *method_arguments, TrainingArguments)
-    parser = HfArgumentParser(classes)
+    # No abbreviations: a flag read before the parse (--recipe, --demo) must be spelled out.
+    parser = HfArgumentParser(classes, allow_abbrev=False)
     parser.error = argparse_error  # argparse's own complaints (a bad value, an ambiguous flag): one line too
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         given = _read_argument_file(Path(argv[0]))

@@ -66,7 +66,8 @@ def describe_kernels(model: nn.Module) -> dict:
         "packed_kernel_layers": len(packed),
         "plain_kernel_layers": len(names) - len(packed),
         "rule": "packed (bitsandbytes' bf16 CPU kernel, evaluation only) where the CPU has AVX512-BF16, "
-                "the compute dtype is bfloat16 and out_features % 32 == 0; plain elsewhere",
+                "the compute dtype is bfloat16, out_features % 32 == 0 and in_features is a multiple of the "
+                "quantisation block; plain elsewhere",
     }
 
 

@@ -166,6 +166,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         train_loss=outcome.metrics.get("train_loss"),
         **peak.report(),
         data="synthetic" if data.synthetic else data.source,
+        # Time and peak memory cover the part of training after this step only.
+        resumed_from_step=resume_step,
     )
     # Methods whose adapters change size during training report their own averages.
     metrics["average_adapter_params"] = counts["adapter_params"]

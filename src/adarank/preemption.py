@@ -30,7 +30,12 @@ SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class StopOnSignal(TrainerCallback):
-    """Turns SIGUSR1 or SIGTERM into a checkpoint and a stop at the next optimizer step."""
+    """Turns SIGUSR1 or SIGTERM into a checkpoint and a stop at the next optimizer step.
+
+    The stop breaks the epoch off, and the Trainer then runs its end-of-epoch hooks: the
+    checkpoint is taken there, once, and an evaluation or log that only the broken-off epoch
+    would trigger is skipped, so the resumed run repeats the uninterrupted one exactly.
+    """
 
     def __init__(self):
         self.received: int | None = None
@@ -41,8 +46,13 @@ class StopOnSignal(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.received is not None:
-            control.should_save = True
             control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            if abs(state.epoch - round(state.epoch)) > 1e-6:  # broken off, not a real epoch end
+                control.should_evaluate = control.should_log = False
+            control.should_save = True
 
     def restore_handlers(self) -> None:
         for sig, handler in self._previous.items():
@@ -81,4 +91,7 @@ def resolve_auto_resume(args) -> dict | None:
     args.training.resume_from_checkpoint = None if newest is None else str(newest)
     if newest is not None:
         log.info("Continuing from %s.", newest)
+    elif any(run.checkpoints.glob("checkpoint-*")):
+        log.warning("No complete checkpoint in %s (a job was stopped while saving): starting over.", run.checkpoints)
+        args.run.overwrite_output_dir = True
     return None

@@ -17,16 +17,8 @@ class Task(Protocol):
     family: str  # e.g. "GLUE": what demo data stand in for, and where a task's hyperparameters come from
     metrics: tuple[str, ...]  # the first one is the headline metric
     dev_splits: dict[str, str]  # the evaluation splits, by name
-    paper: Any  # the paper's hyperparameters for the task (learning_rate, epochs, the AdaLoRA schedule)
     recipes: dict  # every published set of hyperparameters (``--recipe``), by name: paper first
     peft_task_type: TaskType  # PEFT's name for the model head
-
-    @property
-    def main_metric(self) -> str: ...
-
-    @property
-    def paper_total_step(self) -> int:
-        """Optimizer steps of the paper's full run: the unit of its schedule."""
 
     def full_run_steps(self, recipe) -> int:
         """Optimizer steps of a full-size run under ``recipe``."""
