@@ -23,10 +23,12 @@ SCRIPTS = {"lora": SRC / "glue_sst2.py", "adalora": SRC / "glue_sst2.py", "plate
 
 
 def command(method: str, tiny_model: str, run_dir: Path, per_epoch: bool = False) -> list[str]:
-    """``per_epoch``: the defaults' evaluation and checkpoint every epoch (64 steps), logs every 10 steps."""
+    """``per_epoch``: the defaults' evaluation and checkpoint every epoch (128 steps), logs every 10 steps.
+    The stop comes in the first epoch: resuming later epochs exactly needs the Trainer to redraw their
+    length-grouped order as the uninterrupted run did, which it does not (see the README)."""
     every = ["--logging_steps", "10"] if per_epoch else ["--logging_steps", "1", "--eval_strategy", "no",
                                                           "--save_strategy", "no"]
-    flags = ["--demo", "--model_name_or_path", tiny_model, "--max_steps", "300", "--per_device_train_batch_size", "8",
+    flags = ["--demo", "--model_name_or_path", tiny_model, "--max_steps", "300", "--per_device_train_batch_size", "4",
              *every, "--seed", "7", "--output_dir", str(run_dir), "--resume_from_checkpoint", "auto"]
     if method == "plateau":
         flags += ["--eval_every", "25", "--plateau_patience", "1", "--plateau_min_delta", "1e9"]
@@ -93,10 +95,12 @@ def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_mode
     # The same history: no evaluation or log that only the broken-off epoch would have made.
     a_history, b_history = (read_jsonl(d / "history.jsonl") for d in (straight, stopped))
     assert [(h["step"], sorted(h)) for h in b_history] == [(h["step"], sorted(h)) for h in a_history]
+    stopped_at = int(checkpoint.name.split("-")[1])
     for a_record, b_record in zip(a_history, b_history):
-        # The end-of-training summary times and averages the steps this process ran, not the whole run.
-        measured = [k for k in a_record if k not in ("step", "epoch", "train_loss") and "runtime" not in k
-                    and "per_second" not in k]
+        # The end-of-training summary times and averages the steps this process ran, not the whole run,
+        # and the first loss logged after resuming averages the steps since the resume.
+        skip = {"step", "epoch", "train_loss"} | ({"loss"} if stopped_at < a_record["step"] < stopped_at + 10 else set())
+        measured = [k for k in a_record if k not in skip and "runtime" not in k and "per_second" not in k]
         assert [b_record[k] for k in measured] == pytest.approx([a_record[k] for k in measured], rel=1e-4)
 
 
