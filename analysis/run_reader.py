@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Shorter axis labels for three of the paper's module names (any other name is shown as it is).
-KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output": "ffn out"}
+KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output": "ffn out",
+               **{f"{prefix}.{name}": f"cross {name}" for prefix, names in
+                  (("encoder_attn", ("q_proj", "k_proj", "v_proj", "out_proj")), ("EncDecAttention", "qkvo"))
+                  for name in names}}
+
+
+def layer_order(label: str) -> tuple[int, int]:
+    """Sort key of a ranks.jsonl layer label ("3", or "encoder.3" / "decoder.3"): encoder first."""
+    stack, _, index = label.rpartition(".")
+    return (1 if stack == "decoder" else 0), int(index)
 
 
 class AnalysisError(Exception):

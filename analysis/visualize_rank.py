@@ -17,20 +17,26 @@ from pathlib import Path
 import numpy as np
 
 import style
-from run_reader import KIND_LABELS, Run, fail_cleanly, load_run
+from run_reader import KIND_LABELS, Run, fail_cleanly, layer_order, load_run
 
 plt = style.plt
 
 
-def rank_matrix(record: dict) -> tuple[np.ndarray, list[str], list[int]]:
-    """(ranks[kind, layer], kinds, layers) from one ranks.jsonl record; NaN where not adapted."""
-    layers = sorted(int(layer) for layer in record["ranks"])
+def rank_matrix(record: dict) -> tuple[np.ndarray, list[str], list[str]]:
+    """(ranks[kind, layer], kinds, layer labels) from one ranks.jsonl record; NaN where not adapted."""
+    layers = sorted(record["ranks"], key=layer_order)
     kinds = list(dict.fromkeys(kind for modules in record["ranks"].values() for kind in modules))  # as logged
     matrix = np.full((len(kinds), len(layers)), np.nan)
     for column, layer in enumerate(layers):
-        for kind, rank in record["ranks"][str(layer)].items():
+        for kind, rank in record["ranks"][layer].items():
             matrix[kinds.index(kind), column] = rank
     return matrix, kinds, layers
+
+
+def short_layer(label: str) -> str:
+    """A layer's tick label: "3", or "e3" / "d3" for an encoder-decoder model's stacks."""
+    stack, _, index = label.rpartition(".")
+    return f"{stack[:1]}{index}" if stack else index
 
 
 def row_height(kinds: int) -> float:
@@ -46,9 +52,9 @@ def draw_heatmap(ax, record: dict, vmax: float, title: str):
         if not np.isnan(value):
             shade = "white" if value < 0.6 * vmax else "black"
             ax.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=size, color=shade)
-    ax.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=size)
+    ax.set_xticks(range(len(layers)), [short_layer(layer) for layer in layers], fontsize=size)
     ax.set_yticks(range(len(kinds)), [KIND_LABELS.get(k, k) for k in kinds])
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer (e: encoder, d: decoder)" if any("." in layer for layer in layers) else "layer")
     ax.set_title(title)
     return image
 

@@ -111,9 +111,11 @@ class Arguments:
     adapter: AdapterArguments
     run: RunArguments
     training: TrainingArguments
+    task_options: object | None  # the task family's own flags (Task.arguments), None where it has none
     explicit: set[str]  # the names the user set, so defaults can be told apart
     run_dir: Path | None  # --output_dir, the run directory itself; None: named after planning
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
+    warmup_note: str | None = None  # set where a recipe's warm-up steps were scaled to the run
 
 
 def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
@@ -139,6 +141,7 @@ def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
     }
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         defaults["bf16"] = True
+    defaults.update(task.training_defaults(demo))
     return defaults
 
 
@@ -146,7 +149,9 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
                     defaults: dict | None = None) -> Arguments:
     """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    classes = (ModelArguments, DataArguments, AdapterArguments, RunArguments, *method_arguments, TrainingArguments)
+    task_classes = (task.arguments,) if task.arguments is not None else ()
+    classes = (ModelArguments, DataArguments, AdapterArguments, RunArguments, *task_classes, *method_arguments,
+               TrainingArguments)
     # No abbreviations: a flag read before the parse (--recipe, --demo) must be spelled out.
     parser = HfArgumentParser(classes, allow_abbrev=False)
     parser.error = argparse_error  # argparse's own complaints (a bad value, an ambiguous flag): one line too
@@ -166,9 +171,10 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         check_flags(parser, argv)
         parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, adapter, run, *extra, training = parsed
+    task_options = extra.pop(0) if task_classes else None
     # Without --output_dir the pipeline names the run once its plan (and budget label) is known.
     run_dir = Path(training.output_dir) if "output_dir" in explicit else None
-    return Arguments(model, data, adapter, run, training, explicit, run_dir, tuple(extra))
+    return Arguments(model, data, adapter, run, training, task_options, explicit, run_dir, tuple(extra))
 
 
 def _read_argument_file(path: Path) -> dict:

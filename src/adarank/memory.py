@@ -187,6 +187,11 @@ def saved_adapter_size(adapter_dir) -> dict:
     }
 
 
+# The saved-adapter figures of a run without adapters (--method none).
+NO_ADAPTER = {"adapter_file_bytes": 0, "adapter_header_bytes": 0, "adapter_tensor_bytes": 0, "adapter_lora_bytes": 0,
+              "adapter_head_bytes": 0, "saved_adapter_params": 0, "saved_head_params": 0}
+
+
 def memory_summary(memory: dict) -> dict:
     """The memory figures of the comparison table, in MB (2**20 bytes)."""
     adapter = memory["adapter"]

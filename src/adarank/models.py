@@ -35,8 +35,9 @@ COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16
 UNQUANTIZED_HEAD = [r"(.*\.)?pooler", "classifier"]
 
 
-def four_bit_loading(compute_dtype: str | None) -> dict:
-    """from_pretrained arguments for NF4 with double quantisation (QLoRA, Dettmers et al. 2023)."""
+def four_bit_loading(compute_dtype: str | None, keep: list[str] | None = None) -> dict:
+    """from_pretrained arguments for NF4 with double quantisation (QLoRA, Dettmers et al. 2023);
+    ``keep``: modules left unquantised (default: the classification head)."""
     try:
         import bitsandbytes  # noqa: F401  (fails when no backend can serve this machine)
     except Exception as error:  # ImportError, or a backend that fails to initialise
@@ -61,7 +62,7 @@ def four_bit_loading(compute_dtype: str | None) -> dict:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute_dtype],
-        llm_int8_skip_modules=UNQUANTIZED_HEAD,
+        llm_int8_skip_modules=UNQUANTIZED_HEAD if keep is None else keep,
     )
     device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if cuda else "cpu"
     return {"quantization_config": config, "device_map": device_map}

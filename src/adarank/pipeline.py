@@ -20,6 +20,7 @@ from adarank.diagnostics import Diagnostics
 from adarank.errors import exits_cleanly_on_usage_errors
 from adarank.history import StepHistory
 from adarank.memory import (
+    NO_ADAPTER,
     PeakMemory,
     base_model_bytes,
     base_parameter_count,
@@ -59,6 +60,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     task = get_task(task_name)
     args = parse_arguments(task, argv, method_arguments, defaults)
     method = get_method(args.adapter.method)
+    task = task.configure(args.task_options, evaluate_only=not method.trains)
     budget_rank(args.adapter.budget)
     method.check_run(args.training, args.run)
     main_process = args.training.process_index == 0
@@ -77,16 +79,19 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     if note:
         log.warning("Using %s.", note)
     training = args.training
-    total_step = count_optimizer_steps(
-        len(data.train), training.train_batch_size, training.world_size,
-        training.gradient_accumulation_steps, training.num_train_epochs, training.max_steps,
-        training.dataloader_drop_last,
-    )
-    steps_per_epoch = count_optimizer_steps(
-        len(data.train), training.train_batch_size, training.world_size,
-        training.gradient_accumulation_steps, num_train_epochs=1, max_steps=0,
-        drop_last=training.dataloader_drop_last,
-    )
+    total_step = steps_per_epoch = 0
+    if method.trains:
+        total_step = count_optimizer_steps(
+            len(data.train), training.train_batch_size, training.world_size,
+            training.gradient_accumulation_steps, training.num_train_epochs, training.max_steps,
+            training.dataloader_drop_last,
+        )
+        steps_per_epoch = count_optimizer_steps(
+            len(data.train), training.train_batch_size, training.world_size,
+            training.gradient_accumulation_steps, num_train_epochs=1, max_steps=0,
+            drop_last=training.dataloader_drop_last,
+        )
+        _scale_warmup(args, task, total_step)
     request = AdapterRequest(task, args.adapter, total_step, steps_per_epoch=steps_per_epoch, extra=args.extra,
                              gradient_checkpointing=training.gradient_checkpointing,
                              resume_from=training.resume_from_checkpoint)
@@ -104,7 +109,9 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         classifier_dropout=args.model.classifier_dropout,
     )
     check_sequence_length(model, args.model.max_seq_length)
-    request.target_modules = resolve_target_modules(model, args.model.target_modules)
+    request.task_type = task.peft_task_type(model)
+    if method.trains:
+        request.target_modules = resolve_target_modules(model, args.model.target_modules)
     request.head_modules = task.head_modules(model)
     memory = {"base": base_model_bytes(model), "quantized_bits_per_parameter": quantized_bits_per_parameter(model)}
     base_params = base_parameter_count(model)
@@ -131,7 +138,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     trainer = Trainer(
         model=built.model,
         args=training,
-        train_dataset=tokenized.train,
+        train_dataset=tokenized.train if method.trains else None,
         eval_dataset=tokenized.dev if len(tokenized.dev) > 1 else next(iter(tokenized.dev.values())),
         data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
@@ -144,7 +151,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     try:
         with PeakMemory() as peak:
             started = time.perf_counter()
-            outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+            outcome = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint) if method.trains else None
             train_seconds = time.perf_counter() - started
     finally:
         stop.restore_handlers()
@@ -156,15 +163,17 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
 
     # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
     trainer.args.train_sampling_strategy = "sequential"
-    metrics, rows = task.evaluate(trainer, tokenized.dev)
+    with PeakMemory() as evaluation_peak:
+        metrics, rows = task.evaluate(trainer, tokenized.dev)
     counts = parameter_counts(built.model, base_params)  # again: growing methods change them in training
     metrics.update(
         counts,
         total_step=trainer.state.global_step,
         train_seconds=round(train_seconds, 2),
-        train_examples_per_second=round(outcome.metrics["train_samples_per_second"], 2),
-        train_loss=outcome.metrics.get("train_loss"),
+        train_examples_per_second=round(outcome.metrics["train_samples_per_second"], 2) if outcome else 0.0,
+        train_loss=outcome.metrics.get("train_loss") if outcome else None,
         **peak.report(),
+        peak_memory_evaluation_mb=evaluation_peak.report()["peak_memory_mb"],
         data="synthetic" if data.synthetic else data.source,
         # Time and peak memory cover the part of training after this step only.
         resumed_from_step=resume_step,
@@ -176,8 +185,11 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     if note:
         metrics["note"] = note
     if main_process:
-        built.model.save_pretrained(str(run / "adapter"))
-        memory["adapter"] = {"trainable_params": counts, **saved_adapter_size(run / "adapter")}
+        if method.trains:
+            built.model.save_pretrained(str(run / "adapter"))
+            memory["adapter"] = {"trainable_params": counts, **saved_adapter_size(run / "adapter")}
+        else:
+            memory["adapter"] = {"trainable_params": counts, **NO_ADAPTER}
         memory["peak"] = peak.report()
         metrics.update(memory_summary(memory))
         run.write_json("memory.json", memory)
@@ -222,12 +234,30 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
         },
         "explicit_arguments": sorted(args.explicit),
         "environment": environment(),
+        **({"task_settings": task.describe()} if task.describe() else {}),
+        "task_arguments": asdict(args.task_options) if args.task_options is not None else None,
+        "warmup_note": args.warmup_note,
     }
 
 
+def _scale_warmup(args: Arguments, task: Task, total_step: int) -> None:
+    """A recipe's warm-up given in steps (the authors' scripts: 100 to 3000) shrinks with the run,
+    as the AdaLoRA schedule does, unless the user set --warmup_steps: a 3000-step warm-up would
+    otherwise outlast a short run, whose learning rate never reached its peak."""
+    recipe = recipe_of(task, args.adapter.recipe)
+    if recipe.warmup < 1 or "warmup_steps" in args.explicit or "warmup_ratio" in args.explicit:
+        return
+    published = task.full_run_steps(recipe)
+    if total_step < published:
+        args.training.warmup_steps = max(1, round(recipe.warmup * total_step / published))
+        args.warmup_note = (f"the {args.adapter.recipe} recipe's {recipe.warmup:g} warm-up steps for {published} "
+                            f"steps, scaled to {args.training.warmup_steps} of this run's {total_step}")
+        log.info("Warm-up: %s.", args.warmup_note)
+
+
 def _print_summary(task: Task, method: str, budget: str, metrics: dict, run: RunDirectory) -> None:
-    headline = {k: v for k, v in metrics.items() if k.startswith("eval") and k.rsplit("_", 1)[-1] != "examples"
-                and not k.endswith("_loss")}
+    headline = {k: v for k, v in metrics.items() if k.startswith("eval_") and k.rsplit("_", 1)[-1] != "examples"
+                and not k.endswith(("_loss", "_seconds_per_article"))}
     lines = [
         f"== {task.name} / {method} / budget {budget}"
         + (f" / {metrics['note']}" if metrics.get("note") else "") + " ==",

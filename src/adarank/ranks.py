@@ -7,8 +7,10 @@ One JSON object a line::
 
 ``step`` counts finished optimizer steps, as ``history.jsonl`` does. Events:
 ``initial`` (before training), ``prune`` (an AdaLoRA masking step),
-``final`` (end of training) and ``grow`` (rank growth methods). Within a
-layer, modules come in the paper's order (query ... output). A method with
+``final`` (end of training) and ``grow`` (rank growth methods). Layers are
+labelled "0", "1", ... ("encoder.0" ... "decoder.0" ... in encoder-decoder
+models, encoder first); within a layer, modules come in the paper's order
+(query ... output) or the architecture's (q_proj ... down_proj). A method with
 schedule phases names them on its ``initial`` record, e.g.
 ``"phases": {"warm-up (tinit)": [0, 96], "final (tfinal)": [384, 804]}`` (steps).
 """
@@ -18,12 +20,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adarank.modules import KIND_ORDER, locate
+from adarank.modules import KIND_ORDER, layer_order, locate
 
 
 def nest_by_layer(ranks: dict[str, int]) -> dict[str, dict[str, int]]:
-    """{module or parameter name: rank} -> {layer: {paper module name: rank}}."""
-    nested: dict[int, dict[str, int]] = {}
+    """{module or parameter name: rank} -> {layer label: {module kind: rank}}."""
+    nested: dict[str, dict[str, int]] = {}
     for name, rank in ranks.items():
         place = locate(name)
         if place is None:
@@ -31,8 +33,8 @@ def nest_by_layer(ranks: dict[str, int]) -> dict[str, dict[str, int]]:
         layer, kind = place
         nested.setdefault(layer, {})[kind] = int(rank)
     return {
-        str(layer): {k: kinds[k] for k in sorted(kinds, key=KIND_ORDER.index)}
-        for layer, kinds in sorted(nested.items())
+        layer: {k: kinds[k] for k in sorted(kinds, key=KIND_ORDER.index)}
+        for layer, kinds in sorted(nested.items(), key=lambda item: layer_order(item[0]))
     }
 
 

@@ -39,7 +39,8 @@ def default_run_dir(task: str, method: str, budget_label: str, seed: int, demo: 
     """runs/<task>/[demo-]<method>[-<recipe>]-<budget label>-seed<seed>-<time>, with the budget label
     of the resolved plan; the recipe is named where it is not the default (paper)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    label = f"{method}-{budget_label}" if recipe == "paper" else f"{method}-{recipe}-{budget_label}"
+    parts = [method, *([] if recipe == "paper" else [recipe]), *([] if budget_label == "none" else [budget_label])]
+    label = "-".join(parts)  # --method none: no adapters, so no budget
     return Path("runs") / task / f"{'demo-' if demo else ''}{label}-seed{seed}-{stamp}"
 
 

@@ -10,8 +10,9 @@ from adarank.methods.base import (BUDGET_RANKS, METHODS, AdapterMethod, AdapterR
                                   positive, register_method)
 from adarank.methods.four_bit import QAdaLora, QLora
 from adarank.methods.lora import Lora
+from adarank.methods.none import NoAdapter
 
-for _method in (Lora(), AdaLora(), QLora(), QAdaLora()):
+for _method in (Lora(), AdaLora(), QLora(), QAdaLora(), NoAdapter()):
     register_method(_method)
 
 __all__ = [

@@ -193,7 +193,7 @@ class AdaLora(ShapeChanging, AdapterMethod):
     def build(self, model: nn.Module, plan: AdaLoraPlan, request: AdapterRequest) -> BuiltAdapter:
         s = plan.schedule
         config = AdaLoraConfig(
-            task_type=request.task.peft_task_type,
+            task_type=request.task_type,
             init_r=plan.init_r,
             target_r=plan.target_r,
             lora_alpha=plan.lora_alpha,

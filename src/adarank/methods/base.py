@@ -37,6 +37,7 @@ class AdapterRequest:
     resume_from: str | None = None  # the checkpoint a resumed run starts from
     extra: tuple = ()  # a method's own argument dataclasses, parsed with the rest
     steps_per_epoch: int | None = None  # optimizer steps of one pass over the training set
+    task_type: object = None  # PEFT's TaskType for the loaded model (the task's peft_task_type)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class AdapterMethod:
 
     name: str = ""
     quantized: bool = False  # True: the base model is loaded in 4 bits (NF4) before adapters are added
+    trains: bool = True  # False: the base model is evaluated as it is (--method none)
     arguments: type | None = None  # the method's own flags, a dataclass parsed beside the others
     script_defaults: dict = {}  # defaults of entry scripts made for this method (main(task, method=...))
 
@@ -117,8 +119,8 @@ def budget_rank(budget: str) -> int:
 
 
 def budget_label(rank: int) -> str:
-    """The paper's name for a budget of this rank per matrix, else r<rank>."""
-    names = {r: name for name, r in BUDGET_RANKS.items()}
+    """The paper's name for a budget of this rank per matrix, else r<rank>; "none" for no adapters."""
+    names = {0: "none", **{r: name for name, r in BUDGET_RANKS.items()}}
     return names.get(rank, f"r{rank}")
 
 

@@ -33,7 +33,7 @@ class Lora(AdapterMethod):
 
     def build(self, model: nn.Module, plan: LoraPlan, request: AdapterRequest) -> BuiltAdapter:
         config = LoraConfig(
-            task_type=request.task.peft_task_type,
+            task_type=request.task_type,
             r=plan.r,
             lora_alpha=plan.lora_alpha,
             lora_dropout=plan.lora_dropout,

@@ -1,10 +1,12 @@
-"""Tasks, by family: GLUE (``glue``). ``get_task`` finds any of them by name."""
+"""Tasks, by family: GLUE (``glue``) and summarization (``summarization``). ``get_task`` finds
+any of them by name."""
 
 from adarank.errors import UsageError
 from adarank.tasks.base import Task
 from adarank.tasks.glue import GLUE_TASKS, PAPER_BATCH_SIZE, GlueTask, Recipe
+from adarank.tasks.summarization import SUMMARIZATION_TASKS, SummarizationTask
 
-TASKS: dict[str, Task] = {**GLUE_TASKS}
+TASKS: dict[str, Task] = {**GLUE_TASKS, **SUMMARIZATION_TASKS}
 
 
 def get_task(name: str) -> Task:
@@ -21,4 +23,4 @@ def recipe_of(task: Task, name: str):
     return task.recipes[name]
 
 
-__all__ = ["PAPER_BATCH_SIZE", "TASKS", "GlueTask", "Recipe", "Task", "get_task", "recipe_of"]
+__all__ = ["PAPER_BATCH_SIZE", "TASKS", "GlueTask", "Recipe", "SummarizationTask", "Task", "get_task", "recipe_of"]

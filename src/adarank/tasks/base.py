@@ -18,7 +18,21 @@ class Task(Protocol):
     metrics: tuple[str, ...]  # the first one is the headline metric
     dev_splits: dict[str, str]  # the evaluation splits, by name
     recipes: dict  # every published set of hyperparameters (``--recipe``), by name: paper first
-    peft_task_type: TaskType  # PEFT's name for the model head
+    arguments: type | None  # the family's own flags, a dataclass parsed beside the others
+    allows_no_adapter: bool  # whether --method none (the base model, untrained) makes sense
+
+    def configure(self, options, evaluate_only: bool) -> Task:
+        """The task for one run: its family's parsed flags (``arguments``) applied; ``evaluate_only``
+        when nothing is trained (--method none)."""
+
+    def training_defaults(self, demo: bool) -> dict:
+        """The family's own defaults of TrainingArguments (and ``max_seq_length``)."""
+
+    def peft_task_type(self, model) -> TaskType:
+        """PEFT's name for the model's head."""
+
+    def describe(self) -> dict | None:
+        """What the family's options resolved to, for config.json (None: nothing to add)."""
 
     def full_run_steps(self, recipe) -> int:
         """Optimizer steps of a full-size run under ``recipe``."""
@@ -41,8 +55,8 @@ class Task(Protocol):
     def trainer_metrics(self):
         """A ``compute_metrics`` function for the Trainer's evaluations during training."""
 
-    def evaluate(self, trainer, dev: dict) -> tuple[dict, list[tuple]]:
+    def evaluate(self, trainer, dev: dict) -> tuple[dict, list]:
         """Final dev metrics (metrics.json) and one row per dev example for the predictions file."""
 
-    def predictions_file(self, rows: list[tuple], note: str | None) -> tuple[str, str]:
+    def predictions_file(self, rows: list, note: str | None) -> tuple[str, str]:
         """(file name, text) of the run's dev predictions; ``note`` heads a demo run's file."""

@@ -105,7 +105,20 @@ class GlueTask:
     # --- the task family's side of the pipeline (adarank.tasks.base.Task) ---------------------
 
     family: ClassVar[str] = "GLUE"
-    peft_task_type: ClassVar[TaskType] = TaskType.SEQ_CLS
+    arguments: ClassVar[type | None] = None
+    allows_no_adapter: ClassVar[bool] = False  # the classification head starts untrained
+
+    def configure(self, options, evaluate_only: bool) -> GlueTask:
+        return self
+
+    def training_defaults(self, demo: bool) -> dict:
+        return {}
+
+    def peft_task_type(self, model) -> TaskType:
+        return TaskType.SEQ_CLS
+
+    def describe(self) -> None:
+        return None
 
     def load_data(self, data_dir, demo, max_train_samples, max_eval_samples) -> data.GlueData:
         return data.load_glue(self, data_dir, demo, max_train_samples, max_eval_samples)

@@ -94,7 +94,7 @@ class PlateauLora(ShapeChanging, AdapterMethod):
             # The default counts the adapted matrices, known once the model is loaded.
             plan = replace(plan, growth_budget=default_growth_budget(len(request.target_modules), plan.delta_r))
         config = LoraConfig(
-            task_type=request.task.peft_task_type, r=plan.r0, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
+            task_type=request.task_type, r=plan.r0, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
             target_modules=request.target_modules, modules_to_save=request.head_modules,
         )
         peft_model = get_peft_model(model, config)

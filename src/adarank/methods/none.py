@@ -1,0 +1,33 @@
+"""No adapters: the pretrained model evaluated as it is (``--method none``), the zero-shot
+baseline of a generation task. Nothing is trained and no adapter is saved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from adarank.errors import UsageError
+from adarank.methods.base import AdapterMethod, AdapterRequest, BuiltAdapter, Plan
+
+
+@dataclass(frozen=True)
+class NoAdapterPlan(Plan):
+    @property
+    def budget_rank(self) -> int:
+        return 0
+
+
+class NoAdapter(AdapterMethod):
+    name = "none"
+    trains = False
+
+    def plan(self, request: AdapterRequest) -> NoAdapterPlan:
+        if not request.task.allows_no_adapter:
+            raise UsageError(f"--method none evaluates the base model untrained, but {request.task.name}'s "
+                             "classification head starts random: train with --method lora or adalora")
+        return NoAdapterPlan()
+
+    def build(self, model: nn.Module, plan: NoAdapterPlan, request: AdapterRequest) -> BuiltAdapter:
+        model.requires_grad_(False)
+        return BuiltAdapter(model, callbacks=[])

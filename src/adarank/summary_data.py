@@ -1,0 +1,282 @@
+"""Summarization data: read from JSONL or CSV files, the hub, or built-in demo data; tokenised
+for a decoder-only model (prompt + summary, loss on the summary) or an encoder-decoder.
+
+Every source gives the same shape: for each split a ``datasets.Dataset`` with ``id``,
+``text`` (the article) and ``summary`` (the reference).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import datasets
+import torch
+
+from adarank.errors import UsageError
+
+HUB_DATASET, HUB_CONFIG = "abisee/cnn_dailymail", "3.0.0"
+FEATURES = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
+                              "summary": datasets.Value("string")})
+SUBSET_SEED = 0  # --max_train_samples draws the same subset whatever the training seed
+IGNORED = -100  # the label of a token that carries no loss
+
+
+@dataclass
+class SummaryData:
+    train: datasets.Dataset
+    dev: dict[str, datasets.Dataset]  # split name -> articles scored at the end (validation, test)
+    source: str
+    synthetic: bool = False
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where the data come from: the user's files and columns."""
+
+    data_file: str | None = None  # the training file, or the only file
+    validation_file: str | None = None
+    test_file: str | None = None
+    validation_split_percentage: float = 10.0  # of a single file, its last records
+    text_column: str = "article"
+    summary_column: str = "highlights"
+    id_column: str = "id"  # optional in files: the record's line number otherwise
+
+
+def load_summaries(files: Files, demo: bool, max_train_samples: int | None, max_eval_samples: int | None,
+                   evaluate_only: bool) -> SummaryData:
+    """``evaluate_only`` (--method none): a single file is scored whole, and no training split is needed."""
+    if demo:
+        data = SummaryData(demo_split(48, seed=1), {"validation": demo_split(8, seed=2)},
+                           "built-in synthetic demo data", synthetic=True)
+    elif files.data_file is None and files.validation_file is None:
+        data = _from_hub(files)
+    else:
+        data = _from_files(files, evaluate_only)
+    if max_train_samples is not None and max_train_samples < len(data.train):
+        data.train = data.train.shuffle(seed=SUBSET_SEED).select(range(max_train_samples))
+    if max_eval_samples is not None:
+        data.dev = {k: d.select(range(min(max_eval_samples, len(d)))) for k, d in data.dev.items()}
+    for name, split in [*([] if evaluate_only else [("train", data.train)]), *data.dev.items()]:
+        if len(split) == 0:
+            raise UsageError(f"the {name} split of {data.source} is empty: give a file with records "
+                             "(or a positive --max_train_samples / --max_eval_samples)")
+    return data
+
+
+def _from_files(files: Files, evaluate_only: bool) -> SummaryData:
+    if files.data_file is None:  # --validation_file alone: nothing to train on
+        if not evaluate_only:
+            raise UsageError("--validation_file without --data_file leaves nothing to train on: "
+                             "add --data_file, or use --method none to score the base model")
+        train = read_records(Path(files.validation_file), files).select([])
+        dev = {"validation": read_records(Path(files.validation_file), files)}
+    else:
+        every = read_records(Path(files.data_file), files)
+        if files.validation_file is not None:
+            train, dev = every, {"validation": read_records(Path(files.validation_file), files)}
+        elif evaluate_only:  # --method none on one file: every record is scored
+            train, dev = every.select([]), {"validation": every}
+        else:
+            if not 0 < files.validation_split_percentage < 100:
+                raise UsageError(f"--validation_split_percentage {files.validation_split_percentage} must lie "
+                                 "strictly between 0 and 100")
+            held = max(1, round(len(every) * files.validation_split_percentage / 100))
+            if held >= len(every):
+                raise UsageError(f"{files.data_file} has {len(every)} record(s): too few to hold "
+                                 f"{files.validation_split_percentage}% out for validation; give more records "
+                                 "or a --validation_file")
+            train, dev = every.select(range(len(every) - held)), {"validation": every.select(
+                range(len(every) - held, len(every)))}
+    if files.test_file is not None:
+        dev["test"] = read_records(Path(files.test_file), files)
+    named = [f for f in (files.data_file, files.validation_file, files.test_file) if f]
+    return SummaryData(train, dev, ", ".join(named))
+
+
+def read_records(path: Path, files: Files) -> datasets.Dataset:
+    """A JSON Lines (.jsonl, .json) or CSV (.csv, .tsv) file of articles and summaries."""
+    if not path.is_file():
+        raise UsageError(f"data file {path} does not exist: give the path of a JSONL or CSV file")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise UsageError(f"{path}: unknown file type {suffix or '(none)'}: use .jsonl (one JSON object a line) "
+                         "or .csv / .tsv with a header line")
+    try:
+        rows = list(_json_rows(path) if suffix in (".jsonl", ".json") else _csv_rows(path, suffix))
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path} is not UTF-8 text (byte {error.start}): re-encode it as UTF-8") from None
+    columns: dict[str, list[str]] = {"id": [], "text": [], "summary": []}
+    for lineno, record in rows:
+        for column in (files.text_column, files.summary_column):
+            if column not in record:
+                raise UsageError(f"{path}:{lineno}: no column {column!r} (found {', '.join(map(str, record))}): "
+                                 f"name the columns with --text_column / --summary_column")
+            value = record[column]
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"{path}:{lineno}: column {column!r} is empty or not text: fix or remove that record")
+        columns["id"].append(str(record.get(files.id_column, lineno)))
+        columns["text"].append(record[files.text_column].strip())
+        columns["summary"].append(record[files.summary_column].strip())
+    if not columns["id"]:
+        raise UsageError(f"{path} holds no records: give a file with articles and summaries")
+    return datasets.Dataset.from_dict(columns, features=FEATURES)
+
+
+def _json_rows(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({error.msg}): each line must be one "
+                                 "JSON object") from None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path}:{lineno}: a JSON line must be an object with named fields")
+            yield lineno, record
+
+
+def _csv_rows(path: Path, suffix: str):
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+        for record in reader:
+            if None in record:  # more fields than the header names
+                raise UsageError(f"{path}:{reader.line_num}: more fields than the header has: quote fields "
+                                 "that hold the separator")
+            yield reader.line_num, {k: v for k, v in record.items() if v is not None}
+
+
+def _from_hub(files: Files) -> SummaryData:
+    try:
+        hub = datasets.load_dataset(HUB_DATASET, HUB_CONFIG)
+    except Exception as error:  # offline, no such dataset, proxy errors: all one fix
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise UsageError(f"could not load {HUB_DATASET} {HUB_CONFIG} from the Hugging Face hub ({reason}): "
+                         "pass --data_file with local JSONL/CSV files, or use --demo") from None
+
+    def convert(split: datasets.Dataset) -> datasets.Dataset:
+        split = split.rename_columns({files.text_column: "text", files.summary_column: "summary"})
+        return split.select_columns(["id", "text", "summary"]).cast(FEATURES)
+
+    return SummaryData(convert(hub["train"]), {"validation": convert(hub["validation"]), "test": convert(hub["test"])},
+                       f"{HUB_DATASET}/{HUB_CONFIG}")
+
+
+# --- demo data ------------------------------------------------------------------------------
+
+_PLACES = ["Leeds", "Porto", "Denver", "Osaka", "Lagos", "Perth", "Bergen", "Quito"]
+_THINGS = ["library", "bridge", "hospital", "stadium", "school", "museum", "market", "tram line"]
+_PEOPLE = ["the mayor", "a local charity", "the regional council", "a group of engineers"]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
+
+
+def demo_split(count: int, seed: int) -> datasets.Dataset:
+    """Short news-like stories whose summary says who opened what, where and when: learnable in a
+    few steps, so a demo run shows the loss fall. Synthetic: the numbers mean nothing."""
+    rng = random.Random(seed)
+    rows = {"id": [], "text": [], "summary": []}
+    for i in range(count):
+        place, thing, who, day = (rng.choice(x) for x in (_PLACES, _THINGS, _PEOPLE, _DAYS))
+        cost = rng.randint(2, 90)
+        rows["id"].append(f"demo-{seed}-{i}")
+        rows["text"].append(
+            f"A new {thing} opened in {place} on {day}, {who} said. It cost {cost} million pounds and took "
+            f"three years to build. Residents queued from early morning to see it. \"This is a great day for "
+            f"{place},\" {who} told reporters. Critics said the money could have been spent elsewhere.")
+        rows["summary"].append(f"A new {thing} opened in {place} on {day}. It cost {cost} million pounds.")
+    return datasets.Dataset.from_dict(rows, features=FEATURES)
+
+
+# --- tokenisation ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prompt:
+    """How an article is put to a decoder-only model: ``template`` holds ``{text}``; models
+    with a chat template get it wrapped as one user turn, ready for the assistant's answer."""
+
+    template: str
+    chat: bool
+
+    def parts(self, tokenizer) -> tuple[list[int], list[int]]:
+        """Token ids before and after the article (the article is cut between them)."""
+        marker = "\u2063ARTICLE\u2063"
+        text = self.template.replace("{text}", marker)
+        if self.chat:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        before, after = text.split(marker)
+        encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
+        return encode(before), encode(after)
+
+
+def tokenize(data: SummaryData, tokenizer, max_source_length: int, max_target_length: int,
+             encoder_decoder: bool, prompt: Prompt | None) -> SummaryData:
+    """Tokenize without padding; the collator pads each batch. Decoder-only rows hold prompt and
+    summary in ``input_ids``, ``labels`` -100 on the prompt; ``prompt_length`` marks where the
+    summary starts, so generation can feed the prompt alone. Encoder-decoder rows hold the
+    article in ``input_ids`` and the summary in ``labels``."""
+    eos = tokenizer.eos_token_id
+    if encoder_decoder:
+        def encode(batch):
+            encoded = tokenizer(batch["text"], truncation=True, max_length=max_source_length)
+            labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_length)
+            encoded["labels"] = labels["input_ids"]
+            encoded["prompt_length"] = [len(ids) for ids in encoded["input_ids"]]
+            return encoded
+    else:
+        before, after = prompt.parts(tokenizer)
+
+        def encode(batch):
+            rows = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_length": []}
+            articles = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+            summaries = tokenizer([" " + s for s in batch["summary"]], add_special_tokens=False)["input_ids"]
+            for article, summary in zip(articles, summaries):
+                source = before + article[:max_source_length] + after
+                target = summary[:max_target_length - 1] + [eos]
+                rows["input_ids"].append(source + target)
+                rows["attention_mask"].append([1] * (len(source) + len(target)))
+                rows["labels"].append([IGNORED] * len(source) + target)
+                rows["prompt_length"].append(len(source))
+            return rows
+
+    def apply(split: datasets.Dataset) -> datasets.Dataset:
+        keep = ["id", "summary"]
+        encoded = split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c not in keep],
+                            desc="tokenizing")
+        return encoded
+
+    return replace(data, train=apply(data.train), dev={k: apply(v) for k, v in data.dev.items()})
+
+
+class SummaryCollator:
+    """Pads ``input_ids``/``attention_mask`` (pad id, 0) and ``labels`` (-100) to the longest row, on the
+    right for training; ``generation=True`` gives the prompts alone, padded on the left for a
+    decoder-only model, so that every row's next token follows its own prompt."""
+
+    def __init__(self, tokenizer, encoder_decoder: bool, generation: bool = False):
+        self.pad = tokenizer.pad_token_id
+        self.encoder_decoder = encoder_decoder
+        self.generation = generation
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.generation:
+            inputs = [r["input_ids"][:r["prompt_length"]] for r in rows]
+            left = not self.encoder_decoder
+            return {"input_ids": self._pad(inputs, self.pad, left),
+                    "attention_mask": self._pad([[1] * len(x) for x in inputs], 0, left)}
+        batch = {"input_ids": self._pad([r["input_ids"] for r in rows], self.pad),
+                 "attention_mask": self._pad([[1] * len(r["input_ids"]) for r in rows], 0),
+                 "labels": self._pad([r["labels"] for r in rows], IGNORED)}
+        return batch
+
+    @staticmethod
+    def _pad(sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+        width = max(len(s) for s in sequences)
+        padded = [([value] * (width - len(s)) + list(s)) if left else (list(s) + [value] * (width - len(s)))
+                  for s in sequences]
+        return torch.tensor(padded, dtype=torch.long)
