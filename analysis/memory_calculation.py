@@ -55,13 +55,13 @@ def _maybe(value, form: str) -> str:
 
 # --- the library's plan ----------------------------------------------------------------------
 
-def plan_rows(model: str | None, budget: str, dtype: str, num_labels: int) -> list[dict]:
+def plan_rows(model: str | None, budget: str, dtype: str, num_labels: int, init_r: int | None = None) -> list[dict]:
     """The plan of every method for ``model`` (None: the embedded MiniLM), one row a method."""
     from adarank.errors import UsageError
     from adarank.memory_plan import plan_model
 
     try:
-        plans = plan_model(model, budget, dtype, num_labels)
+        plans = plan_model(model, budget, dtype, num_labels, init_r=init_r)
     except UsageError as error:
         raise AnalysisError(str(error)) from None
     return [{
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--budget", default="small", help="the paper's budget label to plan for (default: small)")
     parser.add_argument("--dtype", default="float32", help="dtype of the unquantised tensors (default: float32)")
     parser.add_argument("--num_labels", type=int, default=2)
+    parser.add_argument("--init_r", type=int, help="AdaLoRA's initial rank, where a recipe sets it "
+                                                   "(CNN/DailyMail: 4); default 1.5x the budget's")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     args = parser.parse_args(argv)
     if args.runs and (args.model_name_or_path or args.plan):
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.runs:
         rows = run_rows(args.runs)
     elif args.model_name_or_path or args.plan:
-        rows = readable(plan_rows(args.model_name_or_path, args.budget, args.dtype, args.num_labels))
+        rows = readable(plan_rows(args.model_name_or_path, args.budget, args.dtype, args.num_labels, args.init_r))
     else:
         raise AnalysisError("nothing to do: give run directories, or --model_name_or_path (or --plan) to plan")
     print(csv_text(rows) if args.csv else markdown(rows), end="")

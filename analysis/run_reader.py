@@ -149,6 +149,9 @@ class Run:
             "training": {k: training.get(k) for k in (
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},
+            # Summarization: how summaries were generated (beams, lengths, the prompt) sets runs apart too.
+            **({"generation": {k: v for k, v in self.config["task_settings"].items() if k != "evaluate_only"}}
+               if self.config.get("task_settings") else {}),
         }
 
     @property
@@ -189,8 +192,12 @@ class Run:
             raise AnalysisError(f"{self.path} has no diagnostics.jsonl: train with --diagnostics to record it")
         return read_jsonl(path)
 
-    def predictions(self) -> dict[tuple[str, int], tuple[str, str]]:
-        """(split, index) -> (label, prediction), from predictions.tsv."""
+    def predictions(self) -> dict[tuple[str, int], tuple]:
+        """(split, index) -> (label, prediction), from predictions.tsv; for summarization
+        (predictions.jsonl), (split, index) -> (article id, the row with its ROUGE scores)."""
+        if (self.path / "predictions.jsonl").is_file():
+            return {(row["split"], int(row["index"])): (row["id"], row)
+                    for row in read_jsonl(self.path / "predictions.jsonl").records if "split" in row}
         path = self.path / "predictions.tsv"
         rows = {}
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]

@@ -46,9 +46,19 @@ def spearman(y, p):
     return pearson(rankdata(y), rankdata(p))  # tied values share their average rank, as in scipy
 
 
+def mean_score(ids, scores):  # summarization: the mean of the per-article ROUGE scores
+    return float(np.mean(scores))
+
+
+ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # The metric names of config.json's "task_metrics" (and run_reader.task_metric).
 METRICS = {"accuracy": accuracy, "f1": f1, "matthews_correlation": matthews, "pearson": pearson,
-           "spearman": spearman}
+           "spearman": spearman, **{name: mean_score for name in ROUGE}}
+
+
+def points(metric: str) -> float:
+    """The factor that puts a metric in points: GLUE metrics are fractions, ROUGE is already x 100."""
+    return 1.0 if metric in ROUGE else 100.0
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -102,8 +112,8 @@ def aligned(tables: dict[Path, dict], split: str, keys: list) -> tuple[list, lis
         these = [label for label, _ in pairs]
         if labels is not None and these != labels:
             raise AnalysisError(
-                f"{path}/predictions.tsv has other labels for the same dev examples than the runs it is "
-                "compared with: they were not evaluated on the same data"
+                f"{path}/predictions.{'jsonl has other article ids' if isinstance(pairs[0][1], dict) else 'tsv has other labels'}"
+                " for the same dev examples than the runs it is compared with: they were not evaluated on the same data"
             )
         labels = these
         predictions.append([prediction for _, prediction in pairs])
@@ -111,7 +121,10 @@ def aligned(tables: dict[Path, dict], split: str, keys: list) -> tuple[list, lis
 
 
 def encode(metric: str, labels, *prediction_sets):
-    """Labels and predictions as arrays: floats for a correlation, else class codes."""
+    """Labels and predictions as arrays: floats for a correlation, article ids and each article's
+    score for ROUGE, else class codes."""
+    if metric in ROUGE:
+        return np.asarray(labels), [[np.asarray([row[metric] for row in p], float) for p in ps] for ps in prediction_sets]
     if metric in ("pearson", "spearman"):
         return np.asarray(labels, float), [[np.asarray(p, float) for p in ps] for ps in prediction_sets]
     names = sorted({*labels, *(x for ps in prediction_sets for p in ps for x in p)})

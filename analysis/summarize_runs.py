@@ -20,7 +20,7 @@ from collections import defaultdict
 import numpy as np
 
 from run_reader import Run, dev_splits, fail_cleanly, find_runs, flatten, metric_keys, setting_names, task_metric
-from stats import PredictionTables, mean_std, method_difference
+from stats import ROUGE, PredictionTables, mean_std, method_difference, points
 from tables import csv_text, markdown
 
 # AdaLoRA paper, Table 1 (DeBERTaV3-base, mean of 5 seeds). MNLI: matched/mismatched
@@ -79,9 +79,19 @@ def method_name(groups: dict, key: tuple) -> str:
 
 
 def differences(run_a: Run, run_b: Run) -> list[str]:
-    """The shared choices (recipe, model, data, training arguments) in which two runs differ."""
+    """The shared choices (recipe, model, data, training arguments) in which two runs differ;
+    against a run that trained nothing (--method none) only the evaluation must match."""
     a, b = (flatten(run.shared_fields) for run in (run_a, run_b))
-    return [k.rsplit(".", 1)[-1] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    untrained = "none" in (run_a.method, run_b.method)
+    keys = [k for k in sorted(a.keys() | b.keys())
+            if not (untrained and k.startswith(("training.", "train_examples", "recipe")))]
+    return [k.rsplit(".", 1)[-1] for k in keys if a.get(k) != b.get(k)]
+
+
+def compared_metrics(run: Run) -> list[str]:
+    """The task's headline metric; summarization: ROUGE-1, -2, -L and -Lsum."""
+    metrics = run.config.get("task_metrics") or []
+    return [m for m in metrics if m in ROUGE] or [task_metric(run)]
 
 
 # --- rows -------------------------------------------------------------------------------------
@@ -92,9 +102,14 @@ def results_rows(groups: dict) -> list[dict]:
         task, method, budget, setting = group
         row = {"task": task, "method": method_name(groups, group), "budget": budget, "setting": setting,
                "seeds": len(runs)}
-        for key in metric_keys(runs[0]):
+        metric = task_metric(runs[0])
+        keys = metric_keys(runs[0])
+        for other in compared_metrics(runs[0])[1:]:  # summarization: ROUGE-2, -L, -Lsum beside ROUGE-1
+            keys += [key.replace(metric, other) for key in metric_keys(runs[0])]
+        for key in keys:
             mean, std = mean_std([run.metrics[key] for run in runs])
-            row[key.removeprefix("eval_")] = f"{100 * mean:.2f} +- {100 * std:.2f}"
+            scale = points(key.rsplit("_", 1)[-1])
+            row[key.removeprefix("eval_")] = f"{scale * mean:.2f} +- {scale * std:.2f}"
         row["trainable params"] = f"{int(np.mean([r.metrics['trainable_params'] for r in runs])):,}"
         row["adapter params"] = f"{int(np.mean([r.metrics['adapter_params'] for r in runs])):,}"
         # Growing methods: the adapter parameters trained, averaged over the optimizer steps.
@@ -115,22 +130,27 @@ def comparison_rows(groups: dict, resamples: int, pair_all: bool = False) -> lis
     by_task_budget = defaultdict(dict)
     for (task, method, budget, setting), runs in groups.items():
         by_task_budget[(task, budget)][method_name(groups, (task, method, budget, setting))] = runs
+    # The untrained base model (--method none, budget "none") is every budget's baseline.
+    baselines = {task: by_task_budget.pop((task, budget)) for task, budget in list(by_task_budget) if budget == "none"}
+    for (task, budget), methods in by_task_budget.items():
+        methods.update(baselines.get(task, {}))
     predictions = PredictionTables()
     for (task, budget), methods in sorted(by_task_budget.items()):
         for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(sorted(methods.items()), 2):
             differ = differences(runs_a[0], runs_b[0])
             if differ and not pair_all:
                 continue
-            metric = task_metric(runs_a[0])
             tables_a, tables_b = ({run.path: predictions(run) for run in runs} for runs in (runs_a, runs_b))
-            for split in dev_splits(runs_a[0]):
+            for split, metric in itertools.product(dev_splits(runs_a[0]), compared_metrics(runs_a[0])):
                 d = method_difference(metric, split, tables_a, tables_b, resamples)
+                scale = points(metric)
                 rows.append({
                     "task": task + ("" if split == "validation" else f" ({split})"), "budget": budget,
                     "comparison": f"{name_a} - {name_b}" + (f" (differ: {', '.join(differ)})" if differ else ""),
                     "metric": metric,
                     "seeds": f"{len(runs_a)} vs {len(runs_b)}", "examples": d.examples,
-                    "difference": f"{100 * d.value:+.2f}", "95% CI": f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]",
+                    "difference": f"{scale * d.value:+.2f}",
+                    "95% CI": f"[{scale * d.low:+.2f}, {scale * d.high:+.2f}]",
                     "excludes 0": "yes" if d.excludes_zero else "no",
                 })
     return rows

@@ -134,7 +134,7 @@ def build_adapter(model, task, method, adapter_args=None, total_step: int = 100,
     chosen = get_method(method) if isinstance(method, str) else method
     request = AdapterRequest(task, adapter_args or AdapterArguments(method=chosen.name), total_step=total_step,
                              target_modules=resolve_target_modules(model), head_modules=head_modules(model),
-                             extra=extra)
+                             extra=extra, task_type=task.peft_task_type(model))
     return chosen.build(model, chosen.plan(request), request)
 
 

@@ -114,7 +114,7 @@ def test_the_task_script_itself_exits_with_one_line():
     done = subprocess.run([sys.executable, str(ROOT / "src" / "glue-cola.py"), "--demo", "--method", "dora"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown method 'dora': choose one of adalora, lora, qadalora, qlora"
+    assert done.stderr.strip() == "error: unknown method 'dora': choose one of adalora, lora, none, qadalora, qlora"
 
 
 @pytest.mark.parametrize("flags, message", [

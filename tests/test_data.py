@@ -5,7 +5,7 @@ import pytest
 from adarank.data import load_glue, read_glue_tsv
 from adarank.demo_data import make_demo_split
 from adarank.errors import UsageError
-from adarank.tasks import TASKS
+from adarank.tasks.glue import GLUE_TASKS as TASKS
 
 
 def test_reads_the_real_glue_files(glue_dir):

@@ -52,7 +52,13 @@ def test_the_official_recipe_is_the_authors_scripts_in_config_json(tiny_512, tmp
     # The schedule's unit is the authors' full run: the GLUE training set at batch 32 for their epochs.
     assert published["total_step"] == -(-TASKS[task].paper_train_size // 32) * epochs
     assert config["recipe_values"]["epochs"] == epochs
-    assert (training["learning_rate"], training["warmup_steps"], training["weight_decay"]) == (lr, warmup, decay)
+    assert config["recipe_values"]["warmup"] == warmup
+    if warmup >= 1:  # a number of steps shrinks with this 4-step run, as the schedule does
+        assert f"{warmup:g} warm-up steps" in config["warmup_note"]
+        assert training["warmup_steps"] == max(1, round(warmup * 4 / published["total_step"]))
+    else:  # MRPC: a fraction of the run already
+        assert training["warmup_steps"] == warmup and config["warmup_note"] is None
+    assert (training["learning_rate"], training["weight_decay"]) == (lr, decay)
     assert training["per_device_train_batch_size"] == 32
     model = config["arguments"]["model"]
     assert (model["max_seq_length"], model["classifier_dropout"]) == (length, dropout)
@@ -116,3 +122,22 @@ def test_an_abbreviated_recipe_flag_is_refused_not_half_applied(tiny_model, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--reci (did you mean --recipe?)" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_recipes_warm_up_steps_shrink_only_for_shorter_runs_and_never_when_given():
+    from adarank.arguments import parse_arguments
+    from adarank.pipeline import _scale_warmup
+
+    cola = TASKS["cola"]
+    full = cola.full_run_steps(cola.official)  # 268 steps an epoch, 25 epochs
+    for total_step, expected in ((full, 100), (full // 10, 10), (3, 1)):
+        args = parse_arguments(cola, ["--recipe", "official"])
+        _scale_warmup(args, cola, total_step)
+        assert args.training.warmup_steps == expected
+        assert (args.warmup_note is None) == (total_step == full)
+    given = parse_arguments(cola, ["--recipe", "official", "--warmup_steps", "7"])
+    _scale_warmup(given, cola, 3)
+    assert given.training.warmup_steps == 7 and given.warmup_note is None
+    paper = parse_arguments(cola, [])  # Table 8's warm-up is a fraction of the run already
+    _scale_warmup(paper, cola, 3)
+    assert paper.training.warmup_steps == 0.06 and paper.warmup_note is None

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from adarank.errors import UsageError
@@ -81,6 +81,8 @@ def model_skeleton(name_or_path: str | None, num_labels: int) -> nn.Module:
     """The model's modules with their shapes, on the meta device: no weights are read.
 
     ``name_or_path``: a hub name, a model folder or a config JSON; None, the embedded MiniLM.
+    Encoder-decoders (BART, T5) and causal LMs are built as generators, as summarization trains
+    them; anything else as a sequence classifier with ``num_labels`` labels.
     """
     if name_or_path is None:
         name_or_path = embedded_model_path()
@@ -96,14 +98,21 @@ def model_skeleton(name_or_path: str | None, num_labels: int) -> nn.Module:
             "give a model folder, a config.json, or a hub name reachable from here"
         ) from None
     config.num_labels = num_labels
+    causal = any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
+    kind = (AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM if causal
+            else AutoModelForSequenceClassification)
     with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(config)
+        return kind.from_config(config)
 
 
-def quantized_by_loader(name: str, module: nn.Module) -> bool:
+def is_generator(model: nn.Module) -> bool:
+    return hasattr(model, "lm_head")
+
+
+def quantized_by_loader(name: str, module: nn.Module, skip=UNQUANTIZED_HEAD) -> bool:
     """Whether loading in 4 bits turns this module into NF4: transformers converts every
-    nn.Linear whose name the skip list does not match."""
-    return type(module) is nn.Linear and should_convert_module(name, UNQUANTIZED_HEAD)
+    nn.Linear whose name the skip list does not match (generators keep lm_head)."""
+    return type(module) is nn.Linear and should_convert_module(name, skip)
 
 
 def architecture(model: nn.Module) -> Architecture:
@@ -120,7 +129,8 @@ def architecture(model: nn.Module) -> Architecture:
         raise UsageError(f"{type(model).__name__} has none of the six adaptable matrices this project knows") from None
     return Architecture(
         parameters=parameters,
-        quantized_params=sum(m.weight.numel() for n, m in model.named_modules() if quantized_by_loader(n, m)),
+        quantized_params=sum(m.weight.numel() for n, m in model.named_modules()
+                             if quantized_by_loader(n, m, ["lm_head"] if is_generator(model) else UNQUANTIZED_HEAD)),
         buffer_bytes=buffer_bytes,
         adapted=tuple((m.in_features, m.out_features) for m in adapted),
     )
@@ -140,7 +150,9 @@ def adapter_params(method: AdapterMethod, rank: int, adapted) -> int:
     raise UsageError(f"the memory plan knows LoRA and AdaLoRA adapters; {method.name} has neither")
 
 
-def plan(arch: Architecture, method_name: str, budget: str, dtype: str = "float32") -> MemoryPlan:
+def plan(arch: Architecture, method_name: str, budget: str, dtype: str = "float32",
+         init_r: int | None = None) -> MemoryPlan:
+    """``init_r``: AdaLoRA's initial rank where a recipe sets it (default: 1.5x the budget's)."""
     if dtype not in DTYPE_BYTES:
         raise UsageError(f"unknown dtype {dtype!r} for the unquantised tensors: choose one of {', '.join(DTYPE_BYTES)}")
     method, width = get_method(method_name), DTYPE_BYTES[dtype]
@@ -148,7 +160,7 @@ def plan(arch: Architecture, method_name: str, budget: str, dtype: str = "float3
     fp_bytes = total * width + arch.buffer_bytes
     target_r = budget_rank(budget)
     if isinstance(method, AdaLora):  # trains from init_r, saves at the final average rank
-        train_adapter = adapter_params(method, math.ceil(INIT_RANK_FACTOR * target_r), arch.adapted)
+        train_adapter = adapter_params(method, init_r or math.ceil(INIT_RANK_FACTOR * target_r), arch.adapted)
     else:
         train_adapter = adapter_params(method, target_r, arch.adapted)
     saved_adapter = adapter_params(method, target_r, arch.adapted)
@@ -168,8 +180,8 @@ def plan(arch: Architecture, method_name: str, budget: str, dtype: str = "float3
 
 
 def plan_model(name_or_path: str | None, budget: str = "small", dtype: str = "float32", num_labels: int = 2,
-               methods: Iterable[str] | None = None) -> list[MemoryPlan]:
+               methods: Iterable[str] | None = None, init_r: int | None = None) -> list[MemoryPlan]:
     """The plan of every method (default: ``planned_methods()``) for a model, from its config alone."""
     budget_rank(budget)  # an unknown budget fails before the model is built
     arch = architecture(model_skeleton(name_or_path, num_labels))
-    return [plan(arch, method, budget, dtype) for method in (methods or planned_methods())]
+    return [plan(arch, method, budget, dtype, init_r) for method in (methods or planned_methods())]

@@ -10,7 +10,7 @@ from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # A sentence ends at . ! or ? (optionally closed by a quote or bracket) followed by white space.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
 
 
 def sentences_on_lines(text: str) -> str:

