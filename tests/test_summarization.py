@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import PeftModel
 from rouge_score import rouge_scorer
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig,
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BartConfig,
                           BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM)
 
 from adarank.generation import GenerationSettings, generate_summaries
