@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl
+from conftest import read_jsonl, write_sst2_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -47,7 +47,8 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
     reason = cluster_idle()
     if reason:
         pytest.skip(reason)
-    (tmp_path / "src").symlink_to(ROOT / "src")
+    for folder in ("src", "script"):  # the job runs a copy of its script, which finds job.sh here
+        (tmp_path / folder).symlink_to(ROOT / folder)
     flags = ["sst2", "adalora", "small", "7", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2000",
              "--per_device_train_batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no",
              "--save_strategy", "no"]
@@ -89,3 +90,32 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
     assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "runs" / "sst2" / "adalora-small-seed7" /
                                                               "ranks.jsonl")
     assert [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "loss" in h] == list(range(1, 2001))
+
+
+def test_the_matrix_runs_as_an_array_and_its_report_job_writes_the_tables(tiny_model, tmp_path):
+    reason = cluster_idle()
+    if reason:
+        pytest.skip(reason)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RUNS": str(runs),
+           # the array's GPU and memory requests, scaled down to this one-node CPU cluster
+           "SBATCH_EXTRA": "--gres=gpu:0 --cpus-per-task=1 --mem=1G", "SBATCH_REPORT_EXTRA": "--mem=1G"}
+    argv = ["bash", str(ROOT / "script" / "run_matrix.sh"), "--tasks", "sst2", "--methods", "lora adalora",
+            "--budgets", "small", "--seeds", "1", "--", "--data_dir", str(write_sst2_folder(tmp_path / "glue")),
+            "--model_name_or_path", tiny_model,
+            "--max_steps", "6", "--save_strategy", "no", "--max_train_samples", "64", "--max_eval_samples", "32"]
+    submit = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    report_job = submit.stdout.split("report job ")[1].split()[0]
+    array_job = submit.stdout.split("submitted array job ")[1].split()[0]
+    try:
+        wait_for(lambda: job_state(report_job) == "" and job_state(array_job) == "", "the array and its report",
+                 seconds=600)
+    finally:
+        subprocess.run(["scancel", array_job, report_job], timeout=30)
+    for method in ("lora", "adalora"):
+        assert (runs / "sst2" / f"{method}-small-seed1" / "metrics.json").is_file(), method
+    assert "adalora - lora" in (runs / "tables.md").read_text()
+    assert (runs / "report.html").stat().st_size > 1000
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout

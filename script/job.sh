@@ -1,0 +1,69 @@
+# Sourced by the run_*.sh job scripts: one run of the project as a SLURM job (or a plain bash job).
+#   run_job ENTRY_SCRIPT RUN_DIR [flags...]
+# - The project's Python: $PYTHON, else .venv/bin/python, else python3.
+# - Several processes with NPROC=N (default: the GPUs SLURM gave this job, else 1): torchrun with DDP
+#   on this node.
+# - SLURM's warning signal (--signal=B:USR1@300 before the time limit, or TERM on preemption) reaches
+#   the batch shell; it is passed on to the run, which checkpoints and exits 75, and the job requeues
+#   itself. The requeued job runs the same command, and --resume_from_checkpoint auto continues from
+#   the run's newest complete checkpoint. A finished run (metrics.json) is left alone.
+
+adarank_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"
+  elif [ -x .venv/bin/python ]; then echo .venv/bin/python
+  else echo python3; fi
+}
+
+RUN_PID=
+forward() {  # signal: to the run and, under torchrun, to its workers
+  [ -n "$RUN_PID" ] || return 0
+  pkill "-$1" -P "$RUN_PID" 2>/dev/null || true
+  kill "-$1" "$RUN_PID" 2>/dev/null || true
+}
+
+run_job() {
+  local entry=$1 run_dir=$2 python code=0
+  shift 2
+  python=$(adarank_python)
+  if [ -f "$run_dir/metrics.json" ]; then
+    echo "$run_dir holds a finished run: nothing to do" >&2
+    return 0
+  fi
+  local nproc=${NPROC:-${SLURM_GPUS_ON_NODE:-1}}
+  local launch=("$python")
+  if [ "$nproc" -gt 1 ]; then
+    launch=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
+  fi
+  trap 'forward USR1' USR1
+  trap 'forward TERM' TERM
+  "${launch[@]}" "$entry" --output_dir "$run_dir" --resume_from_checkpoint auto "$@" &
+  RUN_PID=$!
+  wait "$RUN_PID" || code=$?
+  while kill -0 "$RUN_PID" 2>/dev/null; do wait "$RUN_PID" || code=$?; done  # a signal interrupted the wait
+  if [ "$code" -eq 75 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "stopped after a checkpoint: requeueing job $SLURM_JOB_ID" >&2
+    scontrol requeue "$SLURM_JOB_ID"
+  fi
+  return "$code"
+}
+
+# TASK METHOD BUDGET [SEED] [flags...] -> the variables task, method, budget, seed and the array rest.
+parse_run_arguments() {
+  if [ $# -lt 3 ]; then
+    echo "usage: $0 TASK METHOD BUDGET [SEED] [extra flags...]" >&2
+    exit 2
+  fi
+  task=$1 method=$2 budget=$3
+  shift 3
+  seed=42
+  if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then seed=$1; shift; fi
+  rest=("$@")
+}
+
+glue_script() {  # task -> its entry script under src/
+  case $1 in
+    sst2) echo src/glue_sst2.py ;;
+    cola|mnli|qnli|rte|mrpc|stsb|qqp) echo "src/glue-$1.py" ;;
+    *) echo "error: unknown task '$1': choose one of cola sst2 mnli qnli rte mrpc stsb qqp" >&2; exit 2 ;;
+  esac
+}

@@ -1,0 +1,69 @@
+"""script/run_matrix.sh: the whole comparison as one job array. --dry-run lists exactly the runs
+still to do; a matrix whose runs all finished submits nothing (no sbatch is even needed)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matrix(*argv, runs: Path, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RUNS": str(runs), **({"PATH": path} if path is not None else {})}
+    return subprocess.run(["bash", str(ROOT / "script" / "run_matrix.sh"), *argv], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_the_default_matrix_is_the_original_projects_table(tmp_path):
+    done = matrix("--dry-run", runs=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith("0 finished, 48 to run (array size 48)")
+    expected = [f"script/run_glue.sh {task} {method} {budget} {seed}" for task in ("mnli", "sst2", "cola", "qnli")
+                for method in ("lora", "adalora") for budget in ("small", "large") for seed in (42, 43, 44)]
+    assert lines[1:] == expected
+
+
+def test_finished_runs_are_left_out_and_flags_reach_every_run(tmp_path):
+    config = tmp_path / "matrix.conf"
+    config.write_text("# a small matrix\ntasks=cola\nmethods=lora qadalora plateau\nbudgets=small\n"
+                      "seeds=1 2\nflags=--demo --max_steps 3\n")
+    (tmp_path / "cola" / "lora-small-seed2").mkdir(parents=True)
+    (tmp_path / "cola" / "lora-small-seed2" / "metrics.json").write_text("{}")
+    (tmp_path / "cola" / "qadalora-small-seed1").mkdir(parents=True)  # unfinished: it runs again, and resumes
+    done = matrix("--dry-run", "--config", str(config), runs=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "matrix: cola x lora qadalora plateau x small x seeds 1 2; 1 finished, 5 to run (array size 5)",
+        "script/run_glue.sh cola lora small 1 --demo --max_steps 3",
+        "script/run_qlora.sh cola qadalora small 1 --demo --max_steps 3",
+        "script/run_qlora.sh cola qadalora small 2 --demo --max_steps 3",
+        "script/run_plateau.sh cola small 1 --demo --max_steps 3",
+        "script/run_plateau.sh cola small 2 --demo --max_steps 3",
+    ]
+    summaries = matrix("--dry-run", "--tasks", "cnndailymail", "--methods", "none adalora", "--budgets", "small",
+                       "--seeds", "7", "--", "--data_file", "a.jsonl", runs=tmp_path)
+    assert summaries.stdout.splitlines()[1:] == ["script/run_cnndm.sh none small 7 --data_file a.jsonl",
+                                                 "script/run_cnndm.sh adalora small 7 --data_file a.jsonl"]
+
+
+def test_a_finished_matrix_submits_nothing(tmp_path):
+    for seed in (1, 2):
+        run = tmp_path / "sst2" / f"adalora-large-seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text("{}")
+    done = matrix("--tasks", "sst2", "--methods", "adalora", "--budgets", "large", "--seeds", "1 2", runs=tmp_path,
+                  path="/usr/bin:/bin")  # no sbatch here: it is not needed
+    assert done.returncode == 0, done.stderr
+    assert "2 finished, 0 to run" in done.stdout and "nothing to submit" in done.stdout
+
+
+def test_bad_matrix_arguments_end_in_one_line(tmp_path):
+    for argv, message in ((("--methods", "dora"), "unknown method 'dora'"),
+                          (("--budgets", "medium"), "unknown budget 'medium'"),
+                          (("--tasks", "cnndailymail", "--methods", "plateau"), "cnndailymail takes lora"),
+                          (("--config", str(tmp_path / "none.conf")), "--config needs an existing file"),
+                          (("--seed", "1"), "unknown argument '--seed'")):
+        done = matrix("--dry-run", *argv, runs=tmp_path)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert message in done.stderr
