@@ -8,6 +8,7 @@ described by one visible set of numbers, all written to ``config.json``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,8 @@ def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
     }
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         defaults["bf16"] = True
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        defaults["use_cpu"] = True  # torchrun on CPUs: without it the Trainer sets up no DDP (gloo) at all
     defaults.update(task.training_defaults(demo))
     return defaults
 

@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import asdict
 
+import torch
 from transformers import Trainer, set_seed
 from transformers.utils import logging as hf_logging
 
@@ -63,6 +64,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     task = task.configure(args.task_options, evaluate_only=not method.trains)
     budget_rank(args.adapter.budget)
     method.check_run(args.training, args.run)
+    _ = args.training.device  # sets up the process group under torchrun, so that process_index is known
     main_process = args.training.process_index == 0
     if args.training.resume_from_checkpoint == "auto":
         finished = resolve_auto_resume(args)
@@ -70,7 +72,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
             return finished
     resume_from = args.training.resume_from_checkpoint
     resume_step = None if resume_from is None else checkpoint_step(resume_from)
-    if args.run_dir is not None:  # refused before anything slow happens
+    if args.run_dir is not None and main_process:  # refused before anything slow happens
         RunDirectory(args.run_dir).check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
 
     set_seed(args.training.seed)
@@ -98,9 +100,12 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     plan = method.plan(request)
     if plan.describe():
         log.info(plan.describe())
-    run = RunDirectory(args.run_dir or default_run_dir(
-        task.name, method.name, budget_label(plan.budget_rank), training.seed, data.synthetic, args.adapter.recipe))
-    run.check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
+    # Every process of a multi-process run works in one directory: rank 0 names it (the default
+    # name holds the time), checks it and creates it; the others write only their checkpoint shards.
+    run = RunDirectory(_from_rank_zero(args.run_dir or default_run_dir(
+        task.name, method.name, budget_label(plan.budget_rank), training.seed, data.synthetic, args.adapter.recipe)))
+    if main_process:
+        run.check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
     # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
     training.output_dir = str(run.checkpoints)
 
@@ -117,6 +122,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     base_params = base_parameter_count(model)
     if main_process:
         run.prepare(overwrite=args.run.overwrite_output_dir, resume_step=resume_step)
+    _barrier()
     request.rank_log = RankLog(run / "ranks.jsonl", enabled=main_process)
     set_seed(training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
@@ -238,6 +244,20 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
         "task_arguments": asdict(args.task_options) if args.task_options is not None else None,
         "warmup_note": args.warmup_note,
     }
+
+
+def _from_rank_zero(value):
+    """``value`` as process 0 has it, on every process (unchanged in a single process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _scale_warmup(args: Arguments, task: Task, total_step: int) -> None:
