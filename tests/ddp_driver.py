@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import adarank.pipeline as pipeline  # noqa: E402
 
 
-class SavingEveryProcess(Trainer):
+class SavingEveryProcess(pipeline.ResumableTrainer):
     def train(self, *args, **kwargs):
         outcome = super().train(*args, **kwargs)
         config = self.model.peft_config[self.model.active_adapter]
@@ -23,5 +22,5 @@ class SavingEveryProcess(Trainer):
         return outcome
 
 
-pipeline.Trainer = SavingEveryProcess
+pipeline.ResumableTrainer = SavingEveryProcess
 pipeline.main(sys.argv[1], sys.argv[2:])

@@ -43,7 +43,7 @@ def wait_for(condition, what: str, seconds: int = 300) -> None:
 
 
 def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run(tiny_model, tmp_path):
-    """Stopped in the first epoch (256 steps of batch 2): see test_preemption for why."""
+    """Stopped in the first of its 8 epochs (256 steps of batch 2); test_preemption stops runs in later epochs."""
     reason = cluster_idle()
     if reason:
         pytest.skip(reason)

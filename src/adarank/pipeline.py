@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import set_seed
 from transformers.utils import logging as hf_logging
 
 from adarank.arguments import Arguments, parse_arguments
@@ -35,6 +35,7 @@ from adarank.models import check_sequence_length
 from adarank.modules import resolve_target_modules
 from adarank.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
 from adarank.ranks import RankLog
+from adarank.sampling import ResumableTrainer
 from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
 from adarank.tasks import Task, get_task, recipe_of
 from adarank.training_steps import count_optimizer_steps
@@ -141,7 +142,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         run.write_json("config.json", config)
 
     stop = StopOnSignal()  # SIGUSR1 / SIGTERM (a cluster's warning): checkpoint, stop, exit to be requeued
-    trainer = Trainer(
+    trainer = ResumableTrainer(
         model=built.model,
         args=training,
         train_dataset=tokenized.train if method.trains else None,
