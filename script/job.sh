@@ -14,11 +14,12 @@ adarank_python() {
   else echo python3; fi
 }
 
-RUN_PID=
-forward() {  # signal: to the run and, under torchrun, to its workers
+RUN_PID= SIGNALLED=0
+forward() {  # signal: to the run, or under torchrun to its workers (torchrun itself would kill them)
   [ -n "$RUN_PID" ] || return 0
-  pkill "-$1" -P "$RUN_PID" 2>/dev/null || true
-  kill "-$1" "$RUN_PID" 2>/dev/null || true
+  SIGNALLED=1
+  if [ "$NPROCS" -gt 1 ]; then pkill "-$1" -P "$RUN_PID" 2>/dev/null || true
+  else kill "-$1" "$RUN_PID" 2>/dev/null || true; fi
 }
 
 run_job() {
@@ -29,10 +30,10 @@ run_job() {
     echo "$run_dir holds a finished run: nothing to do" >&2
     return 0
   fi
-  local nproc=${NPROC:-${SLURM_GPUS_ON_NODE:-1}}
+  NPROCS=${NPROC:-${SLURM_GPUS_ON_NODE:-1}}
   local launch=("$python")
-  if [ "$nproc" -gt 1 ]; then
-    launch=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
+  if [ "$NPROCS" -gt 1 ]; then
+    launch=("$python" -m torch.distributed.run --standalone --nproc_per_node "$NPROCS")
   fi
   trap 'forward USR1' USR1
   trap 'forward TERM' TERM
@@ -40,6 +41,8 @@ run_job() {
   RUN_PID=$!
   wait "$RUN_PID" || code=$?
   while kill -0 "$RUN_PID" 2>/dev/null; do wait "$RUN_PID" || code=$?; done  # a signal interrupted the wait
+  # torchrun reports its workers' exit 75 as a failure of its own (1): after a signal, that is the stop.
+  if [ "$SIGNALLED" -eq 1 ] && [ "$NPROCS" -gt 1 ] && [ "$code" -ne 0 ]; then code=75; fi
   if [ "$code" -eq 75 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
     echo "stopped after a checkpoint: requeueing job $SLURM_JOB_ID" >&2
     scontrol requeue "$SLURM_JOB_ID"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,39 @@ def test_two_processes_train_as_one_with_the_same_global_batch(method, tiny_mode
     # Same global batch and steps, other data order: the dev loss agrees to within 2%.
     losses = [json.loads((run / "metrics.json").read_text())["eval_loss"] for run in (ddp, one)]
     assert losses[0] == pytest.approx(losses[1], rel=0.02)
+
+
+def test_a_signalled_two_process_job_stops_together_and_resumes_to_the_uninterrupted_result(tiny_model, tmp_path):
+    """script/run_glue.sh with NPROC=2 (torchrun) as a batch shell that SLURM signals: the signal goes
+    to both workers, which stop at the same step, checkpoint and exit 75; run again, the job ends as
+    an uninterrupted two-process run."""
+    from safetensors.torch import load_file
+
+    from test_preemption import signal_at_step
+
+    root = HERE.parent
+    (tmp_path / "src").symlink_to(root / "src")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "NPROC": "2", "PYTHON": sys.executable,
+           "SLURM_SUBMIT_DIR": str(tmp_path)}
+    env.pop("SLURM_JOB_ID", None)
+    job = ["bash", str(root / "script" / "run_glue.sh"), "sst2", "adalora", "small", "7", "--demo",
+           "--model_name_or_path", tiny_model, "--max_steps", "160", "--per_device_train_batch_size", "2",
+           "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--max_eval_samples", "32"]
+    runs = {name: tmp_path / name / "sst2" / "adalora-small-seed7" for name in ("straight", "stopped")}
+    straight = subprocess.run(job, capture_output=True, text=True, env={**env, "RUNS": str(tmp_path / "straight")},
+                              timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    with open(tmp_path / "first.log", "w") as out:
+        first = subprocess.Popen(job, stdout=out, stderr=subprocess.STDOUT, env={**env, "RUNS": str(tmp_path / "stopped")})
+    signal_at_step(first, runs["stopped"] / "history.jsonl", 70, signal.SIGUSR1)
+    assert first.wait(timeout=600) == 75, (tmp_path / "first.log").read_text()[-3000:]
+    again = subprocess.run(job, capture_output=True, text=True, env={**env, "RUNS": str(tmp_path / "stopped")},
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Continuing from" in again.stdout + again.stderr
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in runs.values())
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["resumed_from_step"] >= 70
+    weights = load_file(runs["straight"] / "adapter" / "adapter_model.safetensors")
+    for key, value in load_file(runs["stopped"] / "adapter" / "adapter_model.safetensors").items():
+        torch.testing.assert_close(value, weights[key], rtol=1e-5, atol=1e-6)
+    assert read_jsonl(runs["stopped"] / "ranks.jsonl") == read_jsonl(runs["straight"] / "ranks.jsonl")

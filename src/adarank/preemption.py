@@ -17,6 +17,7 @@ import logging
 import signal
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
@@ -45,7 +46,8 @@ class StopOnSignal(TrainerCallback):
         self.received = signum
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        if _any_process(self.received is not None, args.device):  # every process stops at the same step
+            self.received = self.received or signal.SIGUSR1
             control.should_training_stop = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -61,6 +63,16 @@ class StopOnSignal(TrainerCallback):
     @property
     def signal_name(self) -> str | None:
         return None if self.received is None else signal.Signals(self.received).name
+
+
+def _any_process(flag: bool, device) -> bool:
+    """Whether ``flag`` holds on any process of a multi-process run (itself, in a single process):
+    the signal reaches the processes at slightly different steps, and they must stop together."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
 
 
 class MarkCheckpointComplete(TrainerCallback):
