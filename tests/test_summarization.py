@@ -308,3 +308,15 @@ def test_the_analysis_scripts_read_summarization_runs(tiny_llama, tmp_path):
         done = subprocess.run([sys.executable, str(ROOT / "analysis" / script), *args, "--out", str(tmp_path / out)],
                               capture_output=True, text=True)
         assert done.returncode == 0, (script, done.stderr[-2000:])
+
+
+def test_a_llama_style_model_classifies_on_glue_in_four_bits(tiny_llama, tmp_path):
+    """Decoder models name their classification head ``score``: it stays unquantised and trains in full."""
+    out = tmp_path / "run"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_llama, "--method", "qlora", "--max_steps", "4",
+                    "--per_device_train_batch_size", "8", "--save_strategy", "no", "--eval_strategy", "no",
+                    "--max_eval_samples", "16", "--output_dir", str(out)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["head_modules"] == ["score"] and len(config["target_modules"]) == 2 * 7
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["head_params"] == 32 * 2 and metrics["quantized_bits_per_parameter"] > 4

@@ -158,7 +158,7 @@ def quantized_bits_per_parameter(model: nn.Module) -> float | None:
     report = base_model_bytes(model)["component_bytes"]
     quantized = sum(
         int(torch.Size(m.weight.quant_state.shape).numel())
-        for m in model.modules() if type(m).__name__ == "Linear4bit" and m.weight.quant_state is not None
+        for m in model.modules() if type(m).__name__ == "Linear4bit" and getattr(m.weight, "quant_state", None) is not None
     )
     if not quantized:
         return None

@@ -32,7 +32,7 @@ def embedded_model_path() -> str:
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The task head stays out of quantisation: it is trained in full (modules_to_save). transformers
 # matches these from the start of a module name or as its suffix, so the pooler needs a regex.
-UNQUANTIZED_HEAD = [r"(.*\.)?pooler", "classifier"]
+UNQUANTIZED_HEAD = [r"(.*\.)?pooler", "classifier", "score"]  # score: decoder models' classification head
 
 
 def four_bit_loading(compute_dtype: str | None, keep: list[str] | None = None) -> dict:

@@ -158,4 +158,4 @@ def resolve_target_modules(model: nn.Module, requested: str | None = None) -> li
 def head_modules(model: nn.Module) -> list[str]:
     """The task head, trained in full beside the adapters (and never quantised)."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [head for head in ("pooler", "classifier") if head in names]
+    return [head for head in ("pooler", "classifier", "score") if head in names]  # score: Llama-style classifiers

@@ -206,7 +206,7 @@ class AdaLora(ShapeChanging, AdapterMethod):
             deltaT=s.delta_t,
             total_step=s.total_step,
             target_modules=request.target_modules,
-            modules_to_save=request.head_modules,
+            modules_to_save=list(request.head_modules),
         )
         peft_model = get_peft_model(model, config)
         if plan.init == "lora":

@@ -38,6 +38,6 @@ class Lora(AdapterMethod):
             lora_alpha=plan.lora_alpha,
             lora_dropout=plan.lora_dropout,
             target_modules=request.target_modules,
-            modules_to_save=request.head_modules,
+            modules_to_save=list(request.head_modules),
         )
         return BuiltAdapter(get_peft_model(model, config), callbacks=[])

@@ -95,7 +95,7 @@ class PlateauLora(ShapeChanging, AdapterMethod):
             plan = replace(plan, growth_budget=default_growth_budget(len(request.target_modules), plan.delta_r))
         config = LoraConfig(
             task_type=request.task_type, r=plan.r0, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
-            target_modules=request.target_modules, modules_to_save=request.head_modules,
+            target_modules=request.target_modules, modules_to_save=list(request.head_modules),
         )
         peft_model = get_peft_model(model, config)
         growth = PlateauGrowth(peft_model, plan, request.target_modules, request.rank_log)
