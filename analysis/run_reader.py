@@ -20,6 +20,32 @@ KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output
                   for name in names}}
 
 
+def _as_written_today(fields: dict) -> dict:
+    """Setting fields of older config.json files in today's terms: an entry that a later version
+    added with a value that changes nothing (None, AdaLoRA's paper initialisation, the LoRA rank an
+    AdaLoRA budget compares with, the schedule's recipe) is dropped, and a renamed one renamed
+    (the schedule's ``paper`` values became ``published``)."""
+    adapter = dict(fields.get("adapter") or {})
+    schedule = dict(adapter.get("schedule") or {})
+    if "paper" in schedule and "published" not in schedule:
+        schedule["published"] = schedule.pop("paper")
+    if schedule.get("recipe") == "paper":
+        del schedule["recipe"]
+    if schedule:
+        adapter["schedule"] = schedule
+    if adapter.get("init") == "paper":
+        del adapter["init"]
+    if "compared_with_lora_r" in adapter and adapter["compared_with_lora_r"] == adapter.get("target_r"):
+        del adapter["compared_with_lora_r"]
+    return _without_none({**fields, "adapter": adapter})
+
+
+def _without_none(value):
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def layer_order(label: str) -> tuple[int, int]:
     """Sort key of a ranks.jsonl layer label ("3", or "encoder.3" / "decoder.3"): encoder first."""
     stack, _, index = label.rpartition(".")
@@ -133,11 +159,13 @@ class Run:
         """What makes runs comparable as seeds of one setting: every choice but the seed.
 
         The adapter counts as planned (its resolved hyperparameters), not as typed: --lora_r 8
-        and --budget large are one setting. The budget itself is in the run's label.
+        and --budget large are one setting. The budget itself is in the run's label. Runs
+        written by earlier versions of the project compare as they would have been written
+        today (``_as_written_today``), so that seeds run months apart stay one setting.
         """
         arguments = self.config.get("arguments", {})
         training = arguments.get("training", {})
-        return {
+        return _as_written_today({
             "recipe": self.recipe,
             "model": self.config.get("model"),
             "train_examples": self.config.get("train_examples"),
@@ -152,7 +180,7 @@ class Run:
             # Summarization: how summaries were generated (beams, lengths, the prompt) sets runs apart too.
             **({"generation": {k: v for k, v in self.config["task_settings"].items() if k != "evaluate_only"}}
                if self.config.get("task_settings") else {}),
-        }
+        })
 
     @property
     def recipe(self) -> str:

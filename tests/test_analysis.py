@@ -328,3 +328,24 @@ def test_f1_counts_label_1_as_positive_whichever_labels_a_split_holds():
     assert stats.f1(labels, predictions[0]) == 1.0  # no "0" anywhere: still perfect, not 0
     labels, (predictions,) = stats.encode("f1", ["0", "1", "1", "0"], [["1", "1", "0", "0"]])
     assert stats.f1(labels, predictions[0]) == pytest.approx(0.5)
+
+
+def test_a_seed_written_by_an_earlier_version_joins_its_setting(runs_root, tmp_path):
+    """config.json grew entries over time (AdaLoRA's init, the LoRA rank a budget compares with, the
+    schedule's recipe; the schedule's paper values renamed published; arguments added with None):
+    an older run of the same setting still counts as one of its seeds."""
+    root = copy_runs(runs_root, tmp_path)
+    path = root / "sst2-adalora-2" / "config.json"
+    config = json.loads(path.read_text())
+    adapter = config["adapter"]
+    adapter.pop("init"), adapter.pop("compared_with_lora_r")
+    schedule = adapter["schedule"]
+    schedule.pop("recipe")
+    schedule["paper"] = schedule.pop("published")
+    config["arguments"]["model"].pop("classifier_dropout")
+    path.write_text(json.dumps(config))
+    rows = summarize_runs.summarize(root, resamples=20)["results"]
+    assert [(r["method"], r["seeds"]) for r in rows] == [("adalora", 2), ("lora", 2)]
+    adapter["init"] = "lora"  # a real difference still sets a run apart
+    path.write_text(json.dumps(config))
+    assert len(summarize_runs.summarize(root, resamples=20)["results"]) == 3
