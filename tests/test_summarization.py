@@ -103,6 +103,10 @@ def test_a_single_file_is_split_at_its_end_or_scored_whole(tmp_path):
     assert split.train["id"] == [f"a{i}" for i in range(17)] and split.dev["validation"]["id"] == ["a17", "a18", "a19"]
     whole = load_summaries(Files(str(path)), False, None, None, evaluate_only=True)
     assert len(whole.train) == 0 and len(whole.dev["validation"]) == 20
+    # --method none with the trained runs' percentage scores their validation records
+    same = load_summaries(Files(str(path), validation_split_percentage=15), False, None, None, evaluate_only=True)
+    assert same.dev["validation"]["id"] == split.dev["validation"]["id"]
+    assert load_summaries(Files(str(path)), False, None, None, False).dev["validation"]["id"] == ["a18", "a19"]
     csv = tmp_path / "xsum.csv"
     csv.write_text('document,summary\n"A text, with a comma.",A summary.\n')
     read = load_summaries(Files(str(csv), text_column="document", summary_column="summary"), False, None, None, True)

@@ -40,7 +40,8 @@ class Files:
     data_file: str | None = None  # the training file, or the only file
     validation_file: str | None = None
     test_file: str | None = None
-    validation_split_percentage: float = 10.0  # of a single file, its last records
+    validation_split_percentage: float | None = None  # of a single file, its last records (None: 10, or all
+    # records for --method none)
     text_column: str = "article"
     summary_column: str = "highlights"
     id_column: str = "id"  # optional in files: the record's line number otherwise
@@ -78,17 +79,16 @@ def _from_files(files: Files, evaluate_only: bool) -> SummaryData:
         every = read_records(Path(files.data_file), files)
         if files.validation_file is not None:
             train, dev = every, {"validation": read_records(Path(files.validation_file), files)}
-        elif evaluate_only:  # --method none on one file: every record is scored
+        elif evaluate_only and files.validation_split_percentage is None:  # --method none: score every record
             train, dev = every.select([]), {"validation": every}
-        else:
-            if not 0 < files.validation_split_percentage < 100:
-                raise UsageError(f"--validation_split_percentage {files.validation_split_percentage} must lie "
-                                 "strictly between 0 and 100")
-            held = max(1, round(len(every) * files.validation_split_percentage / 100))
+        else:  # the last records, the same ones for --method none given the same percentage
+            percentage = 10.0 if files.validation_split_percentage is None else files.validation_split_percentage
+            if not 0 < percentage < 100:
+                raise UsageError(f"--validation_split_percentage {percentage:g} must lie strictly between 0 and 100")
+            held = max(1, round(len(every) * percentage / 100))
             if held >= len(every):
                 raise UsageError(f"{files.data_file} has {len(every)} record(s): too few to hold "
-                                 f"{files.validation_split_percentage}% out for validation; give more records "
-                                 "or a --validation_file")
+                                 f"{percentage:g}% out for validation; give more records or a --validation_file")
             train, dev = every.select(range(len(every) - held)), {"validation": every.select(
                 range(len(every) - held, len(every)))}
     if files.test_file is not None:

@@ -42,11 +42,13 @@ class SummarizationArguments:
 
     data_file: str | None = field(default=None, metadata={
         "help": "Training data, JSON Lines or CSV (default: the hub's cnn_dailymail 3.0.0). Alone, its last "
-                "--validation_split_percentage of records are held out; with --method none, all are scored."})
+                "--validation_split_percentage of records are held out; with --method none and no percentage, "
+                "all are scored."})
     validation_file: str | None = field(default=None, metadata={"help": "Validation data, scored at the end."})
     test_file: str | None = field(default=None, metadata={"help": "Test data, also scored at the end."})
-    validation_split_percentage: float = field(default=10.0, metadata={
-        "help": "Of a single --data_file: the share of records, taken from its end, held out for validation."})
+    validation_split_percentage: float | None = field(default=None, metadata={
+        "help": "Of a single --data_file: the share of records, taken from its end, held out for validation "
+                "(default 10; --method none scores the same records when given it, else all)."})
     text_column: str = field(default="article", metadata={"help": "The column holding the text (XSum: document)."})
     summary_column: str = field(default="highlights", metadata={"help": "The reference summary (XSum: summary)."})
     max_target_length: int = field(default=MAX_TARGET_LENGTH, metadata={
