@@ -76,7 +76,11 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
         wait_for(lambda: job_state(job) == "PENDING", "the job to requeue itself")
         log = (tmp_path / f"job-{job}.out").read_text()
         assert "SIGUSR1 received" in log and f"requeueing job {job}" in log
-        # A requeued job waits before it may start again; a test need not.
+        # A requeued job waits before it may start again; a test need not, once the node has cleaned up
+        # after the first start (sooner, slurmd refuses the job: "Job credential revoked").
+        wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                                                  timeout=30).stdout.split(), "the node to be idle again")
+        time.sleep(2)
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
         wait_for(lambda: job_state(job) == "", "the requeued job to finish", seconds=600)
     finally:

