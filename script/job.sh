@@ -3,10 +3,16 @@
 # - The project's Python: $PYTHON, else .venv/bin/python, else python3.
 # - Several processes with NPROC=N (default: the GPUs SLURM gave this job, else 1): torchrun with DDP
 #   on this node.
+# - Across nodes: ask SLURM for one task per GPU (sbatch --nodes 2 --ntasks-per-node 4 --gres gpu:4 ...);
+#   with more than one task in the allocation, srun starts one process per task, and each finds its
+#   place in the DDP group from SLURM's variables (script/srun_task.sh).
 # - SLURM's warning signal (--signal=B:USR1@300 before the time limit, or TERM on preemption) reaches
-#   the batch shell; it is passed on to the run, which checkpoints and exits 75, and the job requeues
+#   the batch shell; it is passed on to the run (srun hands it to every task), which checkpoints and
+#   exits 75, and the job requeues
 #   itself. The requeued job runs the same command, and --resume_from_checkpoint auto continues from
 #   the run's newest complete checkpoint. A finished run (metrics.json) is left alone.
+
+ADARANK_SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)  # before the job script changes directory
 
 adarank_python() {
   if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"
@@ -18,7 +24,7 @@ RUN_PID= SIGNALLED=0
 forward() {  # signal: to the run, or under torchrun to its workers (torchrun itself would kill them)
   [ -n "$RUN_PID" ] || return 0
   SIGNALLED=1
-  if [ "$NPROCS" -gt 1 ]; then pkill "-$1" -P "$RUN_PID" 2>/dev/null || true
+  if [ "$LAUNCHER" = torchrun ]; then pkill "-$1" -P "$RUN_PID" 2>/dev/null || true
   else kill "-$1" "$RUN_PID" 2>/dev/null || true; fi
 }
 
@@ -30,9 +36,16 @@ run_job() {
     echo "$run_dir holds a finished run: nothing to do" >&2
     return 0
   fi
-  NPROCS=${NPROC:-${SLURM_GPUS_ON_NODE:-1}}
+  NPROCS=${NPROC:-${SLURM_GPUS_ON_NODE:-1}} LAUNCHER=python
   local launch=("$python")
-  if [ "$NPROCS" -gt 1 ]; then
+  if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
+    LAUNCHER=srun
+    MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
+    MASTER_PORT=${MASTER_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}
+    export MASTER_ADDR MASTER_PORT
+    launch=(srun --kill-on-bad-exit=0 bash "$ADARANK_SCRIPTS/srun_task.sh" "$python")
+  elif [ "$NPROCS" -gt 1 ]; then
+    LAUNCHER=torchrun
     launch=("$python" -m torch.distributed.run --standalone --nproc_per_node "$NPROCS")
   fi
   trap 'forward USR1' USR1
@@ -42,7 +55,7 @@ run_job() {
   wait "$RUN_PID" || code=$?
   while kill -0 "$RUN_PID" 2>/dev/null; do wait "$RUN_PID" || code=$?; done  # a signal interrupted the wait
   # torchrun reports its workers' exit 75 as a failure of its own (1): after a signal, that is the stop.
-  if [ "$SIGNALLED" -eq 1 ] && [ "$NPROCS" -gt 1 ] && [ "$code" -ne 0 ]; then code=75; fi
+  if [ "$SIGNALLED" -eq 1 ] && [ "$LAUNCHER" = torchrun ] && [ "$code" -ne 0 ]; then code=75; fi
   if [ "$code" -eq 75 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
     echo "stopped after a checkpoint: requeueing job $SLURM_JOB_ID" >&2
     scontrol requeue "$SLURM_JOB_ID"

@@ -42,6 +42,25 @@ def wait_for(condition, what: str, seconds: int = 300) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stop_requeue_and_finish(job: str, history: Path, log: Path) -> None:
+    """Signal a running job as SLURM does before its time limit, see it requeue itself, and let it finish."""
+    try:
+        wait_for(lambda: history.is_file() and len(read_jsonl(history)) > 20, "the job's first steps")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
+        wait_for(lambda: job_state(job) == "PENDING", "the job to requeue itself")
+        text = log.read_text(errors="replace")
+        assert "SIGUSR1 received" in text and f"requeueing job {job}" in text
+        # A requeued job waits before it may start again; a test need not, once the node has cleaned up
+        # after the first start (sooner, slurmd refuses the job: "Job credential revoked").
+        wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                                                  timeout=30).stdout.split(), "the node to be idle again")
+        time.sleep(2)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+        wait_for(lambda: job_state(job) == "", "the requeued job to finish", seconds=600)
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+
+
 def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run(tiny_model, tmp_path):
     """Stopped in the first of its 8 epochs (256 steps of batch 2); test_preemption stops runs in later epochs."""
     reason = cluster_idle()
@@ -69,22 +88,7 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
         capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)  # the job's SLURM_SUBMIT_DIR
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]
-    try:
-        history = run_dir / "history.jsonl"
-        wait_for(lambda: history.is_file() and len(read_jsonl(history)) > 20, "the job's first steps")
-        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
-        wait_for(lambda: job_state(job) == "PENDING", "the job to requeue itself")
-        log = (tmp_path / f"job-{job}.out").read_text()
-        assert "SIGUSR1 received" in log and f"requeueing job {job}" in log
-        # A requeued job waits before it may start again; a test need not, once the node has cleaned up
-        # after the first start (sooner, slurmd refuses the job: "Job credential revoked").
-        wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                                                  timeout=30).stdout.split(), "the node to be idle again")
-        time.sleep(2)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
-        wait_for(lambda: job_state(job) == "", "the requeued job to finish", seconds=600)
-    finally:
-        subprocess.run(["scancel", job], timeout=30)
+    stop_requeue_and_finish(job, run_dir / "history.jsonl", tmp_path / f"job-{job}.out")
     log = (tmp_path / f"job-{job}.out").read_text()
     assert "Continuing from runs/sst2/adalora-small-seed7/checkpoints/checkpoint-" in log, log[-2000:]
 
@@ -94,6 +98,49 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
     assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "runs" / "sst2" / "adalora-small-seed7" /
                                                               "ranks.jsonl")
     assert [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "loss" in h] == list(range(1, 2001))
+
+
+def test_a_job_of_two_tasks_trains_through_srun_and_ends_as_the_same_run_under_torchrun(tiny_model, tmp_path):
+    """The path across nodes, on one node: with two tasks in the allocation, srun starts the two DDP
+    processes (script/srun_task.sh), forwards the batch shell's signal to both, and the requeued job
+    ends exactly where two processes under torchrun (NPROC=2, no SLURM) end."""
+    reason = cluster_idle()
+    if reason:
+        pytest.skip(reason)
+    for folder in ("src", "script"):  # the job runs a copy of its script, which finds job.sh here
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    flags = ["sst2", "adalora", "small", "7", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "400",
+             "--per_device_train_batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no",
+             "--save_strategy", "no", "--max_eval_samples", "32"]
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {key: value for key, value in env.items() if not key.startswith("SLURM_")}
+    run_dir = tmp_path / "runs" / "sst2" / "adalora-small-seed7"
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "src").symlink_to(ROOT / "src")
+    straight = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), *flags], capture_output=True, text=True,
+                              env={**env, "SLURM_SUBMIT_DIR": str(reference), "NPROC": "2"}, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=2", "--gres=gpu:0", "--cpus-per-task=1", "--mem=3G", "--chdir",
+         str(tmp_path), "--export=ALL", "-o", str(tmp_path / "job-%j.out"), str(ROOT / "script" / "run_glue.sh"),
+         *flags], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    log = tmp_path / f"job-{job}.out"
+    stop_requeue_and_finish(job, run_dir / "history.jsonl", log)
+    text = log.read_text(errors="replace")  # two tasks' progress bars interleave
+    assert text.count("SIGUSR1 received") == 2, text[-3000:]  # srun passed the signal to both tasks
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["environment"]["processes"] == 2 and config["environment"]["slurm_job"] == job
+    a = json.loads((reference / "runs" / "sst2" / "adalora-small-seed7" / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["resumed_from_step"] > 20
+    assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "runs" / "sst2" / "adalora-small-seed7" /
+                                                              "ranks.jsonl")
 
 
 def test_the_matrix_runs_as_an_array_and_its_report_job_writes_the_tables(tiny_model, tmp_path):

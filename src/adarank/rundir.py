@@ -180,6 +180,9 @@ def environment() -> dict:
         "git_commit": _git_commit(),
         "device": device,
         "host": platform.node(),
+        "processes": torch.distributed.get_world_size() if torch.distributed.is_available()
+        and torch.distributed.is_initialized() else 1,  # DDP processes (torchrun or srun tasks)
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
     }
 
 
