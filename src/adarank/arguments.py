@@ -8,7 +8,6 @@ described by one visible set of numbers, all written to ``config.json``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,13 +138,16 @@ def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
         "save_total_limit": 1,
         "logging_steps": 10,
         "train_sampling_strategy": "group_by_length",
+        "include_num_input_tokens_seen": True,  # metrics.json's train_tokens: the speed benchmark's FLOPs
         "report_to": "none",
         "dataloader_pin_memory": torch.cuda.is_available(),
     }
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         defaults["bf16"] = True
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        defaults["use_cpu"] = True  # torchrun on CPUs: without it the Trainer sets up no DDP (gloo) at all
+    if not torch.cuda.is_available():
+        # Without it the Trainer refuses --bf16 (autocast on the CPU) and, under torchrun, sets up no
+        # DDP (gloo) at all.
+        defaults["use_cpu"] = True
     defaults.update(task.training_defaults(demo))
     return defaults
 

@@ -36,6 +36,7 @@ from adarank.modules import resolve_target_modules
 from adarank.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
 from adarank.ranks import RankLog
 from adarank.sampling import ResumableTrainer
+from adarank.speed import StepTimer
 from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
 from adarank.tasks import Task, get_task, recipe_of
 from adarank.training_steps import count_optimizer_steps
@@ -142,6 +143,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         run.write_json("config.json", config)
 
     stop = StopOnSignal()  # SIGUSR1 / SIGTERM (a cluster's warning): checkpoint, stop, exit to be requeued
+    timer = StepTimer()
     trainer = ResumableTrainer(
         model=built.model,
         args=training,
@@ -150,7 +152,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=task.trainer_metrics(),
-        callbacks=[stop, StepHistory(run / "history.jsonl"), *built.callbacks,
+        callbacks=[stop, timer, StepHistory(run / "history.jsonl"), *built.callbacks,
                    *([Diagnostics(run / "diagnostics.jsonl", built.model)] if args.run.diagnostics and main_process
                      else []),
                    MarkCheckpointComplete()],  # last: the other callbacks' state is saved by then
@@ -171,7 +173,9 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
     trainer.args.train_sampling_strategy = "sequential"
     with PeakMemory() as evaluation_peak:
+        started = time.perf_counter()
         metrics, rows = task.evaluate(trainer, tokenized.dev)
+        eval_seconds = time.perf_counter() - started
     counts = parameter_counts(built.model, base_params)  # again: growing methods change them in training
     metrics.update(
         counts,
@@ -179,6 +183,10 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         train_seconds=round(train_seconds, 2),
         train_examples_per_second=round(outcome.metrics["train_samples_per_second"], 2) if outcome else 0.0,
         train_loss=outcome.metrics.get("train_loss") if outcome else None,
+        **timer.report(),
+        train_tokens=trainer.state.num_input_tokens_seen,  # padding included: what the model computed on
+        eval_seconds=round(eval_seconds, 2),
+        eval_examples_per_second=round(sum(len(split) for split in tokenized.dev.values()) / eval_seconds, 2),
         **peak.report(),
         peak_memory_evaluation_mb=evaluation_peak.report()["peak_memory_mb"],
         data="synthetic" if data.synthetic else data.source,
