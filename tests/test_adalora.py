@@ -94,3 +94,53 @@ def test_gradient_accumulation_does_not_scale_the_loss(tiny_model, tmp_path):
     logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
     # Two equal micro-batches of 4 cover the 8 examples once: the logged loss is their mean.
     assert logged == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_vectorised_allocator_updates_importance_and_masks_exactly_as_peft_does(tiny_model):
+    """The project runs PEFT's allocator with its two per-step loops batched (vectorise_allocator):
+    over several steps of real gradients, the importance averages equal PEFT's own update to the
+    bit, and the final phase's masking zeroes the same singular values."""
+    from peft.tuners.adalora.layer import RankAllocator
+
+    torch.manual_seed(0)
+    tokenizer, model = build_adalora(tiny_model, orth_reg_weight=0.1)
+    _, batch = demo_batch(tokenizer)
+    allocator, inner = model.base_model.rankallocator, model.base_model.model
+    assert allocator.update_ipt.__name__ == "update_ipt" and not hasattr(allocator.update_ipt, "__self__")
+    ours, theirs = ({}, {}, {}), ({}, {}, {})
+
+    def swap(state):  # make ``state`` the allocator's dictionaries
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = state
+
+    for step in range(4):
+        model.zero_grad()
+        model(**batch).loss.backward()
+        swap(theirs)
+        RankAllocator.update_ipt(allocator, inner)  # PEFT's own
+        theirs = (allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc)
+        swap(ours)
+        allocator.update_ipt(inner)
+        ours = (allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc)
+        assert len(ours[0]) == 3 * 12  # A, E and B of 12 matrices
+        for mine, peft in zip(ours, theirs):
+            assert mine.keys() == peft.keys()
+            for name in mine:
+                assert torch.equal(mine[name], peft[name]), (step, name)
+        with torch.no_grad():  # the adapters move, as an optimizer step would move them
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 0.1 * p.grad
+
+    pattern = allocator.mask_to_budget(inner, budget=allocator.target_bgt)
+    singular_values = {n: p for n, p in inner.named_parameters() if "lora_E" in n}
+    masked = {}
+    for masking in (lambda: RankAllocator.mask_using_rank_pattern(allocator, inner, pattern),
+                    lambda: allocator.mask_using_rank_pattern(inner, pattern)):  # PEFT's, then ours
+        with torch.no_grad():
+            for p in singular_values.values():
+                p.fill_(1.0)
+        masking()
+        masked[len(masked)] = {n: p.clone() for n, p in singular_values.items()}
+    for name in singular_values:
+        assert torch.equal(masked[0][name], masked[1][name]), name
+    assert sum(int((p == 0).sum()) for p in masked[1].values()) == allocator.init_bgt - allocator.target_bgt

@@ -14,6 +14,7 @@ fractions of its own length, so that pruning still happens, and ends, inside it.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -211,7 +212,9 @@ class AdaLora(ShapeChanging, AdapterMethod):
         peft_model = get_peft_model(model, config)
         if plan.init == "lora":
             _lora_like_start(peft_model)
-        return BuiltAdapter(peft_model, callbacks=[AdaLoraAllocation(peft_model, request.rank_log)])
+        vectorise_allocator(peft_model)
+        allocation = AdaLoraAllocation(peft_model, request.rank_log)
+        return BuiltAdapter(peft_model, callbacks=[allocation], summary=allocation.timing)
 
 
 def _lora_like_start(model: PeftModel) -> None:
@@ -224,6 +227,56 @@ def _lora_like_start(model: PeftModel) -> None:
                 nn.init.ones_(module.lora_E[adapter])
                 nn.init.zeros_(module.lora_B[adapter])
                 nn.init.kaiming_uniform_(module.lora_A[adapter], a=math.sqrt(5))
+
+
+def vectorise_allocator(model: PeftModel) -> None:
+    """The same allocator with its two per-step loops made cheap, on this model's instance.
+
+    PEFT's ``update_ipt`` walks every parameter of the model each step and updates the importance
+    averages of each adapter tensor with a handful of small operations; here the same formulas run
+    as one batch of ``torch._foreach`` operations over all adapter tensors, with the same roundings
+    (the results are equal to the bit, tests/test_adalora.py). In the final phase PEFT re-zeroes the
+    pruned triplets after every step by building each mask afresh from the rank pattern's lists; the
+    masks are built once per pattern here.
+    """
+    allocator = model.base_model.rankallocator
+    name = allocator.adapter_name
+    tensors = [(n, p) for n, p in model.base_model.model.named_parameters() if "lora_" in n and name in n]
+    names, params = [n for n, _ in tensors], [p for _, p in tensors]
+    singular_values = [(n, p) for n, p in tensors if f"lora_E.{name}" in n]
+    masks: dict = {}  # id of the rank pattern -> (pattern, the masks of what it prunes)
+
+    def update_ipt(_model) -> None:
+        b1, b2 = allocator.beta1, allocator.beta2
+        for n, p in zip(names, params):
+            if n not in allocator.ipt:
+                allocator.ipt[n], allocator.exp_avg_ipt[n], allocator.exp_avg_unc[n] = (
+                    torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p))
+        with torch.no_grad():
+            ipt = torch._foreach_mul(params, [p.grad for p in params])
+            torch._foreach_abs_(ipt)
+            avg = [allocator.exp_avg_ipt[n] for n in names]
+            unc = [allocator.exp_avg_unc[n] for n in names]
+            avg = torch._foreach_add(torch._foreach_mul(avg, b1), torch._foreach_mul(ipt, 1 - b1))  # sensitivity
+            spread = torch._foreach_sub(ipt, avg)
+            torch._foreach_abs_(spread)
+            unc = torch._foreach_add(torch._foreach_mul(unc, b2), torch._foreach_mul(spread, 1 - b2))  # uncertainty
+        for n, i, a, u in zip(names, ipt, avg, unc):
+            allocator.ipt[n], allocator.exp_avg_ipt[n], allocator.exp_avg_unc[n] = i, a, u
+
+    def mask_using_rank_pattern(_model, rank_pattern: dict) -> None:
+        if id(rank_pattern) not in masks or masks[id(rank_pattern)][0] is not rank_pattern:
+            truncated = name not in next(iter(rank_pattern))  # keys saved without the adapter name
+            masks.clear()
+            masks[id(rank_pattern)] = (rank_pattern, [
+                ~torch.tensor(rank_pattern[n.replace(f".{name}", "") if truncated else n], dtype=torch.bool,
+                              device=p.device).unsqueeze(-1) for n, p in singular_values])
+        with torch.no_grad():
+            for (_, p), pruned in zip(singular_values, masks[id(rank_pattern)][1]):
+                p.masked_fill_(pruned, 0.0)
+
+    allocator.update_ipt = update_ipt
+    allocator.mask_using_rank_pattern = mask_using_rank_pattern
 
 
 ALLOCATOR_STATE_FILE = "adalora_allocator.pt"
@@ -243,6 +296,7 @@ class AdaLoraAllocation(TrainerCallback):
         self.rank_log = rank_log
         self.calls = 0  # allocations run, checked against the Trainer's step count at the end
         self.first_step = 0
+        self.seconds = 0.0  # spent in the allocation (importance update, masking), for metrics.json
 
     @property
     def _config(self):
@@ -277,11 +331,17 @@ class AdaLoraAllocation(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step
         self.calls += 1
+        started = time.perf_counter()
         self.model.base_model.update_and_allocate(step)
+        self.seconds += time.perf_counter() - started
         budget, masked = self._allocator.budget_schedule(step)
         final_step = self._config.total_step - self._config.tfinal
         if (masked and step < final_step) or step == final_step:
             self._log(step + 1, "prune", budget)
+
+    def timing(self) -> dict:
+        return {"allocation_seconds": round(self.seconds, 3),
+                "allocation_seconds_per_step": round(self.seconds / self.calls, 6) if self.calls else None}
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.calls != state.global_step - self.first_step:
