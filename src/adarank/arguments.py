@@ -104,6 +104,10 @@ class RunArguments:
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "Also save the base model with the adapter merged in (merged/); not for 4-bit bases."})
+    no_bf16: bool = field(
+        default=False,
+        metadata={"help": "Train in fp32 where bf16 autocast is the default (a GPU with bf16, or a CPU with "
+                          "AVX512-BF16 or AMX); --bf16 asks for it anywhere."})
 
 
 @dataclass
@@ -118,6 +122,38 @@ class Arguments:
     run_dir: Path | None  # --output_dir, the run directory itself; None: named after planning
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
     warmup_note: str | None = None  # set where a recipe's warm-up steps were scaled to the run
+
+
+# bf16 autocast on CPUs with bf16 units: matmuls in bf16, weights, gradients, optimizer state and
+# AdaLoRA's importance scores in fp32. Off by default until its accuracy is measured (BENCHMARKS.md).
+BF16_ON_CPU_BY_DEFAULT = False
+
+
+def cpu_has_bf16_units() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls several times faster than fp32 (elsewhere, tens of times slower)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def bf16_by_default() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return BF16_ON_CPU_BY_DEFAULT and cpu_has_bf16_units()
+
+
+def precision_note(training, explicit: set[str]) -> dict:
+    """config.json's record of the precision and who chose it."""
+    if "no_bf16" in explicit:
+        why = "--no_bf16"
+    elif "bf16" in explicit:
+        why = "--bf16"
+    elif torch.cuda.is_available():
+        why = "default: the GPU " + ("computes" if training.bf16 else "cannot compute") + " in bf16"
+    elif cpu_has_bf16_units():
+        why = ("default: this CPU has bf16 units (AVX512-BF16 or AMX)" if training.bf16 else
+               "default: fp32 (bf16 autocast on this CPU's bf16 units is not the default yet)")
+    else:
+        why = "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, tens of times slower)"
+    return {"bf16_autocast": bool(training.bf16), "chosen_by": why}
 
 
 def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
@@ -142,8 +178,7 @@ def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
         "report_to": "none",
         "dataloader_pin_memory": torch.cuda.is_available(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        defaults["bf16"] = True
+    defaults["bf16"] = bf16_by_default()
     if not torch.cuda.is_available():
         # Without it the Trainer refuses --bf16 (autocast on the CPU) and, under torchrun, sets up no
         # DDP (gloo) at all.
@@ -166,6 +201,10 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         given = _read_argument_file(Path(argv[0]))
         check_keys(argv[0], given, classes)
         explicit = set(given)
+        if given.get("no_bf16"):
+            if given.get("bf16"):
+                raise UsageError(f"{argv[0]}: bf16 and no_bf16 contradict each other: keep one")
+            given["bf16"] = False
         try:
             parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo")), given.get("recipe", "paper")),
                                         **(defaults or {}), **given})
@@ -176,6 +215,10 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         parser.set_defaults(**{**run_defaults(task, "--demo" in argv, _flag_value(argv, "recipe") or "paper"),
                                 **(defaults or {})})
         check_flags(parser, argv)
+        if "no_bf16" in explicit:
+            if "bf16" in explicit:
+                raise UsageError("--bf16 and --no_bf16 contradict each other: give one")
+            argv = [*argv, "--bf16", "false"]
         parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, adapter, run, *extra, training = parsed
     task_options = extra.pop(0) if task_classes else None

@@ -15,7 +15,7 @@ import torch
 from transformers import set_seed
 from transformers.utils import logging as hf_logging
 
-from adarank.arguments import Arguments, parse_arguments
+from adarank.arguments import Arguments, parse_arguments, precision_note
 from adarank.cpu_4bit import describe_kernels
 from adarank.diagnostics import Diagnostics
 from adarank.errors import exits_cleanly_on_usage_errors
@@ -248,6 +248,7 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
             "training": args.training.to_dict(),
         },
         "explicit_arguments": sorted(args.explicit),
+        "precision": precision_note(args.training, args.explicit),
         "environment": environment(),
         **({"task_settings": task.describe()} if task.describe() else {}),
         "task_arguments": asdict(args.task_options) if args.task_options is not None else None,

@@ -1,0 +1,59 @@
+"""bf16 autocast on the CPU: asked for with --bf16, refused with --no_bf16, recorded in config.json;
+weights, gradients and AdaLoRA's importance scores stay in fp32."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adarank.arguments import BF16_ON_CPU_BY_DEFAULT, cpu_has_bf16_units
+from conftest import QUICK, run_task
+
+
+def config(run_dir):
+    return json.loads((run_dir / "config.json").read_text())
+
+
+def test_adalora_trains_under_bf16_autocast_with_fp32_weights_and_importance(tiny_model, tmp_path):
+    """Both machine kinds: with bf16 units this is the fast path; without, autocast is emulated (slow on
+    a full model, still correct on a tiny one)."""
+    run = tmp_path / "bf16"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora", "--bf16",
+                    "--max_steps", "12", "--output_dir", str(run), "--max_eval_samples", "32", *QUICK,
+                    "--save_strategy", "steps", "--save_steps", "5", "--save_total_limit", "3") == 0
+    precision = config(run)["precision"]
+    assert precision == {"bf16_autocast": True, "chosen_by": "--bf16"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_loss"])  # not NaN
+    for name, tensor in load_file(run / "adapter" / "adapter_model.safetensors").items():
+        assert tensor.dtype == torch.float32, name
+    allocator = torch.load(run / "checkpoints" / "checkpoint-5" / "adalora_allocator.pt", weights_only=False)
+    for scores in (allocator["exp_avg_ipt"], allocator["exp_avg_unc"]):
+        assert scores and all(t.dtype == torch.float32 for t in scores.values())
+    final = [json.loads(line) for line in (run / "ranks.jsonl").read_text().splitlines()][-1]
+    assert final["event"] == "final" and final["total_rank"] == final["target_budget"]
+
+
+def test_the_default_precision_and_its_reason_are_recorded(tiny_model, tmp_path):
+    run = tmp_path / "default"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2",
+                    "--output_dir", str(run), "--max_eval_samples", "16", *QUICK) == 0
+    precision = config(run)["precision"]
+    expected = BF16_ON_CPU_BY_DEFAULT and cpu_has_bf16_units() and not torch.cuda.is_available()
+    assert precision["bf16_autocast"] == expected and precision["chosen_by"].startswith("default: ")
+    assert ("no bf16 units" in precision["chosen_by"]) == (not cpu_has_bf16_units())
+
+    off = tmp_path / "off"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--no_bf16",
+                    "--output_dir", str(off), "--max_eval_samples", "16", *QUICK) == 0
+    assert config(off)["precision"] == {"bf16_autocast": False, "chosen_by": "--no_bf16"}
+    assert not config(off)["arguments"]["training"]["bf16"]
+
+
+def test_bf16_and_no_bf16_together_are_refused_in_one_line(tiny_model, tmp_path, capsys):
+    code = run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--bf16", "--no_bf16",
+                    "--output_dir", str(tmp_path / "run"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == "error: --bf16 and --no_bf16 contradict each other: give one"
+    assert not (tmp_path / "run").exists()
