@@ -143,7 +143,7 @@ def reference_loop(args: argparse.Namespace) -> None:
             per_device_eval_batch_size=training["per_device_eval_batch_size"], learning_rate=training["learning_rate"],
             weight_decay=training["weight_decay"], warmup_steps=training["warmup_steps"],
             num_train_epochs=args.epochs, eval_strategy="no", save_strategy="no", logging_steps=1000,
-            report_to="none", seed=42, include_num_input_tokens_seen=True,
+            report_to="none", seed=42,
             train_sampling_strategy="random" if padded else "group_by_length"),
         train_dataset=train, data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
         callbacks=[timer])
@@ -154,7 +154,7 @@ def reference_loop(args: argparse.Namespace) -> None:
     eval_seconds = time.perf_counter() - started
     metrics = {**timer.report(), "train_examples_per_second": outcome.metrics["train_samples_per_second"],
                "train_seconds": outcome.metrics["train_runtime"], "eval_examples_per_second": len(dev) / eval_seconds,
-               "train_tokens": trainer.state.num_input_tokens_seen, "total_step": trainer.state.global_step,
+               "total_step": trainer.state.global_step,
                "peak_memory_mb": peak.report()["peak_memory_mb"], "threads": torch.get_num_threads()}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -174,7 +174,6 @@ def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
         "save_total_limit": 1,
         "logging_steps": 10,
         "train_sampling_strategy": "group_by_length",
-        "include_num_input_tokens_seen": True,  # metrics.json's train_tokens: the speed benchmark's FLOPs
         "report_to": "none",
         "dataloader_pin_memory": torch.cuda.is_available(),
     }

@@ -170,7 +170,8 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
                     trainer.state.global_step, run.checkpoints)
         raise SystemExit(PREEMPTED_EXIT_CODE)
 
-    # The Trainer groups evaluation batches by length too; predictions.tsv needs dataset order.
+    # The Trainer's length grouping shuffles evaluation batches too; the tasks' evaluate orders
+    # examples itself (GLUE: shortest first) and writes predictions in dataset order.
     trainer.args.train_sampling_strategy = "sequential"
     with PeakMemory() as evaluation_peak:
         started = time.perf_counter()
@@ -184,7 +185,6 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
         train_examples_per_second=round(outcome.metrics["train_samples_per_second"], 2) if outcome else 0.0,
         train_loss=outcome.metrics.get("train_loss") if outcome else None,
         **timer.report(),
-        train_tokens=trainer.state.num_input_tokens_seen,  # padding included: what the model computed on
         eval_seconds=round(eval_seconds, 2),
         eval_examples_per_second=round(sum(len(split) for split in tokenized.dev.values()) / eval_seconds, 2),
         **peak.report(),

@@ -143,9 +143,13 @@ class GlueTask:
         scores, rows = {}, []
         for split, dataset in dev.items():
             prefix = "eval" if len(dev) == 1 else f"eval_{split}"
-            output = trainer.predict(dataset, metric_key_prefix=prefix)
-            predicted = metrics.predictions_from_logits(self, output.predictions)
-            labels = np.asarray(output.label_ids).reshape(-1)
+            # Shortest first, so that each batch pads little; the results go back to dataset order.
+            order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))
+            output = trainer.predict(dataset.select(order), metric_key_prefix=prefix)
+            predicted = metrics.predictions_from_logits(self, output.predictions)[back]
+            labels = np.asarray(output.label_ids).reshape(-1)[back]
             found = metrics.glue_metrics(self, predicted, labels)
             scores.update({f"{prefix}_{name}": value for name, value in found.items()})
             scores[f"{prefix}_loss"] = output.metrics.get(f"{prefix}_loss")
