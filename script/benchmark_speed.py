@@ -41,8 +41,9 @@ QUICK = {"train_examples": 640, "epochs": 1, "eval_examples": 256}
 FULL = {"train_examples": 2000, "epochs": 2, "eval_examples": 872}
 
 
-def configurations(rank: int, bf16: bool) -> list[tuple[str, str, list[str]]]:
-    """(label, kind, the run's own flags); kind: ours or reference."""
+def configurations(rank: int, extra_precision: str | None) -> list[tuple[str, str, list[str]]]:
+    """(label, kind, the run's own flags); kind: ours or reference. ``extra_precision``: a second LoRA
+    row in the other precision (bf16 on a CPU with bf16 units, fp32 on a GPU)."""
     runs = [
         (f"LoRA r={rank}", "ours", ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank)]),
         (f"AdaLoRA {rank}->2", "ours", ["src/glue_sst2.py", "--method", "adalora", "--init_r", str(rank),
@@ -52,9 +53,10 @@ def configurations(rank: int, bf16: bool) -> list[tuple[str, str, list[str]]]:
                                               "--init_r", str(rank), "--target_r", "2"]),
         ("plateau (from r=2)", "ours", ["src/custom/glue_sst2.py", "--method", "plateau"]),
     ]
-    if bf16:
-        runs.append((f"LoRA r={rank} bf16", "ours", ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank),
-                                                     "--bf16"]))
+    if extra_precision:
+        runs.append((f"LoRA r={rank} {extra_precision}", "ours",
+                     ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank),
+                      "--bf16" if extra_precision == "bf16" else "--no_bf16"]))
     runs += [
         ("reference, padded to 128", "reference", ["--reference", "padded"]),
         ("reference, dynamic padding", "reference", ["--reference", "dynamic"]),
@@ -62,11 +64,16 @@ def configurations(rank: int, bf16: bool) -> list[tuple[str, str, list[str]]]:
     return runs
 
 
-def bf16_is_fast() -> bool:
-    """bf16 matmuls have units of their own here (AVX512-BF16 or AMX); elsewhere they are emulated."""
+def precisions() -> tuple[str, str | None]:
+    """The runs' default precision here, and the other one worth a row (None: not worth it)."""
     import torch
 
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    from adarank.arguments import bf16_by_default, cpu_has_bf16_units
+
+    default = "bf16" if bf16_by_default() else "fp32"
+    if torch.cuda.is_available():
+        return default, "fp32" if default == "bf16" else None
+    return default, "bf16" if default == "fp32" and cpu_has_bf16_units() else None
 
 
 # ---------------------------------------------------------------- the runs
@@ -82,7 +89,8 @@ def run_ours(flags: list[str], out: Path, sizes: dict, data: list[str], threads:
 
 
 def run_reference(flags: list[str], out: Path, lora: dict, sizes: dict, data: list[str], threads: int) -> dict:
-    argv = [sys.executable, __file__, *flags, "--like", str(lora["config"]["run_dir"]),
+    bf16 = lora["config"]["precision"]["bf16_autocast"]  # the LoRA run's precision
+    argv = [sys.executable, __file__, *flags, *(["--bf16"] if bf16 else []), "--like", str(lora["config"]["run_dir"]),
             *(flag for flag in data if flag != "--demo"),  # without --data_dir: the demo data
             "--train_examples", str(sizes["train_examples"]), "--eval_examples", str(sizes["eval_examples"]),
             "--epochs", str(sizes["epochs"]), "--out", str(out)]
@@ -143,7 +151,7 @@ def reference_loop(args: argparse.Namespace) -> None:
             per_device_eval_batch_size=training["per_device_eval_batch_size"], learning_rate=training["learning_rate"],
             weight_decay=training["weight_decay"], warmup_steps=training["warmup_steps"],
             num_train_epochs=args.epochs, eval_strategy="no", save_strategy="no", logging_steps=1000,
-            report_to="none", seed=42,
+            report_to="none", seed=42, bf16=args.bf16, use_cpu=not torch.cuda.is_available(),
             train_sampling_strategy="random" if padded else "group_by_length"),
         train_dataset=train, data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
         callbacks=[timer])
@@ -192,17 +200,21 @@ def matmul_rate(shapes: dict, tokens: int, dtype: str, repeats: int = 30) -> flo
     import torch
 
     kind = getattr(torch, dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     seconds = flops = 0.0
     for i, o in sorted(set(shapes["linears"])):
         count = shapes["linears"].count((i, o))
         for k, n in ((i, o), (o, i)):
-            a, b = torch.randn(tokens, k, dtype=kind), torch.randn(k, n, dtype=kind)
+            a, b = torch.randn(tokens, k, dtype=kind, device=device), torch.randn(k, n, dtype=kind, device=device)
             for _ in range(3):
                 a @ b
+            sync()
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 a @ b
+                sync()
                 times.append(time.perf_counter() - start)
             seconds += count * statistics.median(times)
             flops += count * 2 * tokens * k * n
@@ -226,6 +238,7 @@ def main() -> None:
     parser.add_argument("--reference", choices=["padded", "dynamic"], help=argparse.SUPPRESS)
     parser.add_argument("--like", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference:
         return reference_loop(args)
@@ -241,13 +254,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    bf16 = bf16_is_fast()
+    default, extra = precisions()
+    device = (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else
+              f"{args.threads} CPU thread(s), capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"SST-2 ({'GLUE files' if args.data_dir else 'synthetic demo data'}), {sizes['train_examples']} training "
-          f"examples x {sizes['epochs']} epoch(s), {args.threads} thread(s), CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, bf16 units {'yes' if bf16 else 'no'}", flush=True)
+          f"examples x {sizes['epochs']} epoch(s), {device}, runs in {default}"
+          + (f" (and LoRA in {extra})" if extra else ""), flush=True)
 
     results: dict[str, dict] = {}
-    for label, kind, flags in configurations(args.rank, bf16):
+    for label, kind, flags in configurations(args.rank, extra):
         if args.only and label.split()[0].rstrip(",") not in args.only.split(","):
             continue
         started = time.perf_counter()
@@ -265,9 +280,8 @@ def main() -> None:
     lora_label = f"LoRA r={args.rank}"
     tokens = round(results[lora_label]["train_tokens"] / results[lora_label]["total_step"]) if lora_label in results \
         else 32 * 16
-    peak = {"float32": matmul_rate(shapes, tokens, "float32")}
-    if bf16:
-        peak["bfloat16"] = matmul_rate(shapes, tokens, "bfloat16")
+    peak = {precision: matmul_rate(shapes, tokens, {"fp32": "float32", "bf16": "bfloat16"}[precision])
+            for precision in (default, extra) if precision}
     rows = []
     for label, r in results.items():
         # The adapters as computed: LoRA's and AdaLoRA's at their (initial) rank, masked or not; the
@@ -275,12 +289,12 @@ def main() -> None:
         adapter_params = (r["average_adapter_params"] if "plateau" in label
                           else args.rank * sum(i + o for i, o in shapes["linears"]))
         achieved = flops_per_step(r, shapes, adapter_params) / r["median_step_seconds"] / 1e9
-        dtype = "bfloat16" if "bf16" in label else "float32"
+        dtype = extra if extra and label.endswith(extra) else default
         rows.append({"run": label, "median_step_s": r["median_step_seconds"],
                      "train_examples_per_s": r["train_examples_per_second"],
                      "eval_examples_per_s": r["eval_examples_per_second"], "peak_memory_mb": r["peak_memory_mb"],
                      "steps": r["total_step"], "tokens_per_step": r["train_tokens"] / r["total_step"],
-                     "achieved_gflops": achieved, "fraction_of_peak": achieved / peak[dtype],
+                     "precision": dtype, "achieved_gflops": achieved, "fraction_of_peak": achieved / peak[dtype],
                      "allocation_s_per_step": r.get("allocation_seconds_per_step")})
     ratios = _ratios(results, args.rank)
     text = _table(rows, peak, tokens, ratios)
@@ -314,27 +328,29 @@ def _ratios(results: dict, rank: int) -> dict:
         "allocation_share_of_adalora_step": divide(allocation, step(ada)),
         "qlora_over_lora": divide(step(f"QLoRA r={rank}"), step(lora)),
         "qadalora_over_adalora": divide(step(f"QLoRA+AdaLoRA {rank}->2"), step(ada)),
-        "bf16_over_fp32_throughput": divide(rate(f"LoRA r={rank} bf16"), rate(lora)),
+        "bf16_over_fp32_throughput": divide(rate(f"LoRA r={rank} bf16"), rate(lora))
+        or divide(rate(lora), rate(f"LoRA r={rank} fp32")),
         "ours_over_reference": divide(rate(lora), rate("reference, padded to 128")),
         "ours_over_dynamic_reference": divide(rate(lora), rate("reference, dynamic padding")),
     }
 
 
 def _table(rows: list[dict], peak: dict, tokens: int, ratios: dict) -> str:
-    lines = ["| run | median step (s) | train examples/s | eval examples/s | peak memory (MB) | tokens/step | "
-             "achieved GFLOP/s | of matmul rate |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | precision | median step (s) | train examples/s | eval examples/s | peak memory (MB) | "
+             "tokens/step | achieved GFLOP/s | of matmul rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['run']} | {row['median_step_s']:.4f} | {row['train_examples_per_s']:.1f} | "
-                     f"{row['eval_examples_per_s']:.1f} | {row['peak_memory_mb']:.0f} | {row['tokens_per_step']:.0f} | "
+        lines.append(f"| {row['run']} | {row['precision']} | {row['median_step_s']:.4f} | "
+                     f"{row['train_examples_per_s']:.1f} | {row['eval_examples_per_s']:.1f} | "
+                     f"{row['peak_memory_mb']:.0f} | {row['tokens_per_step']:.0f} | "
                      f"{row['achieved_gflops']:.1f} | {100 * row['fraction_of_peak']:.0f}% |")
     lines.append("")
     lines.append("Machine's matmul rate at these shapes (" + f"{tokens} tokens per step): " + ", ".join(
-        f"{dtype} {rate:.0f} GFLOP/s" for dtype, rate in peak.items()))
+        f"{precision} {rate:.0f} GFLOP/s" for precision, rate in peak.items()))
     names = {"adalora_over_lora": "AdaLoRA / LoRA step time (same init rank)",
              "allocation_share_of_adalora_step": "AdaLoRA's allocation, share of its step",
              "qlora_over_lora": "QLoRA / LoRA step time", "qadalora_over_adalora": "QLoRA+AdaLoRA / AdaLoRA step time",
-             "bf16_over_fp32_throughput": "LoRA bf16 / fp32 throughput",
+             "bf16_over_fp32_throughput": "LoRA bf16 / fp32 training throughput",
              "ours_over_reference": "LoRA / padded reference loop, throughput",
              "ours_over_dynamic_reference": "LoRA / dynamic-padding reference loop, throughput"}
     for key, value in ratios.items():
