@@ -104,6 +104,10 @@ class RunArguments:
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "Also save the base model with the adapter merged in (merged/); not for 4-bit bases."})
+    peft_forward: bool = field(
+        default=False,
+        metadata={"help": "Run the adapted layers with PEFT's own forward instead of the fused one "
+                          "(adarank/fused_adapters.py: the same function, fewer passes over the outputs)."})
     no_bf16: bool = field(
         default=False,
         metadata={"help": "Train in fp32 where bf16 autocast is the default (a GPU with bf16, or a CPU with "

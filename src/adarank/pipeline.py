@@ -19,6 +19,7 @@ from adarank.arguments import Arguments, parse_arguments, precision_note
 from adarank.cpu_4bit import describe_kernels
 from adarank.diagnostics import Diagnostics
 from adarank.errors import exits_cleanly_on_usage_errors
+from adarank.fused_adapters import fuse_adapter_forward
 from adarank.history import StepHistory
 from adarank.memory import (
     NO_ADAPTER,
@@ -128,6 +129,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     request.rank_log = RankLog(run / "ranks.jsonl", enabled=main_process)
     set_seed(training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
+    fused = 0 if args.run.peft_forward else fuse_adapter_forward(built.model)
     counts = parameter_counts(built.model, base_params)
     log.info(
         "%s on %s: %s trainable parameters (adapters %s, task head %s) of %s.",
@@ -137,6 +139,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
 
     tokenized = task.tokenize(data, tokenizer, args.model.max_seq_length)
     config = _config_document(args, task, data, model_name, request, built.plan or plan, counts, run)
+    config["fused_adapter_layers"] = fused  # layers running adarank/fused_adapters.py's forward
     if method.quantized:
         config["four_bit_cpu_kernels"] = describe_kernels(built.model)
     if main_process:

@@ -1,0 +1,79 @@
+"""The adapted linear layers' forward with the low-rank update added inside the output of the base
+layer's matmul, instead of as a separate tensor.
+
+PEFT computes LoRA as ``result + lora_B(lora_A(x)) * scaling`` and AdaLoRA as
+``result += (x @ (A * E).T @ B.T) * scaling / ranknum``: the scaling, and for LoRA the sum, are passes
+over a tokens x out tensor, forward and backward, in every adapted matrix at every step. Here the
+scale is applied to the tokens x r product, and ``B`` is accumulated straight into the base
+output with one in-place ``addmm_`` (the base layer's backward needs its input and weight, never its
+output, so autograd allows it). Same function, other rounding: outputs and gradients agree with
+PEFT's to float32 precision (tests/test_fused_adapters.py).
+
+Only the plain case takes this path: one active adapter, not merged, adapters enabled, no LoRA
+variant (DoRA ...), no extra arguments; anything else, and 4-bit layers (other classes), run PEFT's
+own forward. The layers' parameters, state dict and saved adapters are PEFT's, untouched.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.adalora.layer import SVDLinear
+from peft.tuners.lora.layer import Linear as LoraLinear
+from torch import nn
+
+
+def fuse_adapter_forward(model: nn.Module) -> int:
+    """Give every plain LoRA and AdaLoRA linear layer of ``model`` the fused forward; returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:
+            module.forward = types.MethodType(_lora_forward, module)
+            count += 1
+        elif type(module) is SVDLinear:
+            module.forward = types.MethodType(_adalora_forward, module)
+            count += 1
+    return count
+
+
+def _plain_adapter(layer, args, kwargs) -> str | None:
+    """The one active adapter, where the layer is in the plain case; else None."""
+    if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return None
+    adapter = layer.active_adapters[0]
+    if adapter not in layer.lora_A or adapter in getattr(layer, "lora_variant", {}):
+        return None
+    return adapter
+
+
+def _fused(layer, x: torch.Tensor, low_rank) -> torch.Tensor:
+    """base(x) + low_rank(x) @ B.T, the second term accumulated into the base output's storage (bf16
+    under autocast). ``low_rank``: x (tokens x in) -> (the scaled tokens x r product, B). On the
+    flattened tokens, so that the in-place add is never on a view (a hook on the returned tensor,
+    such as the plateau method's, then sees an ordinary history)."""
+    flat = x.reshape(-1, x.shape[-1])
+    result = layer.base_layer(flat)
+    low, b = low_rank(flat)
+    result.addmm_(low.to(result.dtype), b.t().to(result.dtype))
+    return result.view(*x.shape[:-1], result.shape[-1])
+
+
+def _lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    adapter = _plain_adapter(self, args, kwargs)
+    if adapter is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    a, dropout, scaling = self.lora_A[adapter].weight, self.lora_dropout[adapter], self.scaling[adapter]
+    return _fused(self, x, lambda flat: (F.linear(dropout(self._cast_input_dtype(flat, a.dtype)), a) * scaling,
+                                         self.lora_B[adapter].weight))
+
+
+def _adalora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    adapter = _plain_adapter(self, args, kwargs)
+    if adapter is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    a, e, dropout = self.lora_A[adapter], self.lora_E[adapter], self.lora_dropout[adapter]
+    scale = self.scaling[adapter] / (self.ranknum[adapter] + 1e-5)
+    return _fused(self, x, lambda flat: ((dropout(self._cast_input_dtype(flat, a.dtype)) @ (a * e).T) * scale,
+                                         self.lora_B[adapter]))

@@ -1,0 +1,107 @@
+"""The fused adapter forward (adarank/fused_adapters.py) computes PEFT's function: the same outputs
+and gradients to float32 precision, for LoRA and AdaLoRA, with dropout and under bf16 autocast; and
+PEFT's own forward wherever the layer is not in the plain case."""
+
+import copy
+
+import pytest
+import torch
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
+from transformers import BertConfig, BertForSequenceClassification
+
+from peft.tuners.adalora.layer import SVDLinear
+from peft.tuners.lora.layer import Linear as LoraLinear
+
+from adarank.fused_adapters import fuse_adapter_forward
+
+TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(config)
+
+
+def adapted(method: str, dropout: float = 0.0):
+    if method == "lora":
+        config = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=16, lora_dropout=dropout, target_modules=TARGETS)
+    else:
+        config = AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, lora_alpha=16, lora_dropout=dropout,
+                               target_modules=TARGETS, total_step=10, tinit=1, tfinal=1)
+    model = get_peft_model(tiny_bert(), config)
+    with torch.no_grad():  # B (LoRA) and E (AdaLoRA) start at zero: give the update a value to compare
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.1)
+    return model
+
+
+def outputs_and_gradients(model, batch, seed=0):
+    model.zero_grad()
+    torch.manual_seed(seed)  # the same dropout masks in both models
+    logits = model(**batch).logits
+    logits.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and "lora_" in n}
+    return logits.detach(), grads
+
+
+BATCH = {"input_ids": torch.randint(1, 100, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+
+
+def counting_peft_forward(monkeypatch) -> list:
+    """Count the calls of PEFT's own forward of both layer classes."""
+    calls = []
+    for cls in (LoraLinear, SVDLinear):
+        original = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, *a, _f=original, **k: calls.append(1) or _f(self, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_the_fused_forward_gives_peft_outputs_and_gradients(method, monkeypatch):
+    theirs = adapted(method)
+    ours = copy.deepcopy(theirs)
+    assert fuse_adapter_forward(ours) == 2 * len(TARGETS)
+    calls = counting_peft_forward(monkeypatch)
+    a = outputs_and_gradients(theirs, BATCH)
+    assert len(calls) == 2 * len(TARGETS)
+    b = outputs_and_gradients(ours, BATCH)
+    assert len(calls) == 2 * len(TARGETS)  # the fused path ran: PEFT's forward was not called again
+    torch.testing.assert_close(b[0], a[0], rtol=1e-5, atol=1e-6)
+    assert a[1].keys() == b[1].keys() and len(a[1]) == (2 if method == "lora" else 3) * 2 * len(TARGETS)
+    for name in a[1]:
+        torch.testing.assert_close(b[1][name], a[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_dropout_training_and_bf16_autocast_also_match():
+    theirs = adapted("lora", dropout=0.2)
+    ours = copy.deepcopy(theirs)
+    fuse_adapter_forward(ours)
+    theirs.train(), ours.train()
+    a, b = outputs_and_gradients(theirs, BATCH, seed=5), outputs_and_gradients(ours, BATCH, seed=5)
+    torch.testing.assert_close(b[0], a[0], rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = outputs_and_gradients(theirs, BATCH, seed=5), outputs_and_gradients(ours, BATCH, seed=5)
+    assert b[0].dtype == a[0].dtype
+    torch.testing.assert_close(b[0].float(), a[0].float(), rtol=0.05, atol=0.05)  # bf16 rounding, other order
+    assert all(g.dtype == torch.float32 for g in b[1].values())
+
+
+def test_disabled_or_merged_adapters_take_peft_forward(monkeypatch):
+    theirs = adapted("lora")
+    ours = copy.deepcopy(theirs)
+    fuse_adapter_forward(ours)
+    base = tiny_bert()
+    base.eval(), theirs.eval(), ours.eval()
+    calls = counting_peft_forward(monkeypatch)
+    with torch.no_grad(), ours.disable_adapter():
+        plain = ours(**BATCH).logits
+    assert len(calls) == 2 * len(TARGETS)
+    torch.testing.assert_close(plain, base(**BATCH).logits)  # adapters off: the base model
+    ours.merge_adapter()
+    with torch.no_grad():
+        merged = ours(**BATCH).logits
+        torch.testing.assert_close(merged, theirs(**BATCH).logits, rtol=1e-5, atol=1e-5)
