@@ -41,11 +41,14 @@ QUICK = {"train_examples": 640, "epochs": 1, "eval_examples": 256}
 FULL = {"train_examples": 2000, "epochs": 2, "eval_examples": 872}
 
 
-def configurations(rank: int, extra_precision: str | None) -> list[tuple[str, str, list[str]]]:
+def configurations(rank: int, extra_precision: str | None, quick: bool) -> list[tuple[str, str, list[str]]]:
     """(label, kind, the run's own flags); kind: ours or reference. ``extra_precision``: a second LoRA
-    row in the other precision (bf16 on a CPU with bf16 units, fp32 on a GPU)."""
+    row in the other precision (bf16 on a CPU with bf16 units, fp32 on a GPU). Not in --quick: LoRA
+    with PEFT's own layer forward, which shows what the fused forward saves."""
     runs = [
         (f"LoRA r={rank}", "ours", ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank)]),
+        *([] if quick else [(f"LoRA r={rank}, PEFT forward", "ours",
+                             ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank), "--peft_forward"])]),
         (f"AdaLoRA {rank}->2", "ours", ["src/glue_sst2.py", "--method", "adalora", "--init_r", str(rank),
                                         "--target_r", "2"]),
         (f"QLoRA r={rank}", "ours", ["src/src_qlora/glue_sst2.py", "--method", "qlora", "--lora_r", str(rank)]),
@@ -262,7 +265,7 @@ def main() -> None:
           + (f" (and LoRA in {extra})" if extra else ""), flush=True)
 
     results: dict[str, dict] = {}
-    for label, kind, flags in configurations(args.rank, extra):
+    for label, kind, flags in configurations(args.rank, extra, args.quick):
         if args.only and label.split()[0].rstrip(",") not in args.only.split(","):
             continue
         started = time.perf_counter()
@@ -332,6 +335,7 @@ def _ratios(results: dict, rank: int) -> dict:
         or divide(rate(lora), rate(f"LoRA r={rank} fp32")),
         "ours_over_reference": divide(rate(lora), rate("reference, padded to 128")),
         "ours_over_dynamic_reference": divide(rate(lora), rate("reference, dynamic padding")),
+        "fused_over_peft_forward": divide(rate(lora), rate(f"LoRA r={rank}, PEFT forward")),
     }
 
 
@@ -352,7 +356,8 @@ def _table(rows: list[dict], peak: dict, tokens: int, ratios: dict) -> str:
              "qlora_over_lora": "QLoRA / LoRA step time", "qadalora_over_adalora": "QLoRA+AdaLoRA / AdaLoRA step time",
              "bf16_over_fp32_throughput": "LoRA bf16 / fp32 training throughput",
              "ours_over_reference": "LoRA / padded reference loop, throughput",
-             "ours_over_dynamic_reference": "LoRA / dynamic-padding reference loop, throughput"}
+             "ours_over_dynamic_reference": "LoRA / dynamic-padding reference loop, throughput",
+             "fused_over_peft_forward": "LoRA, fused / PEFT's layer forward, throughput"}
     for key, value in ratios.items():
         if value is not None:
             lines.append(f"- {names[key]}: {value:.2f}")

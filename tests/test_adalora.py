@@ -144,3 +144,21 @@ def test_the_vectorised_allocator_updates_importance_and_masks_exactly_as_peft_d
     for name in singular_values:
         assert torch.equal(masked[0][name], masked[1][name]), name
     assert sum(int((p == 0).sum()) for p in masked[1].values()) == allocator.init_bgt - allocator.target_bgt
+
+
+def test_the_vectorised_regulariser_gives_peft_loss_and_gradients(tiny_model):
+    tokenizer, model = build_adalora(tiny_model, orth_reg_weight=0.3)
+    _, batch = demo_batch(tokenizer)
+    adalora = model.base_model
+    model.eval()
+    results = []
+    for forward in (lambda: type(adalora).forward(adalora, **batch), lambda: adalora(**batch)):  # PEFT's, ours
+        model.zero_grad()
+        loss = forward().loss
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n}))
+    (peft_loss, peft_grads), (loss, grads) = results
+    assert loss == pytest.approx(peft_loss, rel=1e-6)
+    for name, grad in peft_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert any(grad.abs().sum() > 0 for name, grad in grads.items() if "lora_A" in name)
