@@ -4,7 +4,7 @@ another in one invocation, against two reference loops written the way the usual
 grouping), and against the machine's own matmul rate.
 
     python script/benchmark_speed.py [--quick] [--data_dir ../shared/data/glue_data] [--threads N]
-        [--train_examples 2000] [--epochs 2] [--rank 3] [--work_dir runs/speed]
+        [--train_examples 2000] [--epochs 2] [--rank 3] [--repeat 1] [--work_dir runs/speed]
 
 Every run is its own process (so that its peak memory is its own), on SST-2 with the embedded
 MiniLM, without evaluation or checkpoints while training; the dev set is scored once at the end
@@ -237,6 +237,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=3, help="LoRA's rank and AdaLoRA's initial rank")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every run")
     parser.add_argument("--work_dir", default="runs/speed")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over the whole list; figures are medians")
     parser.add_argument("--only", help="comma-separated labels' first words to run (e.g. LoRA,AdaLoRA,reference)")
     parser.add_argument("--reference", choices=["padded", "dynamic"], help=argparse.SUPPRESS)
     parser.add_argument("--like", help=argparse.SUPPRESS)
@@ -264,20 +265,26 @@ def main() -> None:
           f"examples x {sizes['epochs']} epoch(s), {device}, runs in {default}"
           + (f" (and LoRA in {extra})" if extra else ""), flush=True)
 
-    results: dict[str, dict] = {}
-    for label, kind, flags in configurations(args.rank, extra, args.quick):
-        if args.only and label.split()[0].rstrip(",") not in args.only.split(","):
-            continue
-        started = time.perf_counter()
-        out = work / label.replace(" ", "_").replace(",", "").replace("->", "to").replace("(", "").replace(")", "")
-        if kind == "ours":
-            results[label] = run_ours(flags, out, sizes, data, args.threads)
-        else:
-            lora = results.get(f"LoRA r={args.rank}")
-            if lora is None:
-                raise SystemExit("error: the reference loops copy the LoRA run's settings: include LoRA in --only")
-            results[label] = run_reference(flags, out, lora, sizes, data, args.threads)
-        print(f"  {label}: {time.perf_counter() - started:.0f} s", flush=True)
+    # With --repeat N the whole list runs N times, round after round (so that a slow spell of the
+    # machine falls on every configuration alike); each figure is the median over the rounds.
+    chosen = [(label, kind, flags) for label, kind, flags in configurations(args.rank, extra, args.quick)
+              if not args.only or label.split()[0].rstrip(",") in args.only.split(",")]
+    rounds: dict[str, list[dict]] = {label: [] for label, _, _ in chosen}
+    for round_index in range(args.repeat):
+        for label, kind, flags in chosen:
+            started = time.perf_counter()
+            out = work / label.replace(" ", "_").replace(",", "").replace("->", "to").replace("(", "").replace(")", "")
+            if kind == "ours":
+                rounds[label].append(run_ours(flags, out, sizes, data, args.threads))
+            else:
+                lora = rounds.get(f"LoRA r={args.rank}")
+                if not lora:
+                    raise SystemExit("error: the reference loops copy the LoRA run's settings: include LoRA in --only")
+                rounds[label].append(run_reference(flags, out, lora[-1], sizes, data, args.threads))
+            print(f"  {label}{f' (round {round_index + 1})' if args.repeat > 1 else ''}: "
+                  f"{time.perf_counter() - started:.0f} s, median step {rounds[label][-1]['median_step_seconds']:.4f} s",
+                  flush=True)
+    results = {label: _median_run(runs) for label, runs in rounds.items()}
 
     shapes = model_shapes(None)
     lora_label = f"LoRA r={args.rank}"
@@ -312,6 +319,21 @@ def main() -> None:
     lora_row = next((row for row in rows if row["run"] == lora_label), None)
     if lora_row:
         print(f"fraction_of_matmul_peak {lora_row['fraction_of_peak']:.2f}")
+
+
+SPEED_FIGURES = ("median_step_seconds", "train_examples_per_second", "eval_examples_per_second", "peak_memory_mb",
+                 "allocation_seconds_per_step", "train_seconds")
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """One run's figures, each speed figure replaced by its median over the rounds."""
+    merged = dict(runs[-1])
+    for key in SPEED_FIGURES:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        if values:
+            merged[key] = statistics.median(values)
+    merged["rounds"] = len(runs)
+    return merged
 
 
 def _ratios(results: dict, rank: int) -> dict:
