@@ -61,25 +61,37 @@ def stop_requeue_and_finish(job: str, history: Path, log: Path) -> None:
         subprocess.run(["scancel", job], timeout=30)
 
 
+def job_setup(tmp_path: Path, tiny_model: str, steps: int, *extra: str) -> tuple[list, dict, Path]:
+    """The job's flags (AdaLoRA on demo data, batch 2, a loss logged every step), its environment,
+    and its run directory; the job runs a copy of its script, which finds job.sh in tmp_path."""
+    for folder in ("src", "script"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    flags = ["sst2", "adalora", "small", "7", "--demo", "--model_name_or_path", tiny_model, "--max_steps", str(steps),
+             "--per_device_train_batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no",
+             "--save_strategy", "no", *extra]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    env.update(PYTHON=sys.executable, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return flags, env, tmp_path / "runs" / "sst2" / "adalora-small-seed7"
+
+
+def reference_run(tmp_path: Path, flags: list, env: dict, **more_env: str) -> Path:
+    """The same job run straight through with plain bash, outside SLURM; its run directory."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "src").symlink_to(ROOT / "src")
+    straight = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), *flags], capture_output=True, text=True,
+                              env={**env, "SLURM_SUBMIT_DIR": str(reference), **more_env}, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    return reference / "runs" / "sst2" / "adalora-small-seed7"
+
+
 def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run(tiny_model, tmp_path):
     """Stopped in the first of its 8 epochs (256 steps of batch 2); test_preemption stops runs in later epochs."""
     reason = cluster_idle()
     if reason:
         pytest.skip(reason)
-    for folder in ("src", "script"):  # the job runs a copy of its script, which finds job.sh here
-        (tmp_path / folder).symlink_to(ROOT / folder)
-    flags = ["sst2", "adalora", "small", "7", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2000",
-             "--per_device_train_batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no",
-             "--save_strategy", "no"]
-    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run_dir = tmp_path / "runs" / "sst2" / "adalora-small-seed7"
-
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    (reference / "src").symlink_to(ROOT / "src")
-    straight = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), *flags], capture_output=True, text=True,
-                              env={**env, "SLURM_SUBMIT_DIR": str(reference)}, timeout=600)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    flags, env, run_dir = job_setup(tmp_path, tiny_model, 2000)
+    reference = reference_run(tmp_path, flags, env)
 
     # The script's GPU and memory requests, scaled down to this one-node CPU cluster.
     submit = subprocess.run(
@@ -92,11 +104,10 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
     log = (tmp_path / f"job-{job}.out").read_text()
     assert "Continuing from runs/sst2/adalora-small-seed7/checkpoints/checkpoint-" in log, log[-2000:]
 
-    a = json.loads((reference / "runs" / "sst2" / "adalora-small-seed7" / "metrics.json").read_text())
+    a = json.loads((reference / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["total_step"] == 2000
-    assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "runs" / "sst2" / "adalora-small-seed7" /
-                                                              "ranks.jsonl")
+    assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "ranks.jsonl")
     assert [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "loss" in h] == list(range(1, 2001))
 
 
@@ -107,21 +118,8 @@ def test_a_job_of_two_tasks_trains_through_srun_and_ends_as_the_same_run_under_t
     reason = cluster_idle()
     if reason:
         pytest.skip(reason)
-    for folder in ("src", "script"):  # the job runs a copy of its script, which finds job.sh here
-        (tmp_path / folder).symlink_to(ROOT / folder)
-    flags = ["sst2", "adalora", "small", "7", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "400",
-             "--per_device_train_batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no",
-             "--save_strategy", "no", "--max_eval_samples", "32"]
-    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env = {key: value for key, value in env.items() if not key.startswith("SLURM_")}
-    run_dir = tmp_path / "runs" / "sst2" / "adalora-small-seed7"
-
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    (reference / "src").symlink_to(ROOT / "src")
-    straight = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), *flags], capture_output=True, text=True,
-                              env={**env, "SLURM_SUBMIT_DIR": str(reference), "NPROC": "2"}, timeout=600)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    flags, env, run_dir = job_setup(tmp_path, tiny_model, 400, "--max_eval_samples", "32")
+    reference = reference_run(tmp_path, flags, env, NPROC="2")
 
     submit = subprocess.run(
         ["sbatch", "--parsable", "--ntasks=2", "--gres=gpu:0", "--cpus-per-task=1", "--mem=3G", "--chdir",
@@ -136,11 +134,10 @@ def test_a_job_of_two_tasks_trains_through_srun_and_ends_as_the_same_run_under_t
 
     config = json.loads((run_dir / "config.json").read_text())
     assert config["environment"]["processes"] == 2 and config["environment"]["slurm_job"] == job
-    a = json.loads((reference / "runs" / "sst2" / "adalora-small-seed7" / "metrics.json").read_text())
+    a = json.loads((reference / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["resumed_from_step"] > 20
-    assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "runs" / "sst2" / "adalora-small-seed7" /
-                                                              "ranks.jsonl")
+    assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "ranks.jsonl")
 
 
 def test_the_matrix_runs_as_an_array_and_its_report_job_writes_the_tables(tiny_model, tmp_path):
