@@ -22,7 +22,7 @@ demo: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) src/glue_sst2.py --demo --method adalora
 
 test: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
