@@ -177,6 +177,8 @@ class Run:
             "training": {k: training.get(k) for k in (
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},
+            # bf16 autocast sets runs apart (every config.json records the Trainer's bf16 flag).
+            "bf16_autocast": bool(training.get("bf16")),
             # Summarization: how summaries were generated (beams, lengths, the prompt) sets runs apart too.
             **({"generation": {k: v for k, v in self.config["task_settings"].items() if k != "evaluate_only"}}
                if self.config.get("task_settings") else {}),

@@ -349,3 +349,20 @@ def test_a_seed_written_by_an_earlier_version_joins_its_setting(runs_root, tmp_p
     adapter["init"] = "lora"  # a real difference still sets a run apart
     path.write_text(json.dumps(config))
     assert len(summarize_runs.summarize(root, resamples=20)["results"]) == 3
+
+
+def test_bf16_and_fp32_runs_are_different_settings_and_older_fp32_runs_join_new_ones():
+    from run_reader import find_runs, setting_names
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    runs = [run for run in find_runs(results / "bf16" / "sst2") if "lora-" in str(run.path)
+            and "adalora" not in str(run.path)]
+    assert len(runs) == 6
+    by_precision = {}
+    for run in runs:
+        by_precision.setdefault(run.config["arguments"]["training"]["bf16"], set()).add(run.setting)
+    assert len(by_precision[True]) == len(by_precision[False]) == 1 and by_precision[True] != by_precision[False]
+    assert "bf16_autocast=True" in " ".join(setting_names(runs).values())
+    # fp32 seeds written before the precision choice existed stay one setting with today's
+    fidelity = [run for run in find_runs(results / "fidelity" / "cola") if "lora-r2-" in str(run.path)]
+    assert len(fidelity) == 3 and len({run.setting for run in fidelity}) == 1
