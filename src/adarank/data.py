@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import datasets
 
+from adarank import token_cache
 from adarank.demo_data import make_demo_split
 from adarank.errors import UsageError
 
@@ -30,6 +31,7 @@ class GlueData:
     dev: dict[str, datasets.Dataset]  # split name -> dev set (MNLI: matched, mismatched)
     source: str  # where the data came from, for config.json
     synthetic: bool = False
+    tokenized_cache: dict[str, str] | None = None  # split -> read / written / off (adarank/token_cache.py)
 
 
 def load_glue(
@@ -195,12 +197,17 @@ def tokenize(data: GlueData, tokenizer, max_seq_length: int) -> GlueData:
         encoded["labels"] = batch["label"]
         return encoded
 
-    def apply(split: datasets.Dataset) -> datasets.Dataset:
-        return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenizing")
+    cache = {}
+
+    def apply(name: str, split: datasets.Dataset) -> datasets.Dataset:
+        rows, cache[name] = token_cache.tokenized(split, encode, tokenizer, {"max_seq_length": max_seq_length},
+                                                  remove_columns=split.column_names)
+        return rows
 
     return GlueData(
-        train=apply(data.train),
-        dev={k: apply(v) for k, v in data.dev.items()},
+        train=apply("train", data.train),
+        dev={k: apply(k, v) for k, v in data.dev.items()},
         source=data.source,
         synthetic=data.synthetic,
+        tokenized_cache=cache,
     )

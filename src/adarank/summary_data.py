@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 import torch
 
+from adarank import token_cache
 from adarank.errors import UsageError
 
 HUB_DATASET, HUB_CONFIG = "abisee/cnn_dailymail", "3.0.0"
@@ -31,6 +32,7 @@ class SummaryData:
     dev: dict[str, datasets.Dataset]  # split name -> articles scored at the end (validation, test)
     source: str
     synthetic: bool = False
+    tokenized_cache: dict[str, str] | None = None  # split -> read / written / off (adarank/token_cache.py)
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ def tokenize(data: SummaryData, tokenizer, max_source_length: int, max_target_le
             encoded["prompt_length"] = [len(ids) for ids in encoded["input_ids"]]
             return encoded
     else:
-        before, after = prompt.parts(tokenizer)
+        before, after = prompt_tokens = prompt.parts(tokenizer)
 
         def encode(batch):
             rows = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_length": []}
@@ -244,13 +246,19 @@ def tokenize(data: SummaryData, tokenizer, max_source_length: int, max_target_le
                 rows["prompt_length"].append(len(source))
             return rows
 
-    def apply(split: datasets.Dataset) -> datasets.Dataset:
-        keep = ["id", "summary"]
-        encoded = split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c not in keep],
-                            desc="tokenizing")
-        return encoded
+    settings = {"max_source_length": max_source_length, "max_target_length": max_target_length,
+                "encoder_decoder": encoder_decoder, "eos": eos,
+                "prompt": None if encoder_decoder else prompt_tokens}
+    cache = {}
 
-    return replace(data, train=apply(data.train), dev={k: apply(v) for k, v in data.dev.items()})
+    def apply(name: str, split: datasets.Dataset) -> datasets.Dataset:
+        keep = ["id", "summary"]
+        rows, cache[name] = token_cache.tokenized(
+            split, encode, tokenizer, settings, remove_columns=[c for c in split.column_names if c not in keep])
+        return rows
+
+    return replace(data, train=apply("train", data.train), dev={k: apply(k, v) for k, v in data.dev.items()},
+                   tokenized_cache=cache)
 
 
 class SummaryCollator:

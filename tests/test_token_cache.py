@@ -1,0 +1,100 @@
+"""Tokenized splits cached on disk (adarank/token_cache.py): a second run reads what the first
+wrote, the same rows as tokenizing again; any change to the rows, the tokenizer or the settings
+is a new entry; an unwritable cache folder only turns the cache off."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+from conftest import QUICK, run_task, write_sst2_folder
+from transformers import AutoTokenizer
+
+from adarank import token_cache
+from adarank.data import load_glue, tokenize
+from adarank.tasks import TASKS
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADARANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ADARANK_TOKEN_CACHE", raising=False)
+    return tmp_path / "cache" / "tokenized"
+
+
+def sst2(tmp_path):
+    return load_glue(TASKS["sst2"], str(write_sst2_folder(tmp_path / "glue")))
+
+
+def as_rows(split: datasets.Dataset) -> list[dict]:
+    return split.to_list()
+
+
+def test_a_second_tokenization_reads_the_first_and_gives_the_same_rows(tiny_model, tmp_path, cache, monkeypatch):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = sst2(tmp_path)
+    first = tokenize(data, tokenizer, 64)
+    second = tokenize(data, tokenizer, 64)
+    assert first.tokenized_cache == {"train": "written", "validation": "written"}
+    assert second.tokenized_cache == {"train": "read", "validation": "read"}
+    assert len(list(cache.iterdir())) == 2
+    monkeypatch.setenv("ADARANK_TOKEN_CACHE", "0")
+    fresh = tokenize(data, tokenizer, 64)
+    assert fresh.tokenized_cache == {"train": "off", "validation": "off"}
+    for name, split in (("train", fresh.train), ("validation", fresh.dev["validation"])):
+        read = second.train if name == "train" else second.dev["validation"]
+        assert as_rows(read) == as_rows(split)
+    assert len(list(cache.iterdir())) == 2  # nothing written while off
+
+
+def test_other_rows_tokenizer_or_settings_make_new_entries(tiny_model, tmp_path, cache):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = sst2(tmp_path)
+    encode_count = lambda: len(list(cache.iterdir()))  # noqa: E731
+    tokenize(data, tokenizer, 64)
+    assert encode_count() == 2
+    # A shorter maximum length truncates: a new entry, and truncated rows.
+    short = tokenize(data, tokenizer, 8)
+    assert short.tokenized_cache["train"] == "written" and encode_count() == 4
+    assert max(len(ids) for ids in short.train["input_ids"]) == 8
+    # Other rows: a subset drawn from the file, and a contiguous slice of it (the same Arrow buffers).
+    for subset in (data.train.select(range(10)), data.train.select(range(10, 20)), data.train.shuffle(seed=1)):
+        _, status = token_cache.tokenized(subset, lambda b: tokenizer(b["text_a"]), tokenizer, {"max_seq_length": 64},
+                                          remove_columns=subset.column_names)
+        assert status == "written"
+    # One changed sentence.
+    edited = data.train.map(lambda row, i: {"text_a": row["text_a"] + ("!" if i == 3 else "")}, with_indices=True)
+    assert token_cache.content_hash(edited) != token_cache.content_hash(data.train)
+    # Another tokenizer: an added token changes what the same text becomes.
+    other = AutoTokenizer.from_pretrained(tiny_model)
+    other.add_tokens(["movie"])
+    assert token_cache.tokenizer_identity(other) != token_cache.tokenizer_identity(tokenizer)
+    assert tokenize(data, other, 64).tokenized_cache["train"] == "written"
+
+
+def test_an_unwritable_cache_folder_turns_the_cache_off_and_the_rows_are_still_right(tiny_model, tmp_path,
+                                                                                     monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ADARANK_CACHE", str(blocker))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = sst2(tmp_path)
+    rows = tokenize(data, tokenizer, 64)
+    assert rows.tokenized_cache == {"train": "off", "validation": "off"}
+    assert rows.train[0]["input_ids"] == tokenizer(data.train[0]["text_a"])["input_ids"]
+
+
+def test_a_run_records_the_cache_and_a_second_run_reading_it_trains_identically(tiny_model, tmp_path, cache):
+    data = write_sst2_folder(tmp_path / "glue")
+    common = ("--data_dir", str(data), "--model_name_or_path", tiny_model, "--max_steps", "3", "--seed", "3",
+              "--no_bf16", *QUICK)
+    for name in ("first", "second"):
+        assert run_task("sst2", *common, "--output_dir", str(tmp_path / name)) == 0
+    first, second = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("first", "second"))
+    assert first["tokenized_cache"] == {"train": "written", "validation": "written"}
+    assert second["tokenized_cache"] == {"train": "read", "validation": "read"}
+    losses = [[json.loads(line).get("loss") for line in (tmp_path / n / "history.jsonl").read_text().splitlines()]
+              for n in ("first", "second")]
+    assert losses[0] == losses[1] and any(loss is not None for loss in losses[0])
+    assert (tmp_path / "first" / "predictions.tsv").read_text() == (tmp_path / "second" / "predictions.tsv").read_text()
