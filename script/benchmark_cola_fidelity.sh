@@ -5,7 +5,8 @@
 # authors' released script settings (--recipe official).
 # Finished runs keep their small files (config, metrics, history, ranks, predictions; never
 # adapters or checkpoints) under results/fidelity/cola/<config>-seed<N>/, and a run already
-# there is skipped, so the table grows from session to session.
+# there is skipped, so the table grows from session to session. Every run is fp32 (--no_bf16), as
+# the table's first seeds were, whatever the CPU's default.
 # JOBS runs go side by side, each with cores/JOBS threads (two single-threaded runs finish
 # sooner in total than one two-threaded run on two cores; see BENCHMARKS.md).
 # Usage: [SEEDS="42 43 44"] [CONFIGS="lora-r2 adalora-small adalora-official lora-official"] [JOBS=2] [NICE=0]
@@ -48,7 +49,8 @@ one() {  # config seed: train (continuing from the run's newest complete checkpo
   local config=$1 seed=$2 name="$1-seed$2"
   # shellcheck disable=SC2046
   OMP_NUM_THREADS=$threads nice -n "${NICE:-0}" "$python" $(flags "$config") --data_dir "$data_dir" \
-    --num_train_epochs "${EPOCHS:-25}" --seed "$seed" --output_dir "$runs/$name" --resume_from_checkpoint auto ${EXTRA:-} \
+    --num_train_epochs "${EPOCHS:-25}" --seed "$seed" --output_dir "$runs/$name" --resume_from_checkpoint auto \
+    --no_bf16 ${EXTRA:-} \
     >>"$runs/$name.log" 2>&1 || { echo "failed: $name (see $runs/$name.log)" >&2; return 1; }
   mkdir -p "$results/$name"
   for f in "${keep[@]}"; do [ -f "$runs/$name/$f" ] && cp "$runs/$name/$f" "$results/$name/"; done

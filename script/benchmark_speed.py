@@ -72,11 +72,12 @@ def precisions() -> tuple[str, str | None]:
     import torch
 
     from adarank.arguments import bf16_by_default, cpu_has_bf16_units
+    from adarank.tasks import TASKS
 
-    default = "bf16" if bf16_by_default() else "fp32"
-    if torch.cuda.is_available():
-        return default, "fp32" if default == "bf16" else None
-    return default, "bf16" if default == "fp32" and cpu_has_bf16_units() else None
+    default = "bf16" if bf16_by_default(TASKS["sst2"]) else "fp32"
+    if default == "bf16":
+        return default, "fp32"
+    return default, "bf16" if not torch.cuda.is_available() and cpu_has_bf16_units() else None
 
 
 # ---------------------------------------------------------------- the runs
@@ -316,7 +317,8 @@ def main() -> None:
     for name in ("adalora_over_lora", "ours_over_reference", "ours_over_dynamic_reference"):
         if ratios.get(name) is not None:
             print(f"ratio {name} {ratios[name]:.2f}")
-    lora_row = next((row for row in rows if row["run"] == lora_label), None)
+    fp32_label = lora_label if default == "fp32" else f"{lora_label} fp32"
+    lora_row = next((row for row in rows if row["run"] == fp32_label), None)
     if lora_row:
         print(f"fraction_of_matmul_peak {lora_row['fraction_of_peak']:.2f}")
 

@@ -2,12 +2,14 @@
 weights, gradients and AdaLoRA's importance scores stay in fp32."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from adarank.arguments import BF16_ON_CPU_BY_DEFAULT, cpu_has_bf16_units
+from adarank import arguments
+from adarank.tasks import TASKS
 from conftest import QUICK, run_task
 
 
@@ -35,20 +37,37 @@ def test_adalora_trains_under_bf16_autocast_with_fp32_weights_and_importance(tin
     assert final["event"] == "final" and final["total_rank"] == final["target_budget"]
 
 
-def test_the_default_precision_and_its_reason_are_recorded(tiny_model, tmp_path):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults; on a GPU its own bf16 support decides")
+@pytest.mark.parametrize("units", [True, False], ids=["cpu-with-bf16-units", "cpu-without"])
+def test_the_default_precision_follows_the_cpu_and_its_reason_is_recorded(tiny_model, tmp_path, monkeypatch, units):
+    """Both machine kinds, whichever this one is: bf16 autocast by default where the CPU has bf16
+    units (GLUE, where it is measured), fp32 elsewhere; --no_bf16 always wins."""
+    monkeypatch.setattr(arguments, "cpu_has_bf16_units", lambda: units)
     run = tmp_path / "default"
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2",
                     "--output_dir", str(run), "--max_eval_samples", "16", *QUICK) == 0
     precision = config(run)["precision"]
-    expected = BF16_ON_CPU_BY_DEFAULT and cpu_has_bf16_units() and not torch.cuda.is_available()
-    assert precision["bf16_autocast"] == expected and precision["chosen_by"].startswith("default: ")
-    assert ("no bf16 units" in precision["chosen_by"]) == (not cpu_has_bf16_units())
-
+    assert precision["bf16_autocast"] == (units and arguments.BF16_ON_CPU_BY_DEFAULT)
+    assert config(run)["arguments"]["training"]["bf16"] == precision["bf16_autocast"]
+    assert precision["chosen_by"] == ("default: this CPU has bf16 units (AVX512-BF16 or AMX)" if units else
+                                      "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, "
+                                      "tens of times slower)")
     off = tmp_path / "off"
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--no_bf16",
                     "--output_dir", str(off), "--max_eval_samples", "16", *QUICK) == 0
     assert config(off)["precision"] == {"bf16_autocast": False, "chosen_by": "--no_bf16"}
     assert not config(off)["arguments"]["training"]["bf16"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults; on a GPU its own bf16 support decides")
+def test_summarization_stays_fp32_by_default_until_bf16_is_measured_for_it(monkeypatch):
+    monkeypatch.setattr(arguments, "cpu_has_bf16_units", lambda: True)
+    summaries, glue = TASKS["cnndailymail"], TASKS["cola"]
+    assert arguments.run_defaults(glue, demo=True)["bf16"] and not arguments.run_defaults(summaries, demo=True)["bf16"]
+    training = SimpleNamespace(bf16=False)
+    assert arguments.precision_note(training, set(), summaries)["chosen_by"] == (
+        "default: fp32 (bf16 autocast on the CPU is not yet measured against fp32 for summarization; "
+        "--bf16 asks for it)")
 
 
 def test_bf16_and_no_bf16_together_are_refused_in_one_line(tiny_model, tmp_path, capsys):

@@ -252,7 +252,7 @@ def _config_document(args: Arguments, task, data, model_name, request, plan, cou
             "training": args.training.to_dict(),
         },
         "explicit_arguments": sorted(args.explicit),
-        "precision": precision_note(args.training, args.explicit),
+        "precision": precision_note(args.training, args.explicit, task),
         "environment": environment(),
         **({"task_settings": task.describe()} if task.describe() else {}),
         "task_arguments": asdict(args.task_options) if args.task_options is not None else None,

@@ -20,6 +20,9 @@ class Task(Protocol):
     recipes: dict  # every published set of hyperparameters (``--recipe``), by name: paper first
     arguments: type | None  # the family's own flags, a dataclass parsed beside the others
     allows_no_adapter: bool  # whether --method none (the base model, untrained) makes sense
+    # Whether bf16 autocast on the CPU is measured as accurate as fp32 for this family (BENCHMARKS.md):
+    # then it is the default on CPUs with bf16 units.
+    cpu_bf16_measured: bool
 
     def configure(self, options, evaluate_only: bool) -> Task:
         """The task for one run: its family's parsed flags (``arguments``) applied; ``evaluate_only``

@@ -107,6 +107,7 @@ class GlueTask:
     family: ClassVar[str] = "GLUE"
     arguments: ClassVar[type | None] = None
     allows_no_adapter: ClassVar[bool] = False  # the classification head starts untrained
+    cpu_bf16_measured: ClassVar[bool] = True  # bf16 vs fp32 on the CPU: SST-2, LoRA and AdaLoRA, 3 seeds
 
     def configure(self, options, evaluate_only: bool) -> GlueTask:
         return self
