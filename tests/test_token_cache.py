@@ -98,3 +98,13 @@ def test_a_run_records_the_cache_and_a_second_run_reading_it_trains_identically(
               for n in ("first", "second")]
     assert losses[0] == losses[1] and any(loss is not None for loss in losses[0])
     assert (tmp_path / "first" / "predictions.tsv").read_text() == (tmp_path / "second" / "predictions.tsv").read_text()
+
+
+def test_an_empty_split_is_tokenized_but_not_cached(tiny_model, cache):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    empty = datasets.Dataset.from_dict({"text_a": [], "label": []},
+                                       features=datasets.Features({"text_a": datasets.Value("string"),
+                                                                   "label": datasets.Value("int64")}))
+    rows, status = token_cache.tokenized(empty, lambda b: tokenizer(b["text_a"]), tokenizer, {},
+                                         remove_columns=["text_a", "label"])
+    assert status == "empty" and len(rows) == 0 and not cache.exists()

@@ -99,13 +99,15 @@ def enabled() -> bool:
 def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: dict,
               **map_arguments) -> tuple[datasets.Dataset, str]:
     """``split.map(encode, batched=True, **map_arguments)``, read from the cache where an earlier run
-    wrote it. Returns the rows and what happened: ``read``, ``written`` or ``off`` (cache disabled or
-    its folder not writable)."""
+    wrote it. Returns the rows and what happened: ``read``, ``written``, ``empty`` (no rows) or ``off``
+    (cache disabled or its folder not writable)."""
     def compute() -> datasets.Dataset:
         return split.map(encode, batched=True, desc="tokenizing", **map_arguments)
 
     if not enabled():
         return compute(), "off"
+    if len(split) == 0:  # nothing to tokenize (no training split under --method none), nor to save
+        return compute(), "empty"
     key = hashlib.sha256(json.dumps({
         "rows": content_hash(split),
         "tokenizer": tokenizer_identity(tokenizer),
