@@ -21,8 +21,10 @@ $(INSTALLED): requirements.txt pyproject.toml
 demo: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) src/glue_sst2.py --demo --method adalora
 
+# Two workers, one thread each: most tests start processes or train tiny models, which one core
+# runs as fast as two; the SLURM tests stay on one worker (xdist_group), the node has two CPUs.
 test: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=10
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -23,11 +23,12 @@ SCRIPTS = {"lora": SRC / "glue_sst2.py", "adalora": SRC / "glue_sst2.py", "plate
 
 
 def command(method: str, tiny_model: str, run_dir: Path, per_epoch: bool = False) -> list[str]:
-    """``per_epoch``: the defaults' evaluation and checkpoint every epoch (128 steps), logs every 10 steps."""
+    """``per_epoch``: the defaults' evaluation and checkpoint every epoch (64 steps), logs every 10 steps."""
     every = ["--logging_steps", "10"] if per_epoch else ["--logging_steps", "1", "--eval_strategy", "no",
                                                           "--save_strategy", "no"]
-    flags = ["--demo", "--model_name_or_path", tiny_model, "--max_steps", "300", "--per_device_train_batch_size", "4",
-             *every, "--seed", "7", "--output_dir", str(run_dir), "--resume_from_checkpoint", "auto"]
+    flags = ["--demo", "--model_name_or_path", tiny_model, "--max_steps", "200", "--max_train_samples", "256",
+             "--per_device_train_batch_size", "4", *every, "--seed", "7", "--output_dir", str(run_dir),
+             "--resume_from_checkpoint", "auto"]
     if method == "plateau":
         flags += ["--eval_every", "25", "--plateau_patience", "1", "--plateau_min_delta", "1e9"]
     else:
@@ -69,7 +70,7 @@ def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_mode
     output = finish(done, tmp_path / "straight.log")
     assert done.returncode == 0, output[-2000:]
 
-    at = random.Random().randint(135, 200)  # in a later epoch (128 steps each), 100 steps before the end at least
+    at = random.Random().randint(70, 130)  # in a later epoch (64 steps each), 70 steps before the end at least
     first = start(command_for(stopped), tmp_path / "first.log")
     signal_at_step(first, stopped / "history.jsonl", at, signum)
     output = finish(first, tmp_path / "first.log")
@@ -84,7 +85,7 @@ def test_a_signalled_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_mode
     assert f"Continuing from {checkpoint}" in output
 
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, stopped))
-    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["total_step"] == a["total_step"] == 300
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["total_step"] == a["total_step"] == 200
     weights = load_file(straight / "adapter" / "adapter_model.safetensors")
     for key, value in load_file(stopped / "adapter" / "adapter_model.safetensors").items():
         torch.testing.assert_close(value, weights[key], rtol=1e-5, atol=1e-6)

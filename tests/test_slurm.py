@@ -15,7 +15,8 @@ import pytest
 from conftest import read_jsonl, write_sst2_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slurm
+# One pytest worker runs them all, one after another: the node has two CPUs, and the two-task job needs both.
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 
 def cluster_idle() -> str | None:
@@ -86,11 +87,12 @@ def reference_run(tmp_path: Path, flags: list, env: dict, **more_env: str) -> Pa
 
 
 def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run(tiny_model, tmp_path):
-    """Stopped in the first of its 8 epochs (256 steps of batch 2); test_preemption stops runs in later epochs."""
+    """Stopped in the first of its 3 epochs (256 steps of batch 2, 600 in all: far more than run in the
+    moment between the signal and the checkpoint); test_preemption stops runs in later epochs."""
     reason = cluster_idle()
     if reason:
         pytest.skip(reason)
-    flags, env, run_dir = job_setup(tmp_path, tiny_model, 2000)
+    flags, env, run_dir = job_setup(tmp_path, tiny_model, 600)
     reference = reference_run(tmp_path, flags, env)
 
     # The script's GPU and memory requests, scaled down to this one-node CPU cluster.
@@ -106,9 +108,9 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
 
     a = json.loads((reference / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
-    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["total_step"] == 2000
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5) and b["total_step"] == 600
     assert read_jsonl(run_dir / "ranks.jsonl") == read_jsonl(reference / "ranks.jsonl")
-    assert [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "loss" in h] == list(range(1, 2001))
+    assert [h["step"] for h in read_jsonl(run_dir / "history.jsonl") if "loss" in h] == list(range(1, 601))
 
 
 def test_a_job_of_two_tasks_trains_through_srun_and_ends_as_the_same_run_under_torchrun(tiny_model, tmp_path):
