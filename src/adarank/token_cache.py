@@ -113,14 +113,16 @@ def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: di
         "tokenizer": tokenizer_identity(tokenizer),
         "encode": _source(encode),
         "settings": settings,
-        "map": {k: v for k, v in map_arguments.items()},
+        "map": map_arguments,
         "datasets": datasets.__version__,
     }, sort_keys=True, default=str).encode()).hexdigest()[:24]
     entry = cache_root() / "tokenized" / key
     damaged = False
     if (entry / "dataset_info.json").is_file():
         try:
-            return datasets.load_from_disk(str(entry)), "read"
+            rows = datasets.load_from_disk(str(entry))
+            log.info("%d tokenized rows read from the cache (%s)", len(rows), entry)
+            return rows, "read"
         except (OSError, ValueError) as error:
             log.warning("tokenized cache entry %s unreadable (%s): tokenizing again", entry, error)
             damaged = True
