@@ -23,10 +23,16 @@ def cluster_idle() -> str | None:
     """None where a SLURM node is idle here, else why the test cannot run."""
     if shutil.which("sbatch") is None:
         return "SLURM is not installed here (bash script/slurm-local.sh start installs and starts a local cluster)"
-    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if "idle" not in state.stdout.split():
-        return f"no idle SLURM node (sinfo: {(state.stdout + state.stderr).strip()[:200] or 'nothing'})"
-    return None
+    deadline = time.monotonic() + 120
+    while True:
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if "idle" in state.stdout.split():
+            return None
+        # A running cluster whose node is still busy (the previous test's job completing): wait for it.
+        busy = {"mixed", "allocated", "completing"} & {word.rstrip("*~#-") for word in state.stdout.split()}
+        if not busy or time.monotonic() > deadline:
+            return f"no idle SLURM node (sinfo: {(state.stdout + state.stderr).strip()[:200] or 'nothing'})"
+        time.sleep(1)
 
 
 def job_state(job: str) -> str:
