@@ -43,8 +43,9 @@ FULL = {"train_examples": 2000, "epochs": 2, "eval_examples": 872}
 
 def configurations(rank: int, extra_precision: str | None, quick: bool) -> list[tuple[str, str, list[str]]]:
     """(label, kind, the run's own flags); kind: ours or reference. ``extra_precision``: a second LoRA
-    row in the other precision (bf16 on a CPU with bf16 units, fp32 on a GPU). Not in --quick: LoRA
-    with PEFT's own layer forward, which shows what the fused forward saves."""
+    row in the precision that is not the default (fp32 where bf16 is the default; bf16 on a CPU with
+    bf16 units where fp32 is). Not in --quick: LoRA with PEFT's own layer forward, which shows what
+    the fused forward saves."""
     runs = [
         (f"LoRA r={rank}", "ours", ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank)]),
         *([] if quick else [(f"LoRA r={rank}, PEFT forward", "ours",
