@@ -366,3 +366,6 @@ def test_bf16_and_fp32_runs_are_different_settings_and_older_fp32_runs_join_new_
     # fp32 seeds written before the precision choice existed stay one setting with today's
     fidelity = [run for run in find_runs(results / "fidelity" / "cola") if "lora-r2-" in str(run.path)]
     assert len(fidelity) == 3 and len({run.setting for run in fidelity}) == 1
+    # and so do the official-recipe seeds written by two versions: one setting per method
+    official = [run for run in find_runs(results / "fidelity" / "cola") if "official-" in str(run.path)]
+    assert len(official) == 6 and len({run.setting for run in official}) == 2
