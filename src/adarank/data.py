@@ -31,7 +31,7 @@ class GlueData:
     dev: dict[str, datasets.Dataset]  # split name -> dev set (MNLI: matched, mismatched)
     source: str  # where the data came from, for config.json
     synthetic: bool = False
-    tokenized_cache: dict[str, str] | None = None  # split -> read / written / off (adarank/token_cache.py)
+    tokenized_cache: dict[str, str] | None = None  # split -> read / written / empty / off (adarank/token_cache.py)
 
 
 def load_glue(

@@ -140,7 +140,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     tokenized = task.tokenize(data, tokenizer, args.model.max_seq_length)
     config = _config_document(args, task, data, model_name, request, built.plan or plan, counts, run)
     config["fused_adapter_layers"] = fused  # layers running adarank/fused_adapters.py's forward
-    config["tokenized_cache"] = tokenized.tokenized_cache  # split -> read / written / off (adarank/token_cache.py)
+    config["tokenized_cache"] = tokenized.tokenized_cache  # split -> read / written / empty / off
     if method.quantized:
         config["four_bit_cpu_kernels"] = describe_kernels(built.model)
     if main_process:

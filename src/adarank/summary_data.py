@@ -32,7 +32,7 @@ class SummaryData:
     dev: dict[str, datasets.Dataset]  # split name -> articles scored at the end (validation, test)
     source: str
     synthetic: bool = False
-    tokenized_cache: dict[str, str] | None = None  # split -> read / written / off (adarank/token_cache.py)
+    tokenized_cache: dict[str, str] | None = None  # split -> read / written / empty / off (adarank/token_cache.py)
 
 
 @dataclass(frozen=True)
