@@ -123,7 +123,7 @@ def reference_loop(args: argparse.Namespace) -> None:
                               TrainingArguments, default_data_collator)
 
     from adarank.memory import PeakMemory
-    from adarank.speed import StepTimer
+    from adarank.run.callbacks import StepTimer
     from adarank.tasks import get_task
 
     like = json.loads((Path(args.like) / "config.json").read_text())

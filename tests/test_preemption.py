@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adarank.preemption import COMPLETE_MARKER, PREEMPTED_EXIT_CODE, newest_complete_checkpoint
+from adarank.run.preemption import COMPLETE_MARKER, PREEMPTED_EXIT_CODE, newest_complete_checkpoint
 from conftest import QUICK, read_jsonl, run_task
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -2,7 +2,7 @@ import pytest
 
 from adarank.errors import UsageError
 from adarank.methods.adalora import fit_budget_schedule
-from adarank.training_steps import count_optimizer_steps
+from adarank.run.steps import count_optimizer_steps
 from adarank.tasks import TASKS
 
 

@@ -20,7 +20,7 @@ from adarank.cpu_4bit import describe_kernels
 from adarank.diagnostics import Diagnostics
 from adarank.errors import exits_cleanly_on_usage_errors
 from adarank.fused_adapters import fuse_adapter_forward
-from adarank.history import StepHistory
+from adarank.run.callbacks import StepHistory, StepTimer
 from adarank.memory import (
     NO_ADAPTER,
     PeakMemory,
@@ -34,13 +34,13 @@ from adarank.memory import (
 from adarank.methods import AdapterRequest, budget_label, budget_rank, get_method
 from adarank.models import check_sequence_length
 from adarank.modules import resolve_target_modules
-from adarank.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
+from adarank.run.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
 from adarank.ranks import RankLog
-from adarank.sampling import ResumableTrainer
-from adarank.speed import StepTimer
-from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir, environment
+from adarank.run.sampling import ResumableTrainer
+from adarank.rundir import RunDirectory, checkpoint_step, default_run_dir
+from adarank.run.environment import environment
 from adarank.tasks import Task, get_task, recipe_of
-from adarank.training_steps import count_optimizer_steps
+from adarank.run.steps import count_optimizer_steps
 
 log = logging.getLogger("adarank")
 def synthetic_note(task: Task) -> str:

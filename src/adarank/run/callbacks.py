@@ -1,14 +1,32 @@
-"""Where a run's time goes, for metrics.json: the median optimizer step, measured from the end of
-one step to the end of the next (data loading, forward, backward, optimizer and the methods'
-callbacks), leaving out the steps that an evaluation or a checkpoint interrupted; and the tokens
-the model computed on in training (padding included), from which a step's FLOPs follow."""
+"""The run's own Trainer callbacks: history.jsonl (every log and evaluation) and the step timer
+for metrics.json.
+
+The step timer measures the median optimizer step from the end of one step to the end of the next
+(data loading, forward, backward, optimizer and the methods' callbacks), leaving out the steps that
+an evaluation or a checkpoint interrupted; and the tokens the model computed on in training
+(padding included), from which a step's FLOPs follow."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
+
+
+class StepHistory(TrainerCallback):
+    """Appends every log and evaluation of the Trainer to ``history.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
 
 
 class StepTimer(TrainerCallback):
