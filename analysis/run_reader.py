@@ -20,24 +20,50 @@ KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output
                   for name in names}}
 
 
-def _as_written_today(fields: dict) -> dict:
-    """Setting fields of older config.json files in today's terms: an entry that a later version
-    added with a value that changes nothing (None, AdaLoRA's paper initialisation, the LoRA rank an
-    AdaLoRA budget compares with, the schedule's recipe) is dropped, and a renamed one renamed
-    (the schedule's ``paper`` values became ``published``)."""
-    adapter = dict(fields.get("adapter") or {})
-    schedule = dict(adapter.get("schedule") or {})
-    if "paper" in schedule and "published" not in schedule:
-        schedule["published"] = schedule.pop("paper")
-    if schedule.get("recipe") == "paper":
-        del schedule["recipe"]
-    if schedule:
-        adapter["schedule"] = schedule
-    if adapter.get("init") == "paper":
-        del adapter["init"]
-    if "compared_with_lora_r" in adapter and adapter["compared_with_lora_r"] == adapter.get("target_r"):
-        del adapter["compared_with_lora_r"]
-    return _without_none({**fields, "adapter": adapter})
+# The version of config.json and metrics.json that training writes today (their "format_version");
+# files without one are version 1. A later version adds a step to MIGRATIONS.
+FORMAT_VERSION = 2
+
+
+def _config_v1_to_v2(config: dict) -> dict:
+    """Version 1 config.json in version 2 terms. Version 1 files were written before recipes and
+    AdaLoRA's alternative initialisation existed, or before the schedule's published values were
+    named so: they took the paper recipe and AdaLoRA's paper initialisation, and an AdaLoRA budget
+    was compared with LoRA at its target rank."""
+    config = {**config, "recipe": config.get("recipe", "paper")}
+    if "total_steps" in config:
+        config["total_step"] = config.pop("total_steps")
+    adapter = dict(config.get("adapter") or {})
+    if "init_r" in adapter:  # AdaLoRA and QLoRA + AdaLoRA
+        adapter.setdefault("init", "paper")
+        adapter.setdefault("compared_with_lora_r", adapter.get("target_r"))
+        schedule = dict(adapter.get("schedule") or {})
+        if "paper" in schedule:
+            schedule.setdefault("published", schedule.pop("paper"))
+        if schedule:
+            schedule.setdefault("recipe", config["recipe"])
+            adapter["schedule"] = schedule
+    if adapter:
+        config["adapter"] = adapter
+    return config
+
+
+MIGRATIONS = {1: _config_v1_to_v2}  # version -> the step that brings a config.json one version up
+
+
+def migrate_config(config: dict) -> dict:
+    """A config.json of any version in today's terms, one step at a time, so that seeds written
+    months apart compare as one setting."""
+    version = config.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise AnalysisError(
+            f"config.json has format_version {version}, newer than this reader's {FORMAT_VERSION}: "
+            "update the project to read it"
+        )
+    while version < FORMAT_VERSION:
+        config = MIGRATIONS[version](config)
+        version += 1
+    return {**config, "format_version": FORMAT_VERSION}
 
 
 def _without_none(value):
@@ -161,11 +187,12 @@ class Run:
         The adapter counts as planned (its resolved hyperparameters), not as typed: --lora_r 8
         and --budget large are one setting. The budget itself is in the run's label. Runs
         written by earlier versions of the project compare as they would have been written
-        today (``_as_written_today``), so that seeds run months apart stay one setting.
+        today (``migrate_config``, applied when the run is read), so that seeds run months apart
+        stay one setting.
         """
         arguments = self.config.get("arguments", {})
         training = arguments.get("training", {})
-        return _as_written_today({
+        return _without_none({
             "recipe": self.recipe,
             "model": self.config.get("model"),
             "train_examples": self.config.get("train_examples"),
@@ -243,7 +270,7 @@ def load_run(path: str | Path) -> Run:
         raise AnalysisError(
             f"{path} is not a run directory (no config.json): give the --output_dir of a training run"
         )
-    run = Run(path, config=json.loads((path / "config.json").read_text(encoding="utf-8")))
+    run = Run(path, config=migrate_config(json.loads((path / "config.json").read_text(encoding="utf-8"))))
     if (path / "metrics.json").is_file():
         run.metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     return run
