@@ -6,9 +6,8 @@ chosen steps, the orthogonal regulariser's share of the loss, and where AdaLoRA 
 
 from __future__ import annotations
 
-import argparse
-
-from run_reader import KIND_LABELS, AnalysisError, Run, fail_cleanly, load_run, metric_keys
+from cli import command_line, fail_cleanly
+from run_reader import KIND_LABELS, AnalysisError, Run, load_run, metric_keys
 from tables import csv_text, markdown
 
 
@@ -42,11 +41,9 @@ def row(run: Run, steps: list[int]) -> dict:
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories trained with --diagnostics")
+    parser = command_line(__doc__, runs="run directories trained with --diagnostics", csv=True)
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50, 100, 200, 400],
                         help="optimizer steps to report the update size at (the first two also give gamma R / loss)")
-    parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     args = parser.parse_args(argv)
     rows = [row(load_run(path), args.steps) for path in args.runs]
     print(csv_text(rows) if args.csv else markdown(rows))

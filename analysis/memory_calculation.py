@@ -13,10 +13,10 @@ which states its analytic model), imported only then. MB are 2**20 bytes.
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from run_reader import AnalysisError, fail_cleanly, load_run
+from cli import command_line, fail_cleanly
+from run_reader import AnalysisError, load_run
 from tables import csv_text, markdown
 
 MB = 2**20
@@ -93,8 +93,7 @@ def readable(rows: list[dict]) -> list[dict]:
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", help="run directories (with memory.json)")
+    parser = command_line(__doc__, runs="run directories (with memory.json)", nargs="*", csv=True)
     parser.add_argument("--model_name_or_path", help="plan from this model's config (no training)")
     parser.add_argument("--plan", action="store_true", help="plan for the embedded MiniLM")
     # Budgets and dtypes are the library's, checked by its planner (reading runs needs no library).
@@ -103,7 +102,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--num_labels", type=int, default=2)
     parser.add_argument("--init_r", type=int, help="AdaLoRA's initial rank, where a recipe sets it "
                                                    "(CNN/DailyMail: 4); default 1.5x the budget's")
-    parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     args = parser.parse_args(argv)
     if args.runs and (args.model_name_or_path or args.plan):
         raise AnalysisError("give run directories or --model_name_or_path/--plan, not both")

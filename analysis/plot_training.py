@@ -11,11 +11,11 @@ of the training loss, AdaLoRA's mean |E|, and the update by module kind.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import style
-from run_reader import Run, fail_cleanly, load_run, metric_keys
+from cli import command_line, fail_cleanly
+from run_reader import Run, load_run, metric_keys
 
 plt = style.plt
 BUDGET_STYLES = {"small": "-", "large": "--"}
@@ -95,9 +95,7 @@ def diagnostics_figure(runs: list[Run]):
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories")
-    parser.add_argument("--out", help="output file (.png, .pdf or .svg)")
+    parser = command_line(__doc__, runs="run directories", figure="")
     parser.add_argument("--diagnostics", action="store_true",
                         help="draw diagnostics.jsonl (runs trained with --diagnostics) instead of the curves")
     args = parser.parse_args(argv)

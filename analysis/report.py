@@ -7,7 +7,6 @@ Images are embedded, so the file can be sent to a colleague as it is.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -15,8 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import style
+from cli import add_paper_options, command_line, fail_cleanly
 from plot_training import training_figure
-from run_reader import AnalysisError, fail_cleanly, find_runs
+from run_reader import AnalysisError, find_runs
 from summarize_runs import TITLES, split_runs, summarize
 from visualize_rank import heatmaps_figure
 
@@ -72,11 +72,9 @@ def build_report(root, paper: bool = False, resamples: int = 2000) -> str:
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="a folder of run directories")
+    parser = command_line(__doc__, root="a folder of run directories")
     parser.add_argument("--out", default="report.html", help="the HTML file to write")
-    parser.add_argument("--paper", action="store_true", help="add the AdaLoRA paper's numbers")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    add_paper_options(parser, "add the AdaLoRA paper's numbers")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):

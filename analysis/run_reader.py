@@ -9,61 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from run_format import migrate_config
 
 # Shorter axis labels for three of the paper's module names (any other name is shown as it is).
 KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output": "ffn out",
                **{f"{prefix}.{name}": f"cross {name}" for prefix, names in
                   (("encoder_attn", ("q_proj", "k_proj", "v_proj", "out_proj")), ("EncDecAttention", "qkvo"))
                   for name in names}}
-
-
-# The version of config.json and metrics.json that training writes today (their "format_version");
-# files without one are version 1. A later version adds a step to MIGRATIONS.
-FORMAT_VERSION = 2
-
-
-def _config_v1_to_v2(config: dict) -> dict:
-    """Version 1 config.json in version 2 terms. Version 1 files were written before recipes and
-    AdaLoRA's alternative initialisation existed, or before the schedule's published values were
-    named so: they took the paper recipe and AdaLoRA's paper initialisation, and an AdaLoRA budget
-    was compared with LoRA at its target rank."""
-    config = {**config, "recipe": config.get("recipe", "paper")}
-    if "total_steps" in config:
-        config["total_step"] = config.pop("total_steps")
-    adapter = dict(config.get("adapter") or {})
-    if "init_r" in adapter:  # AdaLoRA and QLoRA + AdaLoRA
-        adapter.setdefault("init", "paper")
-        adapter.setdefault("compared_with_lora_r", adapter.get("target_r"))
-        schedule = dict(adapter.get("schedule") or {})
-        if "paper" in schedule:
-            schedule.setdefault("published", schedule.pop("paper"))
-        if schedule:
-            schedule.setdefault("recipe", config["recipe"])
-            adapter["schedule"] = schedule
-    if adapter:
-        config["adapter"] = adapter
-    return config
-
-
-MIGRATIONS = {1: _config_v1_to_v2}  # version -> the step that brings a config.json one version up
-
-
-def migrate_config(config: dict) -> dict:
-    """A config.json of any version in today's terms, one step at a time, so that seeds written
-    months apart compare as one setting."""
-    version = config.get("format_version", 1)
-    if version > FORMAT_VERSION:
-        raise AnalysisError(
-            f"config.json has format_version {version}, newer than this reader's {FORMAT_VERSION}: "
-            "update the project to read it"
-        )
-    while version < FORMAT_VERSION:
-        config = MIGRATIONS[version](config)
-        version += 1
-    return {**config, "format_version": FORMAT_VERSION}
 
 
 def _without_none(value):
@@ -103,19 +58,6 @@ def flatten(document: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def fail_cleanly(main):
-    """Run ``main``; an AnalysisError becomes one line on stderr and exit code 2."""
-
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except AnalysisError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapper
 
 
 @dataclass
@@ -270,7 +212,11 @@ def load_run(path: str | Path) -> Run:
         raise AnalysisError(
             f"{path} is not a run directory (no config.json): give the --output_dir of a training run"
         )
-    run = Run(path, config=migrate_config(json.loads((path / "config.json").read_text(encoding="utf-8"))))
+    try:
+        config = migrate_config(json.loads((path / "config.json").read_text(encoding="utf-8")))
+    except ValueError as error:
+        raise AnalysisError(f"{path}: {error}") from None
+    run = Run(path, config=config)
     if (path / "metrics.json").is_file():
         run.metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     return run

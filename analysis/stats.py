@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
-
 from run_reader import AnalysisError, Run
+from scipy.stats import rankdata
 
 # --- metrics on label / prediction arrays ----------------------------------------------------
 

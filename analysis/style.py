@@ -9,7 +9,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only: runs on SLURM nodes and CI without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
-
 from run_reader import AnalysisError  # noqa: E402
 
 METHOD_COLORS = {

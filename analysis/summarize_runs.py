@@ -13,13 +13,20 @@ Unfinished or failed runs and synthetic-data (--demo) runs are listed apart.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from collections import defaultdict
 
 import numpy as np
-
-from run_reader import Run, dev_splits, fail_cleanly, find_runs, flatten, metric_keys, setting_names, task_metric
+from cli import add_paper_options, command_line, fail_cleanly
+from run_reader import (
+    Run,
+    dev_splits,
+    find_runs,
+    flatten,
+    metric_keys,
+    setting_names,
+    task_metric,
+)
 from stats import ROUGE, PredictionTables, mean_std, method_difference, points
 from tables import csv_text, markdown
 
@@ -188,11 +195,8 @@ TITLES = {
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="a folder of run directories (searched recursively)")
-    parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
-    parser.add_argument("--paper", action="store_true", help="add the AdaLoRA paper's numbers as reference rows")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser = command_line(__doc__, root="a folder of run directories (searched recursively)", csv=True)
+    add_paper_options(parser, "add the AdaLoRA paper's numbers as reference rows")
     parser.add_argument("--pair-all", action="store_true",
                         help="also compare methods whose runs differ in recipe, model, data or training arguments "
                              "(each such row names what differs)")

@@ -11,13 +11,12 @@ steps and the total rank against the step, with AdaLoRA's schedule phases
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-
 import style
-from run_reader import KIND_LABELS, Run, fail_cleanly, layer_order, load_run
+from cli import command_line, fail_cleanly
+from run_reader import KIND_LABELS, Run, layer_order, load_run
 
 plt = style.plt
 
@@ -161,9 +160,7 @@ def over_time_figure(run: Run, panels: int = 5):
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories (with ranks.jsonl)")
-    parser.add_argument("--out", help="output file (.png, .pdf or .svg); default: in the run directory")
+    parser = command_line(__doc__, runs="run directories (with ranks.jsonl)", figure="; default: in the run directory")
     parser.add_argument("--over-time", action="store_true", help="show the allocation at several steps")
     parser.add_argument("--steps", type=int, default=5, help="heatmaps in the --over-time strip")
     args = parser.parse_args(argv)

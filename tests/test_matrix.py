@@ -1,5 +1,6 @@
-"""script/run_matrix.sh: the whole comparison as one job array. --dry-run lists exactly the runs
-still to do; a matrix whose runs all finished submits nothing (no sbatch is even needed)."""
+"""script/slurm/run_matrix.sh (script/run_matrix.sh links to it): the whole comparison as one job
+array. --dry-run lists exactly the runs still to do; a matrix whose runs all finished submits nothing
+(no sbatch is even needed)."""
 
 import os
 import subprocess
@@ -10,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def matrix(*argv, runs: Path, path: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "RUNS": str(runs), **({"PATH": path} if path is not None else {})}
-    return subprocess.run(["bash", str(ROOT / "script" / "run_matrix.sh"), *argv], capture_output=True, text=True,
-                          env=env, timeout=60)
+    return subprocess.run(["bash", str(ROOT / "script" / "slurm" / "run_matrix.sh"), *argv], capture_output=True,
+                          text=True, env=env, timeout=60)
 
 
 def test_the_default_matrix_is_the_original_projects_table(tmp_path):
@@ -19,7 +20,7 @@ def test_the_default_matrix_is_the_original_projects_table(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].endswith("0 finished, 48 to run (array size 48)")
-    expected = [f"script/run_glue.sh {task} {method} {budget} {seed}" for task in ("mnli", "sst2", "cola", "qnli")
+    expected = [f"script/slurm/run_glue.sh {task} {method} {budget} {seed}" for task in ("mnli", "sst2", "cola", "qnli")
                 for method in ("lora", "adalora") for budget in ("small", "large") for seed in (42, 43, 44)]
     assert lines[1:] == expected
 
@@ -35,16 +36,16 @@ def test_finished_runs_are_left_out_and_flags_reach_every_run(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "matrix: cola x lora qadalora plateau x small x seeds 1 2; 1 finished, 5 to run (array size 5)",
-        "script/run_glue.sh cola lora small 1 --demo --max_steps 3",
-        "script/run_qlora.sh cola qadalora small 1 --demo --max_steps 3",
-        "script/run_qlora.sh cola qadalora small 2 --demo --max_steps 3",
-        "script/run_plateau.sh cola small 1 --demo --max_steps 3",
-        "script/run_plateau.sh cola small 2 --demo --max_steps 3",
+        "script/slurm/run_glue.sh cola lora small 1 --demo --max_steps 3",
+        "script/slurm/run_qlora.sh cola qadalora small 1 --demo --max_steps 3",
+        "script/slurm/run_qlora.sh cola qadalora small 2 --demo --max_steps 3",
+        "script/slurm/run_plateau.sh cola small 1 --demo --max_steps 3",
+        "script/slurm/run_plateau.sh cola small 2 --demo --max_steps 3",
     ]
     summaries = matrix("--dry-run", "--tasks", "cnndailymail", "--methods", "none adalora", "--budgets", "small",
                        "--seeds", "7", "--", "--data_file", "a.jsonl", runs=tmp_path)
-    assert summaries.stdout.splitlines()[1:] == ["script/run_cnndm.sh none small 7 --data_file a.jsonl",
-                                                 "script/run_cnndm.sh adalora small 7 --data_file a.jsonl"]
+    assert summaries.stdout.splitlines()[1:] == ["script/slurm/run_cnndm.sh none small 7 --data_file a.jsonl",
+                                                 "script/slurm/run_cnndm.sh adalora small 7 --data_file a.jsonl"]
 
 
 def test_a_finished_matrix_submits_nothing(tmp_path):
@@ -67,3 +68,20 @@ def test_bad_matrix_arguments_end_in_one_line(tmp_path):
         done = matrix("--dry-run", *argv, runs=tmp_path)
         assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: ")
         assert message in done.stderr
+
+
+def test_the_commands_users_know_still_run_through_links(tmp_path):
+    """script/run_*.sh are links to script/slurm/: sbatch reads the #SBATCH lines through them, and
+    each script finds its job.sh and the repository from where it really lies."""
+    for name in ("run_glue.sh", "run_qlora.sh", "run_plateau.sh", "run_cnndm.sh", "run_matrix.sh"):
+        link = ROOT / "script" / name
+        assert link.is_symlink() and link.resolve() == ROOT / "script" / "slurm" / name, name
+    env = {**os.environ, "RUNS": str(tmp_path)}
+    via_link = subprocess.run(["bash", "script/run_matrix.sh", "--dry-run", "--tasks", "rte", "--methods", "lora",
+                               "--budgets", "small", "--seeds", "5"], capture_output=True, text=True, env=env,
+                              timeout=60, cwd=ROOT)
+    assert via_link.returncode == 0, via_link.stderr
+    assert via_link.stdout.splitlines()[1:] == ["script/slurm/run_glue.sh rte lora small 5"]
+    usage = subprocess.run(["bash", str(ROOT / "script" / "run_plateau.sh"), "cola"], capture_output=True, text=True,
+                           env=env, timeout=60, cwd=tmp_path)
+    assert usage.returncode == 2 and "usage:" in usage.stderr  # job.sh found through the link

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from run_reader import FORMAT_VERSION, AnalysisError, find_runs, load_run, migrate_config
+from run_format import FORMAT_VERSION, migrate_config
+from run_reader import AnalysisError, find_runs, load_run
 
 from adarank.errors import UsageError
 from adarank.rundir import RunDirectory

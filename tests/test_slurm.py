@@ -1,4 +1,4 @@
-"""script/run_glue.sh on a real SLURM cluster (one node on localhost: script/slurm-local.sh):
+"""script/slurm/run_glue.sh on a real SLURM cluster (one node on localhost: script/slurm/slurm-local.sh):
 a job told to stop (USR1 to its batch shell, as --signal=B:USR1 does before the time limit)
 checkpoints, requeues itself, and the requeued job ends where an uninterrupted run ends."""
 
@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 def cluster_idle() -> str | None:
     """None where a SLURM node is idle here, else why the test cannot run."""
     if shutil.which("sbatch") is None:
-        return "SLURM is not installed here (bash script/slurm-local.sh start installs and starts a local cluster)"
+        return ("SLURM is not installed here "
+                "(bash script/slurm/slurm-local.sh start installs and starts a local cluster)")
     deadline = time.monotonic() + 120
     while True:
         state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
@@ -70,7 +71,7 @@ def stop_requeue_and_finish(job: str, history: Path, log: Path) -> None:
 
 def job_setup(tmp_path: Path, tiny_model: str, steps: int, *extra: str) -> tuple[list, dict, Path]:
     """The job's flags (AdaLoRA on demo data, batch 2, a loss logged every step), its environment,
-    and its run directory; the job runs a copy of its script, which finds job.sh in tmp_path."""
+    and its run directory; the job runs a copy of its script, which finds job.sh in tmp_path/script/slurm."""
     for folder in ("src", "script"):
         (tmp_path / folder).symlink_to(ROOT / folder)
     flags = ["sst2", "adalora", "small", "7", "--demo", "--model_name_or_path", tiny_model, "--max_steps", str(steps),
@@ -86,8 +87,8 @@ def reference_run(tmp_path: Path, flags: list, env: dict, **more_env: str) -> Pa
     reference = tmp_path / "reference"
     reference.mkdir()
     (reference / "src").symlink_to(ROOT / "src")
-    straight = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), *flags], capture_output=True, text=True,
-                              env={**env, "SLURM_SUBMIT_DIR": str(reference), **more_env}, timeout=600)
+    straight = subprocess.run(["bash", str(ROOT / "script" / "slurm" / "run_glue.sh"), *flags], capture_output=True,
+                              text=True, env={**env, "SLURM_SUBMIT_DIR": str(reference), **more_env}, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
     return reference / "runs" / "sst2" / "adalora-small-seed7"
 
@@ -101,7 +102,8 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
     flags, env, run_dir = job_setup(tmp_path, tiny_model, 600)
     reference = reference_run(tmp_path, flags, env)
 
-    # The script's GPU and memory requests, scaled down to this one-node CPU cluster.
+    # The script's GPU and memory requests, scaled down to this one-node CPU cluster. Submitted through the
+    # link users know (script/run_glue.sh -> script/slurm/run_glue.sh); the job runs a copy of the file.
     submit = subprocess.run(
         ["sbatch", "--parsable", "--gres=gpu:0", "--cpus-per-task=1", "--mem=2G", "--chdir", str(tmp_path),
          "--export=ALL", "-o", str(tmp_path / "job-%j.out"), str(ROOT / "script" / "run_glue.sh"), *flags],
@@ -121,7 +123,7 @@ def test_a_job_told_to_stop_requeues_itself_and_finishes_as_an_uninterrupted_run
 
 def test_a_job_of_two_tasks_trains_through_srun_and_ends_as_the_same_run_under_torchrun(tiny_model, tmp_path):
     """The path across nodes, on one node: with two tasks in the allocation, srun starts the two DDP
-    processes (script/srun_task.sh), forwards the batch shell's signal to both, and the requeued job
+    processes (script/slurm/srun_task.sh), forwards the batch shell's signal to both, and the requeued job
     ends exactly where two processes under torchrun (NPROC=2, no SLURM) end."""
     reason = cluster_idle()
     if reason:
@@ -131,8 +133,9 @@ def test_a_job_of_two_tasks_trains_through_srun_and_ends_as_the_same_run_under_t
 
     submit = subprocess.run(
         ["sbatch", "--parsable", "--ntasks=2", "--gres=gpu:0", "--cpus-per-task=1", "--mem=3G", "--chdir",
-         str(tmp_path), "--export=ALL", "-o", str(tmp_path / "job-%j.out"), str(ROOT / "script" / "run_glue.sh"),
-         *flags], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+         str(tmp_path), "--export=ALL", "-o", str(tmp_path / "job-%j.out"),
+         str(ROOT / "script" / "slurm" / "run_glue.sh"), *flags],
+        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]
     log = tmp_path / f"job-{job}.out"
@@ -156,7 +159,7 @@ def test_the_matrix_runs_as_an_array_and_its_report_job_writes_the_tables(tiny_m
     env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RUNS": str(runs),
            # the array's GPU and memory requests, scaled down to this one-node CPU cluster
            "SBATCH_EXTRA": "--gres=gpu:0 --cpus-per-task=1 --mem=1G", "SBATCH_REPORT_EXTRA": "--mem=1G"}
-    argv = ["bash", str(ROOT / "script" / "run_matrix.sh"), "--tasks", "sst2", "--methods", "lora adalora",
+    argv = ["bash", str(ROOT / "script" / "slurm" / "run_matrix.sh"), "--tasks", "sst2", "--methods", "lora adalora",
             "--budgets", "small", "--seeds", "1", "--", "--data_dir", str(write_sst2_folder(tmp_path / "glue")),
             "--model_name_or_path", tiny_model,
             "--max_steps", "6", "--save_strategy", "no", "--max_train_samples", "64", "--max_eval_samples", "32"]

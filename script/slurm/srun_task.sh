@@ -1,5 +1,5 @@
-# One DDP process of a job that srun starts once per task (script/job.sh, more than one task):
-#   srun bash script/srun_task.sh PYTHON ENTRY_SCRIPT [flags...]
+# One DDP process of a job that srun starts once per task (script/slurm/job.sh, more than one task):
+#   srun bash script/slurm/srun_task.sh PYTHON ENTRY_SCRIPT [flags...]
 # Its place in the group comes from SLURM's variables, in the names torch.distributed reads;
 # MASTER_ADDR and MASTER_PORT come from the batch shell. exec keeps the signals srun forwards
 # (USR1, TERM) going to the run itself.

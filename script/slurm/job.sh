@@ -5,7 +5,7 @@
 #   on this node.
 # - Across nodes: ask SLURM for one task per GPU (sbatch --nodes 2 --ntasks-per-node 4 --gres gpu:4 ...);
 #   with more than one task in the allocation, srun starts one process per task, and each finds its
-#   place in the DDP group from SLURM's variables (script/srun_task.sh).
+#   place in the DDP group from SLURM's variables (script/slurm/srun_task.sh).
 # - SLURM's warning signal (--signal=B:USR1@300 before the time limit, or TERM on preemption) reaches
 #   the batch shell; it is passed on to the run (srun hands it to every task), which checkpoints and
 #   exits 75, and the job requeues

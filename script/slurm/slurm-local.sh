@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine (localhost), for the integration test and for trying
 # the job scripts: Debian's slurm-wlm and munge, run as root without systemd.
-#   bash script/slurm-local.sh start     # installs what is missing (apt-get), then starts munged, slurmctld, slurmd
-#   bash script/slurm-local.sh stop
+#   bash script/slurm/slurm-local.sh start     # installs what is missing (apt-get), then starts munged, slurmctld, slurmd
+#   bash script/slurm/slurm-local.sh stop
 # Exit 0 once `sinfo` shows the node idle; non-zero, with the reason on stderr, where it cannot start.
 set -euo pipefail
 node=$(hostname -s)
 conf=/etc/slurm/slurm.conf
+# The mark names the script's old place: a cluster started before the move must still be ours.
 mark="# written by adarank's script/slurm-local.sh (a one-node test cluster)"
 
 ours() {  # a configuration this script wrote, or none: never touch a real cluster's

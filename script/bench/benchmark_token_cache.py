@@ -2,7 +2,7 @@
 first run (tokenize and write the cache) and on every later run (read it); the rows read are
 checked to equal the rows tokenized.
 
-    python script/benchmark_token_cache.py [--data_dir ../shared/data/glue_data] [--tasks sst2 cola rte]
+    python script/bench/benchmark_token_cache.py [--data_dir ../shared/data/glue_data] [--tasks sst2 cola rte]
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from adarank.data import load_glue, tokenize  # noqa: E402
-from adarank.models import embedded_model_path  # noqa: E402
+from adarank.tasks.glue.data import load_glue, tokenize  # noqa: E402
+from adarank.loading import embedded_model_path  # noqa: E402
 from adarank.tasks import TASKS  # noqa: E402
 
 

@@ -10,7 +10,7 @@ which is 1 on average for a random direction of the same norm. Rows are split in
 the first --r0 (there from the start) and the rest (added by growth), and the median
 and maximum over all matrices are printed per run.
 
-    python script/row_energy.py runs/benchmark-cola/plateau-seed42 runs/benchmark-cola/plateau-gradient-seed42 \
+    python analysis/row_energy.py runs/benchmark-cola/plateau-seed42 runs/benchmark-cola/plateau-gradient-seed42 \
         --data_dir ../shared/data/glue_data
 """
 
@@ -28,10 +28,10 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from adarank.data import load_glue, tokenize  # noqa: E402
 from adarank.errors import UsageError  # noqa: E402
-from adarank.models import load_model  # noqa: E402
 from adarank.tasks import get_task  # noqa: E402
+from adarank.tasks.glue.data import load_glue, tokenize  # noqa: E402
+from adarank.tasks.glue.model import load_model  # noqa: E402
 
 
 def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[torch.Tensor]]:

@@ -5,11 +5,11 @@
 #   - QLoRA's peak GPU memory below LoRA's (the 4-bit base is the point of QLoRA; on a CPU the
 #     resident set hides it).
 # Writes speed.md, speed.json and check.txt to OUT_DIR; meant to finish in under 8 minutes.
-#   bash script/gpu_check.sh OUT_DIR [GLUE_DATA_DIR]
+#   bash script/bench/gpu_check.sh OUT_DIR [GLUE_DATA_DIR]
 # ALLOW_CPU=1 runs it on a CPU (for trying the script itself; the memory check then says nothing).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?usage: bash script/gpu_check.sh OUT_DIR [GLUE_DATA_DIR]}
+cd "$(dirname "$0")/../.."
+out=${1:?usage: bash script/bench/gpu_check.sh OUT_DIR [GLUE_DATA_DIR]}
 python=${PYTHON:-.venv/bin/python}
 if ! "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   if [ "${ALLOW_CPU:-0}" != 1 ]; then
@@ -22,7 +22,7 @@ mkdir -p "$out"
   | tee "$out/device.txt"
 data=()
 [ -n "${2:-}" ] && data=(--data_dir "$2")
-"$python" script/benchmark_speed.py --quick --work_dir "$out" "${data[@]}" | tee "$out/benchmark.txt"
+"$python" script/bench/benchmark_speed.py --quick --work_dir "$out" "${data[@]}" | tee "$out/benchmark.txt"
 "$python" - "$out/speed.json" <<'PY' | tee "$out/check.txt"
 import json, sys
 speed = json.load(open(sys.argv[1]))

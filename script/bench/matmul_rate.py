@@ -1,31 +1,24 @@
 """The machine's matmul rate in fp32 and bf16, at the embedded MiniLM's shapes: the ceiling a
 training run is measured against, and whether bf16 pays on this CPU.
 
-    python script/matmul_rate.py [--threads N] [--repeats 50]
+    python script/bench/matmul_rate.py [--threads N] [--repeats 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+
+from matmul import product_seconds
 
 # (tokens, in, out): a batch of 32 sequences of 64 tokens through MiniLM's attention and FFN matrices.
 SHAPES = ((2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384))
 
 
 def rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """GFLOP/s of an (m x k) @ (k x n) product, the median of ``repeats`` timings."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * m * k * n / sorted(times)[len(times) // 2] / 1e9
+    """GFLOP/s of an (m x k) @ (k x n) product on the CPU, over the median of ``repeats`` timings."""
+    return 2 * m * k * n / product_seconds(m, k, n, dtype, repeats) / 1e9
 
 
 def main() -> None:

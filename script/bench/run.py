@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+#SBATCH --job-name=adarank-bench
+#SBATCH --time=24:00:00
+"""Run the configurations x seeds of one benchmark list, and keep each finished run's small files.
+
+    python script/bench/run.py LIST [--dry-run] [KEY=VALUE ...] [-- extra flags for every run]
+    python script/bench/run.py script/bench/cola-fidelity.list configs="lora-r2 plateau" seeds=42 jobs=1
+
+For every seed and, within a seed, every chosen configuration (so that all configurations of the
+first seed finish first), one run of the project in RUNS/<config>-seed<N>/ (its log beside it, in
+RUNS/<config>-seed<N>.log):
+  - a run whose RESULTS/<config>-seed<N>/metrics.json exists has finished: it is skipped;
+  - a run directory that holds a finished run only has its small files collected;
+  - any other run starts, or continues from its newest complete checkpoint (--resume_from_checkpoint
+    auto), and once it ends its small files are copied to RESULTS/<config>-seed<N>/: the names in
+    `keep`, never adapters or checkpoints.
+JOBS runs go side by side, each with OMP_NUM_THREADS=THREADS (default: this machine's cores / JOBS:
+two single-threaded runs finish sooner than one two-threaded run on two cores; BENCHMARKS.md), at
+nice level NICE. The Python of the runs: $PYTHON, else .venv/bin/python, else python3. Paths are
+relative to the repository's root. Exit 0 when every run finished, 1 when one failed, 2 on bad input.
+
+A list file holds one item a line (`#` starts a comment, a line ending in `\\` goes on):
+  KEY = VALUE                   a setting; any KEY=VALUE on the command line replaces the list's
+  NAME SCRIPT [FLAGS ...]       a configuration: its name, its entry script under src/ and its flags
+Settings the driver reads: runs, results (folders; both needed), seeds (default 42), configs (the
+ones run by default: every configuration of the list), flags (added to every configuration), keep,
+jobs (default 2), threads, nice (default 0), and data (a file or folder that must exist). Any other
+key (epochs, precision, ...) is a value for the flags: `{key}` in a configuration or in `flags` is
+replaced by the value (a word that is `{key}` alone by the value's words, none where it is empty).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# sbatch runs a copy of this file from its spool folder: then the job's submit folder is the root.
+ROOT = (HERE.parents[1] if len(HERE.parents) > 1 and (HERE.parents[1] / "src").is_dir()
+        else Path(os.environ.get("SLURM_SUBMIT_DIR", ".")).resolve())
+KEEP = "config.json metrics.json history.jsonl ranks.jsonl predictions.tsv predictions.jsonl diagnostics.jsonl"
+DEFAULTS = {"seeds": "42", "flags": "", "keep": KEEP, "jobs": "2", "nice": "0"}
+DRIVER_KEYS = {"runs", "results", "seeds", "configs", "flags", "keep", "jobs", "threads", "nice", "data"}
+SETTING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
+
+
+class ListError(Exception):
+    """Bad input: one line on stderr, exit code 2."""
+
+
+@dataclass
+class BenchList:
+    settings: dict[str, str] = field(default_factory=dict)
+    configs: dict[str, list[str]] = field(default_factory=dict)  # name -> script and flags, unexpanded
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # <config>-seed<N>
+    argv: list[str]  # the entry script and every flag
+
+
+def logical_lines(text: str):
+    """(number, line) without comments; a line ending in a backslash goes on in the next one."""
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].rstrip()
+        start = start or number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = (pending + line).strip(), ""
+        if line:
+            yield start, line
+        start = 0
+
+
+def read_list(path: Path) -> BenchList:
+    if not path.is_file():
+        raise ListError(f"{path} does not exist: pass a benchmark list (script/bench/*.list)")
+    bench = BenchList()
+    for number, line in logical_lines(path.read_text()):
+        setting = SETTING.match(line)
+        if setting:
+            bench.settings[setting[1]] = setting[2].strip()
+            continue
+        name, *command = shlex.split(line)
+        if not command or not command[0].endswith(".py"):
+            raise ListError(f"{path}:{number}: a configuration is NAME SCRIPT.py [FLAGS ...], not '{line}'")
+        if name in bench.configs:
+            raise ListError(f"{path}:{number}: configuration '{name}' is named twice")
+        bench.configs[name] = command
+    return bench
+
+
+def apply_overrides(bench: BenchList, overrides: list[str]) -> dict[str, str]:
+    """The list's settings over the driver's defaults, with KEY=VALUE words from the command line."""
+    settings = {**DEFAULTS, **bench.settings}
+    for word in overrides:
+        key, _, value = word.partition("=")
+        if not SETTING.match(word) or key not in DRIVER_KEYS | set(bench.settings):
+            known = " ".join(sorted(DRIVER_KEYS | set(bench.settings)))
+            raise ListError(f"'{word}' is not KEY=VALUE with a key of this list: {known}")
+        settings[key] = value.strip()
+    for key in ("runs", "results"):
+        if not settings.get(key):
+            raise ListError(f"the list sets no '{key}' folder")
+    return settings
+
+
+def expand(words: list[str], values: dict[str, str]) -> list[str]:
+    """`{key}` alone -> the value's words; `{key}` within a word -> the value as it is."""
+    out = []
+    for word in words:
+        whole = re.fullmatch(r"\{(\w+)\}", word)
+        if whole:
+            out.extend(shlex.split(lookup(values, whole[1])))
+        else:
+            out.append(re.sub(r"\{(\w+)\}", lambda m: lookup(values, m[1]), word))
+    return out
+
+
+def lookup(values: dict[str, str], key: str) -> str:
+    if key not in values:
+        raise ListError(f"{{{key}}} is used but the list sets no '{key}'")
+    return values[key]
+
+
+def plan_runs(bench: BenchList, settings: dict[str, str], extra: list[str]) -> list[Run]:
+    """Every chosen configuration x seed, seed by seed, with its whole command line."""
+    chosen = settings.get("configs", "").split() or list(bench.configs)
+    unknown = [name for name in chosen if name not in bench.configs]
+    if unknown:
+        raise ListError(f"unknown configuration '{unknown[0]}': choose from {' '.join(bench.configs)}")
+    seeds = settings["seeds"].split()
+    if not seeds or not all(seed.isdigit() for seed in seeds):
+        raise ListError(f"seeds must be whole numbers, not '{settings['seeds']}'")
+    common = expand(shlex.split(settings["flags"]), settings)
+    runs = []
+    for seed in seeds:
+        for name in chosen:
+            run = f"{name}-seed{seed}"
+            argv = [*expand(bench.configs[name], settings), *common, *extra, "--seed", seed,
+                    "--output_dir", str(Path(settings["runs"]) / run), "--resume_from_checkpoint", "auto"]
+            runs.append(Run(run, argv))
+    return runs
+
+
+def python() -> str:
+    if os.environ.get("PYTHON"):
+        return os.environ["PYTHON"]
+    return ".venv/bin/python" if (ROOT / ".venv" / "bin" / "python").exists() else "python3"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def whole(settings: dict[str, str], key: str, default: int | None = None) -> int:
+    value = settings.get(key) or (str(default) if default is not None else "")
+    if not value.lstrip("-").isdigit():
+        raise ListError(f"{key} must be a whole number, not '{value}'")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Driver:
+    runs: Path
+    results: Path
+    keep: tuple[str, ...]
+    threads: int
+    nice: int
+
+    def collect(self, run: Run) -> None:
+        source, target = self.runs / run.name, self.results / run.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in self.keep:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, target / name)
+
+    def one(self, run: Run) -> bool:
+        """Train (or continue) one run and keep its small files; False where it failed."""
+        if not (self.runs / run.name / "metrics.json").is_file():
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+            with open(self.runs / f"{run.name}.log", "a") as log:
+                code = subprocess.call(["nice", "-n", str(self.nice), python(), *run.argv], stdout=log,
+                                       stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            if code != 0 or not (self.runs / run.name / "metrics.json").is_file():
+                print(f"failed: {run.name} (see {self.runs / run.name}.log)", file=sys.stderr, flush=True)
+                return False
+        self.collect(run)
+        print(f"finished: {run.name}", flush=True)
+        return True
+
+
+def driver_of(settings: dict[str, str]) -> Driver:
+    jobs = whole(settings, "jobs")
+    if jobs < 1:
+        raise ListError(f"jobs must be 1 or more, not {jobs}")
+    keep = tuple(settings["keep"].split())
+    if any("/" in name or name in ("adapter", "checkpoints", "merged") for name in keep):
+        raise ListError(f"keep names files of a run directory, never folders: '{settings['keep']}'")
+    data = settings.get("data")
+    if data and not (ROOT / data).exists():
+        raise ListError(f"data: {data} does not exist (paths are relative to {ROOT})")
+    return Driver(Path(settings["runs"]), Path(settings["results"]), keep,
+                  max(1, whole(settings, "threads", max(1, cores() // jobs))), whole(settings, "nice"))
+
+
+def split_arguments(argv: list[str]) -> tuple[Path, bool, list[str], list[str]]:
+    """LIST, --dry-run, KEY=VALUE words, and the flags after --."""
+    extra: list[str] = []
+    if "--" in argv:
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
+    dry = "--dry-run" in argv
+    words = [word for word in argv if word != "--dry-run"]
+    if not words or "=" in words[0] or words[0].startswith("-"):
+        raise ListError("usage: python script/bench/run.py LIST [--dry-run] [KEY=VALUE ...] [-- flags for every run]")
+    return Path(words[0]).resolve(), dry, words[1:], extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        path, dry, overrides, extra = split_arguments(sys.argv[1:] if argv is None else argv)
+        os.chdir(ROOT)
+        bench = read_list(path)
+        settings = apply_overrides(bench, overrides)
+        runs = plan_runs(bench, settings, extra)
+        driver = driver_of(settings)
+    except ListError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    pending = [run for run in runs if not (driver.results / run.name / "metrics.json").is_file()]
+    to_train = [run for run in pending if not (driver.runs / run.name / "metrics.json").is_file()]
+    jobs = whole(settings, "jobs")
+    print(f"{len(runs) - len(pending)} finished, {len(pending) - len(to_train)} to collect, {len(to_train)} "
+          f"run(s) to do, {jobs} at a time, {driver.threads} thread(s) each", flush=True)
+    if dry:
+        for run in to_train:
+            print(shlex.join([run.name, *run.argv]))
+        return 0
+    if not pending:
+        return 0
+    driver.runs.mkdir(parents=True, exist_ok=True)
+    driver.results.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = list(pool.map(driver.one, pending))
+    return 0 if all(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

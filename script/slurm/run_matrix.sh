@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole comparison as one SLURM job array, then one job that writes its tables and report.
+#   bash script/slurm/run_matrix.sh [--dry-run] [--config FILE] [--tasks "..."] [--methods "..."]
+#                                   [--budgets "..."] [--seeds "..."] [-- extra flags for every run]
+# Default: the original project's table, MNLI, SST-2, CoLA, QNLI x lora, adalora x small, large x
+# seeds 42 43 44 (48 runs). A config file holds the same choices, one a line:
+#   tasks=cola sst2
+#   methods=lora adalora qadalora plateau
+#   flags=--model_name_or_path microsoft/deberta-v3-base
+# Methods: lora adalora (run_glue.sh), qlora qadalora (run_qlora.sh), plateau (run_plateau.sh); the
+# task cnndailymail takes lora adalora qlora qadalora none with run_cnndm.sh. Runs go to $RUNS/<task>/<method>-<budget>-seed<seed>
+# (RUNS default runs/matrix). A run that finished (metrics.json) is not submitted again; an
+# unfinished one continues from its newest complete checkpoint. After the array, a dependent job
+# (afterany: it runs whatever the array's outcome) writes $RUNS/tables.md (summarize_runs.py) and
+# $RUNS/report.html (report.py). --dry-run prints the array's commands and size and submits nothing.
+# script/run_matrix.sh is a link to this file, as script/run_{glue,qlora,plateau,cnndm}.sh are to theirs.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/../.."
+
+tasks="mnli sst2 cola qnli" methods="lora adalora" budgets="small large" seeds="42 43 44" flags="" dry=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --dry-run) dry=1 ;;
+    --tasks|--methods|--budgets|--seeds)
+      [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
+      declare "${1#--}=$2"; shift ;;
+    --config)
+      [ $# -ge 2 ] && [ -f "$2" ] || { echo "error: --config needs an existing file" >&2; exit 2; }
+      while IFS= read -r line || [ -n "$line" ]; do
+        line=${line%%#*}
+        [ -n "${line// }" ] || continue
+        key=${line%%=*} value=${line#*=}
+        case $key in tasks|methods|budgets|seeds|flags) declare "$key=$value" ;;
+          *) echo "error: $2: unknown key '$key': use tasks, methods, budgets, seeds or flags" >&2; exit 2 ;; esac
+      done < "$2"
+      shift ;;
+    --) shift; flags="$flags $*"; break ;;
+    *) echo "error: unknown argument '$1' (see the head of $0)" >&2; exit 2 ;;
+  esac
+  shift
+done
+read -r -a words <<< "$flags"
+flags="${words[*]:+ ${words[*]}}"  # one space before each flag
+export RUNS=${RUNS:-runs/matrix}
+
+command_of() {  # task method budget seed -> the job script's command line
+  local task=$1 method=$2 budget=$3 seed=$4
+  if [ "$task" = cnndailymail ]; then
+    case $method in lora|adalora|qlora|qadalora|none) echo "script/slurm/run_cnndm.sh $method $budget $seed"; return ;;
+      *) echo "error: cnndailymail takes lora adalora qlora qadalora none, not '$method'" >&2; return 2 ;; esac
+  fi
+  case $method in
+    lora|adalora) echo "script/slurm/run_glue.sh $task $method $budget $seed" ;;
+    qlora|qadalora) echo "script/slurm/run_qlora.sh $task $method $budget $seed" ;;
+    plateau) echo "script/slurm/run_plateau.sh $task $budget $seed" ;;
+    *) echo "error: unknown method '$method': choose from lora adalora qlora qadalora plateau" >&2; return 2 ;;
+  esac
+}
+
+lines=() finished=0
+for task in $tasks; do for method in $methods; do for budget in $budgets; do for seed in $seeds; do
+  case $budget in small|large) ;; *) echo "error: unknown budget '$budget': choose small or large" >&2; exit 2 ;; esac
+  line=$(command_of "$task" "$method" "$budget" "$seed")
+  dir="$RUNS/$task/$method-$budget-seed$seed"
+  if [ -f "$dir/metrics.json" ]; then finished=$((finished + 1)); continue; fi
+  lines+=("$line$flags")
+done; done; done; done
+
+echo "matrix: $tasks x $methods x $budgets x seeds $seeds; $finished finished, ${#lines[@]} to run (array size ${#lines[@]})"
+if [ ${#lines[@]} -eq 0 ]; then
+  echo "nothing to submit: every run of the matrix has finished (tables: python analysis/summarize_runs.py $RUNS)"
+  exit 0
+fi
+if [ "$dry" -eq 1 ]; then
+  printf '%s\n' "${lines[@]}"
+  exit 0
+fi
+command -v sbatch >/dev/null || { echo "error: sbatch not found: run this on a SLURM login node (or --dry-run)" >&2; exit 2; }
+mkdir -p logs "$RUNS"
+list="$RUNS/matrix-$(date +%Y%m%d-%H%M%S).txt"
+printf '%s\n' "${lines[@]}" > "$list"
+# Each array task runs line SLURM_ARRAY_TASK_ID + 1 of the list with bash; the job script's own
+# #SBATCH lines do not apply there, so the array asks for what run_glue.sh asks for.
+array=$(sbatch --parsable --job-name=adarank-matrix --array=0-$((${#lines[@]} - 1)) --gres=gpu:1 --cpus-per-task=8 \
+  --mem=32G --time=24:00:00 --requeue --signal=B:USR1@300 --open-mode=append --output="logs/%x-%A_%a.out" \
+  --export=ALL ${SBATCH_EXTRA:-} \
+  --wrap="set -e; line=\$(sed -n \"\$((SLURM_ARRAY_TASK_ID + 1))p\" '$list'); exec bash \$line")
+array=${array%%;*}
+python=${PYTHON:-.venv/bin/python}
+report=$(sbatch --parsable --job-name=adarank-matrix-report --dependency="afterany:$array" --cpus-per-task=1 \
+  --mem=8G --time=01:00:00 --output="logs/%x-%j.out" --export=ALL ${SBATCH_REPORT_EXTRA:-} \
+  --wrap="$python analysis/summarize_runs.py '$RUNS' > '$RUNS/tables.md'; $python analysis/report.py '$RUNS' --out '$RUNS/report.html'")
+echo "submitted array job $array (${#lines[@]} runs, listed in $list) and report job ${report%%;*}"
+echo "where it stands: squeue -j $array; tables: $RUNS/tables.md and $RUNS/report.html once job ${report%%;*} ends"

@@ -1,0 +1,160 @@
+"""script/bench/run.py, the one driver of the benchmark lists: configurations x seeds, finished runs
+skipped, unfinished ones continued, the small files kept, N runs side by side. A stand-in Python
+(a shell script) plays the runs, so nothing trains here."""
+
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ROOT / "script" / "bench" / "run.py"
+
+# Writes what a finished run writes (and an adapter and a checkpoint, which are never kept), and
+# records its command line and thread count; FAIL_CONFIG names a run that fails.
+FAKE_PYTHON = """#!/usr/bin/env bash
+out=
+for ((i = 1; i <= $#; i++)); do [ "${!i}" = --output_dir ] && { j=$((i + 1)); out=${!j}; }; done
+echo "$OMP_NUM_THREADS $*" >> "$CALLS"
+case $out in *"$FAIL_CONFIG"*) [ -n "$FAIL_CONFIG" ] && { echo boom; exit 1; } ;; esac
+mkdir -p "$out/adapter" "$out/checkpoints/checkpoint-1"
+for f in config.json history.jsonl ranks.jsonl predictions.tsv memory.json adapter/adapter_model.safetensors; do
+  echo '{}' > "$out/$f"
+done
+echo '{"done": true}' > "$out/metrics.json"
+"""
+
+
+def setup(tmp_path: Path, body: str) -> tuple[Path, dict]:
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    listing = tmp_path / "bench.list"
+    listing.write_text(f"runs = {tmp_path / 'runs'}\nresults = {tmp_path / 'results'}\n{body}")
+    env = {**os.environ, "PYTHON": str(python), "CALLS": str(tmp_path / "calls.txt"), "FAIL_CONFIG": ""}
+    return listing, env
+
+
+def drive(*argv, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DRIVER), *map(str, argv)], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    path = tmp_path / "calls.txt"
+    return [shlex.split(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_runs_seed_by_seed_keep_small_files_and_skip_what_finished(tmp_path):
+    listing, env = setup(tmp_path, "seeds = 1 2\nepochs = 3\nprecision = --no_bf16\n"
+                                   "flags = --num_train_epochs {epochs} {precision}\n"
+                                   "a   src/glue-cola.py --method lora   # a comment\n"
+                                   "b   src/glue-cola.py --method adalora \\\n  --budget small\n")
+    done = drive(listing, "jobs=1", "threads=1", "--", "--diagnostics", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "0 finished, 0 to collect, 4 run(s) to do, 1 at a time, 1 thread(s) each" in done.stdout
+    made = calls(tmp_path)
+    assert [call[0] for call in made] == ["1"] * 4  # OMP_NUM_THREADS
+    assert [call[call.index("--output_dir") + 1] for call in made] == [
+        str(tmp_path / "runs" / name) for name in ("a-seed1", "b-seed1", "a-seed2", "b-seed2")]
+    assert made[1][1:] == ["src/glue-cola.py", "--method", "adalora", "--budget", "small", "--num_train_epochs", "3",
+                           "--no_bf16", "--diagnostics", "--seed", "1", "--output_dir",
+                           str(tmp_path / "runs" / "b-seed1"), "--resume_from_checkpoint", "auto"]
+    kept = sorted(p.name for p in (tmp_path / "results" / "a-seed1").iterdir())
+    assert kept == ["config.json", "history.jsonl", "metrics.json", "predictions.tsv", "ranks.jsonl"]
+
+    again = drive(listing, "jobs=1", env=env)
+    assert again.returncode == 0 and "4 finished, 0 to collect, 0 run(s) to do" in again.stdout
+    assert len(calls(tmp_path)) == 4  # nothing ran again
+
+
+def test_a_finished_run_directory_is_collected_and_an_unfinished_one_continues(tmp_path):
+    listing, env = setup(tmp_path, "a src/glue-cola.py\nb src/glue-cola.py\n")
+    finished = tmp_path / "runs" / "a-seed42"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    (tmp_path / "runs" / "b-seed42" / "checkpoints").mkdir(parents=True)  # stopped: it continues
+    dry = drive(listing, "--dry-run", env=env)
+    assert dry.returncode == 0 and "0 finished, 1 to collect, 1 run(s) to do" in dry.stdout
+    assert dry.stdout.splitlines()[1].startswith("b-seed42 src/glue-cola.py --seed 42")
+    done = drive(listing, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [call[call.index("--output_dir") + 1] for call in calls(tmp_path)] == [str(tmp_path / "runs" / "b-seed42")]
+    assert (tmp_path / "results" / "a-seed42" / "metrics.json").is_file()
+    assert (tmp_path / "results" / "b-seed42" / "metrics.json").is_file()
+
+
+def test_settings_from_the_command_line_and_a_failed_run(tmp_path):
+    listing, env = setup(tmp_path, "configs = a\nkeep = metrics.json memory.json\n"
+                                   "a src/glue-cola.py\nb src/glue-cola.py\nc src/glue-cola.py\n")
+    done = drive(listing, "configs=b c", "seeds=7", "jobs=2", "threads=3", env={**env, "FAIL_CONFIG": "c-seed7"})
+    assert done.returncode == 1
+    assert "failed: c-seed7" in done.stderr and "finished: b-seed7" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "results" / "b-seed7").iterdir()) == ["memory.json", "metrics.json"]
+    assert not (tmp_path / "results" / "c-seed7").exists()
+    assert "boom" in (tmp_path / "runs" / "c-seed7.log").read_text()
+    assert {call[0] for call in calls(tmp_path)} == {"3"}
+
+
+def test_bad_input_ends_in_one_line(tmp_path):
+    listing, env = setup(tmp_path, "configs = a\na src/glue-cola.py\nb src/glue-cola.py --x {nothing}\n")
+    for argv, message in (((listing, "configs=z"), "unknown configuration 'z': choose from a b"),
+                          ((listing, "seed=1"), "'seed=1' is not KEY=VALUE with a key of this list"),
+                          ((listing, "jobs=two"), "jobs must be a whole number"),
+                          ((listing, "configs=b"), "{nothing} is used but the list sets no 'nothing'"),
+                          ((listing, "data=/no/such/folder"), "data: /no/such/folder does not exist"),
+                          ((tmp_path / "none.list",), "does not exist"),
+                          ((), "usage:")):
+        done = drive(*argv, "--dry-run", env=env)
+        assert done.returncode == 2, (argv, done.stdout)
+        assert done.stderr.strip().startswith("error: ") and message in done.stderr, (argv, done.stderr)
+
+
+def listed(name: str, *argv: str) -> list[list[str]]:
+    """The runs a list in script/bench would start, as --dry-run prints them, with empty results."""
+    env = {**os.environ, "PYTHON": "python"}
+    done = drive(ROOT / "script" / "bench" / name, "--dry-run", "results=/nonexistent/results",
+                 "runs=/nonexistent/runs", "data=.", *argv, env=env)
+    assert done.returncode == 0, done.stderr
+    return [shlex.split(line) for line in done.stdout.splitlines()[1:]]
+
+
+def test_the_paper_length_lists(tmp_path):
+    new = {
+        "adalora-init-lora": "src/glue-cola.py --method adalora --budget small --adalora_init lora",
+        "lora-r8": "src/glue-cola.py --method lora --budget large",
+        "plateau": "src/custom/glue-cola.py --budget large --r0 2 --delta_r 2 --r_max 8 --eval_every 40 "
+                   "--plateau_patience 2 --plateau_min_delta 0",
+        "plateau-whitened": "src/custom/glue-cola.py --budget large --r0 2 --delta_r 2 --r_max 8 --eval_every 40 "
+                            "--plateau_patience 2 --plateau_min_delta 0 --growth_init whitened",
+    }
+    runs = listed("cola-fidelity.list", f"configs={' '.join(new)}", "seeds=42")
+    for (name, command), run in zip(new.items(), runs, strict=True):
+        assert run[0] == f"{name}-seed42"
+        assert run[1:] == [*command.split(), "--data_dir", ".", "--num_train_epochs", "25", "--no_bf16", "--seed",
+                           "42", "--output_dir", f"/nonexistent/runs/{name}-seed42", "--resume_from_checkpoint", "auto"]
+    default = listed("cola-fidelity.list")
+    assert [run[0] for run in default[:4]] == ["lora-r2-seed42", "adalora-small-seed42", "adalora-official-seed42",
+                                               "lora-official-seed42"] and len(default) == 12
+    rte = listed("rte-fidelity.list")
+    assert [run[0] for run in rte] == [f"{c}-seed{s}" for s in (42, 43, 44)
+                                       for c in ("lora-r2", "adalora-small", "adalora-init-lora")]
+    assert all(r[1] == "src/glue-rte.py" and r[r.index("--num_train_epochs") + 1] == "50" and "--no_bf16" in r
+               for r in rte)
+    assert "--bf16" in listed("rte-fidelity.list", "precision=--bf16")[0]
+    # The defaults point where the results already are.
+    text = (ROOT / "script" / "bench" / "cola-fidelity.list").read_text()
+    assert "results = results/fidelity/cola" in text
+    assert "results = results/fidelity/rte" in (ROOT / "script" / "bench" / "rte-fidelity.list").read_text()
+
+
+def test_every_list_names_entry_scripts_that_exist():
+    for listing in sorted((ROOT / "script" / "bench").glob("*.list")):
+        runs = listed(listing.name)
+        for run in runs:
+            assert (ROOT / run[1]).is_file(), (listing.name, run[:2])
+        if listing.name == "cnndm.list":  # the untrained model trains nothing: no epochs
+            by_name = {run[0]: run for run in listed(listing.name, "configs=none lora")}
+            assert "--num_train_epochs" not in by_name["none-seed42"] and "--num_train_epochs" in by_name["lora-seed42"]
