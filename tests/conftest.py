@@ -13,9 +13,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from adarank.data import load_glue, tokenize
-from adarank.demo_data import make_demo_split
-from adarank.models import embedded_model_path
+from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.tasks.glue.demo import make_demo_split
+from adarank.loading import embedded_model_path
 from adarank.pipeline import main
 from adarank.tasks import TASKS
 

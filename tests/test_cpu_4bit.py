@@ -19,9 +19,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from adarank.cpu_4bit import is_linear_4bit, is_packed, packable
-from adarank.models import embedded_model_path, load_model
+from adarank.loading import embedded_model_path
+from adarank.quantization import is_linear_4bit, is_packed, packable
 from adarank.tasks import TASKS
+from adarank.tasks.glue.model import load_model
 from conftest import demo_dev_inputs, predicted_labels, run_task, stop_and_resume
 
 CPU_HAS_PACKED_KERNEL = bool(bitsandbytes.functional.has_avx512bf16())

@@ -2,10 +2,10 @@ from collections import Counter
 
 import pytest
 
-from adarank.data import load_glue, read_glue_tsv
-from adarank.demo_data import make_demo_split
 from adarank.errors import UsageError
 from adarank.tasks.glue import GLUE_TASKS as TASKS
+from adarank.tasks.glue.data import load_glue, read_glue_tsv
+from adarank.tasks.glue.demo import make_demo_split
 
 
 def test_reads_the_real_glue_files(glue_dir):

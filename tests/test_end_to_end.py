@@ -10,7 +10,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from adarank.models import embedded_model_path, load_model
+from adarank.loading import embedded_model_path
+from adarank.tasks.glue.model import load_model
 from adarank.tasks import TASKS
 from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl, run_task, stop_and_resume
 

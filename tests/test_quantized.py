@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 import memory_calculation
-from adarank.data import load_glue, tokenize
 from adarank.errors import UsageError
 from adarank.memory import base_model_bytes, parameter_counts, quantized_bits_per_parameter, stored_numel
 from adarank.memory_plan import architecture, model_skeleton, plan, plan_model, planned_methods
-from adarank.models import load_model
+from adarank.quantization import is_linear_4bit
 from adarank.tasks import TASKS
+from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.tasks.glue.model import load_model
 from conftest import (QUICK, assert_adapter_gives_the_run_predictions, build_adapter, pad_batch, reloaded_logits,
                       run_task)
 
@@ -55,7 +56,7 @@ def test_measured_bytes_agree_with_the_footprint_and_the_analytic_plan(embedded_
 
 def test_the_plan_quantises_what_the_4bit_loader_quantises(embedded_4bit):
     arch = architecture(model_skeleton(None, 2))
-    loaded = [m for m in embedded_4bit.modules() if type(m).__name__ == "Linear4bit"]
+    loaded = [m for m in embedded_4bit.modules() if is_linear_4bit(m)]
     assert arch.quantized_params == sum(stored_numel(m.weight) for m in loaded)
     assert base_model_bytes(embedded_4bit)["component_bytes"]["linear_weights"] == 0  # the head is apart
     assert arch.parameters["head"] == sum(p.numel() for n, p in embedded_4bit.named_parameters()
@@ -188,7 +189,7 @@ def test_an_unknown_compute_dtype_is_refused(tiny_model, tmp_path, capsys):
 
 
 def test_a_model_without_quantisable_layers_is_refused():
-    from adarank.models import require_quantized_layers
+    from adarank.loading import require_quantized_layers
 
     with pytest.raises(UsageError, match="no Linear layers that bitsandbytes can quantise"):
         require_quantized_layers(nn.Sequential(nn.Embedding(10, 4)), "toy")

@@ -5,8 +5,9 @@ import json
 import pytest
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from adarank.models import embedded_model_path, load_model
+from adarank.loading import embedded_model_path
 from adarank.tasks import TASKS
+from adarank.tasks.glue.model import load_model
 from conftest import QUICK, run_task
 
 # The authors' NLU scripts (QingruZhang/AdaLoRA, NLU/scripts/run_debertav3_<task>.sh), typed in

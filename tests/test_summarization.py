@@ -15,10 +15,11 @@ from rouge_score import rouge_scorer
 from transformers import (AutoModelForCausalLM, AutoTokenizer, BartConfig,
                           BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM)
 
-from adarank.generation import GenerationSettings, generate_summaries
-from adarank.models import embedded_model_path
-from adarank.rouge import score_each, sentences_on_lines
-from adarank.summary_data import IGNORED, Files, Prompt, SummaryCollator, demo_split, load_summaries, tokenize
+from adarank.loading import embedded_model_path
+from adarank.tasks.summarization.arguments import SummarizationArguments as Flags  # the family's flags
+from adarank.tasks.summarization.data import IGNORED, Prompt, SummaryCollator, demo_split, load_summaries, tokenize
+from adarank.tasks.summarization.generation import GenerationSettings, generate_summaries
+from adarank.tasks.summarization.rouge import score_each, sentences_on_lines
 from conftest import read_jsonl, run_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,34 +35,33 @@ def _tokenizer_with_eos():
     return tokenizer
 
 
+def _saved_tiny_model(tmp_path_factory, name: str, build) -> str:
+    """``build(tokenizer)``'s model, seeded, saved with the tokenizer in a folder of its own."""
+    folder = tmp_path_factory.mktemp(name)
+    tokenizer = _tokenizer_with_eos()
+    torch.manual_seed(0)
+    build(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
     """A 2-layer Llama-style causal LM with the embedded BERT tokenizer ([SEP] ends a summary)."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = _tokenizer_with_eos()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.cls_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return _saved_tiny_model(tmp_path_factory, "tiny-llama", lambda tokenizer: LlamaForCausalLM(LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.cls_token_id, pad_token_id=tokenizer.pad_token_id)))
 
 
 @pytest.fixture(scope="session")
 def tiny_bart(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-bart")
-    tokenizer = _tokenizer_with_eos()
-    torch.manual_seed(0)
-    config = BartConfig(vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
-                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                        decoder_start_token_id=tokenizer.cls_token_id, forced_eos_token_id=None)
-    BartForConditionalGeneration(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return _saved_tiny_model(tmp_path_factory, "tiny-bart", lambda tokenizer: BartForConditionalGeneration(BartConfig(
+        vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.cls_token_id, forced_eos_token_id=None)))
 
 
 def summarize(model_dir: str, out: Path, *argv: str) -> int:
@@ -73,7 +73,7 @@ def summarize(model_dir: str, out: Path, *argv: str) -> int:
 
 def test_prompt_tokens_carry_no_loss(tiny_llama):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    data = load_summaries(Files(), demo=True, max_train_samples=4, max_eval_samples=2, evaluate_only=False)
+    data = load_summaries(Flags(), demo=True, max_train_samples=4, max_eval_samples=2, evaluate_only=False)
     prompt = Prompt("Summarize: {text}\nSummary:", chat=False)
     tokenized = tokenize(data, tokenizer, max_source_length=20, max_target_length=10, encoder_decoder=False,
                          prompt=prompt)
@@ -99,24 +99,24 @@ def test_a_single_file_is_split_at_its_end_or_scored_whole(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps({"id": f"a{i}", "article": f"Story {i}.", "highlights": f"S {i}."}) + "\n"
                             for i in range(20)))
-    split = load_summaries(Files(str(path), validation_split_percentage=15), False, None, None, evaluate_only=False)
+    split = load_summaries(Flags(str(path), validation_split_percentage=15), False, None, None, evaluate_only=False)
     assert split.train["id"] == [f"a{i}" for i in range(17)] and split.dev["validation"]["id"] == ["a17", "a18", "a19"]
-    whole = load_summaries(Files(str(path)), False, None, None, evaluate_only=True)
+    whole = load_summaries(Flags(str(path)), False, None, None, evaluate_only=True)
     assert len(whole.train) == 0 and len(whole.dev["validation"]) == 20
     # --method none with the trained runs' percentage scores their validation records
-    same = load_summaries(Files(str(path), validation_split_percentage=15), False, None, None, evaluate_only=True)
+    same = load_summaries(Flags(str(path), validation_split_percentage=15), False, None, None, evaluate_only=True)
     assert same.dev["validation"]["id"] == split.dev["validation"]["id"]
-    assert load_summaries(Files(str(path)), False, None, None, False).dev["validation"]["id"] == ["a18", "a19"]
+    assert load_summaries(Flags(str(path)), False, None, None, False).dev["validation"]["id"] == ["a18", "a19"]
     csv = tmp_path / "xsum.csv"
     csv.write_text('document,summary\n"A text, with a comma.",A summary.\n')
-    read = load_summaries(Files(str(csv), text_column="document", summary_column="summary"), False, None, None, True)
+    read = load_summaries(Flags(str(csv), text_column="document", summary_column="summary"), False, None, None, True)
     assert read.dev["validation"][0] == {"id": "2", "text": "A text, with a comma.", "summary": "A summary."}
 
 
 def test_the_real_sample_is_read():
     if not SAMPLE.is_file():
         pytest.skip(f"the shared CNN/DailyMail sample is not at {SAMPLE} (it comes beside the checkout)")
-    data = load_summaries(Files(str(SAMPLE), validation_split_percentage=18), False, None, None, False)
+    data = load_summaries(Flags(str(SAMPLE), validation_split_percentage=18), False, None, None, False)
     assert (len(data.train), len(data.dev["validation"])) == (137, 30)
     assert len(data.train[0]["id"]) == 40 and data.train[0]["text"].startswith("Gary Locke")
 
@@ -140,7 +140,7 @@ def test_the_no_repeat_rule_lets_a_decoder_copy_from_the_article(tiny_llama):
     """A summary may repeat the article's words; only repeats within the summary are banned."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    data = load_summaries(Files(), True, None, 2, True)
+    data = load_summaries(Flags(), True, None, 2, True)
     dev = tokenize(data, tokenizer, 40, 20, False, Prompt("{text}", chat=False)).dev["validation"]
     settings = GenerationSettings(num_beams=1, max_new_tokens=10, no_repeat_ngram_size=2, length_penalty=1.0,
                                   repetition_penalty=1.0)
@@ -191,7 +191,7 @@ def test_a_reloaded_adapter_writes_the_same_summaries(tiny_llama, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), str(out / "adapter"))
     config = json.loads((out / "config.json").read_text())
-    data = load_summaries(Files(), True, None, None, True)
+    data = load_summaries(Flags(), True, None, None, True)
     dev = tokenize(data, tokenizer, 64, 24, False, Prompt(config["task_settings"]["prompt_template"], False))
     settings = GenerationSettings(**config["task_settings"]["generation"])
     summaries, _ = generate_summaries(model, tokenizer, dev.dev["validation"], settings, 4, False)

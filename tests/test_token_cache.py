@@ -1,4 +1,4 @@
-"""Tokenized splits cached on disk (adarank/token_cache.py): a second run reads what the first
+"""Tokenized splits cached on disk (adarank/cache.py): a second run reads what the first
 wrote, the same rows as tokenizing again; any change to the rows, the tokenizer or the settings
 is a new entry; an unwritable cache folder only turns the cache off."""
 
@@ -11,9 +11,9 @@ import pytest
 from conftest import QUICK, run_task, write_sst2_folder
 from transformers import AutoTokenizer
 
-from adarank import token_cache
-from adarank.data import load_glue, tokenize
+from adarank import cache as token_cache
 from adarank.tasks import TASKS
+from adarank.tasks.glue.data import load_glue, tokenize
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import re
 from torch import nn
 
 from adarank.errors import UsageError
+from adarank.quantization import is_linear_4bit
 
 # Name of a Linear module inside one layer -> the paper's name for that matrix.
 MODULE_KINDS: dict[str, str] = {
@@ -80,6 +81,9 @@ KIND_ORDER = (  # within a layer: attention first, then the FFN
     "wi", "wi_0", "wi_1", "wo",
 )
 STACKS = ("encoder", "decoder")
+# The task head of classification models, trained in full beside the adapters and never quantised
+# (score: Llama-style classifiers).
+HEAD_MODULES = ("pooler", "classifier", "score")
 
 # BERT-style encoders: ``encoder.layer.N.``; BART: ``encoder.layers.N.`` / ``decoder.layers.N.``;
 # Llama: ``model.layers.N.``; T5: ``encoder.block.N.layer.M.``. Only the plural and T5 containers
@@ -125,7 +129,7 @@ def resolve_target_modules(model: nn.Module, requested: str | None = None) -> li
     """
     found: dict[str, tuple[int, str, str]] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) and type(module).__name__ not in ("Linear4bit",):
+        if not isinstance(module, nn.Linear) and not is_linear_4bit(module):
             continue
         place = locate(name)
         if place is not None:
@@ -158,4 +162,4 @@ def resolve_target_modules(model: nn.Module, requested: str | None = None) -> li
 def head_modules(model: nn.Module) -> list[str]:
     """The task head, trained in full beside the adapters (and never quantised)."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [head for head in ("pooler", "classifier", "score") if head in names]  # score: Llama-style classifiers
+    return [head for head in HEAD_MODULES if head in names]

@@ -1,9 +1,9 @@
-"""Tasks, by family: GLUE (``glue``) and summarization (``summarization``). ``get_task`` finds
-any of them by name."""
+"""Tasks, by family: GLUE (``glue``) and summarization (``summarization``), each a package that
+implements ``base.Task``. ``get_task`` finds any of them by name."""
 
 from adarank.errors import UsageError
-from adarank.tasks.base import Task
-from adarank.tasks.glue import GLUE_TASKS, PAPER_BATCH_SIZE, GlueTask, Recipe
+from adarank.tasks.base import PAPER_BATCH_SIZE, LoadedModel, Recipe, Task, TaskData
+from adarank.tasks.glue import GLUE_TASKS, GlueTask
 from adarank.tasks.summarization import SUMMARIZATION_TASKS, SummarizationTask
 
 TASKS: dict[str, Task] = {**GLUE_TASKS, **SUMMARIZATION_TASKS}
@@ -16,11 +16,12 @@ def get_task(name: str) -> Task:
     return TASKS[key]
 
 
-def recipe_of(task: Task, name: str):
+def recipe_of(task: Task, name: str) -> Recipe:
     """The task's hyperparameters under a named recipe (``--recipe``)."""
     if name not in task.recipes:
         raise UsageError(f"unknown recipe {name!r}: choose one of {', '.join(task.recipes)}")
     return task.recipes[name]
 
 
-__all__ = ["PAPER_BATCH_SIZE", "TASKS", "GlueTask", "Recipe", "SummarizationTask", "Task", "get_task", "recipe_of"]
+__all__ = ["PAPER_BATCH_SIZE", "TASKS", "GlueTask", "LoadedModel", "Recipe", "SummarizationTask", "Task", "TaskData",
+           "get_task", "recipe_of"]

@@ -1,4 +1,5 @@
-"""Tokenized splits kept on disk: a data set is tokenized once per tokenizer and settings.
+"""The per-user cache folder, and tokenized splits kept in it: a data set is tokenized once per
+tokenizer and settings.
 
 An entry's key hashes everything the tokenized rows depend on: the split's content (every
 column, in row order, after any subset was drawn), the tokenizer (its class, its serialized
@@ -28,9 +29,14 @@ import pyarrow as pa
 import tokenizers
 import transformers
 
-from adarank.lm_models import cache_root
-
 log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    """$ADARANK_CACHE, else $XDG_CACHE_HOME/adarank, else ~/.cache/adarank."""
+    if os.environ.get("ADARANK_CACHE"):
+        return Path(os.environ["ADARANK_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adarank"
 
 
 class _HashSink:

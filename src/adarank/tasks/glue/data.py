@@ -8,41 +8,28 @@ for STS-B) and ``idx`` (the row's position in its source, for predictions).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import datasets
 
-from adarank import token_cache
-from adarank.demo_data import make_demo_split
 from adarank.errors import UsageError
-
-if TYPE_CHECKING:
-    from adarank.tasks.glue import GlueTask
+from adarank.loading import load_hub_dataset
+from adarank.tasks.base import TaskData, draw_subsets, tokenize_splits
+from adarank.tasks.glue.demo import make_demo_split
+from adarank.tasks.glue.spec import GlueSpec
 
 HUB_DATASET = "nyu-mll/glue"
-SUBSET_SEED = 0  # --max_train_samples draws the same subset whatever the training seed
-
-
-@dataclass
-class GlueData:
-    train: datasets.Dataset
-    dev: dict[str, datasets.Dataset]  # split name -> dev set (MNLI: matched, mismatched)
-    source: str  # where the data came from, for config.json
-    synthetic: bool = False
-    tokenized_cache: dict[str, str] | None = None  # split -> read / written / empty / off (adarank/token_cache.py)
 
 
 def load_glue(
-    task: GlueTask,
+    task: GlueSpec,
     data_dir: str | None = None,
     demo: bool = False,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
-) -> GlueData:
+) -> TaskData:
     if demo:
-        data = GlueData(
+        data = TaskData(
             train=make_demo_split(task, "train"),
             dev={name: make_demo_split(task, name) for name in task.dev_splits},
             source="built-in synthetic demo data",
@@ -54,24 +41,10 @@ def load_glue(
         data = _from_directory(task, Path(os.environ["GLUE_DIR"]), "GLUE_DIR")
     else:
         data = _from_hub(task)
-    return _cut(data, max_train_samples, max_eval_samples)
+    return draw_subsets(data, max_train_samples, max_eval_samples, unit="examples")
 
 
-def _cut(data: GlueData, max_train: int | None, max_eval: int | None) -> GlueData:
-    if max_train is not None and max_train < len(data.train):
-        data.train = data.train.shuffle(seed=SUBSET_SEED).select(range(max_train))
-    if max_eval is not None:
-        data.dev = {k: d.select(range(min(max_eval, len(d)))) for k, d in data.dev.items()}
-    for name, split in [("train", data.train), *data.dev.items()]:
-        if len(split) == 0:
-            raise UsageError(
-                f"the {name} split of {data.source} is empty: give a file with examples "
-                "(or a positive --max_train_samples / --max_eval_samples)"
-            )
-    return data
-
-
-def _from_directory(task: GlueTask, root: Path, given_by: str) -> GlueData:
+def _from_directory(task: GlueSpec, root: Path, given_by: str) -> TaskData:
     """The original GLUE layout (<root>/<TASK>/train.tsv) or the task folder itself."""
     needed = ["train.tsv", *task.dev_splits.values()]
     for folder in (root / task.data_folder, root):
@@ -83,14 +56,14 @@ def _from_directory(task: GlueTask, root: Path, given_by: str) -> GlueData:
             f"{given_by} {root} lacks {', '.join(missing)}: point it at the GLUE download "
             f"(the folder holding {task.data_folder}/) or at the {task.data_folder} folder itself"
         )
-    return GlueData(
+    return TaskData(
         train=read_glue_tsv(folder / "train.tsv", task),
         dev={split: read_glue_tsv(folder / name, task) for split, name in task.dev_splits.items()},
         source=str(folder),
     )
 
 
-def read_glue_tsv(path: Path, task: GlueTask) -> datasets.Dataset:
+def read_glue_tsv(path: Path, task: GlueSpec) -> datasets.Dataset:
     """Read one GLUE TSV file: tab-separated, no quoting (sentences hold stray quotes)."""
     try:
         with open(path, encoding="utf-8", newline="") as handle:
@@ -137,11 +110,11 @@ def read_glue_tsv(path: Path, task: GlueTask) -> datasets.Dataset:
             columns["text_b"].append(fields[text_at[1]])
         columns["label"].append(_parse_label(task, fields[label_at], path, lineno))
         columns["idx"].append(offset)
-    features = _features(task)
+    features = task.features
     return datasets.Dataset.from_dict({k: columns[k] for k in features}, features=features)
 
 
-def _parse_label(task: GlueTask, raw: str, path: Path, lineno: int) -> int | float:
+def _parse_label(task: GlueSpec, raw: str, path: Path, lineno: int) -> int | float:
     if task.is_regression:
         try:
             value = float(raw)
@@ -157,38 +130,23 @@ def _parse_label(task: GlueTask, raw: str, path: Path, lineno: int) -> int | flo
     return task.labels.index(raw)
 
 
-def _features(task: GlueTask) -> datasets.Features:
-    label = datasets.Value("float32") if task.is_regression else datasets.Value("int64")
-    features = {"text_a": datasets.Value("string")}
-    if task.is_pair:
-        features["text_b"] = datasets.Value("string")
-    features.update(label=label, idx=datasets.Value("int64"))
-    return datasets.Features(features)
-
-
-def _from_hub(task: GlueTask) -> GlueData:
-    try:
-        hub = datasets.load_dataset(HUB_DATASET, task.hub_config)
-    except Exception as error:  # offline, no such dataset, proxy errors: all one fix
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise UsageError(
-            f"could not load GLUE {task.name} from the Hugging Face hub ({reason}): "
-            "pass --data_dir with the GLUE files, set GLUE_DIR, or use --demo"
-        ) from None
+def _from_hub(task: GlueSpec) -> TaskData:
+    hub = load_hub_dataset(HUB_DATASET, task.hub_config, f"GLUE {task.name}",
+                           "pass --data_dir with the GLUE files, set GLUE_DIR, or use --demo")
 
     def convert(split: datasets.Dataset) -> datasets.Dataset:
         renames = dict(zip(task.hub_text_columns, ("text_a", "text_b")))
         split = split.rename_columns(renames)
-        return split.select_columns(list(_features(task))).cast(_features(task))
+        return split.select_columns(list(task.features)).cast(task.features)
 
-    return GlueData(
+    return TaskData(
         train=convert(hub["train"]),
         dev={name: convert(hub[hub_split]) for name, hub_split in task.hub_dev_splits.items()},
         source=f"{HUB_DATASET}/{task.hub_config}",
     )
 
 
-def tokenize(data: GlueData, tokenizer, max_seq_length: int) -> GlueData:
+def tokenize(data: TaskData, tokenizer, max_seq_length: int) -> TaskData:
     """Tokenize without padding: the collator pads each batch to its longest row."""
 
     def encode(batch):
@@ -197,17 +155,4 @@ def tokenize(data: GlueData, tokenizer, max_seq_length: int) -> GlueData:
         encoded["labels"] = batch["label"]
         return encoded
 
-    cache = {}
-
-    def apply(name: str, split: datasets.Dataset) -> datasets.Dataset:
-        rows, cache[name] = token_cache.tokenized(split, encode, tokenizer, {"max_seq_length": max_seq_length},
-                                                  remove_columns=split.column_names)
-        return rows
-
-    return GlueData(
-        train=apply("train", data.train),
-        dev={k: apply(k, v) for k, v in data.dev.items()},
-        source=data.source,
-        synthetic=data.synthetic,
-        tokenized_cache=cache,
-    )
+    return tokenize_splits(data, encode, tokenizer, {"max_seq_length": max_seq_length})

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-if TYPE_CHECKING:
-    from adarank.tasks.glue import GlueTask
+from adarank.tasks.glue.spec import GlueSpec
 
 
-
-def predictions_from_logits(task: GlueTask, logits: np.ndarray) -> np.ndarray:
+def predictions_from_logits(task: GlueSpec, logits: np.ndarray) -> np.ndarray:
     logits = logits[0] if isinstance(logits, tuple) else logits
     if task.is_regression:
         return np.asarray(logits, dtype=np.float64).reshape(-1)
     return np.asarray(logits).argmax(axis=-1)
 
 
-def glue_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def glue_metrics(task: GlueSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The task's metrics, headline metric first."""
     scorers = {
         "accuracy": lambda p, y: accuracy_score(y, p),
@@ -34,7 +30,7 @@ def glue_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) ->
     return {name: float(np.nan_to_num(scorers[name](predictions, labels))) for name in task.metrics}
 
 
-def trainer_metrics(task: GlueTask):
+def trainer_metrics(task: GlueSpec):
     """A ``compute_metrics`` function for the Trainer."""
 
     def compute(eval_prediction) -> dict[str, float]:

@@ -16,65 +16,32 @@ reports its CNN/DailyMail numbers from that script, so both recipe names give it
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 from peft import TaskType
 
-from adarank import rouge
 from adarank.errors import UsageError
-from adarank.generation import GenerationSettings, generate_summaries
-from adarank.lm_models import load_generator
-from adarank.summary_data import Files, Prompt, SummaryCollator, SummaryData, load_summaries, tokenize
-from adarank.tasks.glue import PAPER_BATCH_SIZE, Recipe
+from adarank.tasks.base import PAPER_BATCH_SIZE, LoadedModel, Recipe, TaskData
+from adarank.tasks.summarization import rouge
+from adarank.tasks.summarization.arguments import SummarizationArguments, check_arguments
+from adarank.tasks.summarization.data import Prompt, SummaryCollator, load_summaries, tokenize
+from adarank.tasks.summarization.generation import GenerationSettings, generate_summaries
+from adarank.tasks.summarization.model import GeneratorShape, load_generator
 
 CNN_DM_TRAIN_SIZE = 287113  # articles in cnn_dailymail 3.0.0's train split
 AUTHORS_SCRIPT = Recipe(learning_rate=5e-4, epochs=15, orth_reg_weight=0.1, tinit=5000, delta_t=100, tfinal=85000,
                         lora_alpha=32, warmup=3000, weight_decay=0.0, max_seq_length=1024, init_r=4, target_r=2)
-MAX_TARGET_LENGTH = 160
-DEFAULT_PROMPT = "Summarize the following news article in three sentences.\n\n{text}"
 
 
-@dataclass
-class SummarizationArguments:
-    """The summarization family's own flags (beside TrainingArguments and the adapter flags)."""
-
-    data_file: str | None = field(default=None, metadata={
-        "help": "Training data, JSON Lines or CSV (default: the hub's cnn_dailymail 3.0.0). Alone, its last "
-                "--validation_split_percentage of records are held out; with --method none and no percentage, "
-                "all are scored."})
-    validation_file: str | None = field(default=None, metadata={"help": "Validation data, scored at the end."})
-    test_file: str | None = field(default=None, metadata={"help": "Test data, also scored at the end."})
-    validation_split_percentage: float | None = field(default=None, metadata={
-        "help": "Of a single --data_file: the share of records, taken from its end, held out for validation "
-                "(default 10; --method none scores the same records when given it, else all)."})
-    text_column: str = field(default="article", metadata={"help": "The column holding the text (XSum: document)."})
-    summary_column: str = field(default="highlights", metadata={"help": "The reference summary (XSum: summary)."})
-    max_target_length: int = field(default=MAX_TARGET_LENGTH, metadata={
-        "help": "Reference summaries are cut to this many tokens in training (the recipe's 160)."})
-    num_beams: int = field(default=4, metadata={"help": "Beam search width at evaluation (the paper: 4; 1: greedy)."})
-    max_new_tokens: int | None = field(default=None, metadata={
-        "help": "Longest generated summary in tokens (default: --max_target_length)."})
-    no_repeat_ngram_size: int = field(default=3, metadata={
-        "help": "Never repeat an n-gram of this size in a summary (0: off). Tuned small models loop without it."})
-    length_penalty: float = field(default=1.0, metadata={
-        "help": "Beam search's length exponent (above 1 favours longer summaries)."})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "Above 1 discourages repeated tokens."})
-    prompt_template: str = field(default=DEFAULT_PROMPT, metadata={
-        "help": "Decoder-only models: the prompt, with {text} where the article goes (wrapped in the model's "
-                "chat template where it has one)."})
-
-
-@dataclass
+@dataclass(frozen=True)
 class SummarizationTask:
     name: str = "cnndailymail"
     options: SummarizationArguments = field(default_factory=SummarizationArguments)
     evaluate_only: bool = False  # --method none: score the base model, train nothing
-    # Learned from the model at load_model.
-    encoder_decoder: bool = False
-    chat_template: bool = False
-    max_positions: int | None = None
+    shape: GeneratorShape | None = None  # the loaded model's: set on the task load_model returns
 
     family: ClassVar[str] = "summarization"
     metrics: ClassVar[tuple[str, ...]] = rouge.ROUGE_TYPES  # the first is the headline, as in the original's tables
@@ -91,15 +58,7 @@ class SummarizationTask:
 
     def configure(self, options: SummarizationArguments | None, evaluate_only: bool) -> SummarizationTask:
         options = options or SummarizationArguments()
-        for name in ("max_target_length", "num_beams"):
-            if getattr(options, name) < 1:
-                raise UsageError(f"--{name} {getattr(options, name)} must be at least 1")
-        if options.max_new_tokens is not None and options.max_new_tokens < 1:
-            raise UsageError(f"--max_new_tokens {options.max_new_tokens} must be at least 1")
-        if options.no_repeat_ngram_size < 0:
-            raise UsageError(f"--no_repeat_ngram_size {options.no_repeat_ngram_size} must be 0 (off) or more")
-        if options.prompt_template.count("{text}") != 1:
-            raise UsageError("--prompt_template must hold {text} exactly once, where the article goes")
+        check_arguments(options)
         return replace(self, options=options, evaluate_only=evaluate_only)
 
     def training_defaults(self, demo: bool) -> dict:
@@ -121,48 +80,50 @@ class SummarizationTask:
                                   no_repeat_ngram_size=o.no_repeat_ngram_size, length_penalty=o.length_penalty,
                                   repetition_penalty=o.repetition_penalty)
 
+    @property
+    def model_shape(self) -> GeneratorShape:
+        if self.shape is None:
+            raise RuntimeError("ask the task that load_model returned: it knows the model's shape")
+        return self.shape
+
     def describe(self) -> dict:
         """config.json's ``summarization`` entry: what the options resolved to."""
-        return {"encoder_decoder": self.encoder_decoder, "chat_template": self.chat_template,
-                "prompt_template": None if self.encoder_decoder else self.options.prompt_template,
+        return {"encoder_decoder": self.model_shape.encoder_decoder, "chat_template": self.model_shape.chat_template,
+                "prompt_template": None if self.model_shape.encoder_decoder else self.options.prompt_template,
                 "generation": asdict(self.generation()), "evaluate_only": self.evaluate_only}
 
     # --- the task family's side of the pipeline (adarank.tasks.base.Task) ---------------------
 
-    def load_data(self, data_dir, demo, max_train_samples, max_eval_samples) -> SummaryData:
+    def load_data(self, data_dir, demo, max_train_samples, max_eval_samples) -> TaskData:
         if data_dir is not None:
             raise UsageError("--data_dir is for GLUE: give summarization data with --data_file "
                              "(and --validation_file / --test_file)")
-        o = self.options
-        files = Files(o.data_file, o.validation_file, o.test_file, o.validation_split_percentage,
-                      o.text_column, o.summary_column)
-        return load_summaries(files, demo, max_train_samples, max_eval_samples, self.evaluate_only)
+        return load_summaries(self.options, demo, max_train_samples, max_eval_samples, self.evaluate_only)
 
-    def load_model(self, name_or_path, load_in_4bit=False, compute_dtype=None, classifier_dropout=None):
+    def load_model(self, name_or_path, load_in_4bit=False, compute_dtype=None, classifier_dropout=None) -> LoadedModel:
+        """``classifier_dropout`` has no meaning here: a generator has no classification head."""
         tokenizer, model, name = load_generator(name_or_path, load_in_4bit, compute_dtype)
-        self.encoder_decoder = bool(model.config.is_encoder_decoder)
-        self.chat_template = bool(getattr(tokenizer, "chat_template", None)) and not self.encoder_decoder
-        self.max_positions = getattr(model.config, "max_position_embeddings", None)
-        return tokenizer, model, name
+        return LoadedModel(tokenizer, model, name, replace(self, shape=GeneratorShape.of(tokenizer, model)))
 
     def head_modules(self, model) -> list[str]:
         return []  # a generator's output layer is its (tied) embedding: frozen, as in the paper
 
-    def tokenize(self, data: SummaryData, tokenizer, max_seq_length: int) -> SummaryData:
-        prompt = None if self.encoder_decoder else Prompt(self.options.prompt_template, self.chat_template)
+    def tokenize(self, data: TaskData, tokenizer, max_seq_length: int) -> TaskData:
+        shape = self.model_shape
+        prompt = None if shape.encoder_decoder else Prompt(self.options.prompt_template, shape.chat_template)
         tokenized = tokenize(data, tokenizer, max_seq_length, self.options.max_target_length,
-                             self.encoder_decoder, prompt)
-        if self.max_positions and not self.encoder_decoder:
+                             shape.encoder_decoder, prompt)
+        if shape.max_positions and not shape.encoder_decoder:
             longest = max(max((len(r) for r in split["input_ids"]), default=0) + (
                 self.generation().max_new_tokens if split is not tokenized.train else 0)
                 for split in [tokenized.train, *tokenized.dev.values()] if len(split))
-            if longest > self.max_positions:
+            if longest > shape.max_positions:
                 raise UsageError(f"prompt, article and summary take up to {longest} tokens, more than this model's "
-                                 f"{self.max_positions} positions: lower --max_seq_length or --max_target_length")
+                                 f"{shape.max_positions} positions: lower --max_seq_length or --max_target_length")
         return tokenized
 
     def collator(self, tokenizer):
-        return SummaryCollator(tokenizer, self.encoder_decoder)
+        return SummaryCollator(tokenizer, self.model_shape.encoder_decoder)
 
     def trainer_metrics(self):
         return None  # evaluations during training: the loss alone
@@ -175,7 +136,7 @@ class SummarizationTask:
             loss = trainer.evaluate(dataset, metric_key_prefix=prefix)[f"{prefix}_loss"]
             summaries, seconds = generate_summaries(
                 trainer.model, trainer.processing_class, dataset, settings, trainer.args.per_device_eval_batch_size,
-                self.encoder_decoder, description=f"summarising {split}")
+                self.model_shape.encoder_decoder, description=f"summarising {split}")
             each = rouge.score_each(summaries, dataset["summary"])
             scores.update({f"{prefix}_{kind}": value for kind, value in rouge.mean_scores(each).items()})
             scores.update({f"{prefix}_loss": loss, f"{prefix}_examples": len(dataset),
@@ -187,8 +148,6 @@ class SummarizationTask:
         return scores, rows
 
     def predictions_file(self, rows: list[dict], note: str | None) -> tuple[str, str]:
-        import json
-
         lines = ([json.dumps({"note": note})] if note else []) + [json.dumps(row, ensure_ascii=False) for row in rows]
         return "predictions.jsonl", "\n".join(lines) + "\n"
 

@@ -10,67 +10,39 @@ from __future__ import annotations
 import csv
 import json
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
 
-from adarank import token_cache
 from adarank.errors import UsageError
+from adarank.loading import load_hub_dataset
+from adarank.tasks.base import TaskData, draw_subsets, tokenize_splits
+from adarank.tasks.summarization.arguments import SummarizationArguments
 
 HUB_DATASET, HUB_CONFIG = "abisee/cnn_dailymail", "3.0.0"
 FEATURES = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
                               "summary": datasets.Value("string")})
-SUBSET_SEED = 0  # --max_train_samples draws the same subset whatever the training seed
+ID_COLUMN = "id"  # optional in files: the record's line number otherwise
 IGNORED = -100  # the label of a token that carries no loss
 
 
-@dataclass
-class SummaryData:
-    train: datasets.Dataset
-    dev: dict[str, datasets.Dataset]  # split name -> articles scored at the end (validation, test)
-    source: str
-    synthetic: bool = False
-    tokenized_cache: dict[str, str] | None = None  # split -> read / written / empty / off (adarank/token_cache.py)
-
-
-@dataclass(frozen=True)
-class Files:
-    """Where the data come from: the user's files and columns."""
-
-    data_file: str | None = None  # the training file, or the only file
-    validation_file: str | None = None
-    test_file: str | None = None
-    validation_split_percentage: float | None = None  # of a single file, its last records (None: 10, or all
-    # records for --method none)
-    text_column: str = "article"
-    summary_column: str = "highlights"
-    id_column: str = "id"  # optional in files: the record's line number otherwise
-
-
-def load_summaries(files: Files, demo: bool, max_train_samples: int | None, max_eval_samples: int | None,
-                   evaluate_only: bool) -> SummaryData:
-    """``evaluate_only`` (--method none): a single file is scored whole, and no training split is needed."""
+def load_summaries(files: SummarizationArguments, demo: bool, max_train_samples: int | None,
+                   max_eval_samples: int | None, evaluate_only: bool) -> TaskData:
+    """From the files the flags name (``files``), else the hub; ``evaluate_only`` (--method none): a
+    single file is scored whole, and no training split is needed."""
     if demo:
-        data = SummaryData(demo_split(48, seed=1), {"validation": demo_split(8, seed=2)},
-                           "built-in synthetic demo data", synthetic=True)
+        data = TaskData(demo_split(48, seed=1), {"validation": demo_split(8, seed=2)},
+                        "built-in synthetic demo data", synthetic=True)
     elif files.data_file is None and files.validation_file is None:
         data = _from_hub(files)
     else:
         data = _from_files(files, evaluate_only)
-    if max_train_samples is not None and max_train_samples < len(data.train):
-        data.train = data.train.shuffle(seed=SUBSET_SEED).select(range(max_train_samples))
-    if max_eval_samples is not None:
-        data.dev = {k: d.select(range(min(max_eval_samples, len(d)))) for k, d in data.dev.items()}
-    for name, split in [*([] if evaluate_only else [("train", data.train)]), *data.dev.items()]:
-        if len(split) == 0:
-            raise UsageError(f"the {name} split of {data.source} is empty: give a file with records "
-                             "(or a positive --max_train_samples / --max_eval_samples)")
-    return data
+    return draw_subsets(data, max_train_samples, max_eval_samples, unit="records", needs_train=not evaluate_only)
 
 
-def _from_files(files: Files, evaluate_only: bool) -> SummaryData:
+def _from_files(files: SummarizationArguments, evaluate_only: bool) -> TaskData:
     if files.data_file is None:  # --validation_file alone: nothing to train on
         if not evaluate_only:
             raise UsageError("--validation_file without --data_file leaves nothing to train on: "
@@ -96,10 +68,10 @@ def _from_files(files: Files, evaluate_only: bool) -> SummaryData:
     if files.test_file is not None:
         dev["test"] = read_records(Path(files.test_file), files)
     named = [f for f in (files.data_file, files.validation_file, files.test_file) if f]
-    return SummaryData(train, dev, ", ".join(named))
+    return TaskData(train, dev, ", ".join(named))
 
 
-def read_records(path: Path, files: Files) -> datasets.Dataset:
+def read_records(path: Path, files: SummarizationArguments) -> datasets.Dataset:
     """A JSON Lines (.jsonl, .json) or CSV (.csv, .tsv) file of articles and summaries."""
     if not path.is_file():
         raise UsageError(f"data file {path} does not exist: give the path of a JSONL or CSV file")
@@ -120,7 +92,7 @@ def read_records(path: Path, files: Files) -> datasets.Dataset:
             value = record[column]
             if not isinstance(value, str) or not value.strip():
                 raise UsageError(f"{path}:{lineno}: column {column!r} is empty or not text: fix or remove that record")
-        columns["id"].append(str(record.get(files.id_column, lineno)))
+        columns["id"].append(str(record.get(ID_COLUMN, lineno)))
         columns["text"].append(record[files.text_column].strip())
         columns["summary"].append(record[files.summary_column].strip())
     if not columns["id"]:
@@ -153,19 +125,15 @@ def _csv_rows(path: Path, suffix: str):
             yield reader.line_num, {k: v for k, v in record.items() if v is not None}
 
 
-def _from_hub(files: Files) -> SummaryData:
-    try:
-        hub = datasets.load_dataset(HUB_DATASET, HUB_CONFIG)
-    except Exception as error:  # offline, no such dataset, proxy errors: all one fix
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise UsageError(f"could not load {HUB_DATASET} {HUB_CONFIG} from the Hugging Face hub ({reason}): "
-                         "pass --data_file with local JSONL/CSV files, or use --demo") from None
+def _from_hub(files: SummarizationArguments) -> TaskData:
+    hub = load_hub_dataset(HUB_DATASET, HUB_CONFIG, f"{HUB_DATASET} {HUB_CONFIG}",
+                           "pass --data_file with local JSONL/CSV files, or use --demo")
 
     def convert(split: datasets.Dataset) -> datasets.Dataset:
         split = split.rename_columns({files.text_column: "text", files.summary_column: "summary"})
         return split.select_columns(["id", "text", "summary"]).cast(FEATURES)
 
-    return SummaryData(convert(hub["train"]), {"validation": convert(hub["validation"]), "test": convert(hub["test"])},
+    return TaskData(convert(hub["train"]), {"validation": convert(hub["validation"]), "test": convert(hub["test"])},
                        f"{HUB_DATASET}/{HUB_CONFIG}")
 
 
@@ -216,8 +184,8 @@ class Prompt:
         return encode(before), encode(after)
 
 
-def tokenize(data: SummaryData, tokenizer, max_source_length: int, max_target_length: int,
-             encoder_decoder: bool, prompt: Prompt | None) -> SummaryData:
+def tokenize(data: TaskData, tokenizer, max_source_length: int, max_target_length: int,
+             encoder_decoder: bool, prompt: Prompt | None) -> TaskData:
     """Tokenize without padding; the collator pads each batch. Decoder-only rows hold prompt and
     summary in ``input_ids``, ``labels`` -100 on the prompt; ``prompt_length`` marks where the
     summary starts, so generation can feed the prompt alone. Encoder-decoder rows hold the
@@ -249,16 +217,7 @@ def tokenize(data: SummaryData, tokenizer, max_source_length: int, max_target_le
     settings = {"max_source_length": max_source_length, "max_target_length": max_target_length,
                 "encoder_decoder": encoder_decoder, "eos": eos,
                 "prompt": None if encoder_decoder else prompt_tokens}
-    cache = {}
-
-    def apply(name: str, split: datasets.Dataset) -> datasets.Dataset:
-        keep = ["id", "summary"]
-        rows, cache[name] = token_cache.tokenized(
-            split, encode, tokenizer, settings, remove_columns=[c for c in split.column_names if c not in keep])
-        return rows
-
-    return replace(data, train=apply("train", data.train), dev={k: apply(k, v) for k, v in data.dev.items()},
-                   tokenized_cache=cache)
+    return tokenize_splits(data, encode, tokenizer, settings, keep=("id", "summary"))
 
 
 class SummaryCollator:

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
-from adarank.summary_data import SummaryCollator
+from adarank.tasks.summarization.data import SummaryCollator
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""bitsandbytes' packed CPU kernel for 4-bit layers: where to use it, and keeping it exact.
+"""bitsandbytes' 4-bit layers: telling them apart (``is_linear_4bit``), and their packed CPU
+kernel: where to use it, and keeping it exact.
 
 On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight for a
 fused kernel the first time the layer runs in eval mode without gradients. That

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import TYPE_CHECKING
 
 import datasets
 
-if TYPE_CHECKING:
-    from adarank.tasks.glue import GlueTask
-
+from adarank.tasks.glue.spec import GlueSpec
 
 DEMO_SIZES = {"train": 512}
 DEMO_DEV_SIZE = 256
@@ -31,7 +28,7 @@ _NOUNS = "cat dog river mountain teacher doctor garden market train window lamp 
 _VERBS = "sees finds carries paints visits follows builds opens".split()
 
 
-def make_demo_split(task: GlueTask, split: str) -> datasets.Dataset:
+def make_demo_split(task: GlueSpec, split: str) -> datasets.Dataset:
     size = DEMO_SIZES.get(split, DEMO_DEV_SIZE)
     rng = random.Random(zlib.crc32(f"{task.name}/{split}".encode()))
     rows = [_example(task, rng) for _ in range(size)]
@@ -40,13 +37,10 @@ def make_demo_split(task: GlueTask, split: str) -> datasets.Dataset:
         columns["text_b"] = [r[1] for r in rows]
     columns["label"] = [r[2] for r in rows]
     columns["idx"] = list(range(size))
-    label = datasets.Value("float32") if task.is_regression else datasets.Value("int64")
-    features = {name: datasets.Value("string") for name in columns if name.startswith("text")}
-    features.update(label=label, idx=datasets.Value("int64"))
-    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    return datasets.Dataset.from_dict(columns, features=task.features)
 
 
-def _example(task: GlueTask, rng: random.Random) -> tuple[str, str | None, int | float]:
+def _example(task: GlueSpec, rng: random.Random) -> tuple[str, str | None, int | float]:
     if not task.is_pair:
         label = rng.randrange(task.num_labels)
         cue = (_NEGATIVE, _POSITIVE)[label]

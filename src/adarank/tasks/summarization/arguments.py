@@ -1,0 +1,52 @@
+"""The summarization family's own flags, parsed beside TrainingArguments and the adapter flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adarank.errors import UsageError
+
+MAX_TARGET_LENGTH = 160
+DEFAULT_PROMPT = "Summarize the following news article in three sentences.\n\n{text}"
+
+
+@dataclass
+class SummarizationArguments:
+    """The summarization family's own flags (beside TrainingArguments and the adapter flags)."""
+
+    data_file: str | None = field(default=None, metadata={
+        "help": "Training data, JSON Lines or CSV (default: the hub's cnn_dailymail 3.0.0). Alone, its last "
+                "--validation_split_percentage of records are held out; with --method none and no percentage, "
+                "all are scored."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, scored at the end."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data, also scored at the end."})
+    validation_split_percentage: float | None = field(default=None, metadata={
+        "help": "Of a single --data_file: the share of records, taken from its end, held out for validation "
+                "(default 10; --method none scores the same records when given it, else all)."})
+    text_column: str = field(default="article", metadata={"help": "The column holding the text (XSum: document)."})
+    summary_column: str = field(default="highlights", metadata={"help": "The reference summary (XSum: summary)."})
+    max_target_length: int = field(default=MAX_TARGET_LENGTH, metadata={
+        "help": "Reference summaries are cut to this many tokens in training (the recipe's 160)."})
+    num_beams: int = field(default=4, metadata={"help": "Beam search width at evaluation (the paper: 4; 1: greedy)."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Longest generated summary in tokens (default: --max_target_length)."})
+    no_repeat_ngram_size: int = field(default=3, metadata={
+        "help": "Never repeat an n-gram of this size in a summary (0: off). Tuned small models loop without it."})
+    length_penalty: float = field(default=1.0, metadata={
+        "help": "Beam search's length exponent (above 1 favours longer summaries)."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Above 1 discourages repeated tokens."})
+    prompt_template: str = field(default=DEFAULT_PROMPT, metadata={
+        "help": "Decoder-only models: the prompt, with {text} where the article goes (wrapped in the model's "
+                "chat template where it has one)."})
+
+
+def check_arguments(options: SummarizationArguments) -> None:
+    for name in ("max_target_length", "num_beams"):
+        if getattr(options, name) < 1:
+            raise UsageError(f"--{name} {getattr(options, name)} must be at least 1")
+    if options.max_new_tokens is not None and options.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens {options.max_new_tokens} must be at least 1")
+    if options.no_repeat_ngram_size < 0:
+        raise UsageError(f"--no_repeat_ngram_size {options.no_repeat_ngram_size} must be 0 (off) or more")
+    if options.prompt_template.count("{text}") != 1:
+        raise UsageError("--prompt_template must hold {text} exactly once, where the article goes")
