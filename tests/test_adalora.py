@@ -7,8 +7,8 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from adarank.arguments import AdapterArguments
-from adarank.data import load_glue, tokenize
-from adarank.models import load_model
+from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.tasks.glue.model import load_model
 from adarank.tasks import TASKS
 from conftest import QUICK, build_adapter, read_jsonl, run_task
 

@@ -39,8 +39,8 @@ from peft.tuners.adalora.layer import RankAllocator
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from adarank.arguments import AdapterArguments
-from adarank.data import load_glue, tokenize
-from adarank.models import load_model
+from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.tasks.glue.model import load_model
 from adarank.tasks import TASKS
 from conftest import build_adapter
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional
 
-from adarank.data import load_glue, tokenize
+from adarank.tasks.glue.data import load_glue, tokenize
 from adarank.diagnostics import orthogonal_regulariser, update_norms
-from adarank.models import load_model
+from adarank.tasks.glue.model import load_model
 from adarank.modules import locate
 from adarank.tasks import TASKS
 from conftest import QUICK, build_adapter, read_jsonl, run_task

@@ -1,4 +1,4 @@
-"""The fused adapter forward (adarank/fused_adapters.py) computes PEFT's function: the same outputs
+"""The fused adapter forward (adarank/methods/fused.py) computes PEFT's function: the same outputs
 and gradients to float32 precision, for LoRA and AdaLoRA, with dropout and under bf16 autocast; and
 PEFT's own forward wherever the layer is not in the plain case."""
 
@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from adarank.fused_adapters import fuse_adapter_forward
+from adarank.methods.fused import fuse_adapter_forward
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 

@@ -10,20 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "custom"))
+from adarank.errors import UsageError
 
-from plateau import PlateauArguments, PlateauLora  # noqa: E402
-from plateau.growth import whitened_rows  # noqa: E402
+from adarank.arguments import AdapterArguments
+from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.methods import AdapterRequest
+from adarank.tasks.glue.model import load_model
+from adarank.pipeline import main
+from adarank.tasks import TASKS
+from conftest import QUICK, build_adapter, demo_dev_inputs, predicted_labels, read_jsonl, stop_and_resume
+from custom.plateau import PlateauArguments, PlateauLora, register
+from custom.plateau.growth import whitened_rows
 
-from adarank.errors import UsageError  # noqa: E402
-
-from adarank.arguments import AdapterArguments  # noqa: E402
-from adarank.data import load_glue, tokenize  # noqa: E402
-from adarank.methods import AdapterRequest  # noqa: E402
-from adarank.models import load_model  # noqa: E402
-from adarank.pipeline import main  # noqa: E402
-from adarank.tasks import TASKS  # noqa: E402
-from conftest import QUICK, build_adapter, demo_dev_inputs, predicted_labels, read_jsonl, stop_and_resume  # noqa: E402
+register()  # --method plateau, as the entry scripts in src/custom make it known
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +227,8 @@ def test_impossible_schedules_are_refused(tiny_model, tmp_path, capsys, flags, m
 
 def planned(total_step, steps_per_epoch, **plateau):
     request = AdapterRequest(TASKS["cola"], AdapterArguments(budget="large"), total_step=total_step,
-                             steps_per_epoch=steps_per_epoch, extra=(PlateauArguments(**plateau),))
+                             steps_per_epoch=steps_per_epoch,
+                             method_arguments=PlateauArguments(**plateau))
     return PlateauLora().plan(request)
 
 

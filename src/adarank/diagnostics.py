@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from adarank.methods.adalora import distances_from_orthogonal, importance_steps, triplet_scores, update_scale
 from adarank.modules import locate
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -38,7 +39,7 @@ def _adapter_tensors(model, adapter: str):
         a, b = lora_a[adapter], module.lora_B[adapter]
         a, b = getattr(a, "weight", a), getattr(b, "weight", b)
         if hasattr(module, "lora_E"):  # AdaLoRA's SVD form
-            scale = module.scaling[adapter] / (float(module.ranknum[adapter]) + 1e-5)
+            scale = update_scale(module.scaling[adapter], float(module.ranknum[adapter]))
             yield name, a, b, module.lora_E[adapter], scale
         else:
             yield name, a, b, None, module.scaling[adapter]
@@ -66,14 +67,14 @@ def update_norms(model, adapter: str) -> dict:
 
 
 def orthogonal_regulariser(model, adapter: str) -> float:
-    """R as PEFT adds it to the loss: the mean over A and B of ||A A^T - I||_F and ||B^T B - I||_F."""
+    """R as PEFT adds it to the loss (the mean of AdaLoRA's ``distances_from_orthogonal``, one matrix at
+    a time); 0 for adapters without it (LoRA)."""
     values = []
     with torch.no_grad():
         for _, a, b, e, _ in _adapter_tensors(model, adapter):
             if e is None:
                 return 0.0
-            for cov in (a @ a.T, b.T @ b):
-                values.append(float(torch.linalg.matrix_norm(cov - torch.eye(len(cov), device=cov.device))))
+            values += [float(distances_from_orthogonal(kind, m)) for kind, m in (("A", a), ("B", b))]
     return sum(values) / len(values) if values else 0.0
 
 
@@ -91,11 +92,10 @@ class Diagnostics(TrainerCallback):
         config = model.peft_config[self.adapter]
         self.orth_reg_weight = getattr(config, "orth_reg_weight", None)
         self.allocator = getattr(model.base_model, "rankallocator", None)
-        # The averages pruning starts from (t = tinit), and the last ones before the final
-        # mask (PEFT stops updating them at T - tfinal and clears them after that mask).
+        # The steps whose importance averages matter: where pruning starts, and before the final mask.
         self.score_steps = set()
         if self.allocator is not None:
-            self.score_steps = {config.tinit, config.total_step - config.tfinal - 1}
+            self.score_steps = importance_steps(config)
 
     def _write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -123,13 +123,8 @@ class Diagnostics(TrainerCallback):
 
     def _score_quantiles(self) -> dict:
         """Quantiles of the triplet scores (eq. 11) by module kind, from the allocator's averages."""
-        allocator, by_kind = self.allocator, {}
-        for key in allocator.exp_avg_ipt:
-            if ".lora_E." not in key:
-                continue
-            score = lambda part: allocator.exp_avg_ipt[key.replace("lora_E", part)] * \
-                allocator.exp_avg_unc[key.replace("lora_E", part)]  # noqa: E731  (eq. 10)
-            triplet = score("lora_E").view(-1) + score("lora_A").mean(dim=1) + score("lora_B").mean(dim=0)
+        by_kind = {}
+        for key, triplet in triplet_scores(self.allocator).items():
             place = locate(key)
             by_kind.setdefault(place[1] if place else key, []).append(triplet.float())
         quantiles = torch.tensor(QUANTILES)

@@ -4,7 +4,8 @@ For planning before renting a GPU (``analysis/memory_calculation.py --model_name
 The model is built on the meta device, and each piece comes from where training takes it:
 the adapted matrices from ``resolve_target_modules``, the task head from ``head_modules``,
 the component of every tensor from ``adarank.memory``, the weights the 4-bit loader
-quantises from the skip list ``UNQUANTIZED_HEAD``, the ranks from the methods' budget rules.
+quantises from the skip list ``UNQUANTIZED_HEAD``, the ranks and adapter parameters from the
+methods themselves (``AdapterMethod.budget_ranks`` and ``adapter_parameters``).
 
 The analytic model:
 - ``dtype`` (fp32 by default) for every unquantised tensor;
@@ -12,14 +13,14 @@ The analytic model:
   one fp32 absmax per 256 of those, i.e. 4 + 8/64 + 32/(64*256) = 4.127 bits (the small
   code books are left out);
 - training adds, per trainable parameter, its fp32 gradient and AdamW's two fp32 moments,
-  and for AdaLoRA the allocator's three fp32 tensors per adapter parameter (importance,
-  its average, its uncertainty); activations depend on batch and length and are not included.
+  and the method's own fp32 tensors per adapter parameter (``AdapterMethod.allocator_tensors``: AdaLoRA's
+  allocator keeps three, importance, its average, its uncertainty); activations depend on batch and
+  length and are not included.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from adarank.errors import UsageError
+from adarank.loading import UNQUANTIZED_HEAD, embedded_model_path
 from adarank.memory import base_tensors
-from adarank.methods import METHODS, AdapterMethod, budget_rank, get_method
-from adarank.methods.adalora import INIT_RANK_FACTOR, AdaLora
-from adarank.methods.lora import Lora
-from adarank.models import UNQUANTIZED_HEAD, embedded_model_path
+from adarank.methods import BUILT_IN_METHODS, budget_rank, get_method
 from adarank.modules import resolve_target_modules
 
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
@@ -65,8 +64,8 @@ class MemoryPlan:
     base_bytes: float
     full_precision_base_bytes: int
     unquantized_percent: float  # of the base's parameters (100 without quantisation)
-    train_adapter_params: int  # AdaLoRA: at its initial rank
-    saved_adapter_params: int  # AdaLoRA: at the final average rank
+    train_adapter_params: int  # the most while training (AdaLoRA: at its initial rank)
+    saved_adapter_params: int  # at the end (AdaLoRA: at the final average rank)
     trainable_params: int  # adapters while training, and the task head
     optimizer_bytes: int
     allocator_bytes: int
@@ -137,38 +136,28 @@ def architecture(model: nn.Module) -> Architecture:
 
 
 def planned_methods() -> list[str]:
-    """The registered methods with LoRA or AdaLoRA adapters, in the order they were registered."""
-    return [name for name, method in METHODS.items() if isinstance(method, (Lora, AdaLora))]
-
-
-def adapter_params(method: AdapterMethod, rank: int, adapted) -> int:
-    """Parameters of the adapters at ``rank`` in every adapted (in, out) matrix."""
-    if isinstance(method, AdaLora):
-        return sum(rank * (i + o + 1) for i, o in adapted)  # P, Q and the diagonal E (section 3.1)
-    if isinstance(method, Lora):
-        return sum(rank * (i + o) for i, o in adapted)  # B and A
-    raise UsageError(f"the memory plan knows LoRA and AdaLoRA adapters; {method.name} has neither")
+    """The library's own methods that train adapters, in the order they are registered (any other
+    registered method, e.g. src/custom's, is planned when named)."""
+    return [name for name in BUILT_IN_METHODS if get_method(name).trains]
 
 
 def plan(arch: Architecture, method_name: str, budget: str, dtype: str = "float32",
          init_r: int | None = None) -> MemoryPlan:
-    """``init_r``: AdaLoRA's initial rank where a recipe sets it (default: 1.5x the budget's)."""
+    """``init_r``: the initial rank where a recipe sets it (AdaLoRA's; default: the method's rule)."""
     if dtype not in DTYPE_BYTES:
         raise UsageError(f"unknown dtype {dtype!r} for the unquantised tensors: choose one of {', '.join(DTYPE_BYTES)}")
     method, width = get_method(method_name), DTYPE_BYTES[dtype]
     total = arch.total_params
     fp_bytes = total * width + arch.buffer_bytes
-    target_r = budget_rank(budget)
-    if isinstance(method, AdaLora):  # trains from init_r, saves at the final average rank
-        train_adapter = adapter_params(method, init_r or math.ceil(INIT_RANK_FACTOR * target_r), arch.adapted)
-    else:
-        train_adapter = adapter_params(method, target_r, arch.adapted)
-    saved_adapter = adapter_params(method, target_r, arch.adapted)
+    if not method.trains:
+        raise UsageError(f"the memory plan is for methods that train adapters; {method.name} trains none")
+    adapter = method.adapter_parameters(method.budget_ranks(budget_rank(budget), init_r), arch.adapted)
+    train_adapter, saved_adapter = adapter.most, adapter.end
     base = fp_bytes - arch.quantized_params * (width - NF4_BITS / 8) if method.quantized else fp_bytes
     trainable = train_adapter + arch.parameters.get("head", 0)
     optimizer = trainable * FP32 * 2  # AdamW: two moments
     gradients = trainable * FP32
-    allocator = train_adapter * FP32 * 3 if isinstance(method, AdaLora) else 0
+    allocator = train_adapter * FP32 * method.allocator_tensors
     weights = trainable * FP32  # adapters and the trained copy of the head
     return MemoryPlan(
         method=method_name, budget=budget, base_bytes=base, full_precision_base_bytes=fp_bytes,

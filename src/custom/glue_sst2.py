@@ -6,7 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, when adarank is not pip-installed
 
 from adarank.pipeline import main  # noqa: E402
-import plateau  # noqa: E402,F401  (registers the plateau method)
+from custom.plateau import register  # noqa: E402
 
 if __name__ == "__main__":
+    register()
     main("sst2", method="plateau")

@@ -1,21 +1,23 @@
-"""Adapter methods: one module each, registered by name.
+"""Adapter methods: one module (or package) each, registered by name.
 
 Adding a method: a module here (or anywhere, e.g. ``src/custom``) with a
-``Plan`` and an ``AdapterMethod``, and one ``register_method`` line.
+``Plan`` and an ``AdapterMethod``, and one ``register_method`` call.
 """
 
 from adarank.methods.adalora import AdaLora
-from adarank.methods.base import (BUDGET_RANKS, METHODS, AdapterMethod, AdapterRequest, BuiltAdapter, Plan,
-                                  ShapeChanging, budget_label, budget_rank, check_lora_arguments, get_method,
-                                  positive, register_method)
+from adarank.methods.base import (BUDGET_RANKS, METHODS, AdapterMethod, AdapterParameters, AdapterRequest,
+                                  BuiltAdapter, Plan, Ranks, Shapes, ShapeChanging, adapter_placement, budget_label,
+                                  budget_rank, check_lora_arguments, get_method, lora_parameters, positive,
+                                  register_method)
 from adarank.methods.four_bit import QAdaLora, QLora
 from adarank.methods.lora import Lora
 from adarank.methods.none import NoAdapter
 
-for _method in (Lora(), AdaLora(), QLora(), QAdaLora(), NoAdapter()):
-    register_method(_method)
+# The library's own methods, in the order they are registered (others register theirs, e.g. src/custom).
+BUILT_IN_METHODS = tuple(register_method(m).name for m in (Lora(), AdaLora(), QLora(), QAdaLora(), NoAdapter()))
 
 __all__ = [
-    "BUDGET_RANKS", "METHODS", "AdapterMethod", "AdapterRequest", "BuiltAdapter", "Plan", "ShapeChanging",
-    "budget_label", "budget_rank", "check_lora_arguments", "get_method", "positive", "register_method",
+    "BUDGET_RANKS", "BUILT_IN_METHODS", "METHODS", "AdapterMethod", "AdapterParameters", "AdapterRequest", "BuiltAdapter", "Plan",
+    "Ranks", "Shapes", "ShapeChanging", "adapter_placement", "budget_label", "budget_rank", "check_lora_arguments",
+    "get_method", "lora_parameters", "positive", "register_method",
 ]

@@ -4,12 +4,18 @@ A method first ``plan``s (checks the user's numbers and resolves every default,
 before any model is loaded, so bad input fails fast) into a typed, frozen plan,
 then ``build``s the adapters and the callbacks that drive them during training.
 The pipeline talks to a method and its plan through this interface only.
+
+A method also answers how many trainable adapter parameters a plan means on a model
+(``adapter_parameters``), from the adapted matrices' shapes alone, so that a planner
+(``adarank.memory_plan``) or a harness that matches methods at equal parameter budgets
+needs no knowledge of any method's rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from peft import PeftModel
 from torch import nn
@@ -22,32 +28,64 @@ from adarank.tasks import Task
 # The paper's two budget labels: the final average rank of every adapted matrix (Table 1).
 BUDGET_RANKS = {"small": 2, "large": 8}
 
+Shapes = Sequence[tuple[int, int]]  # (in_features, out_features) of every adapted matrix
+
 
 @dataclass
 class AdapterRequest:
     """What a method needs to know about the run."""
 
     task: Task
-    args: object  # AdapterArguments (plus a method's own fields)
+    args: object  # AdapterArguments
     total_step: int
     target_modules: list[str] = field(default_factory=list)
     head_modules: list[str] = field(default_factory=list)
     rank_log: RankLog | None = None
     gradient_checkpointing: bool = False
     resume_from: str | None = None  # the checkpoint a resumed run starts from
-    extra: tuple = ()  # a method's own argument dataclasses, parsed with the rest
+    # The method's own flags: an instance of its ``AdapterMethod.arguments`` (None: their defaults).
+    method_arguments: Any = None
+    extra: tuple = ()  # the run's extra argument dataclasses; read only where method_arguments is not given
     steps_per_epoch: int | None = None  # optimizer steps of one pass over the training set
     task_type: object = None  # PEFT's TaskType for the loaded model (the task's peft_task_type)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """The rank per adapted matrix a plan trains at: when training starts, and when it ends
+    (AdaLoRA prunes from its initial to its target rank; a growing method ends at most at its ceiling)."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class AdapterParameters:
+    """Trainable adapter parameters (the task head not included) of a plan on a model."""
+
+    start: int  # when training starts
+    end: int  # when it ends: what the saved adapter holds (a growing method: at most)
+
+    @property
+    def most(self) -> int:
+        """The most held at once while training (what memory must hold)."""
+        return max(self.start, self.end)
 
 
 @dataclass(frozen=True)
 class Plan:
     """A method's resolved hyperparameters. ``budget_rank`` is the rank per adapted matrix
     the run's budget stands for (LoRA's r, AdaLoRA's final average, a growing method's
-    ceiling): config.json labels the run with it, so runs of one budget are compared."""
+    ceiling; by default the rank training ends at): config.json labels the run with it, so
+    runs of one budget are compared."""
 
     @property
     def budget_rank(self) -> int:
+        return self.ranks.end
+
+    @property
+    def ranks(self) -> Ranks:
+        """The ranks per matrix training starts and ends at."""
         raise NotImplementedError
 
     def describe(self) -> str | None:
@@ -75,6 +113,10 @@ class AdapterMethod:
     trains: bool = True  # False: the base model is evaluated as it is (--method none)
     arguments: type | None = None  # the method's own flags, a dataclass parsed beside the others
     script_defaults: dict = {}  # defaults of entry scripts made for this method (main(task, method=...))
+    # fp32 tensors the method keeps per trainable adapter parameter beside the optimizer's moments
+    allocator_tensors: int = 0
+    # Run options the method refuses: option name -> why ({name}: the method's); mixins add theirs.
+    refuses: dict[str, str] = {}
 
     def plan(self, request: AdapterRequest) -> Plan:
         raise NotImplementedError
@@ -83,19 +125,46 @@ class AdapterMethod:
         raise NotImplementedError
 
     def check_run(self, training, run) -> None:
-        """Refuse run options this method cannot honour (TrainingArguments, RunArguments)."""
+        """Refuse run options this method cannot honour (TrainingArguments, RunArguments): those in
+        the ``refuses`` of its classes, the most derived class first."""
+        for cls in type(self).__mro__:
+            for option, why in vars(cls).get("refuses", {}).items():
+                if getattr(run, option, False) or getattr(training, option, False):
+                    raise UsageError(why.format(name=self.name))
+
+    def own_arguments(self, request: AdapterRequest):
+        """The method's own flags for this run (an instance of ``arguments``), their defaults where none came."""
+        given = request.method_arguments
+        if given is None:  # a caller that passes the run's extra dataclasses as they were parsed
+            given = next((e for e in request.extra if isinstance(e, self.arguments)), None)
+        if given is not None and not isinstance(given, self.arguments):
+            raise TypeError(f"{self.name} takes {self.arguments.__name__}, not {type(given).__name__}")
+        return given if given is not None else self.arguments()
+
+    # --- how many parameters a budget means ------------------------------------------------
+
+    def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:
+        """Trainable adapter parameters with ``rank`` in every adapted matrix of (in, out) ``shapes``."""
+        raise NotImplementedError
+
+    def budget_ranks(self, rank: int, start_rank: int | None = None) -> Ranks:
+        """The ranks a plan of budget ``rank`` (rank per matrix, ``budget_rank``) starts and ends at by the
+        method's default rules, without a run. ``start_rank``: a start rank set explicitly (AdaLoRA's
+        --init_r, a growing method's first rank); a method with one fixed rank ignores it."""
+        return Ranks(rank, rank)
+
+    def adapter_parameters(self, ranks: Ranks, shapes: Shapes) -> AdapterParameters:
+        """Trainable adapter parameters at the start and end of training of a plan with these ``ranks``
+        (``plan.ranks``, or ``budget_ranks(...)`` without a run) on matrices of (in, out) ``shapes``."""
+        return AdapterParameters(self.parameters_at_rank(ranks.start, shapes), self.parameters_at_rank(ranks.end, shapes))
 
 
 class ShapeChanging:
     """Mixin for methods whose adapter shapes change during training (pruning or growth)."""
 
-    def check_run(self, training, run) -> None:
-        if training.load_best_model_at_end:
-            raise UsageError(
-                f"--load_best_model_at_end cannot be used with {self.name}: its adapter shapes change during "
-                "training, so an earlier checkpoint does not fit the final model; pick the best run from history.jsonl"
-            )
-        super().check_run(training, run)
+    refuses = {"load_best_model_at_end": (
+        "--load_best_model_at_end cannot be used with {name}: its adapter shapes change during "
+        "training, so an earlier checkpoint does not fit the final model; pick the best run from history.jsonl")}
 
 
 METHODS: dict[str, AdapterMethod] = {}
@@ -136,3 +205,15 @@ def positive(name: str, value: int) -> int:
     if value < 1:
         raise UsageError(f"--{name} {value} must be at least 1")
     return value
+
+
+def lora_parameters(rank: int, shapes: Shapes) -> int:
+    """LoRA's B (out x r) and A (r x in) in every adapted matrix."""
+    return sum(rank * (i + o) for i, o in shapes)
+
+
+def adapter_placement(request: AdapterRequest) -> dict:
+    """The PEFT config arguments every LoRA-style method takes from the run: the model's task type,
+    the adapted modules and the task head trained in full."""
+    return {"task_type": request.task_type, "target_modules": request.target_modules,
+            "modules_to_save": list(request.head_modules)}

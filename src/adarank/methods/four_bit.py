@@ -1,11 +1,12 @@
-"""The same methods on a base model quantised to 4-bit NF4 (QLoRA, Dettmers et al., 2023)."""
+"""The same methods on a base model quantised to 4-bit NF4 (QLoRA, Dettmers et al., 2023).
+
+The adapters, and so their parameter counts, are those of the method on a full-precision base."""
 
 from __future__ import annotations
 
 from peft import prepare_model_for_kbit_training
 from torch import nn
 
-from adarank.errors import UsageError
 from adarank.methods.adalora import AdaLora
 from adarank.methods.base import AdapterRequest, BuiltAdapter, Plan
 from adarank.methods.lora import Lora
@@ -15,19 +16,14 @@ class FourBitBase:
     """Mixin: load the base in 4 bits and prepare it for training before adapters are added."""
 
     quantized = True
+    refuses = {"merge_adapter": (
+        "--merge_adapter cannot merge into a 4-bit base ({name}): bitsandbytes cannot add the "
+        "update to NF4 weights exactly; load adapter/ onto a full-precision base and merge there")}
 
     def build(self, model: nn.Module, plan: Plan, request: AdapterRequest) -> BuiltAdapter:
         # Casts the unquantised parameters (norms, embeddings) to fp32 for stable training.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=request.gradient_checkpointing)
         return super().build(model, plan, request)
-
-    def check_run(self, training, run) -> None:
-        if run.merge_adapter:
-            raise UsageError(
-                f"--merge_adapter cannot merge into a 4-bit base ({self.name}): bitsandbytes cannot add the "
-                "update to NF4 weights exactly; load adapter/ onto a full-precision base and merge there"
-            )
-        super().check_run(training, run)
 
 
 class QLora(FourBitBase, Lora):

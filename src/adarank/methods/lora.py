@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_rank,
-                                  check_lora_arguments, positive)
+from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, Ranks, Shapes, adapter_placement,
+                                  budget_rank, check_lora_arguments, lora_parameters, positive)
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,8 @@ class LoraPlan(Plan):
     lora_dropout: float
 
     @property
-    def budget_rank(self) -> int:
-        return self.r
+    def ranks(self) -> Ranks:
+        return Ranks(self.r, self.r)
 
 
 class Lora(AdapterMethod):
@@ -32,12 +32,9 @@ class Lora(AdapterMethod):
         return LoraPlan(r=r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout)
 
     def build(self, model: nn.Module, plan: LoraPlan, request: AdapterRequest) -> BuiltAdapter:
-        config = LoraConfig(
-            task_type=request.task_type,
-            r=plan.r,
-            lora_alpha=plan.lora_alpha,
-            lora_dropout=plan.lora_dropout,
-            target_modules=request.target_modules,
-            modules_to_save=list(request.head_modules),
-        )
+        config = LoraConfig(r=plan.r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
+                            **adapter_placement(request))
         return BuiltAdapter(get_peft_model(model, config), callbacks=[])
+
+    def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:
+        return lora_parameters(rank, shapes)

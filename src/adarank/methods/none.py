@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from adarank.errors import UsageError
-from adarank.methods.base import AdapterMethod, AdapterRequest, BuiltAdapter, Plan
+from adarank.methods.base import AdapterMethod, AdapterRequest, BuiltAdapter, Plan, Ranks, Shapes
 
 
 @dataclass(frozen=True)
 class NoAdapterPlan(Plan):
     @property
-    def budget_rank(self) -> int:
-        return 0
+    def ranks(self) -> Ranks:
+        return Ranks(0, 0)
 
 
 class NoAdapter(AdapterMethod):
@@ -31,3 +31,9 @@ class NoAdapter(AdapterMethod):
     def build(self, model: nn.Module, plan: NoAdapterPlan, request: AdapterRequest) -> BuiltAdapter:
         model.requires_grad_(False)
         return BuiltAdapter(model, callbacks=[])
+
+    def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:
+        return 0
+
+    def budget_ranks(self, rank: int, start_rank: int | None = None) -> Ranks:
+        return Ranks(0, 0)

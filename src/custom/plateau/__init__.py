@@ -10,14 +10,19 @@ training goes on with the same optimizer and learning-rate schedule.
 - ``growth``: new directions (random, gradient, whitened) and the PEFT/optimizer surgery;
 - ``callback``: the control loop in the Trainer, and the checkpointed state.
 
-It plugs into adarank through its extension points (a registered method and a
-callback); adarank does not import it. BENCHMARKS.md has what the variants measured.
+It plugs into adarank through its extension points (a method, registered by
+``register()``, and a callback); adarank does not import it. BENCHMARKS.md has what
+the variants measured.
 """
 
 from adarank.methods import register_method
-from plateau.arguments import PlateauArguments
-from plateau.method import PlateauLora, PlateauPlan
+from custom.plateau.arguments import PlateauArguments
+from custom.plateau.method import PlateauLora, PlateauPlan
 
-register_method(PlateauLora())
 
-__all__ = ["PlateauArguments", "PlateauLora", "PlateauPlan"]
+def register() -> PlateauLora:
+    """Make ``--method plateau`` known to adarank (``main(task, method="plateau")``); call it once."""
+    return register_method(PlateauLora())
+
+
+__all__ = ["PlateauArguments", "PlateauLora", "PlateauPlan", "register"]

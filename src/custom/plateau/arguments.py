@@ -42,13 +42,6 @@ class PlateauArguments:
     importance_beta: float = field(default=0.85, metadata={"help": "EMA factor of the importance score."})
 
 
-def plateau_arguments(request: AdapterRequest) -> PlateauArguments:
-    for extra in request.extra:
-        if isinstance(extra, PlateauArguments):
-            return extra
-    return PlateauArguments()
-
-
 def default_eval_every(request: AdapterRequest) -> int:
     """EVALS_PER_EPOCH evaluations per epoch of the run (a run without a known epoch length: of all its
     steps), at least every step and at most once per run."""

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from adarank.errors import UsageError
 from adarank.ranks import RankLog
 from adarank.rundir import checkpoint_folder
-from plateau.growth import (GradientCapture, extend_optimizer_state, gradient_rows, lora_rows, resize_module,
+from custom.plateau.growth import (GradientCapture, extend_optimizer_state, gradient_rows, lora_rows, resize_module,
                             whitened_rows)
 
 STATE_FILE = "plateau_state.json"

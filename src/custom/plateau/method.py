@@ -10,11 +10,11 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from adarank.errors import UsageError
-from adarank.methods import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, ShapeChanging, budget_rank,
-                             check_lora_arguments)
-from plateau.arguments import (EVALS_PER_EPOCH, GRADIENT_WINDOW, GROWTH_INITS, PlateauArguments,
-                               default_eval_every, default_growth_budget, plateau_arguments)
-from plateau.callback import PlateauGrowth
+from adarank.methods import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, Ranks, Shapes, ShapeChanging,
+                             adapter_placement, budget_rank, check_lora_arguments, lora_parameters)
+from custom.plateau.arguments import (EVALS_PER_EPOCH, GRADIENT_WINDOW, GROWTH_INITS, PlateauArguments,
+                                      default_eval_every, default_growth_budget)
+from custom.plateau.callback import PlateauGrowth
 
 log = logging.getLogger("adarank")
 
@@ -37,8 +37,9 @@ class PlateauPlan(Plan):
     scaling_rule: str = "alpha / r fixed at alpha / r0: alpha grows with r"
 
     @property
-    def budget_rank(self) -> int:
-        return self.r_max
+    def ranks(self) -> Ranks:
+        """From r0 to at most r_max (where growth events stop is up to the dev loss)."""
+        return Ranks(self.r0, self.r_max)
 
 
 class PlateauLora(ShapeChanging, AdapterMethod):
@@ -52,7 +53,7 @@ class PlateauLora(ShapeChanging, AdapterMethod):
 
     def plan(self, request: AdapterRequest) -> PlateauPlan:
         check_lora_arguments(request.args)
-        a = plateau_arguments(request)
+        a: PlateauArguments = self.own_arguments(request)
         r_max = a.r_max if a.r_max is not None else budget_rank(request.args.budget)
         if a.r0 < 1 or a.r0 > r_max:
             raise UsageError(f"--r0 {a.r0} must be between 1 and --r_max {r_max}: lower --r0 or raise --r_max")
@@ -93,12 +94,17 @@ class PlateauLora(ShapeChanging, AdapterMethod):
         if plan.grow_where == "importance" and plan.growth_budget is None:
             # The default counts the adapted matrices, known once the model is loaded.
             plan = replace(plan, growth_budget=default_growth_budget(len(request.target_modules), plan.delta_r))
-        config = LoraConfig(
-            task_type=request.task_type, r=plan.r0, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
-            target_modules=request.target_modules, modules_to_save=list(request.head_modules),
-        )
+        config = LoraConfig(r=plan.r0, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
+                            **adapter_placement(request))
         peft_model = get_peft_model(model, config)
         growth = PlateauGrowth(peft_model, plan, request.target_modules, request.rank_log)
         if request.resume_from:  # the grown shapes must exist before the Trainer loads the weights
             growth.restore(Path(request.resume_from))
         return BuiltAdapter(peft_model, callbacks=[growth], summary=growth.summary, plan=plan)
+
+    def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:
+        return lora_parameters(rank, shapes)
+
+    def budget_ranks(self, rank: int, start_rank: int | None = None) -> Ranks:
+        """From ``start_rank`` (--r0; default PlateauArguments.r0) up to the budget's rank, the ceiling r_max."""
+        return Ranks(start_rank or PlateauArguments.r0, rank)

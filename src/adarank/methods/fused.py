@@ -7,7 +7,8 @@ over a tokens x out tensor, forward and backward, in every adapted matrix at eve
 scale is applied to the tokens x r product, and ``B`` is accumulated straight into the base
 output with one in-place ``addmm_`` (the base layer's backward needs its input and weight, never its
 output, so autograd allows it). Same function, other rounding: outputs and gradients agree with
-PEFT's to float32 precision (tests/test_fused_adapters.py).
+PEFT's to float32 precision (tests/test_fused_adapters.py). AdaLoRA's scale is its package's
+(``adarank.methods.adalora.update_scale``).
 
 Only the plain case takes this path: one active adapter, not merged, adapters enabled, no LoRA
 variant (DoRA ...), no extra arguments; anything else, and 4-bit layers (other classes), run PEFT's
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
+
+from adarank.methods.adalora import update_scale
 
 
 def fuse_adapter_forward(model: nn.Module) -> int:
@@ -74,6 +77,6 @@ def _adalora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if adapter is None:
         return type(self).forward(self, x, *args, **kwargs)
     a, e, dropout = self.lora_A[adapter], self.lora_E[adapter], self.lora_dropout[adapter]
-    scale = self.scaling[adapter] / (self.ranknum[adapter] + 1e-5)
+    scale = update_scale(self.scaling[adapter], self.ranknum[adapter])
     return _fused(self, x, lambda flat: ((dropout(self._cast_input_dtype(flat, a.dtype)) @ (a * e).T) * scale,
                                          self.lora_B[adapter]))

@@ -1,0 +1,151 @@
+"""AdaLoRA's allocation in the Trainer: the callback that runs it once per optimizer step, logs
+the ranks, and carries the allocator's state through checkpoints; and how to read that state."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import TrainerCallback
+
+from adarank.errors import UsageError
+from adarank.ranks import RankLog
+from adarank.rundir import checkpoint_folder
+
+ALLOCATOR_STATE_FILE = "adalora_allocator.pt"
+
+
+def importance_steps(config) -> set[int]:
+    """The optimizer steps (``state.global_step`` at ``on_optimizer_step``) whose importance averages
+    matter (PEFT's AdaLoraConfig ``config``): those pruning starts from (t = tinit), and the last ones
+    before the final mask (PEFT stops updating them at T - tfinal and clears them after that mask)."""
+    return {config.tinit, config.total_step - config.tfinal - 1}
+
+
+def triplet_scores(allocator) -> dict[str, torch.Tensor]:
+    """Each adapted matrix's triplet scores (eq. 11) from the allocator's averages, by its lora_E name:
+    the score of lambda plus the mean over its row of A and its column of B, a score being the
+    smoothed sensitivity times the smoothed uncertainty (eq. 10)."""
+    scores = {}
+    for key in allocator.exp_avg_ipt:
+        if ".lora_E." not in key:
+            continue
+        score = lambda part: allocator.exp_avg_ipt[key.replace("lora_E", part)] * \
+            allocator.exp_avg_unc[key.replace("lora_E", part)]  # noqa: E731  (eq. 10)
+        scores[key] = score("lora_E").view(-1) + score("lora_A").mean(dim=1) + score("lora_B").mean(dim=0)
+    return scores
+
+
+class AdaLoraAllocation(TrainerCallback):
+    """Runs AdaLoRA's importance update and budget allocation once per optimizer step.
+
+    ``on_optimizer_step`` is the one hook that fires exactly once per optimizer
+    step (also under gradient accumulation) while the gradients still exist;
+    at ``on_step_end`` they have been zeroed. ``state.global_step`` there still
+    counts the steps before this one, as PEFT's ``update_and_allocate`` expects.
+    """
+
+    def __init__(self, model: PeftModel, rank_log: RankLog | None):
+        self.model = model
+        self.rank_log = rank_log
+        self.calls = 0  # allocations run, checked against the Trainer's step count at the end
+        self.first_step = 0
+        self.seconds = 0.0  # spent in the allocation (importance update, masking), for metrics.json
+
+    @property
+    def _config(self):
+        return self.model.peft_config[self.model.active_adapter]
+
+    @property
+    def _allocator(self):
+        return self.model.base_model.rankallocator
+
+    def effective_ranks(self) -> dict[str, int]:
+        """Rank of each module as the allocator's mask says (raw nonzeros drift between masks)."""
+        pattern = self._config.rank_pattern
+        if pattern:
+            return {name: int(sum(mask)) for name, mask in pattern.items()}
+        return {name % "lora_E": self._config.init_r for name in self._allocator.name_set}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps != self._config.total_step:
+            raise RuntimeError(
+                f"AdaLoRA was set up for {self._config.total_step} steps but the Trainer runs "
+                f"{state.max_steps}: the step count in adarank.run.steps disagrees with the Trainer"
+            )
+        self.first_step = state.global_step
+        if state.global_step == 0:
+            config = self._config  # the schedule's phases, so plots need no knowledge of the method
+            phases = {"warm-up (tinit)": [0, config.tinit],
+                      "final (tfinal)": [config.total_step - config.tfinal, config.total_step]}
+            self._log(0, "initial", self._allocator.init_bgt, phases=phases)
+        elif args.resume_from_checkpoint:
+            self.restore(Path(args.resume_from_checkpoint))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        step = state.global_step
+        self.calls += 1
+        started = time.perf_counter()
+        self.model.base_model.update_and_allocate(step)
+        self.seconds += time.perf_counter() - started
+        budget, masked = self._allocator.budget_schedule(step)
+        final_step = self._config.total_step - self._config.tfinal
+        if (masked and step < final_step) or step == final_step:
+            self._log(step + 1, "prune", budget)
+
+    def timing(self) -> dict:
+        return {"allocation_seconds": round(self.seconds, 3),
+                "allocation_seconds_per_step": round(self.seconds / self.calls, 6) if self.calls else None}
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.calls != state.global_step - self.first_step:
+            raise RuntimeError(
+                f"AdaLoRA's allocation ran {self.calls} times over {state.global_step - self.first_step} optimizer steps"
+            )
+        self._log(state.global_step, "final", self._allocator.target_bgt)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Make the checkpoint resumable.
+
+        PEFT saves an AdaLoRA adapter cut to its current rank pattern, and loading
+        it shrinks the modules, which no longer fit the optimizer state. So the
+        checkpoint gets the full-shape adapter, and the rank pattern travels with
+        the allocator's importance averages, which no PEFT checkpoint holds.
+        """
+        folder = checkpoint_folder(args.output_dir, state.global_step)
+        if not (state.is_world_process_zero and folder.is_dir()):
+            return
+        config = self._config
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            self.model.save_pretrained(str(folder))
+        finally:
+            config.rank_pattern = pattern
+        allocator = self._allocator
+        torch.save(
+            {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
+             "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": pattern},
+            folder / ALLOCATOR_STATE_FILE,
+        )
+
+    def restore(self, checkpoint: Path) -> None:
+        """Bring back the allocator's state saved by ``on_save`` (call before training resumes)."""
+        if not (checkpoint / ALLOCATOR_STATE_FILE).is_file():
+            raise UsageError(
+                f"{checkpoint} has no {ALLOCATOR_STATE_FILE}: resume an AdaLoRA run from one of its own checkpoints"
+            )
+        saved = torch.load(checkpoint / ALLOCATOR_STATE_FILE, map_location="cpu", weights_only=False)
+        device = next(self.model.parameters()).device
+        allocator = self._allocator
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, name, {k: v.to(device) for k, v in saved[name].items()})
+        self._config.rank_pattern = saved["rank_pattern"]
+
+    def _log(self, step: int, event: str, budget: int, **extra) -> None:
+        if self.rank_log is not None:
+            self.rank_log.write(
+                step, event, budget, self.effective_ranks(),
+                init_budget=self._allocator.init_bgt, target_budget=self._allocator.target_bgt, **extra,
+            )
