@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny BERT built from a config, the shared GLUE files, a runner, the tiny
-training runs the analysis tests read, and helpers to pad a batch and reload a run's adapter."""
+"""Shared fixtures: tiny models built from a config (tests/fixtures/models.py), the shared GLUE
+files, a runner, the tiny training runs the analysis tests read, and helpers to pad a batch and
+reload a run's adapter."""
 
 from __future__ import annotations
 
@@ -11,30 +12,46 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from adarank.tasks.glue.data import load_glue, tokenize
-from adarank.tasks.glue.demo import make_demo_split
-from adarank.loading import embedded_model_path
-from adarank.pipeline import main
-from adarank.tasks import TASKS
+from fixtures.cli import run_task
+from fixtures.glue import write_sst2_folder
+from fixtures.models import saved_bert, saved_generator
+from fixtures.paths import SHARED_DATA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHARED_GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue_data"
+SHARED_GLUE = SHARED_DATA / "glue_data"
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    """A 2-layer BERT with hidden size 16 and the embedded model's tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=128,
-    )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    """A 2-layer BERT with hidden size 16, 128 positions and the embedded model's tokenizer."""
+    return saved_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_512(tmp_path_factory) -> str:
+    """tiny_model with 512 positions: the official recipe reads up to 512 tokens (QNLI)."""
+    return saved_bert(tmp_path_factory.mktemp("tiny-512"), positions=512)
+
+
+@pytest.fixture(scope="session")
+def mixed_width_model(tmp_path_factory) -> str:
+    """A seeded 2-layer BERT without dropout whose 4-bit layers are partly packable (widths 64, 96)
+    and partly not (the FFN output takes 96 inputs, not a multiple of the 64-weight quantisation block)."""
+    return saved_bert(tmp_path_factory.mktemp("bert-64"), hidden_size=64, intermediate_size=96, dropout=False, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A 2-layer Llama-style causal LM with the embedded BERT tokenizer ([SEP] ends a summary)."""
+    return saved_generator(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> str:
+    """A BART with 2 encoder and 2 decoder layers and the embedded BERT tokenizer ([SEP] ends a summary)."""
+    return saved_generator(tmp_path_factory.mktemp("tiny-bart"), "bart")
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +59,6 @@ def glue_dir() -> Path:
     if not (SHARED_GLUE / "SST-2" / "train.tsv").is_file():
         pytest.skip(f"the shared GLUE files are not at {SHARED_GLUE} (they come beside the checkout)")
     return SHARED_GLUE
-
-
-def run_task(task: str, *argv: str) -> int:
-    """Run a task's command line in this process; returns the exit code (0 on success)."""
-    try:
-        main(task, list(argv))
-    except SystemExit as stop:
-        return stop.code
-    return 0
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -94,17 +102,6 @@ def assert_adapter_gives_the_run_predictions(run_dir: Path, tokenizer, base, tas
 
 # --- tiny training runs, read by the analysis tests ------------------------------------------
 
-def write_sst2_folder(root: Path) -> Path:
-    """A GLUE-layout SST-2 folder (with demo sentences) so runs count as real-data runs."""
-    folder = root / "SST-2"
-    folder.mkdir(parents=True)
-    for split, name, size in (("train", "train.tsv", 128), ("validation", "dev.tsv", 64)):
-        rows = make_demo_split(TASKS["sst2"], split).select(range(size))
-        lines = ["sentence\tlabel", *(f"{t}\t{y}" for t, y in zip(rows["text_a"], rows["label"]))]
-        (folder / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
 @pytest.fixture(scope="session")
 def runs_root(tiny_model, tmp_path_factory) -> Path:
     """Real-data SST-2 runs ``sst2-<lora|adalora>-<1|2>`` (method, seed), a demo-data run ``demo``
@@ -125,7 +122,7 @@ def runs_root(tiny_model, tmp_path_factory) -> Path:
 
 # --- building a method's adapters, and the resume of a stopped job ---------------------------
 
-def build_adapter(model, task, method, adapter_args=None, total_step: int = 100, extra: tuple = ()):
+def build_adapter(model, task, method, adapter_args=None, total_step: int = 100, method_arguments=None):
     """A method's plan and build on ``model``, as the pipeline does it (``method``: a name or an object)."""
     from adarank.arguments import AdapterArguments
     from adarank.methods import AdapterRequest, get_method
@@ -134,7 +131,7 @@ def build_adapter(model, task, method, adapter_args=None, total_step: int = 100,
     chosen = get_method(method) if isinstance(method, str) else method
     request = AdapterRequest(task, adapter_args or AdapterArguments(method=chosen.name), total_step=total_step,
                              target_modules=resolve_target_modules(model), head_modules=head_modules(model),
-                             extra=extra, task_type=task.peft_task_type(model))
+                             method_arguments=method_arguments, task_type=task.peft_task_type(model))
     return chosen.build(model, chosen.plan(request), request)
 
 

@@ -8,11 +8,12 @@ import torch
 from torch.nn import functional
 
 from adarank.tasks.glue.data import load_glue, tokenize
-from adarank.diagnostics import orthogonal_regulariser, update_norms
+from adarank.run.diagnostics import orthogonal_regulariser, update_norms
 from adarank.tasks.glue.model import load_model
 from adarank.modules import locate
 from adarank.tasks import TASKS
 from conftest import QUICK, build_adapter, read_jsonl, run_task
+from fixtures.cli import main_fails_cleanly
 
 
 def trained(tiny_model, method: str, steps: int = 3):
@@ -98,9 +99,7 @@ def test_diagnostics_of_a_run_without_them_is_one_line(tiny_model, tmp_path, cap
     run_dir = tmp_path / "plain"
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",
                     "--output_dir", str(run_dir), *QUICK) == 0
-    with pytest.raises(SystemExit) as stop:
-        plot_training.main([str(run_dir), "--diagnostics"])
-    assert stop.value.code == 2 and "train with --diagnostics" in capsys.readouterr().err
+    assert "train with --diagnostics" in main_fails_cleanly(capsys, plot_training.main, [str(run_dir), "--diagnostics"])
 
 
 def test_the_lora_like_adalora_start_is_a_named_departure_with_a_zero_first_update(tiny_model, tmp_path):

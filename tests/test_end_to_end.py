@@ -14,8 +14,7 @@ from adarank.loading import embedded_model_path
 from adarank.tasks.glue.model import load_model
 from adarank.tasks import TASKS
 from conftest import QUICK, demo_dev_inputs, predicted_labels, read_jsonl, run_task, stop_and_resume
-
-ROOT = Path(__file__).resolve().parents[1]
+from fixtures.paths import ROOT
 
 
 @pytest.fixture(scope="module")

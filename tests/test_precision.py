@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from adarank import arguments
 from adarank.tasks import TASKS
 from conftest import QUICK, run_task
+from fixtures.cli import fails_cleanly
 
 
 def config(run_dir):
@@ -47,7 +48,7 @@ def test_the_default_precision_follows_the_cpu_and_its_reason_is_recorded(tiny_m
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2",
                     "--output_dir", str(run), "--max_eval_samples", "16", *QUICK) == 0
     precision = config(run)["precision"]
-    assert precision["bf16_autocast"] == (units and arguments.BF16_ON_CPU_BY_DEFAULT)
+    assert precision["bf16_autocast"] == units
     assert config(run)["arguments"]["training"]["bf16"] == precision["bf16_autocast"]
     assert precision["chosen_by"] == ("default: this CPU has bf16 units (AVX512-BF16 or AMX)" if units else
                                       "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, "
@@ -71,8 +72,7 @@ def test_summarization_stays_fp32_by_default_until_bf16_is_measured_for_it(monke
 
 
 def test_bf16_and_no_bf16_together_are_refused_in_one_line(tiny_model, tmp_path, capsys):
-    code = run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--bf16", "--no_bf16",
-                    "--output_dir", str(tmp_path / "run"))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1] == "error: --bf16 and --no_bf16 contradict each other: give one"
+    line = fails_cleanly(capsys, "sst2", "--demo", "--model_name_or_path", tiny_model, "--bf16", "--no_bf16",
+                         "--output_dir", str(tmp_path / "run"))
+    assert line == "error: --bf16 and --no_bf16 contradict each other: give one"
     assert not (tmp_path / "run").exists()

@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 
 from adarank.run.preemption import COMPLETE_MARKER, PREEMPTED_EXIT_CODE, newest_complete_checkpoint
 from conftest import QUICK, read_jsonl, run_task
+from fixtures.cli import fails_cleanly
+from fixtures.paths import SRC
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 SCRIPTS = {"lora": SRC / "glue_sst2.py", "adalora": SRC / "glue_sst2.py", "plateau": SRC / "custom" / "glue_sst2.py"}
 
 
@@ -139,9 +140,9 @@ def test_auto_on_a_finished_run_does_nothing(tiny_model, tmp_path, capsys):
 
 
 def test_auto_needs_the_run_directory(tiny_model, capsys):
-    code = run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--resume_from_checkpoint", "auto")
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["error: --resume_from_checkpoint auto needs --output_dir: the run directory to continue"]
+    line = fails_cleanly(capsys, "sst2", "--demo", "--model_name_or_path", tiny_model, "--resume_from_checkpoint", "auto",
+                         one_line=True)
+    assert line == "error: --resume_from_checkpoint auto needs --output_dir: the run directory to continue"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])

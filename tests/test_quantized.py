@@ -4,7 +4,6 @@ and the memory planner (adarank.memory_plan) against real models."""
 import csv
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,10 @@ from adarank.tasks.glue.data import load_glue, tokenize
 from adarank.tasks.glue.model import load_model
 from conftest import (QUICK, assert_adapter_gives_the_run_predictions, build_adapter, pad_batch, reloaded_logits,
                       run_task)
+from fixtures.cli import fails_cleanly, main_fails_cleanly
+from fixtures.paths import ROOT, SRC
 
-CONFIGS = Path(__file__).resolve().parents[1] / "analysis" / "configs"
+CONFIGS = ROOT / "analysis" / "configs"
 MB = 2**20
 
 
@@ -103,10 +104,9 @@ def test_the_planning_command_refuses_in_one_line(argv, message, tmp_path, capsy
     gpt2 = tmp_path / "gpt2.json"  # Conv1D layers: nothing this project adapts
     gpt2.write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 50,
                                 "pad_token_id": 0}))
-    with pytest.raises(SystemExit) as stop:
-        memory_calculation.main([str(gpt2) if a == "GPT2" else a for a in argv])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    line = main_fails_cleanly(capsys, memory_calculation.main, [str(gpt2) if a == "GPT2" else a for a in argv],
+                              one_line=True)
+    assert message in line
 
 
 def test_qadalora_trains_prunes_and_reloads_onto_a_fresh_4bit_base(tiny_model, tmp_path):
@@ -143,7 +143,7 @@ def test_a_saved_adapter_reloads_to_the_same_logits(tiny_model, tmp_path, method
     # The memory planner counts the parameters this method really trains.
     planned = plan(architecture(model_skeleton(tiny_model, 2)), method, "small")
     trained = parameter_counts(built.model, 0)
-    assert (trained["adapter_params"], trained["trainable_params"]) == (
+    assert (trained.adapter_params, trained.trainable_params) == (
         planned.train_adapter_params, planned.trainable_params)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1,
                              learning_rate=1e-2, report_to="none", save_strategy="no")
@@ -164,7 +164,7 @@ def test_qlora_through_the_src_qlora_script(tiny_model, tmp_path):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[1] / "src" / "src_qlora" / "glue-cola.py"
+    script = SRC / "src_qlora" / "glue-cola.py"
     done = subprocess.run([sys.executable, str(script), "--demo", "--model_name_or_path", tiny_model,
                            "--max_steps", "3", "--output_dir", str(tmp_path / "c"), *QUICK],
                           capture_output=True, text=True, timeout=600)
@@ -175,17 +175,16 @@ def test_qlora_through_the_src_qlora_script(tiny_model, tmp_path):
 
 
 def test_merging_into_a_4bit_base_is_refused(tiny_model, tmp_path, capsys):
-    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "qlora", "--merge_adapter",
-                    "--output_dir", str(tmp_path / "m"))
-    assert code == 2 and "--merge_adapter cannot merge into a 4-bit base" in capsys.readouterr().err
+    assert "--merge_adapter cannot merge into a 4-bit base" in fails_cleanly(
+        capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--method", "qlora", "--merge_adapter",
+        "--output_dir", str(tmp_path / "m"))
     assert not (tmp_path / "m").exists()
 
 
 def test_an_unknown_compute_dtype_is_refused(tiny_model, tmp_path, capsys):
-    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "qlora",
-                    "--bnb_4bit_compute_dtype", "float8", "--output_dir", str(tmp_path / "f"))
-    assert code == 2 and "--bnb_4bit_compute_dtype 'float8' is not one of float32, bfloat16, float16" in (
-        capsys.readouterr().err)
+    assert "--bnb_4bit_compute_dtype 'float8' is not one of float32, bfloat16, float16" in fails_cleanly(
+        capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--method", "qlora",
+        "--bnb_4bit_compute_dtype", "float8", "--output_dir", str(tmp_path / "f"))
 
 
 def test_a_model_without_quantisable_layers_is_refused():

@@ -4,16 +4,15 @@ config.json files of older format versions."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from run_format import FORMAT_VERSION, migrate_config
 from run_reader import AnalysisError, find_runs, load_run
 
 from adarank.errors import UsageError
-from adarank.rundir import RunDirectory
+from adarank.run.directory import RunDirectory
+from fixtures.paths import RESULTS
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 @pytest.mark.parametrize("predictions", ["predictions.tsv", "predictions.jsonl"])
@@ -59,3 +58,11 @@ def test_a_config_from_a_newer_version_is_refused_by_name(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"task": "cola", "format_version": FORMAT_VERSION + 1}))
     with pytest.raises(AnalysisError, match=f"format_version {FORMAT_VERSION + 1}"):
         load_run(tmp_path)
+
+
+def test_training_writes_the_version_the_reader_reads(runs_root):
+    from adarank.run.directory import FORMAT_VERSION as WRITTEN
+
+    assert WRITTEN == FORMAT_VERSION
+    for name in ("config.json", "metrics.json"):
+        assert json.loads((runs_root / "sst2-lora-1" / name).read_text())["format_version"] == FORMAT_VERSION

@@ -8,6 +8,7 @@ described by one visible set of numbers, all written to ``config.json``.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from adarank.errors import UsageError
+from adarank.errors import UsageError, first_line
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
 
@@ -65,7 +66,8 @@ class DataArguments:
 class AdapterArguments:
     method: str = field(
         default="adalora",
-        metadata={"help": "lora, adalora, or qlora / qadalora (the same on a 4-bit NF4 base)."})
+        metadata={"help": "lora, adalora, qlora / qadalora (the same on a 4-bit NF4 base), none (the base model, "
+                          "untrained), or a method registered by its entry scripts (plateau: src/custom/)."})
     budget: str = field(
         default="small",
         metadata={"help": "small or large: final average rank 2 or 8 per adapted matrix (paper Table 1)."})
@@ -100,14 +102,14 @@ class RunArguments:
     diagnostics: bool = field(
         default=False,
         metadata={"help": "Also write diagnostics.jsonl: the adapters' update norms, AdaLoRA's |E|, orthogonal "
-                          "regulariser and importance-score quantiles (see adarank/diagnostics.py)."})
+                          "regulariser and importance-score quantiles (see adarank/run/diagnostics.py)."})
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "Also save the base model with the adapter merged in (merged/); not for 4-bit bases."})
     peft_forward: bool = field(
         default=False,
         metadata={"help": "Run the adapted layers with PEFT's own forward instead of the fused one "
-                          "(adarank/fused_adapters.py: the same function, fewer passes over the outputs)."})
+                          "(adarank/methods/fused.py: the same function, fewer passes over the outputs)."})
     no_bf16: bool = field(
         default=False,
         metadata={"help": "Train in fp32 where bf16 autocast is the default (a GPU with bf16, or a CPU with "
@@ -127,11 +129,15 @@ class Arguments:
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
     warmup_note: str | None = None  # set where a recipe's warm-up steps were scaled to the run
 
+    def options_of(self, kind: type | None):
+        """The parsed instance of the argument class ``kind`` (a method's own flags), or None."""
+        return next((e for e in self.extra if kind is not None and isinstance(e, kind)), None)
+
 
 # bf16 autocast on CPUs with bf16 units: matmuls in bf16, weights, gradients, optimizer state and
-# AdaLoRA's importance scores in fp32. The default there: on SST-2 it matched fp32's dev accuracy
-# within seed noise, at 0.70-0.78x the step time (BENCHMARKS.md, "bf16 autocast on the CPU").
-BF16_ON_CPU_BY_DEFAULT = True
+# AdaLoRA's importance scores in fp32. The default there for the task families measured: on SST-2 it
+# matched fp32's dev accuracy within seed noise, at 0.70-0.78x the step time (BENCHMARKS.md, "bf16
+# autocast on the CPU").
 
 
 def cpu_has_bf16_units() -> bool:
@@ -142,7 +148,7 @@ def cpu_has_bf16_units() -> bool:
 def bf16_by_default(task: Task) -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return BF16_ON_CPU_BY_DEFAULT and task.cpu_bf16_measured and cpu_has_bf16_units()
+    return task.cpu_bf16_measured and cpu_has_bf16_units()
 
 
 def precision_note(training, explicit: set[str], task: Task) -> dict:
@@ -153,14 +159,11 @@ def precision_note(training, explicit: set[str], task: Task) -> dict:
         why = "--bf16"
     elif torch.cuda.is_available():
         why = "default: the GPU " + ("computes" if training.bf16 else "cannot compute") + " in bf16"
+    elif cpu_has_bf16_units() and training.bf16:
+        why = "default: this CPU has bf16 units (AVX512-BF16 or AMX)"
     elif cpu_has_bf16_units():
-        if training.bf16:
-            why = "default: this CPU has bf16 units (AVX512-BF16 or AMX)"
-        elif not task.cpu_bf16_measured:
-            why = (f"default: fp32 (bf16 autocast on the CPU is not yet measured against fp32 for "
-                   f"{task.family}; --bf16 asks for it)")
-        else:
-            why = "default: fp32 (bf16 autocast on this CPU's bf16 units is not the default)"
+        why = (f"default: fp32 (bf16 autocast on the CPU is not yet measured against fp32 for "
+               f"{task.family}; --bf16 asks for it)")
     else:
         why = "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, tens of times slower)"
     return {"bf16_autocast": bool(training.bf16), "chosen_by": why}
@@ -243,7 +246,7 @@ def _read_argument_file(path: Path) -> dict:
     except FileNotFoundError:
         raise UsageError(f"argument file {path} does not exist: give the path of a JSON or YAML file") from None
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise UsageError(f"argument file {path} is not valid {path.suffix[1:].upper()}: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"argument file {path} is not valid {path.suffix[1:].upper()}: {first_line(error)}") from None
     if not isinstance(document, dict):
         raise UsageError(f"argument file {path} must hold a mapping of flag names to values")
     return document
@@ -258,3 +261,18 @@ def _flag_value(argv: list[str], name: str) -> str | None:
         if item.startswith(f"--{name}="):
             return item.split("=", 1)[1]
     return None
+
+
+def scale_warmup(args: Arguments, task: Task, total_step: int) -> None:
+    """A recipe's warm-up given in steps (the authors' scripts: 100 to 3000) shrinks with the run,
+    as the AdaLoRA schedule does, unless the user set --warmup_steps: a 3000-step warm-up would
+    otherwise outlast a short run, whose learning rate never reached its peak."""
+    recipe = recipe_of(task, args.adapter.recipe)
+    if recipe.warmup < 1 or "warmup_steps" in args.explicit or "warmup_ratio" in args.explicit:
+        return
+    published = task.full_run_steps(recipe)
+    if total_step < published:
+        args.training.warmup_steps = max(1, round(recipe.warmup * total_step / published))
+        args.warmup_note = (f"the {args.adapter.recipe} recipe's {recipe.warmup:g} warm-up steps for {published} "
+                            f"steps, scaled to {args.training.warmup_steps} of this run's {total_step}")
+        logging.getLogger("adarank").info("Warm-up: %s.", args.warmup_note)

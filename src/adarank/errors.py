@@ -13,6 +13,12 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line naming the problem and the fix."""
 
 
+def first_line(error: Exception, limit: int = 200) -> str:
+    """An exception's first line (at most ``limit`` characters), or its type where it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def exits_cleanly_on_usage_errors(main: Callable) -> Callable:
     """Turn a UsageError into one line on stderr and exit code 2; bugs still raise."""
 

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from adarank.cache import cache_root
-from adarank.errors import UsageError
+from adarank.errors import UsageError, first_line
 from adarank.modules import HEAD_MODULES
 from adarank.quantization import choose_kernels, is_linear_4bit
 
@@ -27,12 +27,6 @@ COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16
 # The task head stays out of quantisation: it is trained in full (modules_to_save). transformers
 # matches these from the start of a module name or as its suffix, so the pooler needs a regex.
 UNQUANTIZED_HEAD = [r"(.*\.)?pooler" if head == "pooler" else head for head in HEAD_MODULES]
-
-
-def first_line(error: Exception, limit: int = 200) -> str:
-    """An exception's first line (at most ``limit`` characters), or its type where it says nothing."""
-    text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import struct
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from adarank.modules import head_modules
+from adarank.quantization import is_linear_4bit
 
 
 def stored_numel(param: torch.Tensor) -> int:
@@ -29,8 +31,20 @@ def base_parameter_count(model: nn.Module) -> int:
     return sum(stored_numel(p) for p in model.parameters())
 
 
-def parameter_counts(model: nn.Module, base_params: int) -> dict[str, int]:
-    """Trainable parameters split into adapters and the (copied) task head; the model's total."""
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Trainable parameters split into adapters and the (copied) task head, and the model's total."""
+
+    trainable_params: int
+    adapter_params: int
+    head_params: int
+    total_params: int  # the base model's parameters and the adapters'
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parameter_counts(model: nn.Module, base_params: int) -> ParameterCounts:
     adapter = head = 0
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -38,12 +52,8 @@ def parameter_counts(model: nn.Module, base_params: int) -> dict[str, int]:
                 adapter += param.numel()
             else:
                 head += param.numel()
-    return {
-        "trainable_params": adapter + head,
-        "adapter_params": adapter,
-        "head_params": head,
-        "total_params": base_params + adapter,
-    }
+    return ParameterCounts(trainable_params=adapter + head, adapter_params=adapter, head_params=head,
+                           total_params=base_params + adapter)
 
 
 class PeakMemory:
@@ -102,7 +112,7 @@ def component(module: nn.Module, param_name: str, in_head: bool) -> str:
     is inside the task head, adarank.modules.head_modules, which is trained in full and never quantised)."""
     if in_head:
         return "head"
-    if type(module).__name__ == "Linear4bit" and param_name == "weight":
+    if is_linear_4bit(module) and param_name == "weight":
         return "quantized_linear_weights"
     if isinstance(module, nn.Embedding):
         return "embeddings"
@@ -158,7 +168,7 @@ def quantized_bits_per_parameter(model: nn.Module) -> float | None:
     report = base_model_bytes(model)["component_bytes"]
     quantized = sum(
         int(torch.Size(m.weight.quant_state.shape).numel())
-        for m in model.modules() if type(m).__name__ == "Linear4bit" and getattr(m.weight, "quant_state", None) is not None
+        for m in model.modules() if is_linear_4bit(m) and getattr(m.weight, "quant_state", None) is not None
     )
     if not quantized:
         return None
@@ -192,13 +202,35 @@ NO_ADAPTER = {"adapter_file_bytes": 0, "adapter_header_bytes": 0, "adapter_tenso
               "adapter_head_bytes": 0, "saved_adapter_params": 0, "saved_head_params": 0}
 
 
-def memory_summary(memory: dict) -> dict:
-    """The memory figures of the comparison table, in MB (2**20 bytes)."""
-    adapter = memory["adapter"]
-    return {
-        "base_mb": memory["base"]["total_bytes"] / 2**20,
-        "adapter_mb": adapter["adapter_lora_bytes"] / 2**20,  # the LoRA tensors alone
-        "head_mb": adapter["adapter_head_bytes"] / 2**20,
-        "saved_adapter_params": adapter["saved_adapter_params"],
-        "quantized_bits_per_parameter": memory["quantized_bits_per_parameter"],
-    }
+@dataclass
+class MemoryReport:
+    """memory.json: the base model's bytes by component and dtype, the saved adapter's, and the peak
+    measured while training."""
+
+    base: dict  # base_model_bytes
+    quantized_bits_per_parameter: float | None
+    adapter: dict | None = None  # the trainable parameters and what the saved adapter holds
+    peak: dict | None = None  # PeakMemory.report() of training
+
+    @classmethod
+    def of_base(cls, model: nn.Module) -> MemoryReport:
+        """The base model's figures, taken before adapters are added."""
+        return cls(base_model_bytes(model), quantized_bits_per_parameter(model))
+
+    def add_adapter(self, counts: ParameterCounts, adapter_dir: Path | None) -> None:
+        """The saved adapter in ``adapter_dir`` (None: a run without adapters)."""
+        saved = saved_adapter_size(adapter_dir) if adapter_dir is not None else NO_ADAPTER
+        self.adapter = {"trainable_params": counts.as_dict(), **saved}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> dict:
+        """The memory figures of the comparison table, in MB (2**20 bytes)."""
+        return {
+            "base_mb": self.base["total_bytes"] / 2**20,
+            "adapter_mb": self.adapter["adapter_lora_bytes"] / 2**20,  # the LoRA tensors alone
+            "head_mb": self.adapter["adapter_head_bytes"] / 2**20,
+            "saved_adapter_params": self.adapter["saved_adapter_params"],
+            "quantized_bits_per_parameter": self.quantized_bits_per_parameter,
+        }

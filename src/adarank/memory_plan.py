@@ -30,7 +30,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from adarank.errors import UsageError
+from adarank.errors import UsageError, first_line
 from adarank.loading import UNQUANTIZED_HEAD, embedded_model_path
 from adarank.memory import base_tensors
 from adarank.methods import BUILT_IN_METHODS, budget_rank, get_method
@@ -93,7 +93,7 @@ def model_skeleton(name_or_path: str | None, num_labels: int) -> nn.Module:
             config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
         raise UsageError(
-            f"cannot read a model config from {name_or_path!r} ({str(error).splitlines()[0][:120]}): "
+            f"cannot read a model config from {name_or_path!r} ({first_line(error, 120)}): "
             "give a model folder, a config.json, or a hub name reachable from here"
         ) from None
     config.num_labels = num_labels

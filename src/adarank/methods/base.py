@@ -22,7 +22,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.ranks import RankLog
+from adarank.run.ranks import RankLog
 from adarank.tasks import Task
 
 # The paper's two budget labels: the final average rank of every adapted matrix (Table 1).
@@ -45,7 +45,6 @@ class AdapterRequest:
     resume_from: str | None = None  # the checkpoint a resumed run starts from
     # The method's own flags: an instance of its ``AdapterMethod.arguments`` (None: their defaults).
     method_arguments: Any = None
-    extra: tuple = ()  # the run's extra argument dataclasses; read only where method_arguments is not given
     steps_per_epoch: int | None = None  # optimizer steps of one pass over the training set
     task_type: object = None  # PEFT's TaskType for the loaded model (the task's peft_task_type)
 
@@ -135,8 +134,6 @@ class AdapterMethod:
     def own_arguments(self, request: AdapterRequest):
         """The method's own flags for this run (an instance of ``arguments``), their defaults where none came."""
         given = request.method_arguments
-        if given is None:  # a caller that passes the run's extra dataclasses as they were parsed
-            given = next((e for e in request.extra if isinstance(e, self.arguments)), None)
         if given is not None and not isinstance(given, self.arguments):
             raise TypeError(f"{self.name} takes {self.arguments.__name__}, not {type(given).__name__}")
         return given if given is not None else self.arguments()

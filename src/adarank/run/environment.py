@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from adarank.run.distributed import world_size
+
 PACKAGES = (
     "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
     "scikit-learn", "scipy", "numpy",
@@ -37,8 +39,7 @@ def environment() -> dict:
         "git_commit": _git_commit(),
         "device": device,
         "host": platform.node(),
-        "processes": torch.distributed.get_world_size() if torch.distributed.is_available()
-        and torch.distributed.is_initialized() else 1,  # DDP processes (torchrun or srun tasks)
+        "processes": world_size(),  # DDP processes (torchrun or srun tasks)
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
     }
 

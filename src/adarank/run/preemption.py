@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.rundir import RunDirectory, checkpoint_folder
+from adarank.run.directory import RunDirectory, checkpoint_folder
 
 log = logging.getLogger("adarank")
 

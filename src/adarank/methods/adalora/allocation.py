@@ -11,8 +11,8 @@ from peft import PeftModel
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.ranks import RankLog
-from adarank.rundir import checkpoint_folder
+from adarank.run.ranks import RankLog
+from adarank.run.directory import checkpoint_folder
 
 ALLOCATOR_STATE_FILE = "adalora_allocator.pt"
 

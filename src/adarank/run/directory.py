@@ -18,6 +18,9 @@ from pathlib import Path
 from adarank.errors import UsageError
 
 FINISHED_MARKER = "metrics.json"
+# The version of config.json and metrics.json written today; analysis/run_format.py reads every
+# version up to it (a change to either document's entries raises it there and here).
+FORMAT_VERSION = 2
 # Every document a run writes; a new run in the same directory removes them all first, so that no
 # file of the previous run is left beside the new config.json.
 RUN_FILES = (

@@ -1,0 +1,63 @@
+"""config.json: every argument, the resolved defaults and plan, the data and model, the package
+versions and device, so that a reader can tell exactly what a run did."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+from adarank.arguments import Arguments, precision_note
+from adarank.memory import ParameterCounts
+from adarank.methods import AdapterRequest, Plan, budget_label
+from adarank.run.directory import FORMAT_VERSION, RunDirectory
+from adarank.run.environment import environment
+from adarank.tasks import Task, TaskData, recipe_of
+
+
+def synthetic_note(task: Task) -> str:
+    return f"synthetic demo data (--demo): these numbers say nothing about {task.family}"
+
+
+def config_document(args: Arguments, task: Task, data: TaskData, model_name: str, request: AdapterRequest,
+                    plan: Plan, counts: ParameterCounts, run: RunDirectory) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "task": task.name,
+        "method": args.adapter.method,
+        "budget": budget_label(plan.budget_rank),
+        "recipe": args.adapter.recipe,  # whose defaults: paper (Table 8) or official (the authors' scripts)
+        "recipe_values": asdict(recipe_of(task, args.adapter.recipe)),
+        "task_metrics": list(task.metrics),  # headline first; metrics.json has eval_[<split>_]<metric>
+        "dev_splits": list(task.dev_splits),
+        "run_dir": str(run.path),
+        "command": " ".join(sys.argv),
+        "synthetic_data": data.synthetic,
+        **({"note": synthetic_note(task)} if data.synthetic else {}),
+        "data_source": data.source,
+        "train_examples": len(data.train),
+        "dev_examples": {k: len(v) for k, v in data.dev.items()},
+        "model": model_name,
+        "target_modules": request.target_modules,
+        "head_modules": request.head_modules,
+        "total_step": request.total_step,
+        "adapter": plan.as_dict(),
+        "parameters": counts.as_dict(),
+        "arguments": _arguments(args),
+        "explicit_arguments": sorted(args.explicit),
+        "precision": precision_note(args.training, args.explicit, task),
+        "environment": environment(),
+        **({"task_settings": task.describe()} if task.describe() else {}),
+        "task_arguments": asdict(args.task_options) if args.task_options is not None else None,
+        "warmup_note": args.warmup_note,
+    }
+
+
+def _arguments(args: Arguments) -> dict:
+    return {
+        "model": asdict(args.model),
+        "data": asdict(args.data),
+        "adapter": asdict(args.adapter),
+        "run": asdict(args.run),
+        **{type(extra).__name__: asdict(extra) for extra in args.extra},
+        "training": args.training.to_dict(),
+    }

@@ -1,0 +1,69 @@
+"""metrics.json, the record that marks a run finished: the final dev metrics, the trainable
+parameters, where the time and memory went, and what the data was; and the summary printed at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adarank.memory import ParameterCounts
+from adarank.run.directory import FORMAT_VERSION, RunDirectory
+
+
+@dataclass
+class RunMetrics:
+    evaluation: dict  # the task's final dev metrics: eval_[<split>_]<metric>, eval_loss ...
+    parameters: ParameterCounts  # after training (growing methods change them)
+    total_step: int
+    train_seconds: float
+    train_examples_per_second: float
+    train_loss: float | None
+    speed: dict  # the step timer's figures (median step, tokens)
+    eval_seconds: float
+    eval_examples_per_second: float
+    peak: dict  # PeakMemory.report() of training
+    peak_memory_evaluation_mb: float
+    data: str  # "synthetic", or where the data came from
+    resumed_from_step: int | None  # time and peak memory cover the part of training after this step only
+    average_adapter_params: int  # over the optimizer steps; methods whose adapters change size report their own
+    method_figures: dict = field(default_factory=dict)  # the method's own summary (AdaLoRA's final ranks ...)
+    memory: dict = field(default_factory=dict)  # MemoryReport.summary(), on the main process
+    note: str | None = None  # what a reader must know (synthetic data)
+
+    def as_dict(self) -> dict:
+        document = {
+            **self.evaluation,
+            **self.parameters.as_dict(),
+            "total_step": self.total_step,
+            "train_seconds": round(self.train_seconds, 2),
+            "train_examples_per_second": round(self.train_examples_per_second, 2),
+            "train_loss": self.train_loss,
+            **self.speed,
+            "eval_seconds": round(self.eval_seconds, 2),
+            "eval_examples_per_second": round(self.eval_examples_per_second, 2),
+            **self.peak,
+            "peak_memory_evaluation_mb": self.peak_memory_evaluation_mb,
+            "data": self.data,
+            "resumed_from_step": self.resumed_from_step,
+            "average_adapter_params": self.average_adapter_params,
+            **self.method_figures,
+            **({"note": self.note} if self.note else {}),
+            **self.memory,
+            "format_version": FORMAT_VERSION,
+        }
+        return document
+
+
+def print_summary(task_name: str, method: str, budget: str, metrics: dict, run: RunDirectory) -> None:
+    headline = {k: v for k, v in metrics.items() if k.startswith("eval_") and k.rsplit("_", 1)[-1] != "examples"
+                and not k.endswith(("_loss", "_seconds_per_article"))}
+    lines = [
+        f"== {task_name} / {method} / budget {budget}"
+        + (f" / {metrics['note']}" if metrics.get("note") else "") + " ==",
+        "dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()),
+        f"trainable parameters: {metrics['trainable_params']:,} "
+        f"(adapters {metrics['adapter_params']:,}, task head {metrics['head_params']:,})",
+        f"training: {metrics['total_step']} steps in {metrics['train_seconds']:.1f} s, "
+        f"{metrics['train_examples_per_second']:.1f} examples/s, peak memory {metrics['peak_memory_mb']:.0f} MB",
+        f"run directory: {run.path}",
+    ]
+    print("\n".join(lines), flush=True)
