@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import torch
+from fixtures.paths import SRC  # this script's folder, tests/, is first on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(SRC))
 import adarank.pipeline as pipeline  # noqa: E402
 
 

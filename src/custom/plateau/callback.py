@@ -11,8 +11,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.ranks import RankLog
-from adarank.rundir import checkpoint_folder
+from adarank.run.ranks import RankLog
+from adarank.run.directory import checkpoint_folder
 from custom.plateau.growth import (GradientCapture, extend_optimizer_state, gradient_rows, lora_rows, resize_module,
                             whitened_rows)
 
