@@ -1,4 +1,5 @@
-"""adarank: LoRA, AdaLoRA and rank-growth fine-tuning of pretrained encoders on GLUE."""
+"""adarank: LoRA, AdaLoRA, QLoRA and rank-growth fine-tuning, on GLUE (encoders) and CNN/DailyMail
+summarization (generators), with run directories that analysis can trust."""
 
 import logging
 
