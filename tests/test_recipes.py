@@ -3,12 +3,11 @@
 import json
 
 import pytest
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from adarank.loading import embedded_model_path
 from adarank.tasks import TASKS
 from adarank.tasks.glue.model import load_model
 from conftest import QUICK, run_task
+from fixtures.cli import fails_cleanly
 
 # The authors' NLU scripts (QingruZhang/AdaLoRA, NLU/scripts/run_debertav3_<task>.sh), typed in
 # from them independently of the library's table: init r, target r, alpha, gamma, tinit, tfinal,
@@ -23,18 +22,6 @@ OFFICIAL = {
     "mrpc": (2, 1, 32, 0.1, 600, 1800, 1, 1e-3, 30, 0.1, 0.0, 0.01, 320),
     "stsb": (2, 1, 32, 0.3, 800, 2000, 10, 2.2e-3, 25, 100, 0.2, 0.1, 128),
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_512(tmp_path_factory) -> str:
-    """A tiny BERT with 512 positions: the official recipe reads up to 512 tokens (QNLI)."""
-    folder = tmp_path_factory.mktemp("tiny-512")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=512)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.parametrize("task", sorted(OFFICIAL))
@@ -110,35 +97,32 @@ def test_the_recipe_sets_the_classifier_dropout(tiny_model):
 
 
 def test_an_unknown_recipe_is_one_line(tiny_model, tmp_path, capsys):
-    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--recipe", "authors",
-                    "--output_dir", str(tmp_path / "x"))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["error: unknown recipe 'authors': choose one of paper, official"]
+    line = fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--recipe", "authors",
+                         "--output_dir", str(tmp_path / "x"), one_line=True)
+    assert line == "error: unknown recipe 'authors': choose one of paper, official"
     assert not (tmp_path / "x").exists()
 
 
 def test_an_abbreviated_recipe_flag_is_refused_not_half_applied(tiny_model, tmp_path, capsys):
-    code = run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--reci", "official",
-                    "--output_dir", str(tmp_path / "x"))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--reci (did you mean --recipe?)" in err[0]
+    line = fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--reci", "official",
+                         "--output_dir", str(tmp_path / "x"), one_line=True)
+    assert "--reci (did you mean --recipe?)" in line
     assert not (tmp_path / "x").exists()
 
 
 def test_a_recipes_warm_up_steps_shrink_only_for_shorter_runs_and_never_when_given():
-    from adarank.arguments import parse_arguments
-    from adarank.pipeline import _scale_warmup
+    from adarank.arguments import parse_arguments, scale_warmup
 
     cola = TASKS["cola"]
     full = cola.full_run_steps(cola.official)  # 268 steps an epoch, 25 epochs
     for total_step, expected in ((full, 100), (full // 10, 10), (3, 1)):
         args = parse_arguments(cola, ["--recipe", "official"])
-        _scale_warmup(args, cola, total_step)
+        scale_warmup(args, cola, total_step)
         assert args.training.warmup_steps == expected
         assert (args.warmup_note is None) == (total_step == full)
     given = parse_arguments(cola, ["--recipe", "official", "--warmup_steps", "7"])
-    _scale_warmup(given, cola, 3)
+    scale_warmup(given, cola, 3)
     assert given.training.warmup_steps == 7 and given.warmup_note is None
     paper = parse_arguments(cola, [])  # Table 8's warm-up is a fraction of the run already
-    _scale_warmup(paper, cola, 3)
+    scale_warmup(paper, cola, 3)
     assert paper.training.warmup_steps == 0.06 and paper.warmup_note is None
