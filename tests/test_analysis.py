@@ -19,6 +19,8 @@ import stats
 import summarize_runs
 import visualize_rank
 from conftest import read_jsonl
+from fixtures.cli import main_fails_cleanly
+from fixtures.paths import RESULTS
 from run_reader import load_run, setting_names
 
 
@@ -75,17 +77,12 @@ def test_the_command_writes_png_and_pdf(runs_root, tmp_path):
 
 
 def test_a_lora_run_has_nothing_to_draw(runs_root, capsys):
-    with pytest.raises(SystemExit) as stop:
-        visualize_rank.main([str(runs_root / "sst2-lora-1")])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2
-    assert "has no ranks.jsonl: a lora run has fixed ranks, so there is nothing to draw" in err
+    line = main_fails_cleanly(capsys, visualize_rank.main, [str(runs_root / "sst2-lora-1")])
+    assert "has no ranks.jsonl: a lora run has fixed ranks, so there is nothing to draw" in line
 
 
 def test_not_a_run_directory(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        visualize_rank.main([str(tmp_path)])
-    assert stop.value.code == 2 and "is not a run directory" in capsys.readouterr().err
+    assert "is not a run directory" in main_fails_cleanly(capsys, visualize_rank.main, [str(tmp_path)])
 
 
 def test_a_truncated_ranks_file_is_drawn_as_far_as_it_goes(runs_root, tmp_path, capsys):
@@ -213,10 +210,8 @@ def test_runs_compared_must_have_the_same_dev_labels(runs_root, tmp_path, capsys
         lines = tsv.read_text().splitlines()
         split, index, label, prediction = lines[-1].split("\t")
         tsv.write_text("\n".join([*lines[:-1], "\t".join((split, index, str(1 - int(label)), prediction))]) + "\n")
-    with pytest.raises(SystemExit) as stop:
-        summarize_runs.main([str(root), "--bootstrap", "20"])
-    assert stop.value.code == 2
-    assert "sst2-lora-1/predictions.tsv has other labels for the same dev examples" in capsys.readouterr().err
+    line = main_fails_cleanly(capsys, summarize_runs.main, [str(root), "--bootstrap", "20"])
+    assert "sst2-lora-1/predictions.tsv has other labels for the same dev examples" in line
 
 
 # --- the statistics ------------------------------------------------------------------------------
@@ -354,8 +349,7 @@ def test_a_seed_written_by_an_earlier_version_joins_its_setting(runs_root, tmp_p
 def test_bf16_and_fp32_runs_are_different_settings_and_older_fp32_runs_join_new_ones():
     from run_reader import find_runs, setting_names
 
-    results = Path(__file__).resolve().parents[1] / "results"
-    runs = [run for run in find_runs(results / "bf16" / "sst2") if "lora-" in str(run.path)
+    runs = [run for run in find_runs(RESULTS / "bf16" / "sst2") if "lora-" in str(run.path)
             and "adalora" not in str(run.path)]
     assert len(runs) == 6
     by_precision = {}
@@ -364,8 +358,8 @@ def test_bf16_and_fp32_runs_are_different_settings_and_older_fp32_runs_join_new_
     assert len(by_precision[True]) == len(by_precision[False]) == 1 and by_precision[True] != by_precision[False]
     assert "bf16_autocast=True" in " ".join(setting_names(runs).values())
     # fp32 seeds written before the precision choice existed stay one setting with today's
-    fidelity = [run for run in find_runs(results / "fidelity" / "cola") if "lora-r2-" in str(run.path)]
+    fidelity = [run for run in find_runs(RESULTS / "fidelity" / "cola") if "lora-r2-" in str(run.path)]
     assert len(fidelity) == 3 and len({run.setting for run in fidelity}) == 1
     # and so do the official-recipe seeds written by two versions: one setting per method
-    official = [run for run in find_runs(results / "fidelity" / "cola") if "official-" in str(run.path)]
+    official = [run for run in find_runs(RESULTS / "fidelity" / "cola") if "official-" in str(run.path)]
     assert len(official) == 6 and len({run.setting for run in official}) == 2

@@ -4,35 +4,18 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import QUICK, run_task
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def fails_cleanly(capsys, task, *argv) -> str:
-    code = run_task(task, *argv)
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ")
-    return last
+from fixtures.cli import error_line, fails_cleanly
+from fixtures.glue import write_glue_task
+from fixtures.paths import SRC
 
 
 @pytest.fixture
 def tiny(tiny_model, tmp_path):
     return ("--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "run"), *QUICK)
-
-
-def write_sst2(root: Path, train: str) -> str:
-    (root / "SST-2").mkdir(parents=True)
-    (root / "SST-2" / "train.tsv").write_text(train)
-    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
-    return str(root)
 
 
 def test_unknown_task(capsys):
@@ -54,17 +37,17 @@ def test_data_dir_missing_a_file(capsys, tiny, tmp_path):
 
 
 def test_malformed_row(capsys, tiny, tmp_path):
-    root = write_sst2(tmp_path / "glue", "sentence\tlabel\nok\t1\nbroken row without label\n")
+    root = write_glue_task(tmp_path / "glue", "sentence\tlabel\nok\t1\nbroken row without label\n")
     assert "train.tsv:3: expected 2 tab-separated fields, found 1" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
 
 
 def test_label_outside_the_label_set(capsys, tiny, tmp_path):
-    root = write_sst2(tmp_path / "glue", "sentence\tlabel\nok\tpositive\n")
+    root = write_glue_task(tmp_path / "glue", "sentence\tlabel\nok\tpositive\n")
     assert "train.tsv:2: label 'positive' is not one of 0, 1" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
 
 
 def test_empty_split(capsys, tiny, tmp_path):
-    root = write_sst2(tmp_path / "glue", "sentence\tlabel\n")
+    root = write_glue_task(tmp_path / "glue", "sentence\tlabel\n")
     assert "is empty" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
 
 
@@ -111,10 +94,10 @@ def test_overwrite_output_dir_replaces_a_finished_run(tiny, tmp_path):
 
 
 def test_the_task_script_itself_exits_with_one_line():
-    done = subprocess.run([sys.executable, str(ROOT / "src" / "glue-cola.py"), "--demo", "--method", "dora"],
+    done = subprocess.run([sys.executable, str(SRC / "glue-cola.py"), "--demo", "--method", "dora"],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown method 'dora': choose one of adalora, lora, none, qadalora, qlora"
+    line = error_line(done.returncode, done.stderr, one_line=True)
+    assert line == "error: unknown method 'dora': choose one of adalora, lora, none, qadalora, qlora"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -133,7 +116,7 @@ def test_more_mistakes(capsys, tiny_model, tmp_path, flags, message):
 
 
 def test_a_file_that_is_not_utf8(capsys, tiny, tmp_path):
-    root = write_sst2(tmp_path / "glue", "sentence\tlabel\n")
+    root = write_glue_task(tmp_path / "glue", "sentence\tlabel\n")
     (tmp_path / "glue" / "SST-2" / "train.tsv").write_bytes(b"sentence\tlabel\ncaf\xe9\t1\n")
     assert "train.tsv is not UTF-8 text" in fails_cleanly(capsys, "sst2", "--data_dir", root, *tiny)
 
@@ -170,18 +153,9 @@ def test_arguments_from_a_json_or_yaml_file(tiny_model, tmp_path, capsys):
     assert "is not valid YAML" in fails_cleanly(capsys, "rte", str(tmp_path / "bad.yaml"))
 
 
-def fails_in_one_line(capsys, task, *argv) -> str:
-    """Exit code 2 and exactly one line on stderr, the error."""
-    code = run_task(task, *argv)
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 def test_a_mistyped_flag_names_the_closest_known_ones(capsys, tmp_path):
-    line = fails_in_one_line(capsys, "cola", "--demo", "--learnig_rate", "1e-3", "--output_dir", str(tmp_path / "run"))
+    line = fails_cleanly(capsys, "cola", "--demo", "--learnig_rate", "1e-3", "--output_dir", str(tmp_path / "run"),
+                         one_line=True)
     assert "unknown flag --learnig_rate (did you mean --learning_rate?)" in line
     assert not (tmp_path / "run").exists()
 
@@ -196,7 +170,7 @@ def test_a_mistyped_flag_names_the_closest_known_ones(capsys, tmp_path):
     (("--learning_rate", "fast"), ("argument --learning_rate/--learning-rate: invalid float value: 'fast'",)),
 ])
 def test_every_unknown_flag_and_stray_argument_is_named(capsys, tmp_path, flags, messages):
-    line = fails_in_one_line(capsys, "cola", "--demo", "--output_dir", str(tmp_path / "run"), *flags)
+    line = fails_cleanly(capsys, "cola", "--demo", "--output_dir", str(tmp_path / "run"), *flags, one_line=True)
     for message in messages:
         assert message in line
     assert not (tmp_path / "run").exists()
@@ -208,7 +182,7 @@ def test_every_unknown_flag_and_stray_argument_is_named(capsys, tmp_path, flags,
 ])
 def test_unknown_keys_of_an_argument_file_name_the_closest_flags(capsys, tmp_path, name, text):
     (tmp_path / name).write_text(text.replace("RUN", str(tmp_path / "run")))
-    line = fails_in_one_line(capsys, "cola", str(tmp_path / name))
+    line = fails_cleanly(capsys, "cola", str(tmp_path / name), one_line=True)
     assert f"{name}: unknown keys 'learnig_rate' (did you mean 'learning_rate'?), 'num_epochs' (did you mean " \
            "'num_train_epochs'?)" in line
     assert not (tmp_path / "run").exists()

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from fixtures.cli import error_line
+from fixtures.paths import ROOT
+
 DRIVER = ROOT / "script" / "bench" / "run.py"
 
 # Writes what a finished run writes (and an adapter and a checkpoint, which are never kept), and
@@ -108,8 +110,7 @@ def test_bad_input_ends_in_one_line(tmp_path):
                           ((tmp_path / "none.list",), "does not exist"),
                           ((), "usage:")):
         done = drive(*argv, "--dry-run", env=env)
-        assert done.returncode == 2, (argv, done.stdout)
-        assert done.stderr.strip().startswith("error: ") and message in done.stderr, (argv, done.stderr)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
 
 
 def listed(name: str, *argv: str) -> list[list[str]]:

@@ -17,9 +17,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from adarank.loading import embedded_model_path
 from adarank.quantization import is_linear_4bit, is_packed, packable
 from adarank.tasks import TASKS
 from adarank.tasks.glue.model import load_model
@@ -35,21 +33,6 @@ def cpu_path(request, monkeypatch):
     if packed != CPU_HAS_PACKED_KERNEL:  # forced: the flag bitsandbytes reads at construction
         monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: packed)
     return request.param
-
-
-@pytest.fixture(scope="module")
-def mixed_width_model(tmp_path_factory) -> str:
-    """A 2-layer BERT whose 4-bit layers are partly packable (widths 64, 96) and partly not
-    (the FFN output takes 96 inputs, not a multiple of the 64-weight quantisation block)."""
-    folder = tmp_path_factory.mktemp("bert-64")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=96, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def four_bit_layers(model) -> dict:
@@ -135,9 +118,10 @@ def test_evaluating_during_training_changes_nothing_and_a_resumed_run_matches(mi
 def test_no_line_about_the_optional_kernels_package(tiny_model, tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "src" / "src_qlora" / "glue_sst2.py"
+    from fixtures.paths import SRC
+
+    script = SRC / "src_qlora" / "glue_sst2.py"
     done = subprocess.run([sys.executable, str(script), "--demo", "--model_name_or_path", tiny_model,
                            "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
                            "--output_dir", str(tmp_path / "k")], capture_output=True, text=True, timeout=600)

@@ -6,6 +6,7 @@ from adarank.errors import UsageError
 from adarank.tasks.glue import GLUE_TASKS as TASKS
 from adarank.tasks.glue.data import load_glue, read_glue_tsv
 from adarank.tasks.glue.demo import make_demo_split
+from fixtures.glue import write_glue_task
 
 
 def test_reads_the_real_glue_files(glue_dir):
@@ -39,28 +40,20 @@ def test_max_train_samples_takes_the_same_subset_every_time(glue_dir):
     assert a.dev["validation"]["idx"] == list(range(10))
 
 
-def write_task(tmp_path, train: str, dev: str = "sentence\tlabel\nfine\t1\n"):
-    folder = tmp_path / "SST-2"
-    folder.mkdir()
-    (folder / "train.tsv").write_text(train)
-    (folder / "dev.tsv").write_text(dev)
-    return str(tmp_path)
-
-
 def test_a_row_with_the_wrong_number_of_fields_names_file_and_line(tmp_path):
-    root = write_task(tmp_path, "sentence\tlabel\ngood\t1\nbad\t0\textra\n")
+    root = write_glue_task(tmp_path, "sentence\tlabel\ngood\t1\nbad\t0\textra\n")
     with pytest.raises(UsageError, match=r"SST-2/train.tsv:3: expected 2 tab-separated fields, found 3"):
         load_glue(TASKS["sst2"], root)
 
 
 def test_a_label_outside_the_label_set_names_file_and_line(tmp_path):
-    root = write_task(tmp_path, "sentence\tlabel\ngood\t1\nbad\t7\n")
+    root = write_glue_task(tmp_path, "sentence\tlabel\ngood\t1\nbad\t7\n")
     with pytest.raises(UsageError, match=r"train.tsv:3: label '7' is not one of 0, 1"):
         load_glue(TASKS["sst2"], root)
 
 
 def test_an_empty_split_is_refused(tmp_path):
-    root = write_task(tmp_path, "sentence\tlabel\n")
+    root = write_glue_task(tmp_path, "sentence\tlabel\n")
     with pytest.raises(UsageError, match="train split .* is empty"):
         load_glue(TASKS["sst2"], root)
 
@@ -71,11 +64,9 @@ def test_a_missing_file_names_the_path_and_the_layout(tmp_path):
 
 
 def test_cola_has_no_header_and_four_columns(tmp_path):
-    folder = tmp_path / "CoLA"
-    folder.mkdir()
-    (folder / "train.tsv").write_text("gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n")
-    (folder / "dev.tsv").write_text("gj04\t0\t*\tThe weights made the rope stretch over the pulley\n")
-    data = load_glue(TASKS["cola"], str(tmp_path))
+    root = write_glue_task(tmp_path, "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n",
+                           "gj04\t0\t*\tThe weights made the rope stretch over the pulley\n", folder="CoLA")
+    data = load_glue(TASKS["cola"], root)
     assert data.train["text_a"] == ["The sailors rode the breeze clear of the rocks."]
     assert data.dev["validation"]["label"] == [0]
 

@@ -7,22 +7,18 @@ import copy
 import pytest
 import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
-from transformers import BertConfig, BertForSequenceClassification
 
 from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from adarank.methods.fused import fuse_adapter_forward
+from fixtures.models import tiny_bert as tiny_bert_of
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 
 def tiny_bert():
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    return BertForSequenceClassification(config)
+    return tiny_bert_of(100, hidden_size=32, positions=64, dropout=False, seed=0)
 
 
 def adapted(method: str, dropout: float = 0.0):

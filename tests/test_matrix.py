@@ -6,7 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from fixtures.cli import error_line
+from fixtures.paths import ROOT
 
 
 def matrix(*argv, runs: Path, path: str | None = None) -> subprocess.CompletedProcess:
@@ -66,7 +67,7 @@ def test_bad_matrix_arguments_end_in_one_line(tmp_path):
                           (("--config", str(tmp_path / "none.conf")), "--config needs an existing file"),
                           (("--seed", "1"), "unknown argument '--seed'")):
         done = matrix("--dry-run", *argv, runs=tmp_path)
-        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: ")
+        error_line(done.returncode, done.stderr)
         assert message in done.stderr
 
 

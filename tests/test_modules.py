@@ -47,11 +47,9 @@ def test_generator_names_are_located_with_their_stack():
 
 
 def test_target_modules_of_a_bart_and_a_llama_model():
-    from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM
+    from fixtures.models import tiny_bart, tiny_llama
 
-    bart = BartForConditionalGeneration(BartConfig(
-        vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32))
+    bart = tiny_bart(64, d_model=16, heads=2, positions=32)
     names = resolve_target_modules(bart)
     assert len(names) == 2 * 6 + 2 * 10  # decoder layers add the four cross-attention matrices
     assert [locate(n)[0] for n in names[::6]][:2] == ["encoder.0", "encoder.1"]
@@ -59,8 +57,7 @@ def test_target_modules_of_a_bart_and_a_llama_model():
     # "q_proj" names the query of self- and cross-attention, as the authors' --lora_module does
     assert [locate(n)[1] for n in resolve_target_modules(bart, "q_proj") if "decoder.layers.0." in n] == [
         "q_proj", "encoder_attn.q_proj"]
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    llama = tiny_llama(64, hidden_size=16, heads=2, kv_heads=1)
     assert [locate(n)[1] for n in resolve_target_modules(llama)[:7]] == [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert head_modules(llama) == [] and head_modules(bart) == []

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, write_sst2_folder
+from conftest import read_jsonl
+from fixtures.glue import write_sst2_folder
+from fixtures.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # One pytest worker runs them all, one after another: the node has two CPUs, and the two-task job needs both.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 

@@ -12,56 +12,20 @@ import pytest
 import torch
 from peft import PeftModel
 from rouge_score import rouge_scorer
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BartConfig,
-                          BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adarank.loading import embedded_model_path
 from adarank.tasks.summarization.arguments import SummarizationArguments as Flags  # the family's flags
 from adarank.tasks.summarization.data import IGNORED, Prompt, SummaryCollator, demo_split, load_summaries, tokenize
 from adarank.tasks.summarization.generation import GenerationSettings, generate_summaries
 from adarank.tasks.summarization.rouge import score_each, sentences_on_lines
 from conftest import read_jsonl, run_task
+from fixtures.cli import fails_cleanly
+from fixtures.paths import ROOT, SHARED_DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "data" / "cnn_dailymail" / "sample.jsonl"
+SAMPLE = SHARED_DATA / "cnn_dailymail" / "sample.jsonl"
 FAST = ("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--logging_steps", "1",
         "--save_strategy", "no", "--num_beams", "2", "--max_new_tokens", "12", "--max_seq_length", "64",
         "--max_target_length", "24", "--per_device_eval_batch_size", "4")
-
-
-def _tokenizer_with_eos():
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    tokenizer.eos_token, tokenizer.bos_token = "[SEP]", "[CLS]"
-    return tokenizer
-
-
-def _saved_tiny_model(tmp_path_factory, name: str, build) -> str:
-    """``build(tokenizer)``'s model, seeded, saved with the tokenizer in a folder of its own."""
-    folder = tmp_path_factory.mktemp(name)
-    tokenizer = _tokenizer_with_eos()
-    torch.manual_seed(0)
-    build(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> str:
-    """A 2-layer Llama-style causal LM with the embedded BERT tokenizer ([SEP] ends a summary)."""
-    return _saved_tiny_model(tmp_path_factory, "tiny-llama", lambda tokenizer: LlamaForCausalLM(LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.cls_token_id, pad_token_id=tokenizer.pad_token_id)))
-
-
-@pytest.fixture(scope="session")
-def tiny_bart(tmp_path_factory) -> str:
-    return _saved_tiny_model(tmp_path_factory, "tiny-bart", lambda tokenizer: BartForConditionalGeneration(BartConfig(
-        vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-        decoder_start_token_id=tokenizer.cls_token_id, forced_eos_token_id=None)))
 
 
 def summarize(model_dir: str, out: Path, *argv: str) -> int:
@@ -224,15 +188,6 @@ def test_method_none_scores_every_record_and_trains_nothing(tiny_bart, tmp_path)
 
 # --- bad input -----------------------------------------------------------------------------
 
-def _fails(capsys, *argv) -> str:
-    code = run_task("cnndailymail", *argv)
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("error: ")
-    return line
-
-
 @pytest.mark.parametrize("content, message", [
     ('{"article": "A story.", "highlights": "S."}\n{"article": "B."}\n', r"data.jsonl:2: no column 'highlights'"),
     ('{"article": "  ", "highlights": "S."}\n', r"data.jsonl:1: column 'article' is empty"),
@@ -242,8 +197,8 @@ def _fails(capsys, *argv) -> str:
 def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path, content, message):
     path = tmp_path / "data.jsonl"
     path.write_text(content)
-    line = _fails(capsys, "--data_file", str(path), "--model_name_or_path", tiny_llama,
-                  "--output_dir", str(tmp_path / "run"))
+    line = fails_cleanly(capsys, "cnndailymail", "--data_file", str(path), "--model_name_or_path", tiny_llama,
+                         "--output_dir", str(tmp_path / "run"))
     assert __import__("re").search(message, line), line
 
 
@@ -256,13 +211,13 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
     (("--validation_file", __file__.replace(".py", ".jsonl")), "--validation_file without --data_file"),
 ])
 def test_bad_summarization_flags(capsys, tiny_llama, tmp_path, argv, message):
-    assert message in _fails(capsys, *argv, "--model_name_or_path", tiny_llama, "--output_dir", str(tmp_path / "r"))
+    assert message in fails_cleanly(capsys, "cnndailymail", *argv, "--model_name_or_path", tiny_llama,
+                                    "--output_dir", str(tmp_path / "r"))
 
 
 def test_method_none_is_refused_where_a_head_must_be_trained(capsys, tiny_model, tmp_path):
-    code = run_task("sst2", "--demo", "--method", "none", "--model_name_or_path", tiny_model,
-                    "--output_dir", str(tmp_path / "r"))
-    assert code == 2 and "classification head starts random" in capsys.readouterr().err
+    assert "classification head starts random" in fails_cleanly(
+        capsys, "sst2", "--demo", "--method", "none", "--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "r"))
 
 
 # --- the embedded default ------------------------------------------------------------------

@@ -8,7 +8,8 @@ import json
 
 import datasets
 import pytest
-from conftest import QUICK, run_task, write_sst2_folder
+from conftest import QUICK, run_task
+from fixtures.glue import write_sst2_folder
 from transformers import AutoTokenizer
 
 from adarank import cache as token_cache
