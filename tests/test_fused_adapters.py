@@ -11,6 +11,7 @@ from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.lora.layer import Linear as LoraLinear
 
+from adarank.methods import fused
 from adarank.methods.fused import fuse_adapter_forward
 from fixtures.models import tiny_bert as tiny_bert_of
 
@@ -101,3 +102,43 @@ def test_disabled_or_merged_adapters_take_peft_forward(monkeypatch):
     with torch.no_grad():
         merged = ours(**BATCH).logits
         torch.testing.assert_close(merged, theirs(**BATCH).logits, rtol=1e-5, atol=1e-5)
+
+
+class CastCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the casts of bf16 activations (tensors with the tokens' leading dimension) to fp32."""
+
+    def __init__(self, tokens: int):
+        super().__init__()
+        self.tokens, self.upcasts = tokens, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        source = args[0] if args else None
+        if func is torch.ops.aten._to_copy.default and source.dtype == torch.bfloat16 \
+                and (kwargs or {}).get("dtype") == torch.float32 and source.shape[0] == self.tokens:
+            self.upcasts += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_under_autocast_a_bf16_input_reaches_the_low_rank_product_without_a_round_trip_to_fp32(method, monkeypatch):
+    """PEFT casts the adapter input to the adapter's dtype (fp32), and autocast casts it back for the
+    matmul: the fused forward skips the pair (the product is the same, an exact round trip)."""
+    layer = next(m for m in fuse_and_get_layers(adapted(method)))
+    x = torch.randn(7, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+    counter = CastCounter(tokens=7)
+    with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().sum().backward()
+    assert counter.upcasts == 0
+    # With PEFT's cast (the round trip) the fused forward gives the very same values.
+    monkeypatch.setattr(fused, "_adapter_input", lambda layer, flat, dtype: layer._cast_input_dtype(flat, dtype))
+    counter = CastCounter(tokens=7)
+    with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = layer(x)
+    assert counter.upcasts == 1
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+
+
+def fuse_and_get_layers(model):
+    fuse_adapter_forward(model)
+    return [m for m in model.modules() if type(m) in (LoraLinear, SVDLinear)]

@@ -63,12 +63,21 @@ def _fused(layer, x: torch.Tensor, low_rank) -> torch.Tensor:
     return result.view(*x.shape[:-1], result.shape[-1])
 
 
+def _adapter_input(layer, flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The input of the low-rank path. PEFT casts it to the adapter's dtype (fp32); under autocast the
+    product is computed in the autocast dtype anyway, so a bf16 input would make a round trip
+    bf16 -> fp32 -> bf16 (exact, but two casts a layer forward and two backward): keep it as it is."""
+    if torch.is_autocast_enabled(flat.device.type):
+        return flat
+    return layer._cast_input_dtype(flat, dtype)
+
+
 def _lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapter = _plain_adapter(self, args, kwargs)
     if adapter is None:
         return type(self).forward(self, x, *args, **kwargs)
     a, dropout, scaling = self.lora_A[adapter].weight, self.lora_dropout[adapter], self.scaling[adapter]
-    return _fused(self, x, lambda flat: (F.linear(dropout(self._cast_input_dtype(flat, a.dtype)), a) * scaling,
+    return _fused(self, x, lambda flat: (F.linear(dropout(_adapter_input(self, flat, a.dtype)), a) * scaling,
                                          self.lora_B[adapter].weight))
 
 
@@ -78,5 +87,5 @@ def _adalora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)
     a, e, dropout = self.lora_A[adapter], self.lora_E[adapter], self.lora_dropout[adapter]
     scale = update_scale(self.scaling[adapter], self.ranknum[adapter])
-    return _fused(self, x, lambda flat: ((dropout(self._cast_input_dtype(flat, a.dtype)) @ (a * e).T) * scale,
+    return _fused(self, x, lambda flat: ((dropout(_adapter_input(self, flat, a.dtype)) @ (a * e).T) * scale,
                                          self.lora_B[adapter]))
