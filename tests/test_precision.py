@@ -26,7 +26,9 @@ def test_adalora_trains_under_bf16_autocast_with_fp32_weights_and_importance(tin
                     "--max_steps", "12", "--output_dir", str(run), "--max_eval_samples", "32", *QUICK,
                     "--save_strategy", "steps", "--save_steps", "5", "--save_total_limit", "3") == 0
     precision = config(run)["precision"]
-    assert precision == {"bf16_autocast": True, "chosen_by": "--bf16"}
+    # The frozen base weights are held in bf16: 2 layers x 6 adapted matrices, the pooler, and the
+    # original head PEFT keeps beside the trained copy.
+    assert precision == {"bf16_autocast": True, "chosen_by": "--bf16", "frozen_linear_weights_bf16": 14}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_loss"] == pytest.approx(metrics["eval_loss"])  # not NaN
     for name, tensor in load_file(run / "adapter" / "adapter_model.safetensors").items():
@@ -56,7 +58,7 @@ def test_the_default_precision_follows_the_cpu_and_its_reason_is_recorded(tiny_m
     off = tmp_path / "off"
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--no_bf16",
                     "--output_dir", str(off), "--max_eval_samples", "16", *QUICK) == 0
-    assert config(off)["precision"] == {"bf16_autocast": False, "chosen_by": "--no_bf16"}
+    assert config(off)["precision"] == {"bf16_autocast": False, "chosen_by": "--no_bf16", "frozen_linear_weights_bf16": 0}
     assert not config(off)["arguments"]["training"]["bf16"]
 
 
@@ -76,3 +78,38 @@ def test_bf16_and_no_bf16_together_are_refused_in_one_line(tiny_model, tmp_path,
                          "--output_dir", str(tmp_path / "run"))
     assert line == "error: --bf16 and --no_bf16 contradict each other: give one"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_frozen_weights_held_in_bf16_change_no_value_under_autocast(tiny_model, method):
+    """Autocast rounds a fp32 weight to bf16 at every use; holding it in bf16 rounds it once, the same way:
+    the logits and the adapters' gradients are bit for bit those of the fp32-held model."""
+    from conftest import build_adapter, pad_batch
+    from adarank.methods.fused import fuse_adapter_forward
+    from adarank.precision import hold_frozen_weights
+    from adarank.tasks.glue.data import load_glue, tokenize
+    from adarank.tasks.glue.model import load_model
+
+    task = TASKS["sst2"]
+    models = []
+    for _ in range(2):  # built twice from the same seed (a deep copy would share AdaLoRA's patched forward)
+        torch.manual_seed(0)
+        tokenizer, model, _ = load_model(tiny_model, task)
+        models.append(build_adapter(model, task, method).model)
+        fuse_adapter_forward(models[-1])
+    held = models[1]
+    assert hold_frozen_weights(held, torch.bfloat16) == 14
+    assert all(p.dtype == torch.float32 for n, p in held.named_parameters() if p.requires_grad)
+    batch = pad_batch(tokenizer, tokenize(load_glue(task, demo=True, max_train_samples=8), tokenizer, 64).train)
+    results = []
+    for model in models:
+        model.train()
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**batch).logits
+        logits.float().square().sum().backward()
+        results.append((logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=0, atol=0, msg=name)

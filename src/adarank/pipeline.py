@@ -12,7 +12,8 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from transformers import TrainingArguments, set_seed
+import torch
+from transformers import set_seed
 from transformers.utils import logging as hf_logging
 
 from adarank.arguments import Arguments, parse_arguments, scale_warmup
@@ -22,17 +23,19 @@ from adarank.memory import MemoryReport, ParameterCounts, PeakMemory, base_param
 from adarank.methods import AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_label, budget_rank, get_method
 from adarank.methods.fused import fuse_adapter_forward
 from adarank.modules import resolve_target_modules
+from adarank.precision import hold_frozen_weights, holds_bf16_weights
 from adarank.quantization import describe_kernels
 from adarank.run.callbacks import StepHistory, StepTimer
 from adarank.run.config import config_document, synthetic_note
 from adarank.run.diagnostics import Diagnostics
-from adarank.run.directory import RunDirectory, checkpoint_step, default_run_dir
+from adarank.run.directory import RunDirectory, default_run_dir
 from adarank.run.distributed import barrier, from_rank_zero
+from adarank.run.integrity import resumable_step
 from adarank.run.metrics import RunMetrics, print_summary
 from adarank.run.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
 from adarank.run.ranks import RankLog
-from adarank.run.sampling import ResumableTrainer
 from adarank.run.steps import count_optimizer_steps
+from adarank.run.trainer import RunTrainer
 from adarank.tasks import Task, TaskData, get_task
 
 log = logging.getLogger("adarank")
@@ -60,10 +63,7 @@ class Setup:
     method: AdapterMethod
     main_process: bool  # process 0 of a multi-process run: the one that writes the run's documents
     resume_step: int | None  # the optimizer step of the checkpoint the run continues from
-
-    @property
-    def training(self) -> TrainingArguments:
-        return self.args.training
+    run: RunDirectory | None = None  # --output_dir, checked (and locked where it exists) before anything slow
 
 
 @dataclass
@@ -77,13 +77,14 @@ class AdaptedModel:
     memory: MemoryReport  # of the base model, before adapters
     counts: ParameterCounts  # before training
     fused_layers: int  # adapted layers running methods/fused.py's forward
+    bf16_weight_layers: int  # frozen linear layers whose weights are held in bf16 (adarank/precision.py)
 
 
 @dataclass
 class Fitted:
     """What training left: the Trainer (its state and the model) and its time and memory."""
 
-    trainer: ResumableTrainer
+    trainer: RunTrainer
     outcome: object | None  # the Trainer's TrainOutput; None when nothing was trained
     seconds: float
     peak: PeakMemory
@@ -94,7 +95,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     setup = _set_up(task_name, argv, method_arguments, defaults)
     if isinstance(setup, dict):
         return setup  # --resume_from_checkpoint auto found the run finished
-    set_seed(setup.training.seed)
+    set_seed(setup.args.training.seed)
     data = setup.task.load_data(setup.args.data.data_dir, setup.args.data.demo, setup.args.data.max_train_samples,
                                 setup.args.data.max_eval_samples)
     if data.synthetic:
@@ -120,22 +121,23 @@ def _set_up(task_name: str, argv, method_arguments, defaults) -> Setup | dict:
     budget_rank(args.adapter.budget)
     method.check_run(args.training, args.run)
     _ = args.training.device  # sets up the process group under torchrun, so that process_index is known
-    main_process = args.training.process_index == 0
+    setup = Setup(args, task, method, args.training.process_index == 0, None)
+    if args.run_dir is not None and setup.main_process:  # a directory another process writes to: refused now
+        setup.run = RunDirectory(args.run_dir).lock_if_present()
     if args.training.resume_from_checkpoint == "auto":
         finished = resolve_auto_resume(args)
         if finished is not None:
             return finished
-    resume_from = args.training.resume_from_checkpoint
-    resume_step = None if resume_from is None else checkpoint_step(resume_from)
-    if args.run_dir is not None and main_process:  # refused before anything slow happens
-        RunDirectory(args.run_dir).check_usable(args.run.overwrite_output_dir, resuming=resume_step is not None)
-    return Setup(args, task, method, main_process, resume_step)
+    setup.resume_step = resumable_step(args.training.resume_from_checkpoint)
+    if setup.run is not None:  # refused before anything slow happens
+        setup.run.check_usable(args.run.overwrite_output_dir, resuming=setup.resume_step is not None)
+    return setup
 
 
 def _request(setup: Setup, data: TaskData) -> AdapterRequest:
     """What the method is told of the run before the model is loaded: its step counts (which fit
     AdaLoRA's schedule and scale a recipe's warm-up to the run) and the method's own flags."""
-    training = setup.training
+    training = setup.args.training
     total_step = steps_per_epoch = 0
     if setup.method.trains:
         def steps(epochs: float, max_steps: int) -> int:
@@ -158,12 +160,12 @@ def _run_directory(setup: Setup, plan: Plan, data: TaskData) -> RunDirectory:
     the others write only their checkpoint shards."""
     args = setup.args
     run = RunDirectory(from_rank_zero(args.run_dir or default_run_dir(
-        setup.task.name, setup.method.name, budget_label(plan.budget_rank), setup.training.seed, data.synthetic,
+        setup.task.name, setup.method.name, budget_label(plan.budget_rank), setup.args.training.seed, data.synthetic,
         args.adapter.recipe)))
     if setup.main_process:
         run.check_usable(args.run.overwrite_output_dir, resuming=setup.resume_step is not None)
     # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
-    setup.training.output_dir = str(run.checkpoints)
+    setup.args.training.output_dir = str(run.checkpoints)
     return run
 
 
@@ -186,15 +188,16 @@ def _adapted_model(setup: Setup, request: AdapterRequest, plan: Plan, run: RunDi
         run.prepare(overwrite=args.run.overwrite_output_dir, resume_step=setup.resume_step)
     barrier()
     request.rank_log = RankLog(run / "ranks.jsonl", enabled=setup.main_process)
-    set_seed(setup.training.seed)  # the adapters' initial values depend on the seed alone
+    set_seed(setup.args.training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
     fused = 0 if args.run.peft_forward else fuse_adapter_forward(built.model)
+    held = hold_frozen_weights(built.model, torch.bfloat16) if holds_bf16_weights(setup.args.training, method, args.run) else 0
     built.plan = built.plan or plan
     counts = parameter_counts(built.model, base_params)
     log.info("%s on %s: %s trainable parameters (adapters %s, task head %s) of %s.", method.name, setup.task.name,
              f"{counts.trainable_params:,}", f"{counts.adapter_params:,}", f"{counts.head_params:,}",
              f"{counts.total_params:,}")
-    return AdaptedModel(loaded.tokenizer, loaded.name, built, base_params, memory, counts, fused)
+    return AdaptedModel(loaded.tokenizer, loaded.name, built, base_params, memory, counts, fused, held)
 
 
 def _write_config(setup: Setup, data: TaskData, tokenized: TaskData, request: AdapterRequest,
@@ -202,6 +205,7 @@ def _write_config(setup: Setup, data: TaskData, tokenized: TaskData, request: Ad
     config = config_document(setup.args, setup.task, data, adapted.name, request, adapted.built.plan,
                              adapted.counts, run)
     config["fused_adapter_layers"] = adapted.fused_layers
+    config["precision"]["frozen_linear_weights_bf16"] = adapted.bf16_weight_layers
     config["tokenized_cache"] = tokenized.tokenized_cache  # split -> read / written / empty / off
     if setup.method.quantized:
         config["four_bit_cpu_kernels"] = describe_kernels(adapted.built.model)
@@ -217,9 +221,9 @@ def _fit(setup: Setup, adapted: AdaptedModel, tokenized: TaskData, run: RunDirec
     timer = StepTimer()
     diagnostics = [Diagnostics(run / "diagnostics.jsonl", built.model)] if setup.args.run.diagnostics \
         and setup.main_process else []
-    trainer = ResumableTrainer(
+    trainer = RunTrainer(
         model=built.model,
-        args=setup.training,
+        args=setup.args.training,
         train_dataset=tokenized.train if trains else None,
         eval_dataset=tokenized.dev if len(tokenized.dev) > 1 else next(iter(tokenized.dev.values())),
         data_collator=task.collator(adapted.tokenizer),
@@ -231,7 +235,7 @@ def _fit(setup: Setup, adapted: AdaptedModel, tokenized: TaskData, run: RunDirec
     try:
         with PeakMemory() as peak:
             started = time.perf_counter()
-            outcome = trainer.train(resume_from_checkpoint=setup.training.resume_from_checkpoint) if trains else None
+            outcome = trainer.train(resume_from_checkpoint=setup.args.training.resume_from_checkpoint) if trains else None
             seconds = time.perf_counter() - started
     finally:
         stop.restore_handlers()
@@ -268,24 +272,23 @@ def _finish(setup: Setup, data: TaskData, tokenized: TaskData, adapted: AdaptedM
         average_adapter_params=counts.adapter_params, method_figures=built.summary() if built.summary else {},
         note=note,
     )
-    if setup.main_process:
-        memory = adapted.memory
-        adapter_dir = run / "adapter" if setup.method.trains else None
-        if adapter_dir is not None:
-            built.model.save_pretrained(str(adapter_dir))
-        memory.add_adapter(counts, adapter_dir)
-        memory.peak = fitted.peak.report()
-        metrics.memory = memory.summary()
-        run.write_json("memory.json", memory.as_dict())
-        if setup.args.run.merge_adapter:
-            built.model.merge_and_unload().save_pretrained(str(run / "merged"))
-            adapted.tokenizer.save_pretrained(str(run / "merged"))
-        run.write_text(*setup.task.predictions_file(rows, note))
-    document = metrics.as_dict()
-    if setup.main_process:
-        run.write_json("metrics.json", document)  # last: marks the run finished
-        print_summary(setup.task.name, setup.method.name, budget, document, run)
-    return document
+    with trainer.writing(run.path, "the run's results"):
+        if setup.main_process:
+            memory = adapted.memory
+            adapter_dir = run / "adapter" if setup.method.trains else None
+            if adapter_dir is not None:
+                built.model.save_pretrained(str(adapter_dir))
+            memory.add_adapter(counts, adapter_dir)
+            memory.peak = fitted.peak.report()
+            metrics.memory = memory.summary()
+            run.write_json("memory.json", memory.as_dict())
+            if setup.args.run.merge_adapter:
+                built.model.merge_and_unload().save_pretrained(str(run / "merged"))
+                adapted.tokenizer.save_pretrained(str(run / "merged"))
+            run.write_text(*setup.task.predictions_file(rows, note))
+            run.write_json("metrics.json", metrics.as_dict())  # last: marks the run finished
+            print_summary(setup.task.name, setup.method.name, budget, metrics.as_dict(), run)
+    return metrics.as_dict()
 
 
 def _configure_logging() -> None:
