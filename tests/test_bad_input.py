@@ -107,7 +107,7 @@ def test_the_task_script_itself_exits_with_one_line():
     (("--max_seq_length", "1000"), "--max_seq_length 1000 is longer than this model's 128 positions"),
     (("--load_best_model_at_end", "--eval_strategy", "steps", "--save_strategy", "steps"),
      "--load_best_model_at_end cannot be used with adalora"),
-    (("--resume_from_checkpoint", "nowhere/checkpoint-3"), "is not a readable Trainer checkpoint"),
+    (("--resume_from_checkpoint", "nowhere/checkpoint-3"), "nowhere/checkpoint-3 does not exist"),
 ])
 def test_more_mistakes(capsys, tiny_model, tmp_path, flags, message):
     line = fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--method", "adalora",

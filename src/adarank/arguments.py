@@ -20,6 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from adarank.errors import UsageError, first_line
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
+from adarank.validation import check_numbers, join_negative_values, typed_file_values
 
 DEMO_EPOCHS = 4
 
@@ -128,6 +129,7 @@ class Arguments:
     run_dir: Path | None  # --output_dir, the run directory itself; None: named after planning
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
     warmup_note: str | None = None  # set where a recipe's warm-up steps were scaled to the run
+    source: str | None = None  # the argument file the values came from; None: the command line
 
     def options_of(self, kind: type | None):
         """The parsed instance of the argument class ``kind`` (a method's own flags), or None."""
@@ -209,9 +211,11 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     # No abbreviations: a flag read before the parse (--recipe, --demo) must be spelled out.
     parser = HfArgumentParser(classes, allow_abbrev=False)
     parser.error = argparse_error  # argparse's own complaints (a bad value, an ambiguous flag): one line too
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+    source = argv[0] if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) else None
+    if source is not None:
         given = _read_argument_file(Path(argv[0]))
         check_keys(argv[0], given, classes)
+        given = typed_file_values(argv[0], given, classes)
         explicit = set(given)
         if given.get("no_bf16"):
             if given.get("bf16"):
@@ -223,6 +227,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         except (ValueError, TypeError) as error:
             raise UsageError(f"{argv[0]}: {error}: use the flag names of --help as keys") from None
     else:
+        argv = join_negative_values(argv)
         explicit = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
         parser.set_defaults(**{**run_defaults(task, "--demo" in argv, _flag_value(argv, "recipe") or "paper"),
                                 **(defaults or {})})
@@ -231,12 +236,18 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
             if "bf16" in explicit:
                 raise UsageError("--bf16 and --no_bf16 contradict each other: give one")
             argv = [*argv, "--bf16", "false"]
-        parsed = parser.parse_args_into_dataclasses(args=argv)
+        try:
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+        except ValueError as error:  # TrainingArguments' own checks
+            raise UsageError(f"{first_line(error)}: --help describes every flag") from None
     model, data, adapter, run, *extra, training = parsed
     task_options = extra.pop(0) if task_classes else None
     # Without --output_dir the pipeline names the run once its plan (and budget label) is known.
     run_dir = Path(training.output_dir) if "output_dir" in explicit else None
-    return Arguments(model, data, adapter, run, training, task_options, explicit, run_dir, tuple(extra))
+    arguments = Arguments(model, data, adapter, run, training, task_options, explicit, run_dir, tuple(extra),
+                          source=source)
+    check_numbers(arguments, source)  # every training number in its range, before anything is loaded
+    return arguments
 
 
 def _read_argument_file(path: Path) -> dict:

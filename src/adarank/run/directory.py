@@ -13,9 +13,11 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from adarank.errors import UsageError
+from adarank.run.space import MIN_FREE_BYTES, check_free_space, existing_ancestor
 
 FINISHED_MARKER = "metrics.json"
 # The version of config.json and metrics.json written today; analysis/run_format.py reads every
@@ -29,6 +31,9 @@ RUN_FILES = (
 )
 CHECKPOINTS = "checkpoints"  # the Trainer's output_dir, inside the run directory
 RUN_FOLDERS = ("adapter", CHECKPOINTS, "merged")
+# The run directories this process holds the lock of, by path: every RunDirectory of one path shares
+# the lock, which is let go once none of them is left.
+_HELD_LOCKS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def default_run_dir(task: str, method: str, budget_label: str, seed: int, demo: bool, recipe: str = "paper") -> Path:
@@ -73,7 +78,9 @@ class RunDirectory:
         return (self.path / FINISHED_MARKER).is_file()
 
     def check_usable(self, overwrite: bool, resuming: bool) -> None:
-        """Refuse a directory holding a finished run, or checkpoints a new run would delete."""
+        """Refuse a place the run cannot write to, a directory holding a finished run, or checkpoints a
+        new run would delete."""
+        self._check_writable()
         if overwrite:
             return
         if self.finished:
@@ -88,6 +95,28 @@ class RunDirectory:
                 f"{checkpoints[-1]}, or pass --overwrite_output_dir to start over"
             )
 
+    def _check_writable(self) -> None:
+        """A directory (or a place to make one) where a file can be made, with space left on its disk."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--output_dir {self.path} is a file, not a directory: choose another --output_dir")
+        parent = existing_ancestor(self.path)
+        if not parent.is_dir():
+            raise UsageError(f"--output_dir {self.path} lies under {parent}, a file: choose another --output_dir")
+        try:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".adarank-probe-"):
+                pass
+        except OSError as error:
+            raise UsageError(f"--output_dir {self.path} is not writable: making a file in {parent} failed "
+                             f"({error.strerror}): choose a directory this process can write to") from None
+        check_free_space(self.path, MIN_FREE_BYTES, "a run")
+
+    def lock_if_present(self) -> RunDirectory:
+        """Take the directory's lock where it exists already: another process writing to it is
+        refused before anything slow happens (a new directory is locked when it is made)."""
+        if self.path.is_dir():
+            self._lock()
+        return self
+
     def prepare(self, overwrite: bool, resume_step: int | None = None) -> None:
         """Take the directory for this process; start it afresh, or trim its logs back to a checkpoint."""
         self.check_usable(overwrite, resume_step is not None)
@@ -99,15 +128,11 @@ class RunDirectory:
             self._rewind_logs(resume_step)
 
     def _lock(self) -> None:
-        # Held until the process ends, also when it is killed: a second job on the same
-        # directory stops here instead of mixing its files with this one's.
-        self._lock_file = open(self.path / ".lock", "w")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                f"another process is writing to {self.path}: wait for it to end or choose another --output_dir"
-            ) from None
+        # Held while this process works in the directory, and let go when it ends, also when it is
+        # killed: a second job on the same directory stops here instead of mixing its files with this one's.
+        key = str(self.path.resolve())
+        self._held = _HELD_LOCKS.get(key) or _Lock(self.path)
+        _HELD_LOCKS[key] = self._held
 
     def _clear(self) -> None:
         for name in RUN_FILES:
@@ -139,6 +164,18 @@ class RunDirectory:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+class _Lock:
+    def __init__(self, path: Path):
+        self.file = open(path / ".lock", "w")  # noqa: SIM115  (closed, and so let go, with this object)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise UsageError(
+                f"another process is writing to {path}: wait for it to end or choose another --output_dir"
+            ) from None
 
 
 def _ending(record: dict) -> bool:

@@ -6,8 +6,8 @@ optimizer step in progress (a TrainerCallback, not a kill), stops, and exits
 with ``PREEMPTED_EXIT_CODE``, which the job scripts turn into a requeue; the
 same command with ``--resume_from_checkpoint auto`` continues from there.
 A checkpoint is complete once every callback has added its state to it: the
-last callback then writes ``COMPLETE_MARKER``, and only such checkpoints are
-resumed from automatically.
+last callback then writes ``COMPLETE_MARKER`` with the manifest of its files, and only
+checkpoints found complete and intact (``run/integrity.py``) are resumed from automatically.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from transformers import TrainerCallback
 
 from adarank.errors import UsageError
 from adarank.run.directory import RunDirectory, checkpoint_folder
+from adarank.run.integrity import COMPLETE_MARKER, intact_checkpoints, mark_complete
 
 log = logging.getLogger("adarank")
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
-COMPLETE_MARKER = "checkpoint_complete"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
@@ -81,7 +81,7 @@ class MarkCheckpointComplete(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = checkpoint_folder(args.output_dir, state.global_step)
         if state.is_world_process_zero and folder.is_dir():
-            (folder / COMPLETE_MARKER).touch()
+            mark_complete(folder)
 
 
 def newest_complete_checkpoint(checkpoints: Path) -> Path | None:
@@ -99,11 +99,16 @@ def resolve_auto_resume(args) -> dict | None:
     if run.finished and not args.run.overwrite_output_dir:
         print(f"{run.path} already holds a finished run: nothing to do", flush=True)
         return json.loads((run / "metrics.json").read_text())
-    newest = newest_complete_checkpoint(run.checkpoints)
+    newest = None
+    for folder, problem in intact_checkpoints(run.checkpoints):
+        if problem is None:
+            newest = folder
+            break
+        log.warning("Skipping %s: it %s.", folder, problem)
     args.training.resume_from_checkpoint = None if newest is None else str(newest)
     if newest is not None:
         log.info("Continuing from %s.", newest)
     elif any(run.checkpoints.glob("checkpoint-*")):
-        log.warning("No complete checkpoint in %s (a job was stopped while saving): starting over.", run.checkpoints)
+        log.warning("No intact checkpoint in %s: starting over.", run.checkpoints)
         args.run.overwrite_output_dir = True
     return None

@@ -1,0 +1,92 @@
+"""Whether a checkpoint can be resumed from: complete (every callback added its state) and intact
+(every file as it was written).
+
+The last callback to run at a save (``preemption.MarkCheckpointComplete``) writes
+``COMPLETE_MARKER`` holding the size and sha256 of every file of the checkpoint. A file missing,
+emptied, cut short or overwritten since then is found by comparing them, before the Trainer or a
+method reads the file (they would fail deep inside with "header too small" or "pop from empty list").
+A marker written before it held a manifest (an empty file) vouches for completeness alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from adarank.errors import UsageError
+from adarank.run.directory import CHECKPOINTS, checkpoint_step
+
+COMPLETE_MARKER = "checkpoint_complete"
+# Random states of processes other than the first: each process writes its own, while the first
+# one writes the marker, so they are left out of the manifest.
+OTHER_PROCESSES = re.compile(r"rng_state_[1-9]\d*\.pth")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def mark_complete(folder: Path) -> None:
+    """Write the marker with the manifest of every file in ``folder`` (atomically: a marker is whole)."""
+    files = {
+        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != COMPLETE_MARKER and not OTHER_PROCESSES.fullmatch(path.name)
+    }
+    temporary = folder / f".{COMPLETE_MARKER}.tmp"
+    temporary.write_text(json.dumps({"files": files}, indent=1) + "\n")
+    os.replace(temporary, folder / COMPLETE_MARKER)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes ``folder`` unfit to resume from, in a few words; None where it is intact."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "does not exist"
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return "was not completely saved (the job stopped while saving it)"
+    try:
+        text = marker.read_text()
+        files = json.loads(text)["files"] if text.strip() else {}
+    except (ValueError, KeyError, TypeError):
+        return f"has a damaged {COMPLETE_MARKER}"
+    for name, saved in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"lacks {name}"
+        if path.stat().st_size != saved["bytes"]:
+            return f"has {name} of {path.stat().st_size} bytes, {saved['bytes']} when saved"
+        if _sha256(path) != saved["sha256"]:
+            return f"has {name} changed since it was saved"
+    try:
+        checkpoint_step(folder)
+    except UsageError:
+        return "has no readable trainer_state.json"
+    return None
+
+
+def resumable_step(checkpoint: str | None) -> int | None:
+    """The optimizer step of the checkpoint given to --resume_from_checkpoint (None: a fresh start);
+    one that does not exist, was not completely saved or was damaged since is refused."""
+    if checkpoint is None:
+        return None
+    problem = checkpoint_problem(Path(checkpoint))
+    if problem is not None:
+        raise UsageError(f"--resume_from_checkpoint {checkpoint} {problem}: give an intact checkpoint-N folder of "
+                         f"the run's {CHECKPOINTS}/, or --resume_from_checkpoint auto to take the newest intact one")
+    return checkpoint_step(checkpoint)
+
+
+def intact_checkpoints(checkpoints: Path):
+    """The checkpoints of ``checkpoints``, newest first, each with its problem (None: intact)."""
+    numbered = [p for p in Path(checkpoints).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    for folder in sorted(numbered, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        yield folder, checkpoint_problem(folder)

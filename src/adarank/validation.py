@@ -1,0 +1,133 @@
+"""Numbers a user types, checked at the edge: each bad value refused in one line naming it, before
+the data or the model is loaded.
+
+Three steps. ``join_negative_values`` lets ``--learning_rate -1e-3`` reach the parser as one
+flag and value (argparse would take ``-1e-3`` for a flag and say "expected one argument").
+``typed_file_values`` gives an argument file's values the types of their flags (YAML reads
+``1e-3`` as a string) or names the file and key that holds a wrong type. ``check_numbers`` holds
+every training number to its range; each method checks its own numbers when it plans.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import fields
+from types import NoneType, UnionType
+
+from adarank.errors import UsageError
+
+SEED_LIMIT = 2**32  # numpy's seeds, which set_seed seeds too, lie below it
+
+# (argument group, name, test, what the value must be); None values are not checked (unset).
+RULES = (
+    ("training", "learning_rate", lambda v: v > 0, "must be > 0"),
+    ("training", "per_device_train_batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("training", "per_device_eval_batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("training", "gradient_accumulation_steps", lambda v: v >= 1, "must be at least 1"),
+    ("training", "max_steps", lambda v: v == -1 or v >= 1,
+     "must be a positive number of steps (or -1: --num_train_epochs decides)"),
+    ("training", "warmup_steps", lambda v: 0 <= v < 1 or (v >= 1 and float(v).is_integer()),
+     "must be a fraction of the run in [0, 1) or a whole number of steps"),
+    ("training", "weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("training", "max_grad_norm", lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
+    ("training", "seed", lambda v: 0 <= v < SEED_LIMIT, f"must be a whole number from 0 to {SEED_LIMIT - 1}"),
+    ("training", "data_seed", lambda v: 0 <= v < SEED_LIMIT, f"must be a whole number from 0 to {SEED_LIMIT - 1}"),
+    ("training", "logging_steps", lambda v: v > 0, "must be > 0 (below 1: a fraction of the run)"),
+    ("training", "eval_steps", lambda v: v > 0, "must be > 0 (below 1: a fraction of the run)"),
+    ("training", "save_steps", lambda v: v > 0, "must be > 0 (below 1: a fraction of the run)"),
+    ("training", "save_total_limit", lambda v: v >= 1, "must be at least 1 (leave it unset to keep every checkpoint)"),
+    ("training", "dataloader_num_workers", lambda v: v >= 0, "must be >= 0"),
+    ("model", "max_seq_length", lambda v: v >= 1, "must be at least 1 token"),
+    ("model", "classifier_dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("data", "max_train_samples", lambda v: v >= 1, "must be at least 1 (leave it unset to train on every example)"),
+    ("data", "max_eval_samples", lambda v: v >= 1, "must be at least 1 (leave it unset to evaluate on every example)"),
+)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--flag -1e-3`` as ``--flag=-1e-3``: argparse reads a word that starts with a dash and is
+    not a plain decimal as a flag, so a negative value would be refused as a missing one."""
+    joined: list[str] = []
+    for word in argv:
+        previous = joined[-1] if joined else ""
+        if word.startswith("-") and _is_number(word) and previous.startswith("--") and "=" not in previous:
+            joined[-1] = f"{previous}={word}"
+        else:
+            joined.append(word)
+    return joined
+
+
+def _name(source: str | None, name: str) -> str:
+    """How a value is named to the user: the flag, or the argument file and its key."""
+    return f"--{name}" if source is None else f"{source}: {name}"
+
+
+def check_numbers(args, source: str | None = None) -> None:
+    """Refuse the first training number out of its range (``source``: the argument file they came from)."""
+    for group, name, test, requirement in RULES:
+        value = getattr(getattr(args, group), name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value) or not test(value):
+            raise UsageError(f"{_name(source, name)} {value:g} {requirement}")
+    training = args.training
+    if training.max_steps < 1 and training.num_train_epochs <= 0:
+        raise UsageError(f"{_name(source, 'num_train_epochs')} {training.num_train_epochs:g} trains nothing: "
+                         "give a positive number of epochs, or --max_steps")
+
+
+def _kind(annotation) -> type | None:
+    """bool, int, float or str for a flag of that type (optional or not); None for any other."""
+    options = typing.get_args(annotation) if isinstance(annotation, UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    options = [o for o in options if o is not NoneType]
+    return options[0] if len(options) == 1 and options[0] in (bool, int, float, str) else None
+
+
+def _typed(kind: type, value):
+    """``value`` as a ``kind`` where it is one (a number written as text included); raises ValueError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ValueError("true or false")
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError("text")
+    wanted = "a number" if kind is float else "a whole number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not _is_number(str(value)):
+        raise ValueError(wanted)
+    number = float(value)
+    if kind is int:
+        if not number.is_integer():
+            raise ValueError(wanted)
+        return int(number)
+    return number
+
+
+def typed_file_values(source: str, given: dict, classes) -> dict:
+    """An argument file's values with the types of their flags; a value of another type is refused,
+    naming the file and the key."""
+    kinds = {f.name: _kind(typing.get_type_hints(cls).get(f.name)) for cls in classes for f in fields(cls) if f.init}
+    typed = dict(given)
+    for key, value in given.items():
+        kind = kinds.get(key)
+        if kind is None or value is None:
+            continue
+        try:
+            typed[key] = _typed(kind, value)
+        except ValueError as wanted:
+            raise UsageError(f"{source}: {key} {value!r} is not {wanted}: write it as --help shows the flag's "
+                             "value") from None
+    return typed
