@@ -23,12 +23,12 @@ import sys
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from adarank.errors import UsageError  # noqa: E402
+from adarank.errors import UsageError  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
+from peft import PeftModel  # noqa: E402
 from adarank.tasks import get_task  # noqa: E402
 from adarank.tasks.glue.data import load_glue, tokenize  # noqa: E402
 from adarank.tasks.glue.model import load_model  # noqa: E402

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import adarank  # noqa: F401, I001  (first: its filter must see bitsandbytes' notice, logged when peft imports it)
 import pytest
 import torch
 from peft import PeftModel
