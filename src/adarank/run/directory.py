@@ -113,6 +113,7 @@ class RunDirectory:
     def lock_if_present(self) -> RunDirectory:
         """Take the directory's lock where it exists already: another process writing to it is
         refused before anything slow happens (a new directory is locked when it is made)."""
+        self._check_writable()
         if self.path.is_dir():
             self._lock()
         return self

@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput
 
 from adarank.run.directory import checkpoint_folder
@@ -54,8 +55,14 @@ class RunTrainer(ResumableTrainer):
         output_dir = Path(self.args.output_dir)
         if self.args.save_strategy != "no" and self.is_world_process_zero():
             check_free_space(output_dir, self.checkpoint_bytes, "a checkpoint (by the estimate of run/space.py)")
-        with self.writing(output_dir.parent, "the run's logs"):
-            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            with self.writing(output_dir.parent, "the run's logs"):
+                output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except BaseException:
+            for callback in self.callback_handler.callbacks:  # the bar ends before the error is told, not after
+                if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                    callback.training_bar.close()
+            raise
         whole = None if self._loss_before is None else \
             (self._loss_before + self._total_loss_scalar) / max(output.global_step, 1)
         return TrainOutput(output.global_step, whole, {**output.metrics, "train_loss": whole})
