@@ -1,11 +1,15 @@
+import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from adarank.errors import UsageError
 from adarank.tasks.glue import GLUE_TASKS as TASKS
 from adarank.tasks.glue.data import load_glue, read_glue_tsv
 from adarank.tasks.glue.demo import make_demo_split
+from adarank.tasks.glue.metrics import glue_metrics
+from conftest import run_task
 from fixtures.glue import write_glue_task
 
 
@@ -89,3 +93,31 @@ def test_demo_data_has_each_tasks_shape_and_is_deterministic(name):
     else:
         assert set(first["label"]) == set(range(task.num_labels))
     assert make_demo_split(task, "train")["text_a"] != make_demo_split(task, next(iter(task.dev_splits)))["text_a"]
+
+
+def test_a_byte_order_mark_is_read_as_part_of_the_encoding(tmp_path):
+    """GLUE's own MRPC files begin with one: the header is read without it."""
+    path = tmp_path / "dev.tsv"
+    path.write_text("sentence\tlabel\nfine\t1\n", encoding="utf-8-sig")
+    rows = read_glue_tsv(path, TASKS["sst2"])
+    assert rows["text_a"] == ["fine"] and rows["label"] == [1]
+
+
+def test_a_metric_the_dev_labels_leave_undefined_is_recorded_as_undefined(tiny_model, tmp_path, caplog, capsys):
+    """One class in the dev set: no Matthews correlation (and no F1 without a positive example) is
+    defined, whatever the predictions; it is stored as null and said, not stored as a score of 0."""
+    assert glue_metrics(TASKS["mrpc"], np.array([0, 1, 0]), np.array([0, 0, 0]))["f1"] is None
+    assert glue_metrics(TASKS["cola"], np.array([1, 1]), np.array([0, 1]))["matthews_correlation"] == 0.0  # defined
+    root = tmp_path / "glue" / "CoLA"
+    root.mkdir(parents=True)
+    (root / "train.tsv").write_text("".join(f"s\t{i % 2}\t\tsentence {i}\n" for i in range(16)))
+    (root / "dev.tsv").write_text("".join(f"s\t1\t\tdev sentence {i}\n" for i in range(4)))
+    assert run_task("cola", "--data_dir", str(tmp_path / "glue"), "--model_name_or_path", tiny_model, "--method",
+                    "lora", "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
+                    "--output_dir", str(tmp_path / "run")) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_matthews_correlation"] is None and metrics["undefined_metrics"] == ["eval_matthews_correlation"]
+    assert isinstance(metrics["eval_accuracy"], float)
+    assert "eval_matthews_correlation undefined" in capsys.readouterr().out
+    assert any("matthews_correlation is undefined on this dev set (the dev labels hold a single value)" in r.getMessage()
+               for r in caplog.records)

@@ -30,6 +30,7 @@ class RunMetrics:
     note: str | None = None  # what a reader must know (synthetic data)
 
     def as_dict(self) -> dict:
+        undefined = [key for key, value in self.evaluation.items() if value is None]
         document = {
             **self.evaluation,
             **self.parameters.as_dict(),
@@ -47,6 +48,8 @@ class RunMetrics:
             "average_adapter_params": self.average_adapter_params,
             **self.method_figures,
             **({"note": self.note} if self.note else {}),
+            # Metrics the dev labels leave undefined (one class: no Matthews correlation), stored as null.
+            **({"undefined_metrics": undefined} if undefined else {}),
             **self.memory,
             "format_version": FORMAT_VERSION,
         }
@@ -59,7 +62,7 @@ def print_summary(task_name: str, method: str, budget: str, metrics: dict, run: 
     lines = [
         f"== {task_name} / {method} / budget {budget}"
         + (f" / {metrics['note']}" if metrics.get("note") else "") + " ==",
-        "dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()),
+        "dev: " + ", ".join(f"{k} {'undefined' if v is None else f'{v:.4f}'}" for k, v in headline.items()),
         f"trainable parameters: {metrics['trainable_params']:,} "
         f"(adapters {metrics['adapter_params']:,}, task head {metrics['head_params']:,})",
         f"training: {metrics['total_step']} steps in {metrics['train_seconds']:.1f} s, "

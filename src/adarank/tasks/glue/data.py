@@ -66,7 +66,7 @@ def _from_directory(task: GlueSpec, root: Path, given_by: str) -> TaskData:
 def read_glue_tsv(path: Path, task: GlueSpec) -> datasets.Dataset:
     """Read one GLUE TSV file: tab-separated, no quoting (sentences hold stray quotes)."""
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: GLUE's MRPC files begin with a BOM
             lines = handle.read().split("\n")
     except UnicodeDecodeError as error:
         raise UsageError(
