@@ -53,7 +53,8 @@ def training_figure(runs: list[Run]):
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # a run too short to log a loss draws no line
+        axes[0].legend(fontsize=7)
     return figure
 
 

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise AnalysisError(f"--out {out} should end in .html: the report is one HTML file")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build_report(args.root, args.paper, args.bootstrap), encoding="utf-8")
     print(f"wrote {out}")
     return out

@@ -88,6 +88,7 @@ class Run:
     path: Path
     config: dict = field(default_factory=dict)
     metrics: dict | None = None  # None: the run has not finished
+    problem: str | None = None  # why the run cannot be read in full (a damaged config.json or metrics.json)
 
     @property
     def name(self) -> str:
@@ -218,18 +219,29 @@ def load_run(path: str | Path) -> Run:
         raise AnalysisError(f"{path}: {error}") from None
     run = Run(path, config=config)
     if (path / "metrics.json").is_file():
-        run.metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        try:
+            run.metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        except ValueError as error:
+            run.problem = f"metrics.json is damaged ({error})"
     return run
 
 
-def _is_run_config(path: Path, root: Path) -> bool:
-    inside = path.relative_to(root).parts[:-1]
+def _run_in(config: Path, root: Path) -> Run | None:
+    """The run whose config.json is ``config``, one that cannot be read with its ``problem``, or
+    None where ``config`` is another kind of config.json."""
+    inside = config.relative_to(root).parts[:-1]
     if any(part in ("checkpoints", "adapter", "merged") for part in inside):
-        return False  # a Trainer checkpoint, a saved adapter or a merged model inside a run
+        return None  # a Trainer checkpoint, a saved adapter or a merged model inside a run
     try:
-        return "task" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
+        document = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return Run(config.parent, problem=f"config.json is damaged ({error})")
+    if not isinstance(document, dict) or "task" not in document:
+        return None
+    try:
+        return load_run(config.parent)
+    except AnalysisError as error:
+        return Run(config.parent, problem=str(error))
 
 
 def find_runs(root: str | Path) -> list[Run]:
@@ -237,7 +249,7 @@ def find_runs(root: str | Path) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
         raise AnalysisError(f"{root} is not a directory: give the folder that holds your runs")
-    runs = [load_run(c.parent) for c in sorted(root.rglob("config.json")) if _is_run_config(c, root)]
+    runs = [run for run in (_run_in(c, root) for c in sorted(root.rglob("config.json"))) if run is not None]
     if not runs:
         raise AnalysisError(f"no run directories (folders with config.json) below {root}")
     return runs

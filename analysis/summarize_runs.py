@@ -56,10 +56,14 @@ def split_runs(runs: list[Run]):
     """
     groups, apart = defaultdict(list), []
     for run in runs:
-        if not run.finished:
+        if run.problem:
+            apart.append((run, run.problem))
+        elif not run.finished:
             apart.append((run, "unfinished or failed (no metrics.json)"))
         elif run.synthetic:
             apart.append((run, "synthetic demo data"))
+        elif undefined := [key for key in metric_keys(run) if run.metrics.get(key, 0) is None]:
+            apart.append((run, f"{', '.join(undefined)} undefined (metrics.json: null; the dev labels leave it so)"))
         else:
             groups[(run.task, run.method, run.budget, run.setting)].append(run)
     return dict(sorted(groups.items())), apart

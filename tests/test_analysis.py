@@ -364,3 +364,34 @@ def test_bf16_and_fp32_runs_are_different_settings_and_older_fp32_runs_join_new_
     # and so do the official-recipe seeds written by two versions: one setting per method
     official = [run for run in find_runs(RESULTS / "fidelity" / "cola") if "official-" in str(run.path)]
     assert len(official) == 6 and len({run.setting for run in official}) == 2
+
+
+def test_runs_that_cannot_be_read_are_left_out_with_the_reason_and_the_report_makes_its_folder(runs_root, tmp_path,
+                                                                                             capsys):
+    """A damaged metrics.json or config.json, a run without metrics.json, a truncated history, an
+    undefined metric: the tables go on without the run and say why; never a traceback."""
+    root = copy_runs(runs_root, tmp_path / "runs")
+    for name, damage in (("metrics", "metrics.json"), ("config", "config.json")):
+        shutil.copytree(runs_root / "sst2-lora-1", root / f"damaged-{name}")
+        path = root / f"damaged-{name}" / damage
+        path.write_text(path.read_text()[:40])
+    shutil.copytree(runs_root / "stopped", root / "stopped")
+    history = root / "stopped" / "history.jsonl"
+    history.write_text(history.read_text()[:-20])  # stopped mid-line
+    undefined = root / "undefined"
+    shutil.copytree(runs_root / "sst2-lora-2", undefined)
+    metrics = json.loads((undefined / "metrics.json").read_text())
+    (undefined / "metrics.json").write_text(json.dumps({**metrics, "eval_accuracy": None}))
+    apart = {Path(r["run"]).name: r["why"] for r in summarize_runs.summarize(root, resamples=20)["apart"]}
+    assert apart["damaged-metrics"].startswith("metrics.json is damaged (")
+    assert apart["damaged-config"].startswith("config.json is damaged (")
+    assert apart["stopped"] == "unfinished or failed (no metrics.json)"
+    assert apart["undefined"].startswith("eval_accuracy undefined")
+    out = report.main([str(root), "--out", str(tmp_path / "new" / "folder" / "report.html"), "--bootstrap", "20"])
+    assert "damaged-config" in out.read_text()
+    assert plot_training.main([str(root / "stopped"), "--out", str(tmp_path / "curves.png")]).is_file()
+    assert "cut-off line" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no run directories" in main_fails_cleanly(capsys, summarize_runs.main, [str(empty)], one_line=True)
+    assert "no run directories" in main_fails_cleanly(capsys, report.main, [str(empty)], one_line=True)
