@@ -137,11 +137,15 @@ def test_checkpoints_of_an_unfinished_run_are_not_deleted(capsys, tiny, tmp_path
 def test_two_processes_cannot_share_a_run_directory(capsys, tiny, tmp_path):
     import fcntl
 
-    (tmp_path / "run").mkdir()
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-2"  # the other run has saved a checkpoint
+    checkpoint.mkdir(parents=True)
     with open(tmp_path / "run" / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        line = fails_cleanly(capsys, "cola", "--demo", "--method", "lora", "--max_steps", "2", *tiny)
-    assert "another process is writing to" in line
+        code = run_task("cola", "--demo", "--method", "lora", "--max_steps", "2", "--resume_from_checkpoint", "auto",
+                        *tiny)
+    err = capsys.readouterr().err
+    assert "another process is writing to" in error_line(code, err, one_line=True)
+    assert "Loading weights" not in err  # refused before the model is loaded
 
 
 def test_arguments_from_a_json_or_yaml_file(tiny_model, tmp_path, capsys):
