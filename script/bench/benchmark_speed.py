@@ -44,25 +44,35 @@ QUICK = {"train_examples": 640, "epochs": 1, "eval_examples": 256}
 FULL = {"train_examples": 2000, "epochs": 2, "eval_examples": 872}
 
 
-def configurations(rank: int, extra_precision: str | None, quick: bool) -> list[tuple[str, str, list[str]]]:
+# The entry scripts of each task: (LoRA and AdaLoRA, the 4-bit methods, the plateau method). SST-2's
+# sentences are 13 tokens on average, RTE's pairs about 70: the sequence-length axis of the table.
+SCRIPTS = {
+    "sst2": ("src/glue_sst2.py", "src/src_qlora/glue_sst2.py", "src/custom/glue_sst2.py"),
+    "rte": ("src/glue-rte.py", "src/glue-rte.py", "src/custom/glue-rte.py"),
+}
+FOLDERS = {"sst2": "SST-2", "rte": "RTE"}
+
+
+def configurations(rank: int, extra_precision: str | None, quick: bool,
+                   task: str = "sst2") -> list[tuple[str, str, list[str]]]:
     """(label, kind, the run's own flags); kind: ours or reference. ``extra_precision``: a second LoRA
     row in the precision that is not the default (fp32 where bf16 is the default; bf16 on a CPU with
     bf16 units where fp32 is). Not in --quick: LoRA with PEFT's own layer forward, which shows what
     the fused forward saves."""
+    plain, four_bit, plateau = SCRIPTS[task]
     runs = [
-        (f"LoRA r={rank}", "ours", ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank)]),
+        (f"LoRA r={rank}", "ours", [plain, "--method", "lora", "--lora_r", str(rank)]),
         *([] if quick else [(f"LoRA r={rank}, PEFT forward", "ours",
-                             ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank), "--peft_forward"])]),
-        (f"AdaLoRA {rank}->2", "ours", ["src/glue_sst2.py", "--method", "adalora", "--init_r", str(rank),
-                                        "--target_r", "2"]),
-        (f"QLoRA r={rank}", "ours", ["src/src_qlora/glue_sst2.py", "--method", "qlora", "--lora_r", str(rank)]),
-        (f"QLoRA+AdaLoRA {rank}->2", "ours", ["src/src_qlora/glue_sst2.py", "--method", "qadalora",
-                                              "--init_r", str(rank), "--target_r", "2"]),
-        ("plateau (from r=2)", "ours", ["src/custom/glue_sst2.py", "--method", "plateau"]),
+                             [plain, "--method", "lora", "--lora_r", str(rank), "--peft_forward"])]),
+        (f"AdaLoRA {rank}->2", "ours", [plain, "--method", "adalora", "--init_r", str(rank), "--target_r", "2"]),
+        (f"QLoRA r={rank}", "ours", [four_bit, "--method", "qlora", "--lora_r", str(rank)]),
+        (f"QLoRA+AdaLoRA {rank}->2", "ours", [four_bit, "--method", "qadalora", "--init_r", str(rank),
+                                              "--target_r", "2"]),
+        ("plateau (from r=2)", "ours", [plateau, "--method", "plateau"]),
     ]
     if extra_precision:
         runs.append((f"LoRA r={rank} {extra_precision}", "ours",
-                     ["src/glue_sst2.py", "--method", "lora", "--lora_r", str(rank),
+                     [plain, "--method", "lora", "--lora_r", str(rank),
                       "--bf16" if extra_precision == "bf16" else "--no_bf16"]))
     runs += [
         ("reference, padded to 128", "reference", ["--reference", "padded"]),
@@ -99,6 +109,7 @@ def run_ours(flags: list[str], out: Path, sizes: dict, data: list[str], threads:
 def run_reference(flags: list[str], out: Path, lora: dict, sizes: dict, data: list[str], threads: int) -> dict:
     bf16 = lora["config"]["precision"]["bf16_autocast"]  # the LoRA run's precision
     argv = [sys.executable, str(HERE / "speed_reference.py"), *flags, *(["--bf16"] if bf16 else []),
+            "--task", lora["config"]["task"],
             "--like", str(lora["config"]["run_dir"]),
             *(flag for flag in data if flag != "--demo"),  # without --data_dir: the demo data
             "--train_examples", str(sizes["train_examples"]), "--eval_examples", str(sizes["eval_examples"]),
@@ -124,22 +135,33 @@ def _run(argv: list[str], out: Path, threads: int) -> None:
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="demo data, 20 steps a run: 3 minutes on 2 cores, a first look (too few steps for stable ratios)")
-    parser.add_argument("--data_dir", default=None, help="GLUE folder with SST-2/ (default: synthetic demo data)")
+    parser.add_argument("--data_dir", default=None, help="GLUE folder with SST-2/ and RTE/ (default: synthetic demo data)")
+    parser.add_argument("--task", choices=sorted(SCRIPTS), default="sst2",
+                        help="sst2 (13 tokens a sentence on average) or rte (pairs of about 70)")
     parser.add_argument("--train_examples", type=int)
     parser.add_argument("--eval_examples", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--rank", type=int, default=3, help="LoRA's rank and AdaLoRA's initial rank")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every run")
+    parser.add_argument("--threads", default=str(os.cpu_count()),
+                        help="threads of every run; a list (1,2) runs the whole table once per thread count")
     parser.add_argument("--work_dir", default="runs/speed")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the whole list; figures are medians")
     parser.add_argument("--only", help="comma-separated labels' first words to run (e.g. LoRA,AdaLoRA,reference)")
     args = parser.parse_args()
-    if args.data_dir is not None and not (Path(args.data_dir) / "SST-2" / "train.tsv").is_file():
-        raise SystemExit(f"error: {args.data_dir}/SST-2/train.tsv does not exist: pass the GLUE folder as --data_dir")
+    folder = FOLDERS[args.task]
+    if args.data_dir is not None and not (Path(args.data_dir) / folder / "train.tsv").is_file():
+        raise SystemExit(f"error: {args.data_dir}/{folder}/train.tsv does not exist: pass the GLUE folder as --data_dir")
+    try:
+        args.thread_counts = [int(n) for n in args.threads.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --threads {args.threads} is not a whole number or a list of them (1,2)") from None
+    if min(args.thread_counts) < 1:
+        raise SystemExit(f"error: --threads {args.threads}: every count must be at least 1")
     return args
 
 
-def run_rounds(args: argparse.Namespace, sizes: dict, chosen: list, data: list[str], work: Path) -> dict[str, dict]:
+def run_rounds(args: argparse.Namespace, sizes: dict, chosen: list, data: list[str], work: Path,
+               threads: int) -> dict[str, dict]:
     """With --repeat N the whole list runs N times, round after round (so that a slow spell of the
     machine falls on every configuration alike); each figure is the median over the rounds."""
     rounds: dict[str, list[dict]] = {label: [] for label, _, _ in chosen}
@@ -148,19 +170,20 @@ def run_rounds(args: argparse.Namespace, sizes: dict, chosen: list, data: list[s
             started = time.perf_counter()
             out = work / label.replace(" ", "_").replace(",", "").replace("->", "to").replace("(", "").replace(")", "")
             if kind == "ours":
-                rounds[label].append(run_ours(flags, out, sizes, data, args.threads))
+                rounds[label].append(run_ours(flags, out, sizes, data, threads))
             else:
                 lora = rounds.get(f"LoRA r={args.rank}")
                 if not lora:
                     raise SystemExit("error: the reference loops copy the LoRA run's settings: include LoRA in --only")
-                rounds[label].append(run_reference(flags, out, lora[-1], sizes, data, args.threads))
+                rounds[label].append(run_reference(flags, out, lora[-1], sizes, data, threads))
             step = rounds[label][-1]["median_step_seconds"]
             print(f"  {label}{f' (round {round_index + 1})' if args.repeat > 1 else ''}: "
                   f"{time.perf_counter() - started:.0f} s, median step {step:.4f} s", flush=True)
     return {label: median_run(runs) for label, runs in rounds.items()}
 
 
-def report(args: argparse.Namespace, sizes: dict, results: dict, default: str, extra: str | None, work: Path) -> None:
+def report(args: argparse.Namespace, sizes: dict, results: dict, default: str, extra: str | None, work: Path,
+           threads: int) -> None:
     """The table, speed.md and speed.json in the work folder, and the lines for scripts."""
     shapes = model_shapes(None)
     lora_label = f"LoRA r={args.rank}"
@@ -174,7 +197,8 @@ def report(args: argparse.Namespace, sizes: dict, results: dict, default: str, e
     print(text)
     work.mkdir(parents=True, exist_ok=True)
     (work / "speed.md").write_text(text + "\n")
-    (work / "speed.json").write_text(json.dumps({"sizes": sizes, "threads": args.threads, "matmul_gflops": peak,
+    (work / "speed.json").write_text(json.dumps({"task": args.task, "sizes": sizes, "threads": threads,
+                                                 "matmul_gflops": peak,
                                                  "rows": rows, "ratios": ratios}, indent=2))
     for name in ("adalora_over_lora", "ours_over_reference", "ours_over_dynamic_reference"):
         if ratios.get(name) is not None:
@@ -194,17 +218,22 @@ def main() -> None:
     data = ["--data_dir", args.data_dir] if args.data_dir else ["--demo"]
     import torch
 
-    torch.set_num_threads(args.threads)
     default, extra = precisions()
-    device = (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else
-              f"{args.threads} CPU thread(s), capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"SST-2 ({'GLUE files' if args.data_dir else 'synthetic demo data'}), {sizes['train_examples']} training "
-          f"examples x {sizes['epochs']} epoch(s), {device}, runs in {default}"
-          + (f" (and LoRA in {extra})" if extra else ""), flush=True)
-    chosen = [(label, kind, flags) for label, kind, flags in configurations(args.rank, extra, args.quick)
+    chosen = [(label, kind, flags) for label, kind, flags in configurations(args.rank, extra, args.quick, args.task)
               if not args.only or label.split()[0].rstrip(",") in args.only.split(",")]
-    results = run_rounds(args, sizes, chosen, data, Path(args.work_dir))
-    report(args, sizes, results, default, extra, Path(args.work_dir))
+    for threads in args.thread_counts:
+        torch.set_num_threads(threads)
+        device = (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else
+                  f"{threads} CPU thread(s), capability {torch.backends.cpu.get_cpu_capability()}")
+        print(f"{FOLDERS[args.task]} ({'GLUE files' if args.data_dir else 'synthetic demo data'}), "
+              f"{sizes['train_examples']} training examples x {sizes['epochs']} epoch(s), {device}, runs in {default}"
+              + (f" (and LoRA in {extra})" if extra else ""), flush=True)
+        # One folder a table: the default (SST-2, one thread count) where it always was.
+        work = Path(args.work_dir)
+        if args.task != "sst2" or len(args.thread_counts) > 1:
+            work = work / f"{args.task}-{threads}-threads"
+        results = run_rounds(args, sizes, chosen, data, work, threads)
+        report(args, sizes, results, default, extra, work, threads)
 
 
 if __name__ == "__main__":

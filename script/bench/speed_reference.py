@@ -65,13 +65,13 @@ def reference_loop(args: argparse.Namespace) -> dict:
     from adarank.tasks import get_task
 
     like = json.loads((Path(args.like) / "config.json").read_text())
-    data = get_task("sst2").load_data(args.data_dir, args.data_dir is None, args.train_examples, args.eval_examples)
+    data = get_task(args.task).load_data(args.data_dir, args.data_dir is None, args.train_examples, args.eval_examples)
     tokenizer, model = load_peft_model(like, like["arguments"]["model"]["model_name_or_path"])
     padded = args.reference == "padded"
 
     def encode(batch):
-        return tokenizer(batch["text_a"], truncation=True, max_length=128,
-                         padding="max_length" if padded else False)
+        texts = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
+        return tokenizer(*texts, truncation=True, max_length=128, padding="max_length" if padded else False)
 
     train, dev = (split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c != "label"])
                   for split in (data.train, next(iter(data.dev.values()))))
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the folder to write metrics.json to")
     parser.add_argument("--data_dir", default=None, help="GLUE folder with SST-2/ (default: synthetic demo data)")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--task", default="sst2", help="sst2 or rte (sentence pairs)")
     parser.add_argument("--train_examples", type=int)
     parser.add_argument("--eval_examples", type=int)
     parser.add_argument("--epochs", type=int)
