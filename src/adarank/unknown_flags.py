@@ -8,6 +8,7 @@ from dataclasses import fields
 from transformers import HfArgumentParser
 
 from adarank.errors import UsageError
+from adarank.validation import is_number
 
 
 def argparse_error(message: str):
@@ -29,14 +30,6 @@ def _suggestion(name: str, known: list[str], prefix: str = "--") -> str:
     return "did you mean " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]) + "?"
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def check_flags(parser: HfArgumentParser, argv: list[str]) -> None:
     """Refuse flags no argument class knows, and stray words, naming the closest flags."""
     _, remaining = parser.parse_known_args(args=argv)
@@ -47,7 +40,7 @@ def check_flags(parser: HfArgumentParser, argv: list[str]) -> None:
     unknown, stray = [], []
     follows_flag = False
     for word in remaining:
-        if word.startswith("-") and not _is_number(word):
+        if word.startswith("-") and not is_number(word):
             flag = word.split("=", 1)[0]
             unknown.append(f"{flag} ({_suggestion(flag, known)})")
             follows_flag = "=" not in word

@@ -45,7 +45,7 @@ RULES = (
 )
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -59,7 +59,7 @@ def join_negative_values(argv: list[str]) -> list[str]:
     joined: list[str] = []
     for word in argv:
         previous = joined[-1] if joined else ""
-        if word.startswith("-") and _is_number(word) and previous.startswith("--") and "=" not in previous:
+        if word.startswith("-") and is_number(word) and previous.startswith("--") and "=" not in previous:
             joined[-1] = f"{previous}={word}"
         else:
             joined.append(word)
@@ -106,7 +106,7 @@ def _typed(kind: type, value):
             return str(value)
         raise ValueError("text")
     wanted = "a number" if kind is float else "a whole number"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not _is_number(str(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not is_number(str(value)):
         raise ValueError(wanted)
     number = float(value)
     if kind is int:
