@@ -134,8 +134,9 @@ def test_the_paper_length_lists(tmp_path):
     runs = listed("cola-fidelity.list", f"configs={' '.join(new)}", "seeds=42")
     for (name, command), run in zip(new.items(), runs, strict=True):
         assert run[0] == f"{name}-seed42"
-        assert run[1:] == [*command.split(), "--data_dir", ".", "--num_train_epochs", "25", "--no_bf16", "--seed",
-                           "42", "--output_dir", f"/nonexistent/runs/{name}-seed42", "--resume_from_checkpoint", "auto"]
+        assert run[1:] == [*command.split(), "--data_dir", ".", "--num_train_epochs", "25", "--no_bf16",
+                           "--torch_dropout", "--seed", "42", "--output_dir", f"/nonexistent/runs/{name}-seed42",
+                           "--resume_from_checkpoint", "auto"]
     default = listed("cola-fidelity.list")
     assert [run[0] for run in default[:4]] == ["lora-r2-seed42", "adalora-small-seed42", "adalora-official-seed42",
                                                "lora-official-seed42"] and len(default) == 12

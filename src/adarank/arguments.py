@@ -115,6 +115,11 @@ class RunArguments:
         default=False,
         metadata={"help": "Train in fp32 where bf16 autocast is the default (a GPU with bf16, or a CPU with "
                           "AVX512-BF16 or AMX); --bf16 asks for it anywhere."})
+    torch_dropout: bool = field(
+        default=False,
+        metadata={"help": "On the CPU, keep PyTorch's own dropout masks instead of adarank/dropout.py's cheaper "
+                          "ones (the same distribution, other random numbers: runs made before them repeat exactly "
+                          "with this flag)."})
 
 
 @dataclass

@@ -12,7 +12,6 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import torch
 from transformers import set_seed
 from transformers.utils import logging as hf_logging
 
@@ -21,9 +20,7 @@ from adarank.errors import exits_cleanly_on_usage_errors
 from adarank.loading import check_sequence_length
 from adarank.memory import MemoryReport, ParameterCounts, PeakMemory, base_parameter_count, parameter_counts
 from adarank.methods import AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_label, budget_rank, get_method
-from adarank.methods.fused import fuse_adapter_forward
 from adarank.modules import resolve_target_modules
-from adarank.precision import hold_frozen_weights, holds_bf16_weights
 from adarank.quantization import describe_kernels
 from adarank.run.callbacks import StepHistory, StepTimer
 from adarank.run.config import config_document, synthetic_note
@@ -35,6 +32,7 @@ from adarank.run.metrics import RunMetrics, print_summary
 from adarank.run.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
 from adarank.run.ranks import RankLog
 from adarank.run.steps import count_optimizer_steps
+from adarank.speed import take_fast_paths
 from adarank.run.trainer import RunTrainer
 from adarank.tasks import Task, TaskData, get_task
 
@@ -76,8 +74,7 @@ class AdaptedModel:
     base_params: int
     memory: MemoryReport  # of the base model, before adapters
     counts: ParameterCounts  # before training
-    fused_layers: int  # adapted layers running methods/fused.py's forward
-    bf16_weight_layers: int  # frozen linear layers whose weights are held in bf16 (adarank/precision.py)
+    fast_paths: dict[str, int]  # layers taking each fast path (adarank/speed.py)
 
 
 @dataclass
@@ -190,22 +187,20 @@ def _adapted_model(setup: Setup, request: AdapterRequest, plan: Plan, run: RunDi
     request.rank_log = RankLog(run / "ranks.jsonl", enabled=setup.main_process)
     set_seed(setup.args.training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
-    fused = 0 if args.run.peft_forward else fuse_adapter_forward(built.model)
-    held = hold_frozen_weights(built.model, torch.bfloat16) if holds_bf16_weights(setup.args.training, method, args.run) else 0
+    fast_paths = take_fast_paths(built.model, setup.args.training, method, args.run)
     built.plan = built.plan or plan
     counts = parameter_counts(built.model, base_params)
     log.info("%s on %s: %s trainable parameters (adapters %s, task head %s) of %s.", method.name, setup.task.name,
              f"{counts.trainable_params:,}", f"{counts.adapter_params:,}", f"{counts.head_params:,}",
              f"{counts.total_params:,}")
-    return AdaptedModel(loaded.tokenizer, loaded.name, built, base_params, memory, counts, fused, held)
+    return AdaptedModel(loaded.tokenizer, loaded.name, built, base_params, memory, counts, fast_paths)
 
 
 def _write_config(setup: Setup, data: TaskData, tokenized: TaskData, request: AdapterRequest,
                   adapted: AdaptedModel, run: RunDirectory) -> dict:
     config = config_document(setup.args, setup.task, data, adapted.name, request, adapted.built.plan,
                              adapted.counts, run)
-    config["fused_adapter_layers"] = adapted.fused_layers
-    config["precision"]["frozen_linear_weights_bf16"] = adapted.bf16_weight_layers
+    config.update(adapted.fast_paths)
     config["tokenized_cache"] = tokenized.tokenized_cache  # split -> read / written / empty / off
     if setup.method.quantized:
         config["four_bit_cpu_kernels"] = describe_kernels(adapted.built.model)
