@@ -13,7 +13,7 @@ sys.path.insert(0, str(SRC))
 import adarank.pipeline as pipeline  # noqa: E402
 
 
-class SavingEveryProcess(pipeline.ResumableTrainer):
+class SavingEveryProcess(pipeline.RunTrainer):
     def train(self, *args, **kwargs):
         outcome = super().train(*args, **kwargs)
         config = self.model.peft_config[self.model.active_adapter]
@@ -23,5 +23,5 @@ class SavingEveryProcess(pipeline.ResumableTrainer):
         return outcome
 
 
-pipeline.ResumableTrainer = SavingEveryProcess
+pipeline.RunTrainer = SavingEveryProcess
 pipeline.main(sys.argv[1], sys.argv[2:])

@@ -63,16 +63,18 @@ def lora_argv(tiny_model: str, run_dir: Path, steps: int = 12, *more: str) -> li
 def test_a_killed_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_model, tmp_path):
     """SIGKILL gives no chance to checkpoint: the run continues from its newest complete checkpoint
     (one being written when the kill came is incomplete and skipped) and ends where an
-    uninterrupted run ends."""
+    uninterrupted run ends. Each run is a process of its own, as on a cluster."""
     flags = ["--max_train_samples", "64", "--per_device_train_batch_size", "4", "--seed", "5",
              "--save_steps", "10", "--save_total_limit", "2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert run_task("sst2", *lora_argv(tiny_model, straight, 60, *flags)) == 0
+    command = lambda run_dir: [sys.executable, str(SRC / "glue_sst2.py"), *lora_argv(tiny_model, run_dir, 60, *flags)]  # noqa: E731
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command(straight), capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
 
     at = random.Random().randint(12, 45)  # a later epoch (16 steps each) than the first
     with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen([sys.executable, str(SRC / "glue_sst2.py"), *lora_argv(tiny_model, killed, 60, *flags)],
-                                   stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        process = subprocess.Popen(command(killed), stdout=log, stderr=subprocess.STDOUT, env=env)
     history, deadline = killed / "history.jsonl", time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline and not (
             history.is_file() and any(r.get("step", 0) >= at for r in read_jsonl(history))):
@@ -83,7 +85,9 @@ def test_a_killed_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_model, 
     checkpoint = newest_complete_checkpoint(killed / "checkpoints")
     assert checkpoint is not None, "killed before the first checkpoint"
 
-    assert run_task("sst2", *lora_argv(tiny_model, killed, 60, *flags)) == 0
+    done = subprocess.run(command(killed), capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Continuing from {checkpoint}" in done.stdout
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
     assert b["resumed_from_step"] == int(checkpoint.name.split("-")[1]) and b["total_step"] == a["total_step"] == 60
     for key in ("eval_loss", "eval_accuracy", "train_loss"):  # train_loss: over the whole run, both times

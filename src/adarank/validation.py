@@ -104,6 +104,8 @@ def _typed(kind: type, value):
     if kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return ",".join(value)  # a list for a comma-separated flag (--target_modules query,value)
         raise ValueError("text")
     wanted = "a number" if kind is float else "a whole number"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not is_number(str(value)):
