@@ -85,7 +85,7 @@ def precisions() -> tuple[str, str | None]:
     """The runs' default precision here, and the other one worth a row (None: not worth it)."""
     import torch
 
-    from adarank.arguments import bf16_by_default, cpu_has_bf16_units
+    from adarank.precision import bf16_by_default, cpu_has_bf16_units
     from adarank.tasks import TASKS
 
     default = "bf16" if bf16_by_default(TASKS["sst2"]) else "fp32"

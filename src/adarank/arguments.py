@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from adarank.errors import UsageError, first_line
+from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
 from adarank.validation import check_numbers, join_negative_values, typed_file_values
@@ -139,41 +140,6 @@ class Arguments:
     def options_of(self, kind: type | None):
         """The parsed instance of the argument class ``kind`` (a method's own flags), or None."""
         return next((e for e in self.extra if kind is not None and isinstance(e, kind)), None)
-
-
-# bf16 autocast on CPUs with bf16 units: matmuls in bf16, weights, gradients, optimizer state and
-# AdaLoRA's importance scores in fp32. The default there for the task families measured: on SST-2 it
-# matched fp32's dev accuracy within seed noise, at 0.70-0.78x the step time (BENCHMARKS.md, "bf16
-# autocast on the CPU").
-
-
-def cpu_has_bf16_units() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls several times faster than fp32 (elsewhere, tens of times slower)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def bf16_by_default(task: Task) -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return task.cpu_bf16_measured and cpu_has_bf16_units()
-
-
-def precision_note(training, explicit: set[str], task: Task) -> dict:
-    """config.json's record of the precision and who chose it."""
-    if "no_bf16" in explicit:
-        why = "--no_bf16"
-    elif "bf16" in explicit:
-        why = "--bf16"
-    elif torch.cuda.is_available():
-        why = "default: the GPU " + ("computes" if training.bf16 else "cannot compute") + " in bf16"
-    elif cpu_has_bf16_units() and training.bf16:
-        why = "default: this CPU has bf16 units (AVX512-BF16 or AMX)"
-    elif cpu_has_bf16_units():
-        why = (f"default: fp32 (bf16 autocast on the CPU is not yet measured against fp32 for "
-               f"{task.family}; --bf16 asks for it)")
-    else:
-        why = "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, tens of times slower)"
-    return {"bf16_autocast": bool(training.bf16), "chosen_by": why}
 
 
 def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:

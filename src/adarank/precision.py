@@ -1,4 +1,5 @@
-"""Frozen base weights held in the compute dtype.
+"""The precision a run computes in: each CPU kind's default (from measurements on that kind), the
+record of who chose it, and frozen base weights held in the compute dtype.
 
 Under bf16 autocast every frozen base weight is cast to bf16 again at every use: autocast's cast
 cache keeps only leaf tensors that require grad, and a frozen weight does not. Held in bf16 for the
@@ -12,6 +13,53 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from adarank.tasks import Task
+
+
+# bf16 autocast on CPUs with bf16 units: matmuls in bf16, adapters, gradients, optimizer state and
+# AdaLoRA's importance scores in fp32. Each CPU kind's default comes from a measurement on that kind
+# (BENCHMARKS.md): the training throughput of LoRA in bf16 over fp32, with the accuracy of bf16 autocast
+# matching fp32's within seed noise on SST-2. Without bf16 units, bf16 is emulated: tens of times slower.
+BF16_MEASURED = {
+    "amx": "bf16 1.44x fp32 on SST-2 and 1.46x on RTE, measured on a Sapphire Rapids CPU",
+    "avx512_bf16": "bf16 1.37x fp32 on SST-2, measured on an AVX512-BF16 CPU without AMX",
+}
+
+
+def cpu_kind() -> str:
+    """amx, avx512_bf16 (bf16 units without AMX), or other (bf16 emulated)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "amx"
+    return "avx512_bf16" if torch.cpu._is_avx512_bf16_supported() else "other"
+
+
+def cpu_has_bf16_units() -> bool:
+    return cpu_kind() in BF16_MEASURED
+
+
+def bf16_by_default(task: Task) -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return task.cpu_bf16_measured and cpu_has_bf16_units()
+
+
+def precision_note(training, explicit: set[str], task: Task) -> dict:
+    """config.json's record of the precision and who chose it."""
+    if "no_bf16" in explicit:
+        why = "--no_bf16"
+    elif "bf16" in explicit:
+        why = "--bf16"
+    elif torch.cuda.is_available():
+        why = "default: the GPU " + ("computes" if training.bf16 else "cannot compute") + " in bf16"
+    elif cpu_has_bf16_units() and training.bf16:
+        why = f"default: this CPU has bf16 units ({cpu_kind()}: {BF16_MEASURED[cpu_kind()]})"
+    elif cpu_has_bf16_units():
+        why = (f"default: fp32 (bf16 autocast on the CPU is not yet measured against fp32 for "
+               f"{task.family}; --bf16 asks for it)")
+    else:
+        why = "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, tens of times slower)"
+    return {"bf16_autocast": bool(training.bf16), "chosen_by": why}
 
 
 def hold_frozen_weights(model: nn.Module, dtype: torch.dtype) -> int:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 
-from adarank.arguments import Arguments, precision_note
+from adarank.arguments import Arguments
+from adarank.precision import precision_note
 from adarank.memory import ParameterCounts
 from adarank.methods import AdapterRequest, Plan, budget_label
 from adarank.run.directory import FORMAT_VERSION, RunDirectory
