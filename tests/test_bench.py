@@ -135,7 +135,7 @@ def test_the_paper_length_lists(tmp_path):
     for (name, command), run in zip(new.items(), runs, strict=True):
         assert run[0] == f"{name}-seed42"
         assert run[1:] == [*command.split(), "--data_dir", ".", "--num_train_epochs", "25", "--no_bf16",
-                           "--torch_dropout", "--seed", "42", "--output_dir", f"/nonexistent/runs/{name}-seed42",
+                           "--seed", "42", "--output_dir", f"/nonexistent/runs/{name}-seed42",
                            "--resume_from_checkpoint", "auto"]
     default = listed("cola-fidelity.list")
     assert [run[0] for run in default[:4]] == ["lora-r2-seed42", "adalora-small-seed42", "adalora-official-seed42",

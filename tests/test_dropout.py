@@ -71,3 +71,18 @@ def test_a_model_s_dropouts_are_replaced_and_it_still_trains(tiny_model):
     loss = model(**batch).loss
     loss.backward()
     assert math.isfinite(loss.item()) and model.classifier.weight.grad.abs().sum() > 0
+
+
+def test_runs_take_pytorch_s_dropout_unless_asked(tiny_model, tmp_path):
+    """--fast_dropout is opt-in: without it a run's random numbers are those of earlier versions."""
+    import json
+
+    from conftest import QUICK, run_task
+
+    counts = {}
+    for name, flags in (("plain", ()), ("fast", ("--fast_dropout",))):
+        out = tmp_path / name
+        assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",
+                        "--max_eval_samples", "8", "--output_dir", str(out), *QUICK, *flags) == 0
+        counts[name] = json.loads((out / "config.json").read_text())["fast_dropout_layers"]
+    assert counts["plain"] == 0 and counts["fast"] > 0

@@ -116,11 +116,11 @@ class RunArguments:
         default=False,
         metadata={"help": "Train in fp32 where bf16 autocast is the default (a GPU with bf16, or a CPU with "
                           "AVX512-BF16 or AMX); --bf16 asks for it anywhere."})
-    torch_dropout: bool = field(
+    fast_dropout: bool = field(
         default=False,
-        metadata={"help": "On the CPU, keep PyTorch's own dropout masks instead of adarank/dropout.py's cheaper "
-                          "ones (the same distribution, other random numbers: runs made before them repeat exactly "
-                          "with this flag)."})
+        metadata={"help": "On the CPU, draw dropout masks with adarank/dropout.py (the same distribution, two "
+                          "elements per 64-bit draw) instead of PyTorch's; other random numbers than a run without it. "
+                          "Not the default: no step-time gain measured in a full run yet (BENCHMARKS.md)."})
 
 
 @dataclass

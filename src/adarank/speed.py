@@ -1,6 +1,7 @@
 """The fast paths a run takes on the model once its adapters are built: none changes a value the
 model computes (the fused adapter forward, frozen weights held in bf16 under bf16 autocast) or the
-distribution it draws from (dropout masks from adarank/dropout.py). config.json records each."""
+distribution it draws from (dropout masks from adarank/dropout.py, with --fast_dropout). config.json
+records each."""
 
 from __future__ import annotations
 
@@ -18,5 +19,5 @@ def take_fast_paths(model: nn.Module, training, method, run) -> dict[str, int]:
         "fused_adapter_layers": 0 if run.peft_forward else fuse_adapter_forward(model),
         "frozen_linear_weights_bf16": (hold_frozen_weights(model, torch.bfloat16)
                                        if holds_bf16_weights(training, method, run) else 0),
-        "fast_dropout_layers": 0 if run.torch_dropout or torch.cuda.is_available() else use_fast_dropout(model),
+        "fast_dropout_layers": use_fast_dropout(model) if run.fast_dropout and not torch.cuda.is_available() else 0,
     }
