@@ -3,10 +3,13 @@
     python analysis/plot_training.py RUN_DIR [RUN_DIR ...] [--out FILE]
     python analysis/plot_training.py RUN_DIR [RUN_DIR ...] --diagnostics   # runs trained with --diagnostics
 
-One line per run, coloured by method as in every figure of the project
-(the budget sets the line style). ``--diagnostics`` draws diagnostics.jsonl
-instead: the size of the adapters' update, the orthogonal regulariser's share
-of the training loss, AdaLoRA's mean |E|, and the update by module kind.
+One line per run, one colour per setting (the seeds of a setting share it; a
+method's plainest setting keeps the method's colour, as in every figure of the
+project), the budget sets the line style; the legend, below the panels, names
+each setting in words as the results tables do. ``--diagnostics`` draws
+diagnostics.jsonl instead: the size of the adapters' update, the orthogonal
+regulariser's share of the training loss, AdaLoRA's mean |E|, and the update by
+module kind.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import style
 from cli import command_line, fail_cleanly
-from run_reader import Run, load_run, metric_keys
+from run_reader import Run, load_run, metric_keys, run_labels, setting_labels
 
 plt = style.plt
 BUDGET_STYLES = {"small": "-", "large": "--"}
@@ -37,24 +40,42 @@ def curves(run: Run) -> dict[str, tuple[list, list]]:
     return series
 
 
-def training_figure(runs: list[Run]):
-    metrics = sorted({key for run in runs for key in metric_keys(run)})
-    figure, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.6 * (1 + len(metrics)), 3.6), squeeze=False)
-    axes = axes[0]
+def setting_legend(figure, runs: list[Run], labels: dict, colours: dict):
+    """One legend entry per setting shown (its seeds share the entry's colour), below the panels."""
+    shown = {}
     for run in runs:
-        look = {"color": style.method_color(run.method), "ls": BUDGET_STYLES.get(run.budget, ":"), "lw": 1.4}
+        shown.setdefault(run.group, []).append(run.seed)
+    handles, names = [], []
+    for key, seeds in sorted(shown.items(), key=lambda item: labels[item[0]]):
+        handles.append(plt.Line2D([], [], color=colours[key], ls=BUDGET_STYLES.get(key[2], ":"), lw=1.4))
+        names.append(f"{labels[key]} ({len(seeds)} seeds)" if len(seeds) > 1 else f"{labels[key]} (seed {seeds[0]})")
+    return style.legend_below(figure, handles, names)
+
+
+def training_figure(runs: list[Run], labels: dict | None = None):
+    """Loss and dev metric per run, one colour per setting (``labels``: setting -> its name in
+    words, as ``run_reader.setting_labels`` gives it; by default named among ``runs``)."""
+    labels = labels or setting_labels(runs)
+    colours = style.setting_colors(labels, runs)
+    metrics = sorted({key for run in runs for key in metric_keys(run)})
+    figure, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.6 * (1 + len(metrics)), 3.6), squeeze=False,
+                                layout="constrained")
+    axes = axes[0]
+    names = run_labels(runs, labels)
+    for run in runs:
+        look = {"color": colours[run.group], "ls": BUDGET_STYLES.get(run.budget, ":"), "lw": 1.4}
+        series = curves(run)
         for ax, name in zip(axes, ["loss", *metrics]):
-            steps, values = curves(run).get(name, ([], []))
+            steps, values = series.get(name, ([], []))
             if steps:
-                ax.plot(steps, values, marker="o" if name != "loss" else None, ms=3, label=run.label, **look)
+                ax.plot(steps, values, marker="o" if name != "loss" else None, ms=3, label=names[run.path], **look)
     axes[0].set_title("training loss")
     for ax, name in zip(axes[1:], metrics):
         ax.set_title(f"dev {name.removeprefix('eval_')}")
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:  # a run too short to log a loss draws no line
-        axes[0].legend(fontsize=7)
+    setting_legend(figure, runs, labels, colours)
     return figure
 
 
@@ -63,12 +84,13 @@ def diagnostics_figure(runs: list[Run]):
     figure, axes = plt.subplots(1, 4, figsize=(19, 3.8), layout="constrained")
     total_ax, share_ax, e_ax, kind_ax = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = run_labels(runs)
     for number, run in enumerate(runs):
         colour = colours[number % len(colours)]
         records = [r for r in run.diagnostics().records if "update_norm" in r]
         steps = [r["step"] for r in records]
         total = [sum(v**2 for v in r["update_norm"].values()) ** 0.5 for r in records]
-        total_ax.plot(steps, total, color=colour, lw=1.4, label=run.path.name)
+        total_ax.plot(steps, total, color=colour, lw=1.4, label=names[run.path])
         losses = {h["step"]: h["loss"] for h in run.history().records if "loss" in h}
         shared = [(r["step"], r["orth_reg_weighted"] / losses[r["step"]]) for r in records
                   if "orth_reg_weighted" in r and losses.get(r["step"])]
@@ -90,7 +112,7 @@ def diagnostics_figure(runs: list[Run]):
         ax.set_xlabel("optimizer step")
     for ax in axes:
         ax.grid(alpha=0.3)
-    total_ax.legend(fontsize=7)
+    style.legend_below(figure, *total_ax.get_legend_handles_labels())
     return figure
 
 

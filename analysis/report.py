@@ -2,7 +2,8 @@
 
     python analysis/report.py RUNS_ROOT --out report.html [--paper]
 
-Images are embedded, so the file can be sent to a colleague as it is.
+Images are embedded, so the file can be sent to a colleague as it is. Tables and
+figures name each setting alike, in words (its recipe and what else sets it apart).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import style
 from cli import add_paper_options, command_line, fail_cleanly
 from plot_training import training_figure
-from run_reader import AnalysisError, find_runs
+from run_reader import AnalysisError, find_runs, setting_labels
 from summarize_runs import TITLES, split_runs, summarize
 from visualize_rank import heatmaps_figure
 
@@ -57,15 +58,17 @@ def build_report(root, paper: bool = False, resamples: int = 2000) -> str:
         if name in tables:
             parts += [f"<h2>{html.escape(TITLES[name])}</h2>", table_html(tables[name])]
 
+    # Every figure names a setting as the tables do (run_reader.setting_words), never by its hash.
+    labels = setting_labels([run for runs in groups.values() for run in runs])
     by_task = defaultdict(list)
     for (task, *_), runs in groups.items():
         by_task[task].extend(runs)
     for task, runs in sorted(by_task.items()):
         parts.append(f"<h2>{html.escape(task)}</h2>")
-        parts.append(image_html(training_figure(runs), f"{task} training curves"))
+        parts.append(image_html(training_figure(runs, labels), f"{task} training curves"))
         ranked = [run for run in runs if (run.path / "ranks.jsonl").is_file()]
         if ranked:
-            parts.append(image_html(heatmaps_figure(ranked), f"{task} rank allocation"))
+            parts.append(image_html(heatmaps_figure(ranked, labels), f"{task} rank allocation"))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>adarank report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 

@@ -30,6 +30,35 @@ def method_color(method: str) -> str:
     return _SPARE_COLORS[sum(map(ord, method)) % len(_SPARE_COLORS)]
 
 
+def setting_colors(labels: dict, runs: list) -> dict:
+    """Setting -> colour for a figure of ``runs``, one each among the settings of their tasks (so a
+    report's figures of one task agree), and a setting's seeds share it. Each method's plainest
+    setting (the shortest label) keeps the method's colour; its others take colours that mean no
+    method, then those of methods not shown."""
+    tasks = {run.task for run in runs}
+    labels = {key: label for key, label in labels.items() if key[0] in tasks}
+    taken = {method_color(key[1]) for key in labels}
+    palette = [*_SPARE_COLORS, *METHOD_COLORS.values(), *plt.get_cmap("tab20").colors[1::2]]
+    spare = [colour for colour in palette if colour not in taken]
+    colours, used = {}, set()
+    for key in sorted(labels, key=lambda k: (len(labels[k]), labels[k])):
+        colour = method_color(key[1])
+        if colour in used:
+            colour = spare.pop(0) if spare else palette[len(colours) % len(palette)]
+        colours[key] = colour
+        used.add(colour)
+    return colours
+
+
+def legend_below(figure, handles: list, labels: list[str]):
+    """One legend for the whole figure, below its panels, where it covers no data (the figure
+    must use constrained layout, which makes room for it)."""
+    width = figure.get_figwidth()
+    longest = max(map(len, labels), default=1)
+    columns = max(1, min(len(labels), int(width // (0.055 * longest + 0.6))))
+    return figure.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=7, frameon=False)
+
+
 def save(figure, out: str | Path) -> Path:
     out = Path(out)
     if out.suffix.lstrip(".").lower() not in FORMATS:

@@ -24,7 +24,8 @@ from run_reader import (
     find_runs,
     flatten,
     metric_keys,
-    setting_names,
+    bracketed,
+    setting_words,
     task_metric,
 )
 from stats import ROUGE, PredictionTables, mean_std, method_difference, points
@@ -65,7 +66,7 @@ def split_runs(runs: list[Run]):
         elif undefined := [key for key in metric_keys(run) if run.metrics.get(key, 0) is None]:
             apart.append((run, f"{', '.join(undefined)} undefined (metrics.json: null; the dev labels leave it so)"))
         else:
-            groups[(run.task, run.method, run.budget, run.setting)].append(run)
+            groups[run.group].append(run)
     return dict(sorted(groups.items())), apart
 
 
@@ -74,19 +75,11 @@ def adapter_mb(run: Run) -> float | None:
     return run.metrics.get("adapter_mb")
 
 
-def method_name(groups: dict, key: tuple) -> str:
-    """The method, with its recipe where it is not the paper's, and, where it ran in more than
-    one setting, what sets this one apart."""
-    task, method, budget, setting = key
-    recipe = groups[key][0].recipe
-    # What else sets a setting apart is named among the method's runs under the same recipe
-    # (the recipe's own values, learning rate and all, come with its name).
-    siblings = [runs[0] for (t, m, b, _), runs in groups.items()
-                if (t, m, b) == (task, method, budget) and runs[0].recipe == recipe]
-    parts = [] if recipe == "paper" else [f"recipe={recipe}"]
-    if len(siblings) > 1:
-        parts += [p for p in setting_names(siblings)[setting].split(", ") if not p.startswith("recipe=")]
-    return f"{method} [{', '.join(parts)}]" if parts else method
+def method_names(groups: dict) -> dict[tuple, str]:
+    """Each group's method, with its recipe where it is not the paper's and, where the method ran
+    in more than one setting, what sets this one apart (``run_reader.setting_words``)."""
+    words = setting_words([runs[0] for runs in groups.values()])
+    return {key: bracketed(key[1], words[key]) for key in groups}
 
 
 def differences(run_a: Run, run_b: Run) -> list[str]:
@@ -108,11 +101,10 @@ def compared_metrics(run: Run) -> list[str]:
 # --- rows -------------------------------------------------------------------------------------
 
 def results_rows(groups: dict) -> list[dict]:
-    rows = []
+    rows, names = [], method_names(groups)
     for group, runs in groups.items():
-        task, method, budget, setting = group
-        row = {"task": task, "method": method_name(groups, group), "budget": budget, "setting": setting,
-               "seeds": len(runs)}
+        # The method's name says what sets its setting apart: no hash is shown.
+        row = {"task": group[0], "method": names[group], "budget": group[2], "seeds": len(runs)}
         metric = task_metric(runs[0])
         keys = metric_keys(runs[0])
         for other in compared_metrics(runs[0])[1:]:  # summarization: ROUGE-2, -L, -Lsum beside ROUGE-1
@@ -137,10 +129,10 @@ def results_rows(groups: dict) -> list[dict]:
 def comparison_rows(groups: dict, resamples: int, pair_all: bool = False) -> list[dict]:
     """Paired differences between methods of a task and budget that share recipe, model, data and
     training arguments; with ``pair_all``, every pair, each naming what differs."""
-    rows = []
+    rows, names = [], method_names(groups)
     by_task_budget = defaultdict(dict)
-    for (task, method, budget, setting), runs in groups.items():
-        by_task_budget[(task, budget)][method_name(groups, (task, method, budget, setting))] = runs
+    for group, runs in groups.items():
+        by_task_budget[(group[0], group[2])][names[group]] = runs
     # The untrained base model (--method none, budget "none") is every budget's baseline.
     baselines = {task: by_task_budget.pop((task, budget)) for task, budget in list(by_task_budget) if budget == "none"}
     for (task, budget), methods in by_task_budget.items():

@@ -11,12 +11,13 @@ steps and the total rank against the step, with AdaLoRA's schedule phases
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import style
 from cli import command_line, fail_cleanly
-from run_reader import KIND_LABELS, Run, layer_order, load_run
+from run_reader import KIND_LABELS, Run, layer_order, load_run, run_labels, setting_labels
 
 plt = style.plt
 
@@ -74,8 +75,18 @@ def _label(record: dict, first: bool) -> str:
     return f"{name}: step {record['step']}, total rank {record['total_rank']}"
 
 
-def heatmaps_figure(runs: list[Run]):
-    """Initial and final allocation of each run, one row per run, one colour scale for all."""
+def row_label(label: str, seed, kinds: int) -> str:
+    """A heatmap row's label, "<setting in words>" wrapped to the row's height, then "seed N"."""
+    characters = max(16, int(row_height(kinds) * 100 / 7))  # 9-point text: about 7 px a character at 100 dpi
+    return textwrap.fill(label, characters, break_on_hyphens=False) + f"\nseed {seed}"
+
+
+def heatmaps_figure(runs: list[Run], labels: dict | None = None):
+    """Initial and final allocation of each run, one row per run, one colour scale for all; each row
+    is named by its run's setting in words (``labels``: as ``run_reader.setting_labels`` gives them,
+    by default named among ``runs``), in its setting's colour."""
+    labels = labels or setting_labels(runs)
+    colours = style.setting_colors(labels, runs)
     records = [_ranks_of(run) for run in runs]
     vmax = max(max(r["ranks"][layer][kind] for r in recs for layer in r["ranks"] for kind in r["ranks"][layer])
                for recs in records) or 1
@@ -89,9 +100,9 @@ def heatmaps_figure(runs: list[Run]):
         first, last = recs[0], recs[-1]
         image = draw_heatmap(axes[row, 0], first, vmax, _label(first, True))
         draw_heatmap(axes[row, 1], last, vmax, _label(last, False))
-        axes[row, 0].set_ylabel(run.label)
+        axes[row, 0].set_ylabel(row_label(labels[run.group], run.seed, kinds), color=colours[run.group])
     figure.colorbar(image, ax=axes.ravel().tolist(), label="effective rank", shrink=0.9)
-    budgets = ", ".join(f"{r[0]['budget']} -> {r[-1]['budget']}" for r in records)
+    budgets = ", ".join(dict.fromkeys(f"{r[0]['budget']} -> {r[-1]['budget']}" for r in records))
     figure.suptitle(f"Rank allocation, initial step -> final step (total budget {budgets})")
     return figure
 
@@ -108,8 +119,9 @@ def schedule_phases(run: Run, records: list[dict]) -> dict[str, list[int]]:
     return {}
 
 
-def over_time_figure(run: Run, panels: int = 5):
-    """A strip of heatmaps at several steps, and the total and per-type rank against the step."""
+def over_time_figure(run: Run, panels: int = 5, label: str | None = None):
+    """A strip of heatmaps at several steps, and the total and per-type rank against the step
+    (``label``: the run's name in the title; by default its setting's label and seed)."""
     records = _ranks_of(run)
     picks = sorted({round(i * (len(records) - 1) / max(panels - 1, 1)) for i in range(panels)})
     chosen = [records[i] for i in picks]
@@ -152,9 +164,10 @@ def over_time_figure(run: Run, panels: int = 5):
         ax.set_xlabel("optimizer step")
     total_ax.set_ylabel("total rank")
     kinds_ax.set_ylabel("rank summed over layers")
-    total_ax.legend(fontsize=7, loc="best")
-    kinds_ax.legend(fontsize=7, loc="best", ncol=2)
-    figure.suptitle(f"Rank allocation over training: {run.label}")
+    # beside each panel, where the legends cover no curve (constrained layout makes room for them)
+    total_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    kinds_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    figure.suptitle(f"Rank allocation over training: {label or run_labels([run])[run.path]}")
     return figure
 
 
@@ -166,13 +179,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parser.parse_args(argv)
     runs = [load_run(path) for path in args.runs]
     if args.over_time:
-        written = []
+        written, labels = [], run_labels(runs)
         for run in runs:
             out = Path(args.out) if args.out and len(runs) == 1 else None
             if args.out and len(runs) > 1:
                 base = Path(args.out)
                 out = base.with_name(f"{base.stem}-{run.name}{base.suffix}")
-            written.append(style.save(over_time_figure(run, args.steps), out or run.path / "rank_over_time.png"))
+            figure = over_time_figure(run, args.steps, labels[run.path])
+            written.append(style.save(figure, out or run.path / "rank_over_time.png"))
     else:
         default = runs[0].path / "rank_heatmap.png" if len(runs) == 1 else Path("rank_heatmaps.png")
         written = [style.save(heatmaps_figure(runs), args.out or default)]
