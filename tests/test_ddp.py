@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import read_jsonl, run_task
+from test_scalars import scalars
 
 HERE = Path(__file__).resolve().parent
 STEPS = 8
@@ -20,7 +21,7 @@ STEPS = 8
 def test_two_processes_train_as_one_with_the_same_global_batch(method, tiny_model, tmp_path):
     flags = ["--demo", "--model_name_or_path", tiny_model, "--method", method, "--max_steps", str(STEPS),
              "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy", "no", "--max_eval_samples", "32",
-             "--learning_rate", "1e-3"]
+             "--learning_rate", "1e-3", "--report_to", "tensorboard"]
     env = {**os.environ, "DUMP": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(HERE / "ddp_driver.py"), "sst2", *flags, "--per_device_train_batch_size", "4",
@@ -50,6 +51,10 @@ def test_two_processes_train_as_one_with_the_same_global_batch(method, tiny_mode
         events = [r["event"] for r in read_jsonl(ddp / "ranks.jsonl")]
         assert events.count("initial") == 1 and events.count("final") == 1
         assert [r["step"] for r in read_jsonl(ddp / "ranks.jsonl")] == [r["step"] for r in read_jsonl(one / "ranks.jsonl")]
+        # One writer of TensorBoard events (a file name ends in <host>.<pid>.<n>), with one process's curves.
+        assert len({f.name.split(".")[-2] for f in (ddp / "tensorboard").glob("events.out.tfevents.*")}) == 1
+        steps = [[s for s, _ in scalars(run)["Budget/total_rank"]] for run in (ddp, one)]
+        assert steps[0] == steps[1]
     rows = [line for line in (ddp / "predictions.tsv").read_text().splitlines() if not line.startswith("#")][1:]
     assert len(rows) == 32 and len({tuple(r.split("\t")[:2]) for r in rows}) == 32
     # Same global batch and steps, other data order: the dev loss agrees to within 2%.

@@ -136,6 +136,7 @@ class Arguments:
     extra: tuple = ()  # instances of the extra argument classes a caller asked for
     warmup_note: str | None = None  # set where a recipe's warm-up steps were scaled to the run
     source: str | None = None  # the argument file the values came from; None: the command line
+    argv: tuple[str, ...] = ()  # the arguments as given (config.json and the model card name the command)
 
     def options_of(self, kind: type | None):
         """The parsed instance of the argument class ``kind`` (a method's own flags), or None."""
@@ -176,6 +177,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
                     defaults: dict | None = None) -> Arguments:
     """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    given_argv = list(argv)
     task_classes = (task.arguments,) if task.arguments is not None else ()
     classes = (ModelArguments, DataArguments, AdapterArguments, RunArguments, *task_classes, *method_arguments,
                TrainingArguments)
@@ -216,7 +218,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     # Without --output_dir the pipeline names the run once its plan (and budget label) is known.
     run_dir = Path(training.output_dir) if "output_dir" in explicit else None
     arguments = Arguments(model, data, adapter, run, training, task_options, explicit, run_dir, tuple(extra),
-                          source=source)
+                          source=source, argv=tuple(given_argv))
     check_numbers(arguments, source)  # every training number in its range, before anything is loaded
     return arguments
 
@@ -232,6 +234,21 @@ def _read_argument_file(path: Path) -> dict:
     if not isinstance(document, dict):
         raise UsageError(f"argument file {path} must hold a mapping of flag names to values")
     return document
+
+
+def requested_method(argv: list[str] | None) -> str | None:
+    """The --method a command line (or its one argument file) names, read before the full parse because
+    a method's own flags join the parser; None where it names none (or the file cannot be read: the
+    parse says why)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        try:
+            document = _read_argument_file(Path(argv[0]))
+        except UsageError:
+            return None
+        method = document.get("method") if isinstance(document, dict) else None
+        return method if isinstance(method, str) else None
+    return _flag_value(argv, "method")
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

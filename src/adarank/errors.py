@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
 
@@ -31,3 +33,14 @@ def exits_cleanly_on_usage_errors(main: Callable) -> Callable:
             raise SystemExit(USAGE_EXIT_CODE) from None
 
     return wrapper
+
+
+def configure_logging() -> None:
+    """A command line's log: INFO lines with the time on stdout, the libraries' warnings only."""
+    from transformers.utils import logging as hf_logging
+
+    # PEFT warns on saving AdaLoRA modules pruned to rank 0, which are expected.
+    warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+    logging.basicConfig(stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+    hf_logging.set_verbosity_warning()

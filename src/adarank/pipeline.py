@@ -7,19 +7,16 @@ below it, in the order they happen.
 from __future__ import annotations
 
 import logging
-import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 from transformers import set_seed
-from transformers.utils import logging as hf_logging
 
-from adarank.arguments import Arguments, parse_arguments, scale_warmup
-from adarank.errors import exits_cleanly_on_usage_errors
+from adarank.arguments import Arguments, parse_arguments, requested_method, scale_warmup
+from adarank.errors import configure_logging, exits_cleanly_on_usage_errors
 from adarank.loading import check_sequence_length
 from adarank.memory import MemoryReport, ParameterCounts, PeakMemory, base_parameter_count, parameter_counts
-from adarank.methods import AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_label, budget_rank, get_method
+from adarank.methods import METHODS, AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_label, budget_rank, get_method
 from adarank.modules import resolve_target_modules
 from adarank.quantization import describe_kernels
 from adarank.run.callbacks import StepHistory, StepTimer
@@ -29,12 +26,15 @@ from adarank.run.directory import RunDirectory, default_run_dir
 from adarank.run.distributed import barrier, from_rank_zero
 from adarank.run.integrity import resumable_step
 from adarank.run.metrics import RunMetrics, print_summary
+from adarank.run.outputs import save_outputs
+from adarank.run.batches import training_batches
 from adarank.run.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, StopOnSignal, resolve_auto_resume
 from adarank.run.ranks import RankLog
+from adarank.run.scalars import Scalars, ScalarsAtLogs
 from adarank.run.steps import count_optimizer_steps
 from adarank.speed import take_fast_paths
 from adarank.run.trainer import RunTrainer
-from adarank.tasks import Task, TaskData, get_task
+from adarank.tasks import LoadedModel, Task, TaskData, get_task
 
 log = logging.getLogger("adarank")
 
@@ -43,12 +43,17 @@ log = logging.getLogger("adarank")
 def main(task: str, argv: list[str] | None = None, method: str | None = None, method_arguments=(),
          defaults: dict | None = None) -> dict:
     """The command line of a task script. ``method`` makes a registered method the script's
-    default, with its own flags (``AdapterMethod.arguments``) and defaults."""
-    _configure_logging()
+    default, with its own flags (``AdapterMethod.arguments``) and defaults; without it, the method
+    the command line names brings its own flags."""
+    configure_logging()
     if method is not None:
         chosen = get_method(method)
-        method_arguments = (*method_arguments, *([chosen.arguments] if chosen.arguments else []))
         defaults = {"method": method, **chosen.script_defaults, **(defaults or {})}
+    else:
+        named = requested_method(argv)
+        chosen = METHODS.get(named) if named else None
+    if chosen is not None and chosen.arguments is not None and chosen.arguments not in method_arguments:
+        method_arguments = (*method_arguments, chosen.arguments)
     return train(task, argv, method_arguments, defaults)
 
 
@@ -75,6 +80,7 @@ class AdaptedModel:
     memory: MemoryReport  # of the base model, before adapters
     counts: ParameterCounts  # before training
     fast_paths: dict[str, int]  # layers taking each fast path (adarank/speed.py)
+    scalars: Scalars  # ranks, budget and the method's figures for --report_to (run/scalars.py)
 
 
 @dataclass
@@ -102,11 +108,14 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     if plan.describe():
         log.info(plan.describe())
     run = _run_directory(setup, plan, data)
-    adapted = _adapted_model(setup, request, plan, run)
-    tokenized = setup.task.tokenize(data, adapted.tokenizer, setup.args.model.max_seq_length)
+    loaded = _load_model(setup, request)
+    tokenized = setup.task.tokenize(data, loaded.tokenizer, setup.args.model.max_seq_length)
+    request.train_batches = training_batches(tokenized.train, loaded.model, setup.task.collator(loaded.tokenizer),
+                                             setup.args.training.train_batch_size)
+    adapted = _adapted_model(setup, request, plan, run, loaded)
     config = _write_config(setup, data, tokenized, request, adapted, run)
     fitted = _fit(setup, adapted, tokenized, run)
-    return _finish(setup, data, tokenized, adapted, fitted, run, config["budget"])
+    return _finish(setup, data, tokenized, adapted, fitted, run, config)
 
 
 def _set_up(task_name: str, argv, method_arguments, defaults) -> Setup | dict:
@@ -166,25 +175,32 @@ def _run_directory(setup: Setup, plan: Plan, data: TaskData) -> RunDirectory:
     return run
 
 
-def _adapted_model(setup: Setup, request: AdapterRequest, plan: Plan, run: RunDirectory) -> AdaptedModel:
-    """Load the model, measure its base, take the run directory, and add the method's adapters."""
+def _load_model(setup: Setup, request: AdapterRequest) -> LoadedModel:
+    """Load the model and tell the request what the method adapts in it."""
     args, method = setup.args, setup.method
     loaded = setup.task.load_model(
         args.model.model_name_or_path, load_in_4bit=method.quantized, compute_dtype=args.model.bnb_4bit_compute_dtype,
         classifier_dropout=args.model.classifier_dropout,
     )
     setup.task = loaded.task  # the task bound to the model it loaded
-    model = loaded.model
-    check_sequence_length(model, args.model.max_seq_length)
-    request.task_type = setup.task.peft_task_type(model)
+    check_sequence_length(loaded.model, args.model.max_seq_length)
+    request.task_type = setup.task.peft_task_type(loaded.model)
     if method.trains:
-        request.target_modules = resolve_target_modules(model, args.model.target_modules)
-    request.head_modules = setup.task.head_modules(model)
+        request.target_modules = resolve_target_modules(loaded.model, args.model.target_modules)
+    request.head_modules = setup.task.head_modules(loaded.model)
+    return loaded
+
+
+def _adapted_model(setup: Setup, request: AdapterRequest, plan: Plan, run: RunDirectory,
+                   loaded: LoadedModel) -> AdaptedModel:
+    """Measure the base model, take the run directory, and add the method's adapters."""
+    args, method, model = setup.args, setup.method, loaded.model
     memory, base_params = MemoryReport.of_base(model), base_parameter_count(model)
     if setup.main_process:
         run.prepare(overwrite=args.run.overwrite_output_dir, resume_step=setup.resume_step)
     barrier()
-    request.rank_log = RankLog(run / "ranks.jsonl", enabled=setup.main_process)
+    scalars = Scalars()
+    request.rank_log = RankLog(run / "ranks.jsonl", enabled=setup.main_process, scalars=scalars)
     set_seed(setup.args.training.seed)  # the adapters' initial values depend on the seed alone
     built = method.build(model, plan, request)
     fast_paths = take_fast_paths(built.model, setup.args.training, method, args.run)
@@ -193,7 +209,7 @@ def _adapted_model(setup: Setup, request: AdapterRequest, plan: Plan, run: RunDi
     log.info("%s on %s: %s trainable parameters (adapters %s, task head %s) of %s.", method.name, setup.task.name,
              f"{counts.trainable_params:,}", f"{counts.adapter_params:,}", f"{counts.head_params:,}",
              f"{counts.total_params:,}")
-    return AdaptedModel(loaded.tokenizer, loaded.name, built, base_params, memory, counts, fast_paths)
+    return AdaptedModel(loaded.tokenizer, loaded.name, built, base_params, memory, counts, fast_paths, scalars)
 
 
 def _write_config(setup: Setup, data: TaskData, tokenized: TaskData, request: AdapterRequest,
@@ -225,8 +241,11 @@ def _fit(setup: Setup, adapted: AdaptedModel, tokenized: TaskData, run: RunDirec
         processing_class=adapted.tokenizer,
         compute_metrics=task.trainer_metrics(),
         callbacks=[stop, timer, StepHistory(run / "history.jsonl"), *built.callbacks, *diagnostics,
+                   ScalarsAtLogs(adapted.scalars, task.name, lambda: parameter_counts(
+                       built.model, adapted.base_params).adapter_params, built.scalars),
                    MarkCheckpointComplete()],  # last: the other callbacks' state is saved by then
     )
+    trainer.report_scalars(adapted.scalars, run.path)
     try:
         with PeakMemory() as peak:
             started = time.perf_counter()
@@ -243,7 +262,7 @@ def _fit(setup: Setup, adapted: AdaptedModel, tokenized: TaskData, run: RunDirec
 
 
 def _finish(setup: Setup, data: TaskData, tokenized: TaskData, adapted: AdaptedModel, fitted: Fitted,
-            run: RunDirectory, budget: str) -> dict:
+            run: RunDirectory, config: dict) -> dict:
     """Evaluate on the dev splits, then write the adapter, memory.json, the predictions and, last,
     metrics.json (which marks the run finished)."""
     trainer, built = fitted.trainer, adapted.built
@@ -269,26 +288,9 @@ def _finish(setup: Setup, data: TaskData, tokenized: TaskData, adapted: AdaptedM
     )
     with trainer.writing(run.path, "the run's results"):
         if setup.main_process:
-            memory = adapted.memory
-            adapter_dir = run / "adapter" if setup.method.trains else None
-            if adapter_dir is not None:
-                built.model.save_pretrained(str(adapter_dir))
-            memory.add_adapter(counts, adapter_dir)
-            memory.peak = fitted.peak.report()
-            metrics.memory = memory.summary()
-            run.write_json("memory.json", memory.as_dict())
-            if setup.args.run.merge_adapter:
-                built.model.merge_and_unload().save_pretrained(str(run / "merged"))
-                adapted.tokenizer.save_pretrained(str(run / "merged"))
-            run.write_text(*setup.task.predictions_file(rows, note))
-            run.write_json("metrics.json", metrics.as_dict())  # last: marks the run finished
-            print_summary(setup.task.name, setup.method.name, budget, metrics.as_dict(), run)
+            save_outputs(run, built.model, adapted.tokenizer, adapted.memory, metrics, config,
+                         setup.task.predictions_file(rows, note), trains=setup.method.trains,
+                         merge=setup.args.run.merge_adapter)
+            print_summary(setup.task.name, setup.method.name, config["budget"], metrics.as_dict(), run)
     return metrics.as_dict()
 
-
-def _configure_logging() -> None:
-    # PEFT warns on saving AdaLoRA modules pruned to rank 0, which are expected.
-    warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
-    logging.basicConfig(stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
-    hf_logging.set_verbosity_warning()

@@ -13,7 +13,7 @@ needs no knowledge of any method's rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +47,9 @@ class AdapterRequest:
     method_arguments: Any = None
     steps_per_epoch: int | None = None  # optimizer steps of one pass over the training set
     task_type: object = None  # PEFT's TaskType for the loaded model (the task's peft_task_type)
+    # One pass over the tokenized training set in model-ready batches (a function giving an iterator), for
+    # a method that initialises its adapters from data (run/batches.py); None outside a run.
+    train_batches: Callable[[], Iterator[dict]] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class BuiltAdapter:
     callbacks: list[TrainerCallback]
     summary: Callable[[], dict] | None = None  # the method's own figures for metrics.json, after training
     plan: Plan | None = None  # the plan as built, where building resolved more of it
+    scalars: Callable[[], dict] | None = None  # the method's own figures at logging steps (run/scalars.py)
 
 
 class AdapterMethod:

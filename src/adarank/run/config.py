@@ -3,6 +3,7 @@ versions and device, so that a reader can tell exactly what a run did."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import asdict
 
@@ -31,7 +32,7 @@ def config_document(args: Arguments, task: Task, data: TaskData, model_name: str
         "task_metrics": list(task.metrics),  # headline first; metrics.json has eval_[<split>_]<metric>
         "dev_splits": list(task.dev_splits),
         "run_dir": str(run.path),
-        "command": " ".join(sys.argv),
+        "command": shlex.join([sys.argv[0], *args.argv]),  # the script and the arguments it was given
         "synthetic_data": data.synthetic,
         **({"note": synthetic_note(task)} if data.synthetic else {}),
         "data_source": data.source,

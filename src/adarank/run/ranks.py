@@ -39,11 +39,13 @@ def nest_by_layer(ranks: dict[str, int]) -> dict[str, dict[str, int]]:
 
 
 class RankLog:
-    """Appends allocation events to ``ranks.jsonl`` (main process only)."""
+    """Appends allocation events to ``ranks.jsonl`` (main process only), and hands each record to
+    ``scalars`` (run/scalars.py: TensorBoard, W&B) where one is given."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, scalars=None):
         self.path = path
         self.enabled = enabled
+        self.scalars = scalars
 
     def write(self, step: int, event: str, budget: int, ranks: dict[str, int], **extra) -> dict:
         record = {
@@ -57,4 +59,6 @@ class RankLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+        if self.scalars is not None:
+            self.scalars.rank_record(record)
         return record

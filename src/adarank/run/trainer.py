@@ -22,6 +22,7 @@ from adarank.run.directory import checkpoint_folder
 from adarank.run.integrity import COMPLETE_MARKER
 from adarank.run.preemption import newest_complete_checkpoint
 from adarank.run.sampling import ResumableTrainer
+from adarank.run.scalars import Scalars, use_run_integrations
 from adarank.run.space import check_free_space, checkpoint_bytes, refusing_a_full_disk
 
 LOSS_SUM = "loss_sum.json"
@@ -39,6 +40,12 @@ def loss_sum_before(checkpoint: str | None) -> float | None:
 class RunTrainer(ResumableTrainer):
     _loss_before: float | None = 0.0
     checkpoint_bytes = 0  # the estimate of one checkpoint, set when training starts
+
+    def report_scalars(self, scalars: Scalars, run_path: Path) -> None:
+        """TensorBoard writing into ``<run>/tensorboard/`` and W&B keeping the methods' chart names, where
+        ``--report_to`` asked for them; ``scalars`` sends through this Trainer's integrations."""
+        use_run_integrations(self.callback_handler, run_path)
+        scalars.bind(self)
 
     def resume_advice(self) -> str:
         newest = newest_complete_checkpoint(Path(self.args.output_dir))

@@ -38,6 +38,12 @@ def triplet_scores(allocator) -> dict[str, torch.Tensor]:
     return scores
 
 
+def mask_threshold(scores: dict[str, torch.Tensor], pruned: int) -> float:
+    """The score at or below which triplets are masked when ``pruned`` of them go (eq. 12's threshold:
+    the ``pruned``-th smallest triplet score of all adapted matrices)."""
+    return float(torch.kthvalue(torch.cat([s.view(-1) for s in scores.values()]), k=pruned)[0])
+
+
 class AdaLoraAllocation(TrainerCallback):
     """Runs AdaLoRA's importance update and budget allocation once per optimizer step.
 
@@ -53,6 +59,21 @@ class AdaLoraAllocation(TrainerCallback):
         self.calls = 0  # allocations run, checked against the Trainer's step count at the end
         self.first_step = 0
         self.seconds = 0.0  # spent in the allocation (importance update, masking), for metrics.json
+        self.threshold: float | None = None  # of the last masking, for ranks.jsonl and the scalars
+        self._record_thresholds()
+
+    def _record_thresholds(self) -> None:
+        """Keep the threshold of each masking, from the scores the mask is built from (after the
+        step's importance update; PEFT clears the scores after the final mask)."""
+        allocator = self._allocator
+        mask_to_budget = allocator.mask_to_budget
+
+        def recorded(model, budget):
+            pruned = allocator.init_bgt - budget
+            self.threshold = mask_threshold(triplet_scores(allocator), pruned) if pruned > 0 else None
+            return mask_to_budget(model, budget)
+
+        allocator.mask_to_budget = recorded
 
     @property
     def _config(self):
@@ -93,7 +114,8 @@ class AdaLoraAllocation(TrainerCallback):
         budget, masked = self._allocator.budget_schedule(step)
         final_step = self._config.total_step - self._config.tfinal
         if (masked and step < final_step) or step == final_step:
-            self._log(step + 1, "prune", budget)
+            self._log(step + 1, "prune", budget,
+                      **({"mask_threshold": self.threshold} if self.threshold is not None else {}))
 
     def timing(self) -> dict:
         return {"allocation_seconds": round(self.seconds, 3),

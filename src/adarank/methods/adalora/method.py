@@ -16,7 +16,7 @@ from torch import nn
 
 from adarank.errors import UsageError
 from adarank.methods.adalora.allocation import AdaLoraAllocation
-from adarank.methods.adalora.fast import vectorise_allocator, vectorise_regulariser
+from adarank.methods.adalora.fast import distances_from_orthogonal, vectorise_allocator, vectorise_regulariser
 from adarank.methods.adalora.schedule import AdaLoraPlan, fit_budget_schedule, init_rank
 from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Ranks, Shapes, ShapeChanging,
                                   adapter_placement, budget_rank, check_lora_arguments, positive)
@@ -73,7 +73,8 @@ class AdaLora(ShapeChanging, AdapterMethod):
         vectorise_allocator(peft_model)
         vectorise_regulariser(peft_model)
         allocation = AdaLoraAllocation(peft_model, request.rank_log)
-        return BuiltAdapter(peft_model, callbacks=[allocation], summary=allocation.timing)
+        return BuiltAdapter(peft_model, callbacks=[allocation], summary=allocation.timing,
+                            scalars=lambda: regulariser_scalars(peft_model))
 
     def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:
         return sum(rank * (i + o + 1) for i, o in shapes)  # P, Q and the diagonal E (section 3.1)
@@ -81,6 +82,27 @@ class AdaLora(ShapeChanging, AdapterMethod):
     def budget_ranks(self, rank: int, start_rank: int | None = None) -> Ranks:
         """From ``start_rank`` (--init_r; default 1.5x the budget's, ``init_rank``) down to the budget's rank."""
         return Ranks(start_rank or init_rank(rank), rank)
+
+
+def regulariser_scalars(model: PeftModel) -> dict[str, float]:
+    """The orthogonal regulariser now, for the logs (run/scalars.py): each half's mean distance from
+    orthogonal, R (the mean over every A and B, eq. 4) and gamma R, the part of the loss it is."""
+    adapter = model.active_adapter
+    distances: dict[str, list[float]] = {"A": [], "B": []}
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "lora_E") and adapter in module.lora_E:
+                for kind in ("A", "B"):
+                    matrix = getattr(module, f"lora_{kind}")[adapter]
+                    distances[kind].append(float(distances_from_orthogonal(kind, matrix)))
+    every = distances["A"] + distances["B"]
+    if not every:
+        return {}
+    regulariser = sum(every) / len(every)
+    return {"Orth_regu_loss/lora_A": sum(distances["A"]) / len(distances["A"]),
+            "Orth_regu_loss/lora_B": sum(distances["B"]) / len(distances["B"]),
+            "orth_regu_loss": regulariser,
+            "regu_loss": model.peft_config[adapter].orth_reg_weight * regulariser}
 
 
 def _lora_like_start(model: PeftModel) -> None:
