@@ -124,7 +124,7 @@ def keep_trained_modules(model: PeftModel, directory: Path) -> None:
     """Put back what PEFT's conversion leaves out of the saved weights: everything but the LoRA
     factors (the task head trained in full, ``modules_to_save``)."""
     path = directory / SAFETENSORS_WEIGHTS_NAME
-    rest = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()
+    rest = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
             if ".lora_A." not in k and ".lora_B." not in k}
     if rest:
         save_file({**load_file(path), **rest}, path, metadata={"format": "pt"})
