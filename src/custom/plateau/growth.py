@@ -1,4 +1,5 @@
-"""Growing a LoRA module: the new A rows (linear algebra), and the PEFT and optimizer surgery.
+"""Growing a LoRA module: the new A rows (linear algebra); the PEFT and optimizer surgery is the
+library's (adarank.methods.growth), shared with the other growing methods.
 
 Growth is function-preserving: new columns of B are zero, so B A is unchanged,
 and the scaling alpha / r of each module stays at its first alpha / r0 (alpha
@@ -12,6 +13,11 @@ import math
 
 import torch
 from torch import nn
+
+from adarank.methods.growth import extend_optimizer_state, resize_module
+
+__all__ = ["GradientCapture", "extend_optimizer_state", "gradient_rows", "lora_rows", "resize_module",
+           "top_directions", "whitened_rows"]
 
 
 def top_directions(matrix: torch.Tensor, basis: torch.Tensor, count: int) -> torch.Tensor:
@@ -67,35 +73,6 @@ def whitened_rows(a: torch.Tensor, gradient: torch.Tensor, second_moment: torch.
     # a whitened unit direction gives E[(a.x)^2] = 1.
     target = torch.trace(second_moment.double()) / (3 * a.shape[1])
     return (directions @ from_white.T * target.sqrt()).float()
-
-
-def resize_module(peft_model, layer, name: str, new_rank: int, rows: torch.Tensor, alpha: float) -> None:
-    """Append ``rows`` to A and zero columns to B, and record rank and alpha in the PEFT config."""
-    adapter = peft_model.active_adapter
-    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-    extra = rows.shape[0]
-    with torch.no_grad():
-        a.data = torch.cat([a.data, rows.to(a.device, a.dtype)], dim=0)
-        b.data = torch.cat([b.data, torch.zeros(b.shape[0], extra, device=b.device, dtype=b.dtype)], dim=1)
-    layer.lora_A[adapter].out_features = new_rank
-    layer.lora_B[adapter].in_features = new_rank
-    layer.r[adapter] = new_rank
-    layer.lora_alpha[adapter] = alpha
-    layer.scaling[adapter] = alpha / new_rank
-    config = peft_model.peft_config[adapter]
-    config.rank_pattern = {**(config.rank_pattern or {}), name: new_rank}
-    config.alpha_pattern = {**(config.alpha_pattern or {}), name: alpha}
-
-
-def extend_optimizer_state(optimizer, a: nn.Parameter, b: nn.Parameter, extra: int) -> None:
-    """Zero moments for the new rows of A and columns of B; existing entries keep theirs."""
-    state = getattr(optimizer, "optimizer", optimizer).state
-    for param, dim in ((a, 0), (b, 1)):
-        for key, value in state.get(param, {}).items():
-            if torch.is_tensor(value) and value.dim() == 2:
-                shape = list(value.shape)
-                shape[dim] = extra
-                state[param][key] = torch.cat([value, value.new_zeros(shape)], dim=dim)
 
 
 class GradientCapture:
