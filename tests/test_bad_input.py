@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adarank.methods import BUILT_IN_METHODS
 from conftest import QUICK, run_task
 from fixtures.cli import error_line, fails_cleanly, without_progress_bars
 from fixtures.glue import write_glue_task
@@ -27,8 +28,8 @@ def test_unknown_task(capsys):
 
 
 def test_unknown_method(capsys, tiny):
-    line = fails_cleanly(capsys, "cola", "--demo", "--method", "dora", *tiny)
-    assert re.search(r"unknown method 'dora': choose one of adalora, lora, .*qlora", line)
+    line = fails_cleanly(capsys, "cola", "--demo", "--method", "vera", *tiny)
+    assert re.search(r"unknown method 'vera': choose one of adalora, .*lora, .*qlora", line)
 
 
 def test_unknown_budget(capsys, tiny):
@@ -98,10 +99,12 @@ def test_overwrite_output_dir_replaces_a_finished_run(tiny, tmp_path):
 
 
 def test_the_task_script_itself_exits_with_one_line():
-    done = subprocess.run([sys.executable, str(SRC / "glue-cola.py"), "--demo", "--method", "dora"],
+    done = subprocess.run([sys.executable, str(SRC / "glue-cola.py"), "--demo", "--method", "vera"],
                           capture_output=True, text=True, timeout=300)
     line = error_line(done.returncode, done.stderr, one_line=True)
-    assert line == "error: unknown method 'dora': choose one of adalora, lora, none, qadalora, qlora"
+    # every method the library registers, in order (the plain script registers no custom one)
+    assert line == "error: unknown method 'vera': choose one of " + ", ".join(sorted(BUILT_IN_METHODS))
+    assert "plateau" not in line
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -252,7 +255,7 @@ BAD_FLAGS = [
     (("--max_train_samples", "0"), "--max_train_samples 0 must be at least 1"),
     (("--max_eval_samples", "0"), "--max_eval_samples 0 must be at least 1"),
     (("--target_modules", ","), "--target_modules ',' names no module"),
-    (("--method", "dora"), "unknown method 'dora'"),
+    (("--method", "vera"), "unknown method 'vera'"),
     (("--budget", "huge"), "unknown budget 'huge'"),
     (("--learnig_rate", "1e-3"), "unknown flag --learnig_rate (did you mean --learning_rate?)"),
     (("--bf16", "--no_bf16"), "--bf16 and --no_bf16 contradict each other"),

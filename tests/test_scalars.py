@@ -124,3 +124,16 @@ def test_wandb_offline_receives_the_same_keys(tiny_model, tmp_path):
     # each masking's threshold, sent at its step and again at the logging steps until the next one
     assert sorted(set(logged["Budget/mask_threshold"])) == pytest.approx(sorted(thresholds))
     assert "Eval_sst2/epoch" not in logged
+
+
+def test_a_fixed_rank_adapter_card_names_its_saved_rank(tiny_model, tmp_path):
+    run_dir = tmp_path / "l"
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--budget", "large",
+                    "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
+                    "--output_dir", str(run_dir)) == 0
+    card = (run_dir / "adapter" / "README.md").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert card.startswith("# lora adapter for cola (large budget)")
+    assert "Rank 8 in every adapted matrix (`LORA` adapter)." in card
+    assert "eval_matthews_correlation: " in card and f"{metrics['adapter_params']:,}" in card
+    assert "synthetic demo data" in card  # a demo run's card says its numbers mean nothing

@@ -29,10 +29,11 @@ from adarank.methods.adalora import update_scale
 
 
 def fuse_adapter_forward(model: nn.Module) -> int:
-    """Give every plain LoRA and AdaLoRA linear layer of ``model`` the fused forward; returns how many."""
+    """Give every plain LoRA and AdaLoRA linear layer of ``model`` the fused forward; returns how many.
+    A layer with a LoRA variant (DoRA's magnitude) keeps PEFT's forward and is not counted."""
     count = 0
     for module in model.modules():
-        if type(module) is LoraLinear:
+        if type(module) is LoraLinear and not getattr(module, "lora_variant", None):
             module.forward = types.MethodType(_lora_forward, module)
             count += 1
         elif type(module) is SVDLinear:

@@ -22,8 +22,9 @@ def save_outputs(run: RunDirectory, model, tokenizer, memory: MemoryReport, metr
     metrics.memory = memory.summary()
     run.write_json("memory.json", memory.as_dict())
     if adapter_dir is not None:  # after PEFT's own card, which it replaces
+        saved = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
         (adapter_dir / "README.md").write_text(
-            model_card(config, metrics.as_dict(), final_ranks(run / "ranks.jsonl")), encoding="utf-8")
+            model_card(config, metrics.as_dict(), final_ranks(run / "ranks.jsonl"), saved), encoding="utf-8")
     if merge:
         model.merge_and_unload().save_pretrained(str(run / "merged"))
         tokenizer.save_pretrained(str(run / "merged"))
@@ -39,8 +40,10 @@ def final_ranks(path: Path) -> dict | None:
     return json.loads(lines[-1]) if lines else None
 
 
-def model_card(config: dict, metrics: dict, ranks: dict | None) -> str:
-    """adapter/README.md: the run that made the adapter, so that a copy elsewhere still says what it is."""
+def model_card(config: dict, metrics: dict, ranks: dict | None, saved: dict) -> str:
+    """adapter/README.md: the run that made the adapter, so that a copy elsewhere still says what it is
+    (``ranks``: the last ranks.jsonl record, where the method writes one; ``saved``: the adapter's
+    adapter_config.json, whose rank is what the folder holds)."""
     adapter = config.get("adapter", {})
     scores = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
     lines = [
@@ -71,7 +74,7 @@ def model_card(config: dict, metrics: dict, ranks: dict | None) -> str:
         lines += [f"Total rank {ranks['total_rank']} (event `{ranks['event']}` at step {ranks['step']}), "
                   "by layer and module:", "", "```json", json.dumps(ranks["ranks"], indent=1), "```"]
     else:
-        lines += [f"Rank {adapter.get('r', adapter.get('budget_rank'))} in every adapted matrix."]
+        lines += [f"Rank {saved.get('r')} in every adapted matrix (`{saved.get('peft_type')}` adapter)."]
     lines += ["", "## Made by", "", "```bash", f"python {config['command']}", "```", "",
               "Loading: `PeftModel.from_pretrained(base_model, \"<this folder>\")`; the run directory's "
               "config.json holds every setting."]
