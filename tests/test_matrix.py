@@ -49,6 +49,21 @@ def test_finished_runs_are_left_out_and_flags_reach_every_run(tmp_path):
                                                  "script/slurm/run_cnndm.sh adalora small 7 --data_file a.jsonl"]
 
 
+def test_the_rivals_preset_routes_every_method_to_its_job_script(tmp_path):
+    done = matrix("--dry-run", "--preset", "rivals", "--tasks", "cola", "--seeds", "42", runs=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("matrix: cola x lora adalora plateau increlora sora dora pissa rslora eva x small")
+    assert lines[1:] == [*(f"script/slurm/run_glue.sh cola {m} small 42" for m in ("lora", "adalora")),
+                         "script/slurm/run_plateau.sh cola small 42",
+                         *(f"script/slurm/run_glue.sh cola {m} small 42"
+                           for m in ("increlora", "sora", "dora", "pissa", "rslora", "eva"))]
+    four_bit = matrix("--dry-run", "--tasks", "rte", "--methods", "qdora qrslora", "--budgets", "small",
+                      "--seeds", "1", runs=tmp_path)
+    assert four_bit.stdout.splitlines()[1:] == ["script/slurm/run_qlora.sh rte qdora small 1",
+                                                "script/slurm/run_qlora.sh rte qrslora small 1"]
+
+
 def test_a_finished_matrix_submits_nothing(tmp_path):
     for seed in (1, 2):
         run = tmp_path / "sst2" / f"adalora-large-seed{seed}"
@@ -61,7 +76,8 @@ def test_a_finished_matrix_submits_nothing(tmp_path):
 
 
 def test_bad_matrix_arguments_end_in_one_line(tmp_path):
-    for argv, message in ((("--methods", "dora"), "unknown method 'dora'"),
+    for argv, message in ((("--methods", "vera"), "unknown method 'vera'"),
+                          (("--preset", "everything"), "unknown preset 'everything': choose one of rivals"),
                           (("--budgets", "medium"), "unknown budget 'medium'"),
                           (("--tasks", "cnndailymail", "--methods", "plateau"), "cnndailymail takes lora"),
                           (("--config", str(tmp_path / "none.conf")), "--config needs an existing file"),

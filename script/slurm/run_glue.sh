@@ -3,7 +3,8 @@
 # to this file (sbatch reads the #SBATCH lines through it).
 #   sbatch script/run_glue.sh TASK METHOD BUDGET [SEED] [extra flags...]
 #   sbatch script/run_glue.sh cola adalora small 42 --model_name_or_path microsoft/deberta-v3-base
-# TASK: cola sst2 mnli qnli rte mrpc stsb qqp; METHOD: lora adalora qlora qadalora; BUDGET: small large.
+# TASK: cola sst2 mnli qnli rte mrpc stsb qqp; METHOD: lora adalora increlora sora dora pissa rslora eva
+# (and the 4-bit qlora qadalora qdora qrslora, also through run_qlora.sh); BUDGET: small large.
 # The run directory is $RUNS/<task>/<method>-<budget>-seed<seed> (RUNS default: runs); set GLUE_DIR to read local GLUE files.
 # Preemption, requeue, NPROC and the Python used: script/slurm/job.sh.
 #SBATCH --job-name=adarank-glue

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole comparison as one SLURM job array, then one job that writes its tables and report.
-#   bash script/slurm/run_matrix.sh [--dry-run] [--config FILE] [--tasks "..."] [--methods "..."]
+#   bash script/slurm/run_matrix.sh [--dry-run] [--preset NAME | --config FILE] [--tasks "..."] [--methods "..."]
 #                                   [--budgets "..."] [--seeds "..."] [-- extra flags for every run]
 # Default: the original project's table, MNLI, SST-2, CoLA, QNLI x lora, adalora x small, large x
-# seeds 42 43 44 (48 runs). A config file holds the same choices, one a line:
+# seeds 42 43 44 (48 runs). --preset NAME reads script/slurm/presets/NAME.conf: rivals (the adaptive-rank
+# rivals beside LoRA, AdaLoRA and plateau at the small budget). A config file holds the same choices, one a line:
 #   tasks=cola sst2
 #   methods=lora adalora qadalora plateau
 #   flags=--model_name_or_path microsoft/deberta-v3-base
-# Methods: lora adalora (run_glue.sh), qlora qadalora (run_qlora.sh), plateau (run_plateau.sh); the
+# Methods: lora adalora increlora sora dora pissa rslora eva (run_glue.sh), qlora qadalora qdora qrslora
+# (run_qlora.sh), plateau (run_plateau.sh); the
 # task cnndailymail takes lora adalora qlora qadalora none with run_cnndm.sh. Runs go to $RUNS/<task>/<method>-<budget>-seed<seed>
 # (RUNS default runs/matrix). A run that finished (metrics.json) is not submitted again; an
 # unfinished one continues from its newest complete checkpoint. After the array, a dependent job
@@ -24,15 +26,21 @@ while [ $# -gt 0 ]; do
     --tasks|--methods|--budgets|--seeds)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       declare "${1#--}=$2"; shift ;;
-    --config)
-      [ $# -ge 2 ] && [ -f "$2" ] || { echo "error: --config needs an existing file" >&2; exit 2; }
+    --preset|--config)
+      [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
+      file=$2
+      if [ "$1" = --preset ]; then
+        file=script/slurm/presets/$2.conf
+        [ -f "$file" ] || { echo "error: unknown preset '$2': choose one of $(ls script/slurm/presets | sed 's/\.conf$//' | tr '\n' ' ')" >&2; exit 2; }
+      fi
+      [ -f "$file" ] || { echo "error: --config needs an existing file" >&2; exit 2; }
       while IFS= read -r line || [ -n "$line" ]; do
         line=${line%%#*}
         [ -n "${line// }" ] || continue
         key=${line%%=*} value=${line#*=}
         case $key in tasks|methods|budgets|seeds|flags) declare "$key=$value" ;;
-          *) echo "error: $2: unknown key '$key': use tasks, methods, budgets, seeds or flags" >&2; exit 2 ;; esac
-      done < "$2"
+          *) echo "error: $file: unknown key '$key': use tasks, methods, budgets, seeds or flags" >&2; exit 2 ;; esac
+      done < "$file"
       shift ;;
     --) shift; flags="$flags $*"; break ;;
     *) echo "error: unknown argument '$1' (see the head of $0)" >&2; exit 2 ;;
@@ -50,10 +58,11 @@ command_of() {  # task method budget seed -> the job script's command line
       *) echo "error: cnndailymail takes lora adalora qlora qadalora none, not '$method'" >&2; return 2 ;; esac
   fi
   case $method in
-    lora|adalora) echo "script/slurm/run_glue.sh $task $method $budget $seed" ;;
-    qlora|qadalora) echo "script/slurm/run_qlora.sh $task $method $budget $seed" ;;
+    lora|adalora|increlora|sora|dora|pissa|rslora|eva) echo "script/slurm/run_glue.sh $task $method $budget $seed" ;;
+    qlora|qadalora|qdora|qrslora) echo "script/slurm/run_qlora.sh $task $method $budget $seed" ;;
     plateau) echo "script/slurm/run_plateau.sh $task $budget $seed" ;;
-    *) echo "error: unknown method '$method': choose from lora adalora qlora qadalora plateau" >&2; return 2 ;;
+    *) echo "error: unknown method '$method': choose from lora adalora increlora sora dora pissa rslora eva" \
+         "qlora qadalora qdora qrslora plateau" >&2; return 2 ;;
   esac
 }
 
