@@ -10,13 +10,15 @@ from adarank.methods.base import (BUDGET_RANKS, METHODS, AdapterMethod, AdapterP
                                   budget_rank, check_lora_arguments, get_method, lora_parameters, positive,
                                   register_method)
 from adarank.methods.four_bit import QAdaLora, QLora
+from adarank.methods.increlora import IncreLora
 from adarank.methods.lora import Lora
 from adarank.methods.none import NoAdapter
 from adarank.methods.variants import Dora, Eva, Pissa, QDora, QRsLora, RsLora
 
 # The library's own methods, in the order they are registered (others register theirs, e.g. src/custom).
-BUILT_IN_METHODS = tuple(register_method(m).name for m in (Lora(), AdaLora(), QLora(), QAdaLora(), NoAdapter(),
-                                                           Dora(), QDora(), Pissa(), RsLora(), QRsLora(), Eva()))
+BUILT_IN_METHODS = tuple(register_method(m).name for m in (Lora(), AdaLora(), QLora(), QAdaLora(), IncreLora(),
+                                                           NoAdapter(), Dora(), QDora(), Pissa(), RsLora(), QRsLora(),
+                                                           Eva()))
 
 __all__ = [
     "BUDGET_RANKS", "BUILT_IN_METHODS", "METHODS", "AdapterMethod", "AdapterParameters", "AdapterRequest", "BuiltAdapter", "Plan",
