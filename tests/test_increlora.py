@@ -184,8 +184,10 @@ def test_a_new_rank_warms_up_again(tiny_model):
         assert e[1].item() == pytest.approx(expected, rel=1e-5, abs=1e-12)
 
 
-def test_the_saved_adapter_is_plain_lora_and_reloads_with_the_same_logits(tiny_model, tmp_path):
-    built, batch = build(tiny_model, 12, budget="small", tinit=2, delta_t=2, tfinal=3)
+@pytest.mark.parametrize("advance_learning", [True, False])
+def test_the_saved_adapter_is_plain_lora_and_reloads_with_the_same_logits(tiny_model, tmp_path, advance_learning):
+    built, batch = build(tiny_model, 12, budget="small", tinit=2, delta_t=2, tfinal=3,
+                         advance_learning=advance_learning)
     loop = Loop(built, 12)
     for _ in range(12):
         loop.step(batch)
