@@ -13,12 +13,13 @@ from adarank.methods.four_bit import QAdaLora, QLora
 from adarank.methods.increlora import IncreLora
 from adarank.methods.lora import Lora
 from adarank.methods.none import NoAdapter
+from adarank.methods.sora import Sora
 from adarank.methods.variants import Dora, Eva, Pissa, QDora, QRsLora, RsLora
 
 # The library's own methods, in the order they are registered (others register theirs, e.g. src/custom).
-BUILT_IN_METHODS = tuple(register_method(m).name for m in (Lora(), AdaLora(), QLora(), QAdaLora(), IncreLora(),
-                                                           NoAdapter(), Dora(), QDora(), Pissa(), RsLora(), QRsLora(),
-                                                           Eva()))
+BUILT_IN_METHODS = tuple(register_method(m).name for m in (Lora(), AdaLora(), QLora(), QAdaLora(), Sora(),
+                                                           IncreLora(), NoAdapter(), Dora(), QDora(), Pissa(),
+                                                           RsLora(), QRsLora(), Eva()))
 
 __all__ = [
     "BUDGET_RANKS", "BUILT_IN_METHODS", "METHODS", "AdapterMethod", "AdapterParameters", "AdapterRequest", "BuiltAdapter", "Plan",
