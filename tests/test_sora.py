@@ -26,6 +26,7 @@ from conftest import (QUICK, assert_adapter_gives_the_run_predictions, build_ada
 from fixtures.cli import fails_cleanly, run_task
 from fixtures.models import saved_bert
 from fixtures.paths import ROOT
+from test_scalars import scalars
 
 # The tiny BERT's adapted matrices (in + out): query, key, value, attention output 16 + 16,
 # intermediate 16 + 32, output 32 + 16; two layers.
@@ -210,7 +211,8 @@ def test_the_demo_script_sparsifies_logs_and_saves_a_plain_lora_adapter(seeded_b
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, str(ROOT / "src" / "glue-cola.py"), "--demo", "--method", "sora", "--budget", "small",
-         "--max_steps", "16", "--model_name_or_path", seeded_bert, "--output_dir", str(run_dir), *QUICK, *SPARSIFYING],
+         "--max_steps", "16", "--model_name_or_path", seeded_bert, "--output_dir", str(run_dir), *QUICK, *SPARSIFYING,
+         "--report_to", "tensorboard"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("config.json", "metrics.json", "history.jsonl", "ranks.jsonl", "predictions.tsv",
@@ -230,6 +232,9 @@ def test_the_demo_script_sparsifies_logs_and_saves_a_plain_lora_adapter(seeded_b
     assert metrics["final_total_rank"] == sum(final)
     start = 3 * 2 * sum(WIDTHS.values()) + 36  # every dimension live, and the 36 gates
     assert metrics["final_adapter_params"] < metrics["average_adapter_params"] < start
+    # TensorBoard's trainable parameters are the live ones at each logging step (the gates included).
+    live = [value for _, value in scalars(run_dir)["train/num_train_param"]]
+    assert len(live) == 16 and live[0] == start and live[-1] == metrics["final_adapter_params"] + 36
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert sorted(adapter["rank_pattern"].values()) == sorted(max(1, r) for r in final)
     assert adapter["r"] == 3 and all(adapter["alpha_pattern"][n] == pytest.approx(16 * r / 3)

@@ -63,6 +63,12 @@ class SoraGates(TrainerCallback):
                 "initial_total_rank": self.plan.max_rank * len(self.layers), "final_total_rank": sum(final.values()),
                 "gate_steps": self.steps}
 
+    def scalars(self) -> dict[str, float]:
+        """For --report_to at logging steps: the live parameters (not the r_max count the shapes give) and
+        the gates' mean magnitude."""
+        gates = torch.cat([g.detach() for g in self.gates])
+        return {"num_train_param": float(self.live_params()), "Sora/mean_abs_gate": float(gates.abs().mean())}
+
     def _log(self, step: int, event: str, ranks: dict[str, int], **extra) -> None:
         self.logged = ranks
         if self.rank_log is not None:

@@ -110,7 +110,7 @@ class Sora(ShapeChanging, AdapterMethod):
         gates = SoraGates(peft_model, plan, add_gates(peft_model, request.target_modules), request.rank_log)
         if request.resume_from:  # the gates a checkpoint saved, before the Trainer resumes
             gates.restore(Path(request.resume_from))
-        return BuiltAdapter(peft_model, callbacks=[gates], summary=gates.summary)
+        return BuiltAdapter(peft_model, callbacks=[gates], summary=gates.summary, scalars=gates.scalars)
 
     def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:
         return sum(rank * (i + o + 1) for i, o in shapes)  # A, B and the gate
