@@ -35,7 +35,7 @@ class SoraPlan(Plan):
     compared_with_lora_r: int  # the budget's LoRA rank, which labels the run
     sora_lambda: float
     eta: float  # the gates' peak step size
-    schedule: str
+    lambda_schedule: str  # none, linear or exp (not "schedule": config.json readers take that for AdaLoRA's)
     max_lambda: float | None
     phase_count: int
     total_step: int
@@ -54,7 +54,8 @@ class SoraPlan(Plan):
         return Ranks(self.max_rank, self.max_rank)
 
     def lambdas(self) -> list[float]:
-        return phase_lambdas(self.sora_lambda, self.max_lambda or self.sora_lambda, self.phase_count, self.schedule)
+        return phase_lambdas(self.sora_lambda, self.max_lambda or self.sora_lambda, self.phase_count,
+                             self.lambda_schedule)
 
     def lambda_at(self, step: int) -> float:
         """Lambda in force at optimizer step ``step`` (0-based: the step about to be taken)."""
@@ -66,7 +67,7 @@ class SoraPlan(Plan):
 
     def phases(self) -> dict[str, list[int]]:
         """The schedule's phases for ranks.jsonl, named by their lambda (none without a schedule)."""
-        if self.schedule == "none":
+        if self.lambda_schedule == "none":
             return {}
         bounds = phase_bounds(self.total_step, self.phase_count)
         return {f"lambda {value:.4g}": [start, end] for value, (start, end) in zip(self.lambdas(), bounds)}
@@ -98,7 +99,7 @@ class Sora(ShapeChanging, AdapterMethod):
         _check_gate_flags(s, request.total_step)
         return SoraPlan(
             max_rank=max_rank, compared_with_lora_r=compared, sora_lambda=s.sora_lambda, eta=s.sora_eta,
-            schedule=s.sora_schedule, max_lambda=s.sora_max_lambda,
+            lambda_schedule=s.sora_schedule, max_lambda=s.sora_max_lambda,
             phase_count=s.sora_phases if s.sora_schedule != "none" else 1, total_step=request.total_step,
             lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
         )
