@@ -131,7 +131,7 @@ def test_under_autocast_a_bf16_input_reaches_the_low_rank_product_without_a_roun
     out.float().sum().backward()
     assert counter.upcasts == 0
     # With PEFT's cast (the round trip) the fused forward gives the very same values.
-    monkeypatch.setattr(fused, "_adapter_input", lambda layer, flat, dtype: layer._cast_input_dtype(flat, dtype))
+    monkeypatch.setattr(fused, "adapter_input", lambda layer, flat, dtype: layer._cast_input_dtype(flat, dtype))
     counter = CastCounter(tokens=7)
     with counter, torch.autocast("cpu", dtype=torch.bfloat16):
         reference = layer(x)

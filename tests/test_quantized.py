@@ -69,7 +69,8 @@ def test_the_plan_reads_shapes_from_a_config_alone(config):
     arch = architecture(model_skeleton(str(CONFIGS / config), 2))
     assert len(arch.adapted) == 12 * 6
     plans = {p.method: p for p in (plan(arch, method, "large") for method in planned_methods())}
-    assert list(plans) == ["lora", "adalora", "qlora", "qadalora"]
+    assert list(plans) == ["lora", "adalora", "qlora", "qadalora", "increlora", "sora", "dora", "qdora", "pissa",
+                           "rslora", "qrslora", "eva"]
     # LoRA r=8 on all six matrices of BERT-base: 8 * (4 * (768 + 768) + 2 * (768 + 3072)) * 12 layers
     assert plans["lora"].saved_adapter_params == 8 * (4 * 1536 + 2 * 3840) * 12
     assert plans["qlora"].saved_adapter_params == plans["lora"].saved_adapter_params

@@ -168,6 +168,14 @@ class ShapeChanging:
         "training, so an earlier checkpoint does not fit the final model; pick the best run from history.jsonl")}
 
 
+class OwnLayers:
+    """Mixin for methods whose adapted layers are their own classes, computing the fused forward
+    (adarank/methods/fused.py) and no other."""
+
+    refuses = {"peft_forward": (
+        "--peft_forward cannot be used with {name}: its adapted layers have one forward, the fused one")}
+
+
 METHODS: dict[str, AdapterMethod] = {}
 
 

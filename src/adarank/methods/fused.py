@@ -29,8 +29,9 @@ from adarank.methods.adalora import update_scale
 
 
 def fuse_adapter_forward(model: nn.Module) -> int:
-    """Give every plain LoRA and AdaLoRA linear layer of ``model`` the fused forward; returns how many.
-    A layer with a LoRA variant (DoRA's magnitude) keeps PEFT's forward and is not counted."""
+    """Give every plain LoRA and AdaLoRA linear layer of ``model`` the fused forward; returns how many
+    layers compute it, counting those whose class has it as its own (``fused_forward``: IncreLoRA's,
+    SoRA's). A layer with a LoRA variant (DoRA's magnitude) keeps PEFT's forward and is not counted."""
     count = 0
     for module in model.modules():
         if type(module) is LoraLinear and not getattr(module, "lora_variant", None):
@@ -39,10 +40,12 @@ def fuse_adapter_forward(model: nn.Module) -> int:
         elif type(module) is SVDLinear:
             module.forward = types.MethodType(_adalora_forward, module)
             count += 1
+        elif getattr(type(module), "fused_forward", False):
+            count += 1
     return count
 
 
-def _plain_adapter(layer, args, kwargs) -> str | None:
+def plain_adapter(layer, args, kwargs) -> str | None:
     """The one active adapter, where the layer is in the plain case; else None."""
     if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
@@ -52,7 +55,7 @@ def _plain_adapter(layer, args, kwargs) -> str | None:
     return adapter
 
 
-def _fused(layer, x: torch.Tensor, low_rank) -> torch.Tensor:
+def fused_output(layer, x: torch.Tensor, low_rank) -> torch.Tensor:
     """base(x) + low_rank(x) @ B.T, the second term accumulated into the base output's storage (bf16
     under autocast). ``low_rank``: x (tokens x in) -> (the scaled tokens x r product, B). On the
     flattened tokens, so that the in-place add is never on a view (a hook on the returned tensor,
@@ -64,7 +67,7 @@ def _fused(layer, x: torch.Tensor, low_rank) -> torch.Tensor:
     return result.view(*x.shape[:-1], result.shape[-1])
 
 
-def _adapter_input(layer, flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def adapter_input(layer, flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The input of the low-rank path. PEFT casts it to the adapter's dtype (fp32); under autocast the
     product is computed in the autocast dtype anyway, so a bf16 input would make a round trip
     bf16 -> fp32 -> bf16 (exact, but two casts a layer forward and two backward): keep it as it is."""
@@ -74,19 +77,19 @@ def _adapter_input(layer, flat: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
 
 
 def _lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    adapter = _plain_adapter(self, args, kwargs)
+    adapter = plain_adapter(self, args, kwargs)
     if adapter is None:
         return type(self).forward(self, x, *args, **kwargs)
     a, dropout, scaling = self.lora_A[adapter].weight, self.lora_dropout[adapter], self.scaling[adapter]
-    return _fused(self, x, lambda flat: (F.linear(dropout(_adapter_input(self, flat, a.dtype)), a) * scaling,
+    return fused_output(self, x, lambda flat: (F.linear(dropout(adapter_input(self, flat, a.dtype)), a) * scaling,
                                          self.lora_B[adapter].weight))
 
 
 def _adalora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    adapter = _plain_adapter(self, args, kwargs)
+    adapter = plain_adapter(self, args, kwargs)
     if adapter is None:
         return type(self).forward(self, x, *args, **kwargs)
     a, e, dropout = self.lora_A[adapter], self.lora_E[adapter], self.lora_dropout[adapter]
     scale = update_scale(self.scaling[adapter], self.ranknum[adapter])
-    return _fused(self, x, lambda flat: ((dropout(_adapter_input(self, flat, a.dtype)) @ (a * e).T) * scale,
+    return fused_output(self, x, lambda flat: ((dropout(adapter_input(self, flat, a.dtype)) @ (a * e).T) * scale,
                                          self.lora_B[adapter]))

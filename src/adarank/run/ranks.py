@@ -6,8 +6,9 @@ One JSON object a line::
      "ranks": {"0": {"query": 3, "key": 2, ...}, "1": {...}}}
 
 ``step`` counts finished optimizer steps, as ``history.jsonl`` does. Events:
-``initial`` (before training), ``prune`` (an AdaLoRA masking step),
-``final`` (end of training) and ``grow`` (rank growth methods). Layers are
+``initial`` (before training), ``prune`` (an AdaLoRA masking step, with its
+``mask_threshold``), ``grow`` (rank growth: plateau, IncreLoRA), ``sparsify``
+(SoRA: the set of nonzero gates changed) and ``final`` (end of training). Layers are
 labelled "0", "1", ... ("encoder.0" ... "decoder.0" ... in encoder-decoder
 models, encoder first); within a layer, modules come in the paper's order
 (query ... output) or the architecture's (q_proj ... down_proj). A method with

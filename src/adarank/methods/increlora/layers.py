@@ -25,7 +25,7 @@ from torch import nn
 
 from adarank.errors import UsageError
 from adarank.methods.adalora.fast import group_by_shape, orthogonality
-from adarank.methods.fused import _adapter_input, _fused
+from adarank.methods.fused import adapter_input, fused_output
 from adarank.methods.growth import extend_optimizer_state, extend_parameter_state, resize_module, set_lora_weights
 
 INIT_STD = 0.02  # P and Q ~ N(0, 0.02), lambda = 0 (AdaLoRA's initial values, PEFT's AdaLoRA default)
@@ -35,6 +35,8 @@ class IncreLoraLinear(LoraLinear):
     """A PEFT LoRA linear layer whose update is B diag(E) A times the layer's scaling, added inside the
     base layer's output as the library's fused LoRA forward does (adarank/methods/fused.py)."""
 
+    fused_forward = True  # counted by fuse_adapter_forward
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters or args or kwargs:
             result = self.base_layer(x, *args, **kwargs)
@@ -42,7 +44,7 @@ class IncreLoraLinear(LoraLinear):
         adapter = self.active_adapters[0]
         a, b, e = self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.lora_E[adapter]
         scale = e * self.scaling[adapter]
-        return _fused(self, x, lambda flat: (F.linear(self.lora_dropout[adapter](_adapter_input(self, flat, a.dtype)),
+        return fused_output(self, x, lambda flat: (F.linear(self.lora_dropout[adapter](adapter_input(self, flat, a.dtype)),
                                                       a) * scale, b))
 
     def _update(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -25,7 +25,7 @@ from peft.utils.other import transpose
 from torch import nn
 
 from adarank.errors import UsageError
-from adarank.methods.fused import _adapter_input, _fused, _plain_adapter
+from adarank.methods.fused import adapter_input, fused_output, plain_adapter
 
 GATE = "sora_gate"
 
@@ -40,17 +40,19 @@ def proximal_step(gate: torch.Tensor, grad: torch.Tensor, eta: float, lam: float
 class GatedLinear(LoraLinear):
     """PEFT's LoRA linear layer with SoRA's gate between A and B."""
 
+    fused_forward = True  # counted by fuse_adapter_forward
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters or self.merged:
             if self.disable_adapters and self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        adapter = _plain_adapter(self, args, kwargs)
+        adapter = plain_adapter(self, args, kwargs)
         if adapter is None:
             raise NotImplementedError("a SoRA layer runs one active plain LoRA adapter without extra arguments")
         a, dropout = self.lora_A[adapter].weight, self.lora_dropout[adapter]
         scale = getattr(self, GATE)[adapter] * self.scaling[adapter]  # g times alpha / r, per column of A x
-        return _fused(self, x, lambda flat: (F.linear(dropout(_adapter_input(self, flat, a.dtype)), a) * scale,
+        return fused_output(self, x, lambda flat: (F.linear(dropout(adapter_input(self, flat, a.dtype)), a) * scale,
                                              self.lora_B[adapter].weight))
 
     def get_delta_weight(self, adapter) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 from adarank.errors import UsageError
 from adarank.methods.adalora.schedule import init_rank
 from adarank.methods.base import (AdapterMethod, AdapterParameters, AdapterRequest, BuiltAdapter, Plan, Ranks, Shapes,
-                                  ShapeChanging, adapter_placement, budget_rank, check_lora_arguments,
+                                  OwnLayers, ShapeChanging, adapter_placement, budget_rank, check_lora_arguments,
                                   lora_parameters, positive)
 from adarank.methods.sora.arguments import SCHEDULES, SoraArguments, phase_bounds, phase_lambdas
 from adarank.methods.sora.callback import SoraGates
@@ -79,7 +79,7 @@ class SoraPlan(Plan):
                 f"lambda {lambdas}")
 
 
-class Sora(ShapeChanging, AdapterMethod):
+class Sora(ShapeChanging, OwnLayers, AdapterMethod):
     """LoRA at r_max whose gated dimensions are sparsified by proximal gradient steps (Ding et al., 2023)."""
 
     name = "sora"
