@@ -84,12 +84,12 @@ class AdapterArguments:
     lora_alpha: float = field(default=16.0, metadata={
         "help": "Scaling numerator: updates are scaled by alpha/r (default: the recipe's, 16 or 32)."})
     lora_dropout: float = field(default=0.0)
-    init_r: int | None = field(default=None, metadata={"help": "AdaLoRA initial rank (default 1.5x target_r)."})
+    init_r: int | None = field(default=None, metadata={"help": "AdaLoRA's initial rank (default 1.5x target_r); IncreLoRA's first rank (default 1)."})
     target_r: int | None = field(default=None, metadata={"help": "AdaLoRA final average rank (overrides --budget)."})
-    tinit: int | None = field(default=None, metadata={"help": "AdaLoRA warm-up steps (default: the paper's, scaled)."})
-    tfinal: int | None = field(default=None, metadata={"help": "AdaLoRA final fixed-budget steps (default: the paper's, scaled)."})
+    tinit: int | None = field(default=None, metadata={"help": "AdaLoRA's (and IncreLoRA's) warm-up steps before allocation (default: the paper's, scaled)."})
+    tfinal: int | None = field(default=None, metadata={"help": "AdaLoRA's (and IncreLoRA's) final fixed-budget steps (default: the paper's, scaled)."})
     delta_t: int | None = field(default=None, metadata={"help": "Steps between allocations (default: the paper's, scaled)."})
-    orth_reg_weight: float | None = field(default=None, metadata={"help": "Orthogonal regulariser weight gamma (default: the paper's)."})
+    orth_reg_weight: float | None = field(default=None, metadata={"help": "Orthogonal regulariser weight gamma of AdaLoRA and IncreLoRA (default: the paper's)."})
     adalora_init: str = field(
         default="paper",
         metadata={"help": "AdaLoRA's initial values: paper (E = 0, A and B ~ N(0, 0.02), as the paper and PEFT) or "
