@@ -5,6 +5,9 @@ from the adapted matrices' shapes, a whole run's files, and an adapter that relo
 onto the unmodified base, to the logits the trained model gave."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from adarank.arguments import AdapterArguments
+from adarank.errors import UsageError
 from adarank.memory_plan import architecture, model_skeleton, plan
 from adarank.methods import AdapterRequest, get_method
 from adarank.methods.variants.eva import EvaArguments
@@ -25,6 +29,7 @@ from adarank.tasks.glue.data import load_glue, tokenize
 from adarank.tasks.glue.model import load_model
 from conftest import QUICK, assert_adapter_gives_the_run_predictions, pad_batch, read_jsonl, reloaded_logits
 from fixtures.cli import error_line, fails_cleanly, run_task, without_progress_bars
+from fixtures.paths import SRC
 
 VARIANTS = ("dora", "pissa", "rslora", "eva")
 QUANTIZED = ("qdora", "qrslora")  # the same on a 4-bit NF4 base
@@ -213,7 +218,9 @@ def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model,
 
 @pytest.mark.parametrize("method, flags, message", [
     ("eva", ("--eva_rho", "0.5"), "--eva_rho 0.5 must be at least 1"),
-    ("eva", ("--eva_tau", "1.5"), "--eva_tau 1.5 must be between 0 and 1"),
+    ("eva", ("--eva_tau", "1.5"), "--eva_tau 1.5 must be at least 0 and below 1"),
+    ("eva", ("--eva_tau", "1"), "--eva_tau 1.0 must be at least 0 and below 1"),
+    ("eva", ("--eva_rho", "inf"), "--eva_rho inf must be a finite number"),
     ("pissa", ("--pissa_niter", "-2"), "--pissa_niter -2 must be 0 or more"),
     ("dora", ("--lora_dropout", "1.5"), "--lora_dropout 1.5 must be in [0, 1)"),
     ("rslora", ("--lora_r", "0"), "--lora_r 0 must be at least 1"),
@@ -225,6 +232,37 @@ def test_bad_values_are_refused_in_one_line_before_the_model_loads(tiny_model, t
                          "--output_dir", str(tmp_path / "x"), one_line=True)
     assert message in line
     assert not (tmp_path / "x").exists()
+
+
+def test_eva_refuses_more_components_than_a_matrix_reads_in_one_line(tiny_model, tmp_path, capsys):
+    code = run_variant(tiny_model, tmp_path / "e", "eva", "--eva_rho", "9")  # 18 components, 16 features
+    line = error_line(code, without_progress_bars(capsys.readouterr().err), one_line=True)
+    assert "--eva_rho 9 asks for 18 input components per matrix at rank 2, but the narrowest adapted matrix " \
+           "reads 16 features: lower --eva_rho to 8 or less" in line
+
+
+def test_a_method_that_trains_in_one_process_refuses_torchrun_in_one_line(tiny_model, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(SRC / "glue-cola.py"), "--demo", "--model_name_or_path", tiny_model, "--method",
+                           "increlora", "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode != 0
+    refusals = [line for line in done.stderr.splitlines() if line.startswith("error: increlora trains in one process")]
+    assert len(refusals) == 2 and "run it without torchrun" in refusals[0]  # each process, in one line
+    assert "adarank/" not in done.stderr  # no traceback through the library (torchrun reports the exits itself)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("method", ["eva", "plateau"])
+def test_eva_and_plateau_train_in_one_process(monkeypatch, method):
+    from adarank.methods import base
+    from custom.plateau import register
+
+    register()  # --method plateau, as its entry scripts make it known
+    monkeypatch.setattr(base, "processes", lambda: 2)
+    with pytest.raises(UsageError, match=f"^{method} trains in one process only"):
+        get_method(method).check_run(SimpleNamespace(), SimpleNamespace())
 
 
 def test_pissa_refuses_a_rank_above_the_smallest_matrix_in_one_line(tiny_model, tmp_path, capsys):

@@ -170,6 +170,8 @@ def test_the_schedule_raises_lambda_in_equal_phases():
 @pytest.mark.parametrize("flags, message", [
     (("--sora_max_rank", "0"), "--sora_max_rank 0 must be at least 1"),
     (("--sora_lambda", "-0.5"), "--sora_lambda -0.5 must be >= 0"),
+    (("--sora_lambda", "nan"), "--sora_lambda nan must be a finite number"),
+    (("--diagnostics",), "--diagnostics reads LoRA and AdaLoRA layers, not sora's"),
     (("--sora_eta", "0"), "--sora_eta 0.0 must be positive"),
     (("--sora_schedule", "cubic"), "--sora_schedule 'cubic': choose one of none, linear, exp"),
     (("--sora_schedule", "linear"), "--sora_schedule linear needs --sora_max_lambda"),

@@ -79,6 +79,10 @@ def check_numbers(args, source: str | None = None) -> None:
             continue
         if isinstance(value, float) and not math.isfinite(value) or not test(value):
             raise UsageError(f"{_name(source, name)} {value:g} {requirement}")
+    for options in (*args.extra, args.task_options):  # a method's or task family's own flags
+        for name, value in (vars(options) if options is not None else {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"{_name(source, name)} {value:g} must be a finite number")
     training = args.training
     if training.max_steps < 1 and training.num_train_epochs <= 0:
         raise UsageError(f"{_name(source, 'num_train_epochs')} {training.num_train_epochs:g} trains nothing: "

@@ -6,7 +6,7 @@ Adding a method: a module here (or anywhere, e.g. ``src/custom``) with a
 
 from adarank.methods.adalora import AdaLora
 from adarank.methods.base import (BUDGET_RANKS, METHODS, AdapterMethod, AdapterParameters, AdapterRequest,
-                                  BuiltAdapter, OwnLayers, Plan, Ranks, Shapes, ShapeChanging, adapter_placement, budget_label,
+                                  BuiltAdapter, OneProcess, OwnLayers, Plan, Ranks, Shapes, ShapeChanging, adapter_placement, budget_label,
                                   budget_rank, check_lora_arguments, get_method, lora_parameters, positive,
                                   register_method)
 from adarank.methods.four_bit import QAdaLora, QLora
@@ -23,7 +23,7 @@ BUILT_IN_METHODS = tuple(register_method(m).name for m in (
     IncreLora(), Sora(), Dora(), QDora(), Pissa(), RsLora(), QRsLora(), Eva()))
 
 __all__ = [
-    "BUDGET_RANKS", "BUILT_IN_METHODS", "METHODS", "AdapterMethod", "AdapterParameters", "AdapterRequest", "BuiltAdapter", "OwnLayers", "Plan",
+    "BUDGET_RANKS", "BUILT_IN_METHODS", "METHODS", "AdapterMethod", "AdapterParameters", "AdapterRequest", "BuiltAdapter", "OneProcess", "OwnLayers", "Plan",
     "Ranks", "Shapes", "ShapeChanging", "adapter_placement", "budget_label", "budget_rank", "check_lora_arguments",
     "get_method", "lora_parameters", "positive", "register_method",
 ]

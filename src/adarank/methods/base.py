@@ -13,6 +13,7 @@ needs no knowledge of any method's rules.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -134,6 +135,9 @@ class AdapterMethod:
             for option, why in vars(cls).get("refuses", {}).items():
                 if getattr(run, option, False) or getattr(training, option, False):
                     raise UsageError(why.format(name=self.name))
+        if isinstance(self, OneProcess) and processes() > 1:
+            raise UsageError(f"{self.name} trains in one process only ({self.one_process}): run it without "
+                             f"torchrun (NPROC=1 for the job scripts)")
 
     def own_arguments(self, request: AdapterRequest):
         """The method's own flags for this run (an instance of ``arguments``), their defaults where none came."""
@@ -166,6 +170,17 @@ class ShapeChanging:
     refuses = {"load_best_model_at_end": (
         "--load_best_model_at_end cannot be used with {name}: its adapter shapes change during "
         "training, so an earlier checkpoint does not fit the final model; pick the best run from history.jsonl")}
+
+
+def processes() -> int:
+    """How many processes train this run (torchrun's WORLD_SIZE; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class OneProcess:
+    """Mixin for methods that train in one process only (``one_process``: why, for the refusal)."""
+
+    one_process = "its adapters change shape during training, which DDP's gradient buckets do not follow"
 
 
 class OwnLayers:

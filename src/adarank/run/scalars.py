@@ -177,7 +177,7 @@ class ScalarsAtLogs(TrainerCallback):
         self.method_scalars = method_scalars
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:  # the training logs, not an evaluation's or the summary's
+        if not logs or "loss" not in logs or not self.scalars.integrations:  # training logs, reported somewhere
             return
         parameters = self.adapter_parameters()
         values = {**self.scalars.ranks_now(), "num_train_param": parameters}

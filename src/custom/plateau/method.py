@@ -10,8 +10,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from adarank.errors import UsageError
-from adarank.methods import (AdapterMethod, AdapterRequest, BuiltAdapter, Plan, Ranks, Shapes, ShapeChanging,
-                             adapter_placement, budget_rank, check_lora_arguments, lora_parameters)
+from adarank.methods import (AdapterMethod, AdapterRequest, BuiltAdapter, OneProcess, Plan, Ranks, Shapes,
+                             ShapeChanging, adapter_placement, budget_rank, check_lora_arguments, lora_parameters)
 from custom.plateau.arguments import (EVALS_PER_EPOCH, GRADIENT_WINDOW, GROWTH_INITS, PlateauArguments,
                                       default_eval_every, default_growth_budget)
 from custom.plateau.callback import PlateauGrowth
@@ -42,7 +42,7 @@ class PlateauPlan(Plan):
         return Ranks(self.r0, self.r_max)
 
 
-class PlateauLora(ShapeChanging, AdapterMethod):
+class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
     """LoRA whose ranks grow when the dev loss stalls."""
 
     name = "plateau"

@@ -19,7 +19,7 @@ from torch import nn
 from adarank.errors import UsageError
 from adarank.methods.adalora.schedule import fit_budget_schedule
 from adarank.methods.base import (AdapterMethod, AdapterParameters, AdapterRequest, BuiltAdapter, Ranks, Shapes,
-                                  OwnLayers, ShapeChanging, adapter_placement, budget_rank, check_lora_arguments,
+                                  OneProcess, OwnLayers, ShapeChanging, adapter_placement, budget_rank, check_lora_arguments,
                                   lora_parameters, positive)
 from adarank.methods.increlora.arguments import INIT_RANK, ORTH_REG_WEIGHT, IncreLoraArguments
 from adarank.methods.increlora.callback import IncreLoraGrowth
@@ -28,7 +28,7 @@ from adarank.methods.increlora.schedule import (IncreLoraPlan, expected_growth, 
                                                 reaches, within_reach)
 
 
-class IncreLora(ShapeChanging, OwnLayers, AdapterMethod):
+class IncreLora(ShapeChanging, OwnLayers, OneProcess, AdapterMethod):
     """Incremental matrices whose ranks grow where importance is highest."""
 
     name = "increlora"

@@ -14,7 +14,7 @@ the paper's sparsifying scheduler (Algorithm 1) raises. Where the defaults come 
   start from r_max 8 or 16 (their GLUE script: lora_r 8; their answer in issue #1 of the repository).
 - ``eta_t`` = eta lr_t / lr, eta = 1: the gates' step size follows the run's learning-rate schedule
   (warm-up and decay) from a peak of 1. The paper's update steps on the plain gradient, and on the
-  embedded MiniLM (CoLA) a gate's gradient drifts by 1e-4 to 1e-3 per step (measured), so a step
+  embedded MiniLM (CoLA) a gate's gradient is 1e-4 to 1e-3 in magnitude (measured), so a step
   size of 1 moves a gate by about what Adam moves A and B per step, the learning rate; a step size
   of the learning rate itself left every gate within 1e-4 of where the threshold put it in 3 epochs.
 - ``lambda`` = 3e-4: with eta = 1 the per-step threshold at the peak is eta lambda = 3e-4, the xi of

@@ -35,8 +35,8 @@ class SoraGates(TrainerCallback):
         adapter = model.active_adapter
         self.gates = [gate_of(layer, adapter) for layer in layers.values()]
         # Parameters each gate entry switches on or off: its row of A and its column of B.
-        self.widths = torch.cat([torch.full((layer.r[adapter],), float(layer.in_features + layer.out_features))
-                                 for layer in layers.values()])
+        self.widths = torch.cat([torch.full((layer.r[adapter],), float(layer.in_features + layer.out_features),
+                                            dtype=torch.float64) for layer in layers.values()])  # exact counts
         self.param_steps = torch.zeros((), dtype=torch.float64)  # sum over steps of the live parameters
         self.grads = torch.zeros(len(self.widths))  # the gates' gradients since the last step
         self.hooks: list = []

@@ -82,6 +82,12 @@ class SoraPlan(Plan):
 class Sora(ShapeChanging, OwnLayers, AdapterMethod):
     """LoRA at r_max whose gated dimensions are sparsified by proximal gradient steps (Ding et al., 2023)."""
 
+    refuses = {
+        "fp16": "--fp16 cannot be used with {name}: the gates step outside the optimizer, on gradients the loss "
+                "scaler never unscales; use --bf16 or fp32",
+        "diagnostics": "--diagnostics reads LoRA and AdaLoRA layers, not {name}'s gated ones (B diag(g) A)",
+    }
+
     name = "sora"
     arguments = SoraArguments
 

@@ -22,13 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
+import torch
 from peft import EvaConfig, LoraConfig, PeftModel, TaskType, get_peft_model, initialize_lora_eva_weights
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.methods.base import AdapterRequest, BuiltAdapter
+from adarank.methods.base import AdapterRequest, BuiltAdapter, OneProcess
 from adarank.methods.lora import LoraPlan
 from adarank.methods.variants.common import LoraVariant, VariantPlan, extended
 from adarank.run.ranks import RankLog
@@ -60,27 +61,32 @@ class EvaPlan(VariantPlan):
         return {"init_lora_weights": "eva", "eva_config": EvaConfig(rho=self.rho, tau=self.tau, whiten=self.whiten)}
 
 
-class Eva(LoraVariant):
+class Eva(OneProcess, LoraVariant):
     """LoRA initialised from the SVD of each layer's inputs, its ranks redistributed by explained variance."""
 
     name = "eva"
+    one_process = "each process would run its own initialisation, whose ranks must agree to the bit"
     arguments = EvaArguments
 
     def variant_plan(self, lora: LoraPlan, request: AdapterRequest) -> EvaPlan:
         a: EvaArguments = self.own_arguments(request)
         if a.eva_rho < 1:
             raise UsageError(f"--eva_rho {a.eva_rho} must be at least 1 (1: every matrix keeps its rank r)")
-        if not 0 <= a.eva_tau <= 1:
-            raise UsageError(f"--eva_tau {a.eva_tau} must be between 0 and 1 (a cosine similarity; PEFT's 0.99)")
+        if not 0 <= a.eva_tau < 1:
+            raise UsageError(f"--eva_tau {a.eva_tau} must be at least 0 and below 1 (the cosine similarity at which "
+                             "EVA's components count as converged; 1 may never be reached; PEFT's 0.99)")
         return extended(lora, EvaPlan, rho=a.eva_rho, tau=a.eva_tau, whiten=a.eva_whiten)
 
     def build(self, model: nn.Module, plan: EvaPlan, request: AdapterRequest) -> BuiltAdapter:
         if request.task_type == TaskType.SEQ_2_SEQ_LM:
             raise UsageError("--method eva cannot initialise an encoder-decoder model: its layers read two sequences "
                              "of different lengths, which EVA's token masks do not tell apart; use --method lora")
+        _check_components(model, plan, request.target_modules)
         if request.resume_from:
             peft_model = _from_checkpoint(model, request.resume_from)
         else:
+            if torch.cuda.is_available():  # its forward passes and SVDs on the device training uses
+                model.to("cuda")
             # The adapters wait on the meta device for EVA's values (PEFT's advice: less memory while it runs).
             peft_model = get_peft_model(model, self.peft_config(plan, request), low_cpu_mem_usage=True)
             _initialise(peft_model, request.train_batches)
@@ -90,6 +96,16 @@ class Eva(LoraVariant):
         callback = EvaRanks(ranks, plan.r * len(ranks), request.rank_log)
         plan = replace(plan, total_rank=total, rank_range=(low, high))
         return BuiltAdapter(peft_model, callbacks=[callback], plan=plan)
+
+
+def _check_components(model: nn.Module, plan: EvaPlan, targets: list[str]) -> None:
+    """EVA keeps round(r x rho) components of each layer's inputs: no more than its input width."""
+    components = round(plan.r * plan.rho)
+    narrowest = min((model.get_submodule(name).in_features for name in targets), default=components)
+    if components > narrowest:
+        raise UsageError(f"--eva_rho {plan.rho:g} asks for {components} input components per matrix at rank "
+                         f"{plan.r}, but the narrowest adapted matrix reads {narrowest} features: lower --eva_rho "
+                         f"to {narrowest // plan.r} or less")
 
 
 def _initialise(model: PeftModel, batches: Callable[[], Iterator[dict]] | None) -> None:

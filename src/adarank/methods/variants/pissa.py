@@ -2,7 +2,7 @@
 
 LoRA started on the principal part of each weight instead of at zero (the method's section, eqs. 2-3):
 with W = U S V^T, B A starts as the top r singular directions, B0 = U_r S_r^1/2 and A0 = S_r^1/2 V_r^T
-(each over the update scale, so that the scaled product is that part), and the frozen base becomes
+(each divided by the square root of the update scale s, so that s B0 A0 is that part), and the frozen base becomes
 the residual W_res = W - s B0 A0, so the model computes what it did before training. The exact SVD is
 the default (PEFT's ``init_lora_weights="pissa"``); ``--pissa_niter N`` takes the paper's fast
 randomised SVD with N subspace iterations (``"pissa_niter_N"``). Ranks, alpha and parameters are
