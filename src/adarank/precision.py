@@ -23,8 +23,8 @@ from adarank.tasks import Task
 # matching fp32's within seed noise on SST-2. Without bf16 units, bf16 is emulated: tens of times slower.
 BF16_MEASURED = {
     "amx": "bf16 1.44x fp32 on SST-2 and 1.46x on RTE, measured on a Sapphire Rapids CPU",
-    "avx512_bf16": "bf16 1.95-2.28x fp32 on SST-2 and 1.35x on a one-epoch RTE run, measured on an "
-                   "AVX512-BF16 CPU without AMX",
+    "avx512_bf16": "bf16 1.95-2.28x fp32 on SST-2 and 1.87-1.93x on RTE, measured on an AVX512-BF16 CPU "
+                   "without AMX",
 }
 
 
