@@ -67,6 +67,15 @@ def fused_output(layer, x: torch.Tensor, low_rank) -> torch.Tensor:
     return result.view(*x.shape[:-1], result.shape[-1])
 
 
+def diagonal_forward(layer, x: torch.Tensor, adapter: str, diagonal: torch.Tensor) -> torch.Tensor:
+    """base(x) + B diag(``diagonal``) A x times the layer's scaling, fused: the update of layers with a
+    vector between A and B (SoRA's gate, IncreLoRA's lambda)."""
+    a, dropout = layer.lora_A[adapter].weight, layer.lora_dropout[adapter]
+    scale = diagonal * layer.scaling[adapter]
+    return fused_output(layer, x, lambda flat: (F.linear(dropout(adapter_input(layer, flat, a.dtype)), a) * scale,
+                                                layer.lora_B[adapter].weight))
+
+
 def adapter_input(layer, flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The input of the low-rank path. PEFT casts it to the adapter's dtype (fp32); under autocast the
     product is computed in the autocast dtype anyway, so a bf16 input would make a round trip

@@ -189,7 +189,7 @@ class IncreLoraGrowth(TrainerCallback):
         if not path.is_file():
             raise UsageError(f"{checkpoint} has no {STATE_FILE}: resume an IncreLoRA run from one of its own "
                              "checkpoints")
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # dicts, lists, tensors and numbers
         for name, rank in saved["ranks"].items():
             while self.ranks[name] < rank:
                 self.add_rank(name, 0, values=False)

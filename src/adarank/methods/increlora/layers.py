@@ -25,7 +25,7 @@ from torch import nn
 
 from adarank.errors import UsageError
 from adarank.methods.adalora.fast import group_by_shape, orthogonality
-from adarank.methods.fused import adapter_input, fused_output
+from adarank.methods.fused import diagonal_forward
 from adarank.methods.growth import extend_optimizer_state, extend_parameter_state, resize_module, set_lora_weights
 
 INIT_STD = 0.02  # P and Q ~ N(0, 0.02), lambda = 0 (AdaLoRA's initial values, PEFT's AdaLoRA default)
@@ -42,10 +42,7 @@ class IncreLoraLinear(LoraLinear):
             result = self.base_layer(x, *args, **kwargs)
             return result if self.disable_adapters else result + self._update(x, result.dtype)
         adapter = self.active_adapters[0]
-        a, b, e = self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.lora_E[adapter]
-        scale = e * self.scaling[adapter]
-        return fused_output(self, x, lambda flat: (F.linear(self.lora_dropout[adapter](adapter_input(self, flat, a.dtype)),
-                                                      a) * scale, b))
+        return diagonal_forward(self, x, adapter, self.lora_E[adapter])
 
     def _update(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         adapter = self.active_adapters[0]

@@ -19,13 +19,12 @@ direction (a zero row of A and a zero column of B), which adds nothing to its ou
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.utils.other import transpose
 from torch import nn
 
 from adarank.errors import UsageError
-from adarank.methods.fused import adapter_input, fused_output, plain_adapter
+from adarank.methods.fused import diagonal_forward, plain_adapter
 
 GATE = "sora_gate"
 
@@ -50,10 +49,7 @@ class GatedLinear(LoraLinear):
         adapter = plain_adapter(self, args, kwargs)
         if adapter is None:
             raise NotImplementedError("a SoRA layer runs one active plain LoRA adapter without extra arguments")
-        a, dropout = self.lora_A[adapter].weight, self.lora_dropout[adapter]
-        scale = getattr(self, GATE)[adapter] * self.scaling[adapter]  # g times alpha / r, per column of A x
-        return fused_output(self, x, lambda flat: (F.linear(dropout(adapter_input(self, flat, a.dtype)), a) * scale,
-                                             self.lora_B[adapter].weight))
+        return diagonal_forward(self, x, adapter, getattr(self, GATE)[adapter])  # B diag(g) A x alpha / r
 
     def get_delta_weight(self, adapter) -> torch.Tensor:
         """B diag(g) A times the scaling: what merging adds to the base weight."""
