@@ -25,6 +25,7 @@ from torch import nn
 
 from adarank.errors import UsageError
 from adarank.methods.fused import diagonal_forward, plain_adapter
+from adarank.methods.growth import set_lora_weights
 
 GATE = "sora_gate"
 
@@ -82,31 +83,21 @@ def fold_gates(peft_model, layers: dict[str, GatedLinear]) -> dict[str, int]:
     """Turn every gated layer into a plain LoRA layer of its live rank (see the module's docstring);
     returns each module's live rank (0 where all its gates are zero)."""
     adapter = peft_model.active_adapter
-    config = peft_model.peft_config[adapter]
-    ranks, patterns = {}, {"rank_pattern": dict(config.rank_pattern or {}),
-                           "alpha_pattern": dict(config.alpha_pattern or {})}
-    for name, layer in layers.items():
-        ranks[name], kept, alpha = _fold_layer(layer, adapter)
-        patterns["rank_pattern"][name], patterns["alpha_pattern"][name] = kept, alpha
-    config.rank_pattern, config.alpha_pattern = patterns["rank_pattern"], patterns["alpha_pattern"]
-    return ranks
+    return {name: _fold_layer(peft_model, layer, name, adapter) for name, layer in layers.items()}
 
 
-def _fold_layer(layer: GatedLinear, adapter: str) -> tuple[int, int, float]:
-    """(live rank, rank kept in the layer, its alpha): B diag(g) and A on the live dimensions."""
+def _fold_layer(peft_model, layer: GatedLinear, name: str, adapter: str) -> int:
+    """B diag(g) and A on the live dimensions, alpha / r kept (methods/growth.py's surgery); the live rank."""
     gate = gate_of(layer, adapter).detach()
     live = gate.nonzero().flatten()
-    a_layer, b_layer = layer.lora_A[adapter], layer.lora_B[adapter]
+    a_weight, b_weight = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     with torch.no_grad():
-        a = a_layer.weight[live]
-        b = b_layer.weight[:, live] * gate[live].to(b_layer.weight.dtype)
+        a = a_weight[live]
+        b = b_weight[:, live] * gate[live].to(b_weight.dtype)
         if live.numel() == 0:  # PEFT refuses rank 0: one zero direction
-            a, b = a_layer.weight.new_zeros(1, a.shape[1]), b_layer.weight.new_zeros(b.shape[0], 1)
-    kept = a.shape[0]
-    alpha = layer.lora_alpha[adapter] * kept / layer.r[adapter]  # alpha / r stays what it was
-    a_layer.weight, a_layer.out_features = nn.Parameter(a.contiguous()), kept
-    b_layer.weight, b_layer.in_features = nn.Parameter(b.contiguous()), kept
-    layer.r[adapter], layer.lora_alpha[adapter], layer.scaling[adapter] = kept, alpha, alpha / kept
+            a, b = a_weight.new_zeros(1, a.shape[1]), b_weight.new_zeros(b.shape[0], 1)
+    alpha = layer.lora_alpha[adapter] * a.shape[0] / layer.r[adapter]  # alpha / r stays what it was
+    set_lora_weights(peft_model, layer, name, a, b, alpha)
     delattr(layer, GATE)
     layer.__class__ = LoraLinear
-    return live.numel(), kept, alpha
+    return live.numel()
