@@ -60,6 +60,7 @@ def build(model, tokenized, method: str, method_arguments=None, **adapter_flags)
     request = AdapterRequest(TASK, AdapterArguments(method=method, **adapter_flags), total_step=8,
                              target_modules=resolve_target_modules(model), head_modules=head_modules(model),
                              method_arguments=method_arguments, task_type=TASK.peft_task_type(model),
+                             explicit=frozenset(adapter_flags),  # as if given on the command line
                              train_batches=training_batches(tokenized.train, model,
                                                             DataCollatorWithPadding(tokenized.tokenizer), 8))
     return chosen, chosen.build(model, chosen.plan(request), request)
@@ -86,6 +87,15 @@ def test_the_peft_config_is_the_one_the_flags_ask_for(tiny_model, demo, method):
         assert set(config.target_modules) == set(targets)
     scales = {layer.scaling["default"] for layer in built.model.modules() if isinstance(layer, LoraLayer)}
     assert scales == {12.0 / 2.0 if method == "rslora" else 12.0 / 4}  # rsLoRA: alpha / sqrt(r)
+
+
+def test_pissa_scales_its_update_by_one_unless_alpha_is_given(tiny_model, tmp_path):
+    """The paper's W = W_res + B A has no scale: alpha = r by default; --lora_alpha wins."""
+    for flags, alpha in (((), 2.0), (("--lora_alpha", "16"), 16.0)):
+        run_dir = tmp_path / f"alpha-{alpha:g}"
+        assert run_variant(tiny_model, run_dir, "pissa", *flags) == 0
+        adapter = json.loads((run_dir / "config.json").read_text())["adapter"]
+        assert (adapter["r"], adapter["lora_alpha"], adapter["update_scale"]) == (2, alpha, alpha / 2)
 
 
 def test_the_variants_own_flags_reach_peft(tiny_model, demo):
@@ -142,8 +152,8 @@ def test_a_trained_adapter_reloads_onto_the_unmodified_base_to_the_same_logits(t
     fresh = load_model(tiny_model, TASK, load_in_4bit=four_bit)[1]  # PiSSA's residual is not in it
     torch.testing.assert_close(reloaded_logits(fresh, tmp_path / "adapter", inputs), logits, rtol=1e-4, atol=1e-5)
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    if method == "pissa":  # plain LoRA of rank 2r: [B, -B0] [A; A0], at the same scale
-        assert (saved["r"], saved["lora_alpha"], saved["init_lora_weights"]) == (4, 32.0, True)
+    if method == "pissa":  # plain LoRA of rank 2r: [B, -B0] [A; A0], at the same scale (alpha r -> 2r)
+        assert (saved["r"], saved["lora_alpha"], saved["init_lora_weights"]) == (4, 4.0, True)
         weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
         assert any("classifier" in k for k in weights)  # the head trained in full is kept
 

@@ -157,7 +157,7 @@ def _request(setup: Setup, data: TaskData) -> AdapterRequest:
     return AdapterRequest(setup.task, setup.args.adapter, total_step, steps_per_epoch=steps_per_epoch,
                           method_arguments=setup.args.options_of(setup.method.arguments),
                           gradient_checkpointing=training.gradient_checkpointing,
-                          resume_from=training.resume_from_checkpoint)
+                          resume_from=training.resume_from_checkpoint, explicit=frozenset(setup.args.explicit))
 
 
 def _run_directory(setup: Setup, plan: Plan, data: TaskData) -> RunDirectory:

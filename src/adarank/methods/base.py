@@ -51,6 +51,7 @@ class AdapterRequest:
     # One pass over the tokenized training set in model-ready batches (a function giving an iterator), for
     # a method that initialises its adapters from data (run/batches.py); None outside a run.
     train_batches: Callable[[], Iterator[dict]] | None = None
+    explicit: frozenset[str] = frozenset()  # the flags the user set, so a method can tell them from defaults
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ with W = U S V^T, B A starts as the top r singular directions, B0 = U_r S_r^1/2 
 (each divided by the square root of the update scale s, so that s B0 A0 is that part), and the frozen base becomes
 the residual W_res = W - s B0 A0, so the model computes what it did before training. The exact SVD is
 the default (PEFT's ``init_lora_weights="pissa"``); ``--pissa_niter N`` takes the paper's fast
-randomised SVD with N subspace iterations (``"pissa_niter_N"``). Ranks, alpha and parameters are
-LoRA's: the paper's formulation has no scale (alpha = r); here alpha is the run's, as for every
-LoRA-style method of a run's budget, and ``--lora_alpha`` sets it.
+randomised SVD with N subspace iterations (``"pissa_niter_N"``). Ranks and parameters are LoRA's;
+the paper's formulation W = W_res + B A has no update scale, so alpha defaults to r (scale 1), not
+the recipe's alpha (16 over r = 2 would move the principal directions 8x as fast); an explicit
+``--lora_alpha`` wins.
 
 An adapter saved as trained fits W_res only. The run's adapter/ is PEFT's conversion to plain LoRA,
 Delta W = s (B A - B0 A0) = s [B, -B0] [A; A0]: rank 2r, alpha 2 alpha (the same scale), loading onto
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from peft import PeftModel, get_peft_model_state_dict
@@ -72,6 +73,8 @@ class Pissa(LoraVariant):
         if niter is not None and niter < 0:
             raise UsageError(f"--pissa_niter {niter} must be 0 or more subspace iterations "
                              "(leave it out for the exact SVD)")
+        if "lora_alpha" not in request.explicit:  # the paper's scale of 1
+            lora = replace(lora, lora_alpha=float(lora.r))
         return extended(lora, PissaPlan, init_lora_weights="pissa" if niter is None else f"pissa_niter_{niter}")
 
     def build(self, model: nn.Module, plan: PissaPlan, request: AdapterRequest) -> BuiltAdapter:
