@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from adarank.methods.adalora import distances_from_orthogonal, importance_steps, triplet_scores, update_scale
+from adarank.methods.adalora import importance_steps, regulariser_scalars, triplet_scores, update_scale
 from adarank.modules import locate
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -67,15 +67,9 @@ def update_norms(model, adapter: str) -> dict:
 
 
 def orthogonal_regulariser(model, adapter: str) -> float:
-    """R as PEFT adds it to the loss (the mean of AdaLoRA's ``distances_from_orthogonal``, one matrix at
-    a time); 0 for adapters without it (LoRA)."""
-    values = []
-    with torch.no_grad():
-        for _, a, b, e, _ in _adapter_tensors(model, adapter):
-            if e is None:
-                return 0.0
-            values += [float(distances_from_orthogonal(kind, m)) for kind, m in (("A", a), ("B", b))]
-    return sum(values) / len(values) if values else 0.0
+    """R as PEFT adds it to the loss (AdaLoRA's eq. 4, the value its logs show); 0 for adapters
+    without it (LoRA)."""
+    return regulariser_scalars(model, adapter).get("orth_regu_loss", 0.0)
 
 
 class Diagnostics(TrainerCallback):

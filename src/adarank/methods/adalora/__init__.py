@@ -12,12 +12,12 @@ from adarank.methods.adalora.allocation import (ALLOCATOR_STATE_FILE, AdaLoraAll
                                                 triplet_scores)
 from adarank.methods.adalora.fast import (distances_from_orthogonal, group_by_shape, orthogonality, update_scale,
                                           vectorise_allocator, vectorise_regulariser)
-from adarank.methods.adalora.method import INITS, AdaLora
+from adarank.methods.adalora.method import INITS, AdaLora, regulariser_scalars
 from adarank.methods.adalora.schedule import (INIT_RANK_FACTOR, AdaLoraPlan, BudgetSchedule, fit_budget_schedule,
                                               init_rank)
 
 __all__ = [
     "ALLOCATOR_STATE_FILE", "INITS", "INIT_RANK_FACTOR", "AdaLora", "AdaLoraAllocation", "AdaLoraPlan",
     "BudgetSchedule", "distances_from_orthogonal", "fit_budget_schedule", "group_by_shape", "importance_steps", "init_rank", "orthogonality",
-    "triplet_scores", "update_scale", "vectorise_allocator", "vectorise_regulariser",
+    "regulariser_scalars", "triplet_scores", "update_scale", "vectorise_allocator", "vectorise_regulariser",
 ]

@@ -84,10 +84,11 @@ class AdaLora(ShapeChanging, AdapterMethod):
         return Ranks(start_rank or init_rank(rank), rank)
 
 
-def regulariser_scalars(model: PeftModel) -> dict[str, float]:
-    """The orthogonal regulariser now, for the logs (run/scalars.py): each half's mean distance from
-    orthogonal, R (the mean over every A and B, eq. 4) and gamma R, the part of the loss it is."""
-    adapter = model.active_adapter
+def regulariser_scalars(model: PeftModel, adapter: str | None = None) -> dict[str, float]:
+    """The orthogonal regulariser now, for the logs (run/scalars.py, run/diagnostics.py): each half's
+    mean distance from orthogonal, R (the mean over every A and B, eq. 4) and gamma R, the part of the
+    loss it is; nothing for adapters without it."""
+    adapter = adapter or model.active_adapter
     distances: dict[str, list[float]] = {"A": [], "B": []}
     with torch.no_grad():
         for module in model.modules():
