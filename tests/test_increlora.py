@@ -153,6 +153,23 @@ def test_growth_keeps_the_function_and_the_optimizer_state(tiny_model):
     loop.step(batch)  # the optimizer carries on with the grown shapes
 
 
+def test_merging_before_the_fold_adds_the_update_the_forward_adds(tiny_model):
+    built, batch = build(tiny_model, 20, budget="small", tinit=10, delta_t=1, tfinal=2)
+    loop = Loop(built, 20)
+    for _ in range(3):
+        loop.step(batch)
+    built.model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        for layer in loop.growth.layers.values():  # lambda away from its start, so a merge without it differs
+            layer.lora_E["default"].add_(torch.linspace(0.5, 1.5, layer.lora_E["default"].numel()))
+        before = built.model(**inputs).logits
+        for layer in loop.growth.layers.values():
+            layer.merge()
+        merged = built.model(**inputs).logits
+    assert torch.allclose(merged, before, atol=1e-5)
+
+
 @pytest.mark.parametrize("orth_reg_weight", [0.0, 0.1])
 def test_the_reserved_rank_learns_only_from_the_regulariser(tiny_model, orth_reg_weight):
     built, batch = build(tiny_model, 20, budget="small", orth_reg_weight=orth_reg_weight, tinit=10, delta_t=1,

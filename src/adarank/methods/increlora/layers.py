@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.utils.other import transpose
 from torch import nn
 
 from adarank.errors import UsageError
@@ -38,9 +39,13 @@ class IncreLoraLinear(LoraLinear):
     fused_forward = True  # counted by fuse_adapter_forward
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.disable_adapters or args or kwargs:
+        if self.disable_adapters or self.merged:
+            if self.disable_adapters and self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if args or kwargs:
             result = self.base_layer(x, *args, **kwargs)
-            return result if self.disable_adapters else result + self._update(x, result.dtype)
+            return result + self._update(x, result.dtype)
         adapter = self.active_adapters[0]
         return diagonal_forward(self, x, adapter, self.lora_E[adapter])
 
@@ -49,6 +54,11 @@ class IncreLoraLinear(LoraLinear):
         a = self.lora_A[adapter].weight
         low = F.linear(self.lora_dropout[adapter](self._cast_input_dtype(x, a.dtype)), a)
         return F.linear(low * (self.lora_E[adapter] * self.scaling[adapter]), self.lora_B[adapter].weight).to(dtype)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """Delta W = P diag(lambda) Q * scale, so merging before the fold adds the update the forward adds."""
+        q, p, e = triplet_parameters(self, adapter)
+        return transpose((p * e) @ q, self.fan_in_fan_out) * self.scaling[adapter]
 
 
 def triplet_parameters(layer, adapter: str) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
