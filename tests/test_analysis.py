@@ -395,3 +395,32 @@ def test_runs_that_cannot_be_read_are_left_out_with_the_reason_and_the_report_ma
     empty.mkdir()
     assert "no run directories" in main_fails_cleanly(capsys, summarize_runs.main, [str(empty)], one_line=True)
     assert "no run directories" in main_fails_cleanly(capsys, report.main, [str(empty)], one_line=True)
+
+
+def test_rank_comparison_pairs_seeds_and_counts_the_matrices_that_moved(runs_root, tmp_path, capsys):
+    import compare_ranks
+
+    first = [runs_root / "sst2-adalora-1", runs_root / "sst2-adalora-2"]
+    moved = shutil.copytree(first[0], tmp_path / "moved-1")  # seed 1 again, two matrices' final ranks changed
+    records = read_jsonl(moved / "ranks.jsonl")
+    final = records[-1]["ranks"]
+    final["0"]["query"] += 2
+    final["1"]["value"] -= 1
+    (moved / "ranks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    matrices = sum(len(kinds) for kinds in final.values())
+
+    rows = compare_ranks.main([*map(str, first), "--against", str(moved)])
+    same_seed = [row for row in rows if row["pair"] == "same seed"]
+    assert len(same_seed) == 1 and same_seed[0]["runs"] == "sst2-adalora-1 / moved-1"  # seed 2 has no partner
+    assert same_seed[0]["matrices"] == matrices
+    assert same_seed[0]["same rank (%)"] == pytest.approx(100 * (matrices - 2) / matrices)
+    assert same_seed[0]["mean rank difference"] == pytest.approx(3 / matrices)
+    assert same_seed[0]["largest rank difference"] == 2
+    between_seeds = [row for row in rows if row["pair"] == "first group, seeds"]
+    one, two = (read_jsonl(path / "ranks.jsonl")[-1]["ranks"] for path in first)
+    equal = sum(one[layer][kind] == two[layer][kind] for layer in one for kind in one[layer])
+    assert between_seeds[0]["same rank (%)"] == pytest.approx(100 * equal / matrices)
+    assert "| mean: same seed | 1 pair(s) |" in capsys.readouterr().out
+
+    (moved / "metrics.json").unlink()
+    assert "not a finished run" in main_fails_cleanly(capsys, compare_ranks.main, [str(first[0]), "--against", str(moved)])
