@@ -1,4 +1,6 @@
-"""Two processes with DDP on the CPU (torchrun, gloo), against one process with the same global batch."""
+"""Two processes with DDP on the CPU (torchrun, gloo), against one process with the same global batch.
+SoRA's gates step outside the optimizer, on gradients it averages across the processes itself: the
+processes end with equal folded adapters only if that average is taken."""
 
 import json
 import os
@@ -17,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 STEPS = 8
 
 
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.parametrize("method", ["lora", "adalora", "sora"])
 def test_two_processes_train_as_one_with_the_same_global_batch(method, tiny_model, tmp_path):
     flags = ["--demo", "--model_name_or_path", tiny_model, "--method", method, "--max_steps", str(STEPS),
              "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy", "no", "--max_eval_samples", "32",
