@@ -98,6 +98,7 @@ def test_evaluating_during_training_changes_nothing_and_a_resumed_run_matches(mi
     assert run_task(*common, "--eval_strategy", "no", "--output_dir", str(quiet)) == 0
     config = json.loads((evaluated / "config.json").read_text())["four_bit_cpu_kernels"]
     assert (config["packed_kernel_layers"] > 0) == (cpu_path == "packed")
+    assert config["contiguous_gradient_layers"] == config["packed_kernel_layers"] + config["plain_kernel_layers"]
 
     weights = load_file(evaluated / "adapter" / "adapter_model.safetensors")
     for key, value in load_file(quiet / "adapter" / "adapter_model.safetensors").items():

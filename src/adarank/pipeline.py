@@ -32,7 +32,7 @@ from adarank.run.preemption import PREEMPTED_EXIT_CODE, MarkCheckpointComplete, 
 from adarank.run.ranks import RankLog
 from adarank.run.scalars import Scalars, ScalarsAtLogs
 from adarank.run.steps import count_optimizer_steps
-from adarank.speed import take_fast_paths
+from adarank.fast_paths import take_fast_paths
 from adarank.run.trainer import RunTrainer
 from adarank.tasks import LoadedModel, Task, TaskData, get_task
 
@@ -79,7 +79,7 @@ class AdaptedModel:
     base_params: int
     memory: MemoryReport  # of the base model, before adapters
     counts: ParameterCounts  # before training
-    fast_paths: dict[str, int]  # layers taking each fast path (adarank/speed.py)
+    fast_paths: dict[str, int]  # layers taking each fast path (adarank/fast_paths.py)
     scalars: Scalars  # ranks, budget and the method's figures for --report_to (run/scalars.py)
 
 

@@ -88,6 +88,8 @@ def describe_kernels(model: nn.Module) -> dict:
     return {
         "packed_kernel_layers": len(packed),
         "plain_kernel_layers": len(names) - len(packed),
+        "contiguous_gradient_layers": sum(bool(getattr(m, "_contiguous_gradient", False))
+                                          for m in model.modules() if is_linear_4bit(m)),
         "rule": "packed (bitsandbytes' bf16 CPU kernel, evaluation only) where the CPU has AVX512-BF16, "
                 "the compute dtype is bfloat16, out_features % 32 == 0 and in_features is a multiple of the "
                 "quantisation block; plain elsewhere",
