@@ -424,3 +424,22 @@ def test_rank_comparison_pairs_seeds_and_counts_the_matrices_that_moved(runs_roo
 
     (moved / "metrics.json").unlink()
     assert "not a finished run" in main_fails_cleanly(capsys, compare_ranks.main, [str(first[0]), "--against", str(moved)])
+
+
+def test_epochs_to_reach_finds_the_first_evaluation_at_the_references_mean_final_score(runs_root, capsys):
+    import epochs_to_reach
+
+    runs = [runs_root / f"sst2-{method}-{seed}" for method in ("lora", "adalora") for seed in "12"]
+    reference = runs[:2]
+    target = statistics.mean(json.loads((run / "metrics.json").read_text())["eval_accuracy"] for run in reference)
+    table = epochs_to_reach.main([*map(str, runs), "--reference", *map(str, reference)])
+    for run, row in zip(runs, table):
+        evaluations = [r for r in read_jsonl(run / "history.jsonl") if "eval_accuracy" in r]
+        assert len(evaluations) >= 2  # one a training epoch
+        first = next((r for r in evaluations if r["eval_accuracy"] >= target), None)
+        assert row["reaches target at epoch"] == (first["epoch"] if first else "never")
+        assert row["best"] == pytest.approx(100 * max(r["eval_accuracy"] for r in evaluations))
+        assert row["target"] == pytest.approx(100 * target)
+    assert any(row["reaches target at epoch"] != "never" for row in table[:2])  # a reference run reaches its mean
+    assert "not a finished run" in main_fails_cleanly(
+        capsys, epochs_to_reach.main, [str(runs_root / "stopped"), "--reference", str(runs[0])])

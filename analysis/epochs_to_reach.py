@@ -1,0 +1,76 @@
+"""When each run reaches a reference's final score: per run, its final and best dev metric, the
+epoch of its best, and the first evaluation at which it reaches the target, the mean final score
+of the reference runs (LoRA at the same budget, say).
+
+    python analysis/epochs_to_reach.py RUN [RUN ...] --reference RUN [RUN ...] [--csv]
+
+The metric is the task's headline dev metric (CoLA: Matthews correlation); the evaluations are the
+ones in each run's history.jsonl (every epoch under the paper's settings). A run that never reaches
+the target says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from cli import command_line, fail_cleanly
+from run_reader import AnalysisError, Run, load_run, task_metric
+from tables import csv_text, markdown
+
+
+def evaluations(run: Run, key: str) -> list[dict]:
+    """The run's dev evaluations in order, each with its step and epoch."""
+    if not run.finished:
+        raise AnalysisError(f"{run.path} is not a finished run (no metrics.json)")
+    records = [r for r in run.history().records if key in r]
+    if not records:
+        raise AnalysisError(f"{run.path / 'history.jsonl'} holds no {key}: the run never evaluated during training")
+    return records
+
+
+def final_score(run: Run, key: str) -> float:
+    return float(run.metrics[key])
+
+
+def row(run: Run, key: str, target: float) -> dict:
+    records = evaluations(run, key)
+    best = max(records, key=lambda r: r[key])
+    reached = next((r for r in records if r[key] >= target), None)
+    return {"run": run.name, "final": 100 * final_score(run, key), "best": 100 * best[key],
+            "best at epoch": best.get("epoch"), "target": 100 * target,
+            "reaches target at epoch": reached.get("epoch") if reached else "never",
+            "at step": reached["step"] if reached else ""}
+
+
+def rows(runs: list[Run], reference: list[Run]) -> list[dict]:
+    keys = {f"eval_{task_metric(run)}" for run in runs + reference}
+    if len(keys) != 1:
+        raise AnalysisError(f"the runs do not share one dev metric ({', '.join(sorted(keys))}): compare one task at a time")
+    (key,) = keys
+    for run in reference:
+        if not run.finished:
+            raise AnalysisError(f"{run.path} is not a finished run (no metrics.json)")
+    target = statistics.mean(final_score(run, key) for run in reference)
+    return [row(run, key, target) for run in runs]
+
+
+def formatted(table: list[dict]) -> list[dict]:
+    return [{**r, "final": f"{r['final']:.2f}", "best": f"{r['best']:.2f}", "target": f"{r['target']:.2f}",
+             "best at epoch": f"{r['best at epoch']:g}",
+             "reaches target at epoch": (r["reaches target at epoch"] if isinstance(r["reaches target at epoch"], str)
+                                         else f"{r['reaches target at epoch']:g}")} for r in table]
+
+
+@fail_cleanly
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = command_line(__doc__, runs="finished run directories that evaluated during training", csv=True)
+    parser.add_argument("--reference", nargs="+", required=True,
+                        help="the runs whose mean final score is the target")
+    args = parser.parse_args(argv)
+    table = rows([load_run(path) for path in args.runs], [load_run(path) for path in args.reference])
+    print(csv_text(formatted(table)) if args.csv else markdown(formatted(table)))
+    return table
+
+
+if __name__ == "__main__":
+    main()
