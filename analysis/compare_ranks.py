@@ -38,7 +38,18 @@ def compare(kind: str, a: Run, b: Run) -> dict:
             "total rank": f"{sum(ranks_a.values())} / {sum(ranks_b.values())}"}
 
 
+def one_setting(runs: list[Run], which: str) -> None:
+    """A group is seeds of one task, method and budget, each seed once."""
+    if len({(run.task, run.method, run.budget) for run in runs}) > 1:
+        raise AnalysisError(f"{which} mixes tasks, methods or budgets: give one setting's seeds per group")
+    seeds = [run.seed for run in runs]
+    if None in seeds or len(set(seeds)) < len(seeds):
+        raise AnalysisError(f"{which} holds a run without a seed or one seed twice ({seeds}): each seed once")
+
+
 def pairs(first: list[Run], second: list[Run]) -> list[dict]:
+    one_setting(first, "the first group")
+    one_setting(second, "--against")
     by_seed = {run.seed: run for run in second}
     matched = [(run, by_seed[run.seed]) for run in first if run.seed in by_seed]
     if not matched:

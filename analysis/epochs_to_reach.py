@@ -4,17 +4,18 @@ of the reference runs (LoRA at the same budget, say).
 
     python analysis/epochs_to_reach.py RUN [RUN ...] --reference RUN [RUN ...] [--csv]
 
-The metric is the task's headline dev metric (CoLA: Matthews correlation); the evaluations are the
-ones in each run's history.jsonl (every epoch under the paper's settings). A run that never reaches
-the target says so.
+The metric is the task's headline dev metric (CoLA: Matthews correlation; MNLI: the matched split's
+accuracy); the evaluations are the ones in each run's history.jsonl (every epoch under the paper's
+settings), those without a number (NaN) left out. A run that never reaches the target says so.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from cli import command_line, fail_cleanly
-from run_reader import AnalysisError, Run, load_run, task_metric
+from run_reader import AnalysisError, Run, load_run, metric_keys
 from tables import csv_text, markdown
 
 
@@ -22,14 +23,17 @@ def evaluations(run: Run, key: str) -> list[dict]:
     """The run's dev evaluations in order, each with its step and epoch."""
     if not run.finished:
         raise AnalysisError(f"{run.path} is not a finished run (no metrics.json)")
-    records = [r for r in run.history().records if key in r]
+    records = [r for r in run.history().records if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
     if not records:
         raise AnalysisError(f"{run.path / 'history.jsonl'} holds no {key}: the run never evaluated during training")
     return records
 
 
 def final_score(run: Run, key: str) -> float:
-    return float(run.metrics[key])
+    value = run.metrics.get(key)
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        raise AnalysisError(f"{run.path / 'metrics.json'} has no number for {key}")
+    return float(value)
 
 
 def row(run: Run, key: str, target: float) -> dict:
@@ -43,7 +47,7 @@ def row(run: Run, key: str, target: float) -> dict:
 
 
 def rows(runs: list[Run], reference: list[Run]) -> list[dict]:
-    keys = {f"eval_{task_metric(run)}" for run in runs + reference}
+    keys = {metric_keys(run)[0] for run in runs + reference}
     if len(keys) != 1:
         raise AnalysisError(f"the runs do not share one dev metric ({', '.join(sorted(keys))}): compare one task at a time")
     (key,) = keys
@@ -54,11 +58,14 @@ def rows(runs: list[Run], reference: list[Run]) -> list[dict]:
     return [row(run, key, target) for run in runs]
 
 
+def epoch_text(epoch) -> str:
+    return f"{epoch:g}" if isinstance(epoch, (int, float)) else str(epoch if epoch is not None else "?")
+
+
 def formatted(table: list[dict]) -> list[dict]:
     return [{**r, "final": f"{r['final']:.2f}", "best": f"{r['best']:.2f}", "target": f"{r['target']:.2f}",
-             "best at epoch": f"{r['best at epoch']:g}",
-             "reaches target at epoch": (r["reaches target at epoch"] if isinstance(r["reaches target at epoch"], str)
-                                         else f"{r['reaches target at epoch']:g}")} for r in table]
+             "best at epoch": epoch_text(r["best at epoch"]),
+             "reaches target at epoch": epoch_text(r["reaches target at epoch"])} for r in table]
 
 
 @fail_cleanly

@@ -1,13 +1,15 @@
 """Results tables over many runs, with seeds and a paired bootstrap between methods.
 
-    python analysis/summarize_runs.py RUNS_ROOT [--csv] [--paper] [--bootstrap 2000]
+    python analysis/summarize_runs.py RUNS_ROOT [--csv] [--paper] [--bootstrap 2000] [--pair-all]
 
 Table 1: task x method x budget, the task's metric as mean +- std over seeds
 (n), trainable parameters, adapter MB, train time and peak memory.
 Table 2: for two methods on the same task and budget, the difference of the
 means and a paired bootstrap 95% interval of it, resampling the dev examples
 (the same resample for both methods, each method's metric averaged over its
-seeds), computed from predictions.tsv with the task's own metric.
+seeds), computed from predictions.tsv with the task's own metric. With --pair-all,
+every two settings of a task, whatever differs (recipe, training arguments,
+budget label), each row naming the difference.
 Unfinished or failed runs and synthetic-data (--demo) runs are listed apart.
 """
 
@@ -128,19 +130,18 @@ def results_rows(groups: dict) -> list[dict]:
 
 def comparison_rows(groups: dict, resamples: int, pair_all: bool = False) -> list[dict]:
     """Paired differences between methods of a task and budget that share recipe, model, data and
-    training arguments; with ``pair_all``, every pair, each naming what differs."""
+    training arguments (the untrained base model, budget "none", is every budget's baseline); with
+    ``pair_all``, every pair of a task, budgets included, each naming what differs."""
     rows, names = [], method_names(groups)
-    by_task_budget = defaultdict(dict)
+    by_task = defaultdict(dict)
     for group, runs in groups.items():
-        by_task_budget[(group[0], group[2])][names[group]] = runs
-    # The untrained base model (--method none, budget "none") is every budget's baseline.
-    baselines = {task: by_task_budget.pop((task, budget)) for task, budget in list(by_task_budget) if budget == "none"}
-    for (task, budget), methods in by_task_budget.items():
-        methods.update(baselines.get(task, {}))
+        by_task[group[0]][(names[group], group[2])] = runs
     predictions = PredictionTables()
-    for (task, budget), methods in sorted(by_task_budget.items()):
-        for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(sorted(methods.items()), 2):
-            differ = differences(runs_a[0], runs_b[0])
+    for task, settings in sorted(by_task.items()):
+        for ((name_a, budget_a), runs_a), ((name_b, budget_b), runs_b) in itertools.combinations(
+                sorted(settings.items()), 2):
+            budgets = {budget_a, budget_b} - {"none"} or {"none"}
+            differ = differences(runs_a[0], runs_b[0]) + (["budget"] if len(budgets) > 1 else [])
             if differ and not pair_all:
                 continue
             tables_a, tables_b = ({run.path: predictions(run) for run in runs} for runs in (runs_a, runs_b))
@@ -148,7 +149,9 @@ def comparison_rows(groups: dict, resamples: int, pair_all: bool = False) -> lis
                 d = method_difference(metric, split, tables_a, tables_b, resamples)
                 scale = points(metric)
                 rows.append({
-                    "task": task + ("" if split == "validation" else f" ({split})"), "budget": budget,
+                    "task": task + ("" if split == "validation" else f" ({split})"),
+                    "budget": budget_a if len(budgets) == 1 and budget_a != "none" else
+                    budget_b if len(budgets) == 1 else f"{budget_a} / {budget_b}",
                     "comparison": f"{name_a} - {name_b}" + (f" (differ: {', '.join(differ)})" if differ else ""),
                     "metric": metric,
                     "seeds": f"{len(runs_a)} vs {len(runs_b)}", "examples": d.examples,
@@ -194,8 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = command_line(__doc__, root="a folder of run directories (searched recursively)", csv=True)
     add_paper_options(parser, "add the AdaLoRA paper's numbers as reference rows")
     parser.add_argument("--pair-all", action="store_true",
-                        help="also compare methods whose runs differ in recipe, model, data or training arguments "
-                             "(each such row names what differs)")
+                        help="also compare methods whose runs differ in recipe, model, data, training arguments "
+                             "or budget label (each such row names what differs)")
     args = parser.parse_args(argv)
     tables = summarize(args.root, args.paper, args.bootstrap, args.pair_all)
     for name, rows in tables.items():

@@ -318,6 +318,16 @@ def test_methods_are_paired_only_like_with_like_and_named_by_recipe(runs_root, t
     assert row["comparison"] == "adalora [recipe=official] - lora (differ: recipe, learning_rate)"
 
 
+def test_runs_of_different_budgets_are_paired_only_when_asked_and_the_budget_is_named(runs_root, tmp_path):
+    root = copy_runs(runs_root, tmp_path)
+    for seed in "12":  # AdaLoRA labelled with another budget (a growth method's ceiling, say)
+        path = root / f"sst2-adalora-{seed}" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "budget": "r3"}))
+    assert summarize_runs.summarize(root, resamples=20)["comparisons"] == []
+    (row,) = summarize_runs.summarize(root, resamples=20, pair_all=True)["comparisons"]
+    assert row["comparison"] == "adalora - lora (differ: budget)" and row["budget"] == "r3 / small"
+
+
 def test_f1_counts_label_1_as_positive_whichever_labels_a_split_holds():
     labels, (predictions,) = stats.encode("f1", ["1", "1", "1"], [["1", "1", "1"]])
     assert stats.f1(labels, predictions[0]) == 1.0  # no "0" anywhere: still perfect, not 0
@@ -422,6 +432,8 @@ def test_rank_comparison_pairs_seeds_and_counts_the_matrices_that_moved(runs_roo
     assert between_seeds[0]["same rank (%)"] == pytest.approx(100 * equal / matrices)
     assert "| mean: same seed | 1 pair(s) |" in capsys.readouterr().out
 
+    assert "one seed twice" in main_fails_cleanly(capsys, compare_ranks.main, [str(first[0]), "--against", str(moved),
+                                                                               str(first[0])])
     (moved / "metrics.json").unlink()
     assert "not a finished run" in main_fails_cleanly(capsys, compare_ranks.main, [str(first[0]), "--against", str(moved)])
 
