@@ -24,7 +24,7 @@ def row(run: Run, steps: list[int]) -> dict:
         out[key.removeprefix("eval_")] = f"{100 * run.metrics[key]:.2f}"
     for step in [*steps, records[-1]["step"]]:
         if step in by_step:
-            out[f"||dW|| @{step}"] = f"{sum(v**2 for v in by_step[step]['update_norm'].values()) ** 0.5:.3g}"
+            out[f"norm dW @{step}"] = f"{sum(v**2 for v in by_step[step]['update_norm'].values()) ** 0.5:.3g}"
     for step in steps[:2]:
         record = by_step.get(step, {})
         if "orth_reg_weighted" in record and losses.get(step):

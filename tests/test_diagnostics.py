@@ -85,7 +85,7 @@ def test_a_run_writes_diagnostics_from_a_zero_update_to_the_importance_quantiles
     import diagnostics_table
 
     (row,) = diagnostics_table.main([str(run_dir), "--steps", "0", "10"])
-    assert row["||dW|| @0"] == "0" and float(row["||dW|| @20"]) == pytest.approx(totals[-1], rel=1e-2)
+    assert row["norm dW @0"] == "0" and float(row["norm dW @20"]) == pytest.approx(totals[-1], rel=1e-2)
     assert float(row["gamma R / loss @10"]) == pytest.approx(
         norms[10]["orth_reg_weighted"] / [h for h in read_jsonl(run_dir / "history.jsonl") if h.get("step") == 10
                                          and "loss" in h][0]["loss"], abs=0.01)
