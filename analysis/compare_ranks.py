@@ -21,9 +21,7 @@ from tables import csv_text, markdown
 
 def final_ranks(run: Run) -> dict[tuple[str, str], int]:
     """(layer, module kind) -> rank, from the run's last ranks.jsonl record (its final allocation)."""
-    if not run.finished:
-        raise AnalysisError(f"{run.path} is not a finished run (no metrics.json): its ranks are not final")
-    last = run.ranks().records[-1]["ranks"]
+    last = run.require_finished().ranks().records[-1]["ranks"]
     return {(layer, kind): rank for layer, modules in last.items() for kind, rank in modules.items()}
 
 

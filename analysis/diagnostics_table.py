@@ -12,8 +12,7 @@ from tables import csv_text, markdown
 
 
 def row(run: Run, steps: list[int]) -> dict:
-    if not run.finished:
-        raise AnalysisError(f"{run.path} is not a finished run (no metrics.json)")
+    run.require_finished()
     records = [r for r in run.diagnostics().records if "update_norm" in r]
     if not records:
         raise AnalysisError(f"{run.path / 'diagnostics.jsonl'} holds no update-norm record")

@@ -21,16 +21,14 @@ from tables import csv_text, markdown
 
 def evaluations(run: Run, key: str) -> list[dict]:
     """The run's dev evaluations in order, each with its step and epoch."""
-    if not run.finished:
-        raise AnalysisError(f"{run.path} is not a finished run (no metrics.json)")
-    records = [r for r in run.history().records if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+    records = [r for r in run.require_finished().history().records if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
     if not records:
         raise AnalysisError(f"{run.path / 'history.jsonl'} holds no {key}: the run never evaluated during training")
     return records
 
 
 def final_score(run: Run, key: str) -> float:
-    value = run.metrics.get(key)
+    value = run.require_finished().metrics.get(key)
     if not isinstance(value, (int, float)) or math.isnan(value):
         raise AnalysisError(f"{run.path / 'metrics.json'} has no number for {key}")
     return float(value)
@@ -51,9 +49,6 @@ def rows(runs: list[Run], reference: list[Run]) -> list[dict]:
     if len(keys) != 1:
         raise AnalysisError(f"the runs do not share one dev metric ({', '.join(sorted(keys))}): compare one task at a time")
     (key,) = keys
-    for run in reference:
-        if not run.finished:
-            raise AnalysisError(f"{run.path} is not a finished run (no metrics.json)")
     target = statistics.mean(final_score(run, key) for run in reference)
     return [row(run, key, target) for run in runs]
 

@@ -134,6 +134,12 @@ class Run:
     def finished(self) -> bool:
         return self.metrics is not None
 
+    def require_finished(self) -> Run:
+        """The run itself, or one line saying it has not finished."""
+        if not self.finished:
+            raise AnalysisError(f"{self.path} is not a finished run (no metrics.json)")
+        return self
+
     @property
     def synthetic(self) -> bool:
         return bool(self.config.get("synthetic_data"))

@@ -70,9 +70,9 @@ def fold_backward_matmuls(model: nn.Module) -> int:
     """
     layers = [layer for layer in model.modules() if is_linear_4bit(layer)]
     for layer in layers:
-        if not getattr(layer, "_contiguous_gradient", False):
+        if not getattr(layer, "_gradient_made_contiguous", False):
             layer.register_forward_hook(_contiguous_gradient)
-            layer._contiguous_gradient = True
+            layer._gradient_made_contiguous = True
     return len(layers)
 
 
@@ -83,13 +83,12 @@ def _contiguous_gradient(layer: nn.Module, args: tuple, output: torch.Tensor) ->
 
 def describe_kernels(model: nn.Module) -> dict:
     """For config.json: which 4-bit layers may use the packed CPU kernel."""
-    names = [name for name, m in model.named_modules() if is_linear_4bit(m)]
-    packed = [name for name, m in model.named_modules() if is_linear_4bit(m) and m.support_avx512bf16_for_cpu]
+    layers = [m for m in model.modules() if is_linear_4bit(m)]
+    packed = sum(bool(m.support_avx512bf16_for_cpu) for m in layers)
     return {
-        "packed_kernel_layers": len(packed),
-        "plain_kernel_layers": len(names) - len(packed),
-        "contiguous_gradient_layers": sum(bool(getattr(m, "_contiguous_gradient", False))
-                                          for m in model.modules() if is_linear_4bit(m)),
+        "packed_kernel_layers": packed,
+        "plain_kernel_layers": len(layers) - packed,
+        "contiguous_gradient_layers": sum(bool(getattr(m, "_gradient_made_contiguous", False)) for m in layers),
         "rule": "packed (bitsandbytes' bf16 CPU kernel, evaluation only) where the CPU has AVX512-BF16, "
                 "the compute dtype is bfloat16, out_features % 32 == 0 and in_features is a multiple of the "
                 "quantisation block; plain elsewhere",
