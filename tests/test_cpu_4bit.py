@@ -177,3 +177,61 @@ def test_the_backward_of_4bit_layers_runs_one_matrix_product_not_a_copy_of_the_w
     assert weight_sized_batches(plain) > 0  # the case the hook is for does occur here
     assert weight_sized_batches(hooked) == 0
     assert torch.allclose(input_gradient(hooked), input_gradient(plain), atol=1e-6, rtol=1e-5)
+
+
+FUSED_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+def adapted_4bit_pair(model_path: str, method: str):
+    """Two identical 4-bit models with LoRA or AdaLoRA adapters whose every parameter is nonzero."""
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+
+    config = (LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=16, target_modules=FUSED_TARGETS) if method == "lora"
+              else AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, lora_alpha=16, total_step=10, tinit=1,
+                                 tfinal=1, target_modules=FUSED_TARGETS))
+    models = []
+    for _ in range(2):
+        tokenizer, base, _ = load_model(model_path, TASKS["sst2"], load_in_4bit=True, compute_dtype="bfloat16")
+        model = get_peft_model(base, config)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # B (LoRA) and E (AdaLoRA) start at zero: give the update a value
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+        models.append(model)
+    return tokenizer, models
+
+
+def logits_and_gradients(model, inputs, training: bool, autocast: bool):
+    model.train(training)
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(training):
+        logits = model(**inputs).logits
+    if training:
+        logits.float().square().sum().backward()
+    return logits.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_the_fused_forward_gives_peft_4bit_outputs_and_gradients(mixed_width_model, cpu_path, method, monkeypatch):
+    """QLoRA's and QLoRA + AdaLoRA's layers (PEFT's 4-bit classes) take the fused adapter forward and
+    compute PEFT's function: in training and in evaluation (where the packed kernel runs), fp32 and
+    under bf16 autocast."""
+    from adarank.methods.fused import fuse_adapter_forward
+
+    tokenizer, (theirs, ours) = adapted_4bit_pair(mixed_width_model, method)
+    peft_class = type(next(m for m in theirs.modules() if hasattr(m, "lora_A") and is_linear_4bit(m.base_layer)))
+    assert fuse_adapter_forward(ours) == 2 * len(FUSED_TARGETS)
+    calls, original = [], peft_class.forward
+    monkeypatch.setattr(peft_class, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    inputs = demo_dev_inputs(tokenizer, TASKS["sst2"], 8)
+    for autocast in (False, True):
+        tolerance = 0.05 if autocast else 1e-4
+        for training in (True, False):
+            a, grads_a = logits_and_gradients(theirs, inputs, training, autocast)
+            b, grads_b = logits_and_gradients(ours, inputs, training, autocast)
+            torch.testing.assert_close(b, a, rtol=tolerance, atol=tolerance)
+            assert grads_a.keys() == grads_b.keys() and (len(grads_a) > 0) == training
+            for name in grads_a:
+                torch.testing.assert_close(grads_b[name], grads_a[name], rtol=tolerance, atol=tolerance, msg=name)
+    assert len(calls) == 4 * 2 * len(FUSED_TARGETS)  # PEFT's forward ran for its own model only

@@ -10,13 +10,21 @@ output, so autograd allows it). Same function, other rounding: outputs and gradi
 PEFT's to float32 precision (tests/test_fused_adapters.py). AdaLoRA's scale is its package's
 (``adarank.methods.adalora.update_scale``).
 
+The 4-bit layers (QLoRA, QLoRA + AdaLoRA) take it too: PEFT's 4-bit forward also clones the base
+output before adding to it, and under CPU autocast casts the input to fp32 and the update back
+(it asks for CUDA's autocast state), three more passes over tokens x out. bitsandbytes' backward
+needs the layer's input and the quantised weight, never its output, so the in-place add is as safe
+there; the product is on the flattened tokens, so the gradient reaching bitsandbytes is already a
+plain matrix.
+
 Only the plain case takes this path: one active adapter, not merged, adapters enabled, no LoRA
-variant (DoRA ...), no extra arguments; anything else, and 4-bit layers (other classes), run PEFT's
-own forward. The layers' parameters, state dict and saved adapters are PEFT's, untouched.
+variant (DoRA ...), no extra arguments; anything else runs PEFT's own forward. The layers'
+parameters, state dict and saved adapters are PEFT's, untouched.
 """
 
 from __future__ import annotations
 
+import importlib
 import types
 
 import torch
@@ -28,16 +36,29 @@ from torch import nn
 from adarank.methods.adalora import update_scale
 
 
+def _four_bit_class(module: str, name: str) -> tuple:
+    """PEFT's 4-bit layer class, where PEFT defines it (only with bitsandbytes installed)."""
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return ()
+    return (cls,) if cls is not None else ()
+
+
+LORA_LAYERS = (LoraLinear, *_four_bit_class("peft.tuners.lora.bnb", "Linear4bit"))
+ADALORA_LAYERS = (SVDLinear, *_four_bit_class("peft.tuners.adalora.bnb", "SVDLinear4bit"))
+
+
 def fuse_adapter_forward(model: nn.Module) -> int:
-    """Give every plain LoRA and AdaLoRA linear layer of ``model`` the fused forward; returns how many
-    layers compute it, counting those whose class has it as its own (``fused_forward``: IncreLoRA's,
-    SoRA's). A layer with a LoRA variant (DoRA's magnitude) keeps PEFT's forward and is not counted."""
+    """Give every plain LoRA and AdaLoRA linear layer of ``model`` (4-bit ones too) the fused forward;
+    returns how many layers compute it, counting those whose class has it as its own
+    (``fused_forward``: IncreLoRA's, SoRA's). A layer with a LoRA variant (DoRA's magnitude) keeps PEFT's forward and is not counted."""
     count = 0
     for module in model.modules():
-        if type(module) is LoraLinear and not getattr(module, "lora_variant", None):
+        if type(module) in LORA_LAYERS and not getattr(module, "lora_variant", None):
             module.forward = types.MethodType(_lora_forward, module)
             count += 1
-        elif type(module) is SVDLinear:
+        elif type(module) in ADALORA_LAYERS:
             module.forward = types.MethodType(_adalora_forward, module)
             count += 1
         elif getattr(type(module), "fused_forward", False):
