@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Where a LoRA training step's time goes, with and without the project's fast paths: one batch of
+real examples at the task's median length, the same PEFT LoRA model twice (once as the usual
+examples train it, once with the fused adapter forward and, under bf16 autocast on the CPU, the
+frozen weights held in bf16, as a run of the project takes them), forward, backward and AdamW
+step, timed and then profiled.
+
+    python script/bench/profile_step.py --data_dir ../shared/data/glue_data [--task rte|sst2] [--bf16]
+        [--batch 32] [--rank 3] [--steps 10] [--profiled 3]
+
+Prints, for each model, the median step (wall clock, unprofiled, the two models taking turns) and
+the profile's self CPU time per step by kind: matrix products (mm, addmm, bmm and their in-place
+forms), attention kernels, casts (copy_, _to_copy), dropout masks, the rest; then the top
+operations. The last line bounds what removing work can gain over the reference: its profiled step
+over the same step without any cast or dropout mask (the matrix products, attention kernels and the
+rest as they are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+# The project's LoRA on the embedded MiniLM: every linear layer of the encoder, lora_dropout 0.
+TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+KINDS = {
+    "matrix products": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::matmul"),
+    "attention kernels": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                          "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+    "casts": ("aten::copy_", "aten::_to_copy"),
+    "dropout masks": ("aten::bernoulli_", "aten::native_dropout", "aten::native_dropout_backward"),
+}
+
+
+def one_batch(task_name: str, data_dir: str, batch: int, tokenizer) -> dict:
+    """A batch as length grouping makes one, at the task's median length: of up to 64 x ``batch``
+    training examples (a seeded draw), the ``batch`` around the median token count, padded to the
+    longest of them."""
+    from transformers import DataCollatorWithPadding
+
+    from adarank.tasks import get_task
+
+    train = get_task(task_name).load_data(data_dir, False, None, 1).train.shuffle(seed=0)
+    train = train.select(range(min(len(train), 64 * batch)))
+    texts = [list(train[c]) for c in ("text_a", "text_b") if c in train.column_names]
+    encoded = tokenizer(*texts, truncation=True, max_length=128)
+    labels = list(train["label"])
+    by_length = sorted(range(len(labels)), key=lambda i: len(encoded["input_ids"][i]))
+    middle = by_length[max(0, len(by_length) // 2 - batch // 2):][:batch]
+    return DataCollatorWithPadding(tokenizer)(
+        [{k: encoded[k][i] for k in encoded} | {"labels": labels[i]} for i in middle])
+
+
+def lora_model(rank: int, fast: bool, bf16: bool):
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from adarank.loading import embedded_model_path
+    from adarank.methods.fused import fuse_adapter_forward
+    from adarank.precision import hold_frozen_weights
+
+    torch.manual_seed(0)
+    path = embedded_model_path()
+    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS))
+    if fast:
+        fuse_adapter_forward(model)
+        if bf16:
+            hold_frozen_weights(model, torch.bfloat16)
+    return AutoTokenizer.from_pretrained(path), model.train()
+
+
+def step(model, optimizer, batch: dict, bf16: bool) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def timed_steps(models: dict, batch: dict, bf16: bool, steps: int) -> dict:
+    """Each model's step times (s), the models taking turns step by step (so that a machine whose speed
+    drifts slows them alike), after 3 warm-up steps each; and each model's optimizer."""
+    optimizers = {name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+                  for name, model in models.items()}
+    for name, model in models.items():
+        for _ in range(3):  # kernels and optimizer state
+            step(model, optimizers[name], batch, bf16)
+    seconds = {name: [] for name in models}
+    for _ in range(steps):
+        for name, model in models.items():
+            started = time.perf_counter()
+            step(model, optimizers[name], batch, bf16)
+            seconds[name].append(time.perf_counter() - started)
+    return seconds, optimizers
+
+
+def profiled_steps(model, optimizer, batch: dict, bf16: bool, profiled: int) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(profiled):
+            step(model, optimizer, batch, bf16)
+    events = {e.key: e for e in prof.key_averages()}
+    per_step = {key: e.self_cpu_time_total / 1000 / profiled for key, e in events.items()}
+    kinds = {kind: sum(per_step.get(op, 0.0) for op in ops) for kind, ops in KINDS.items()}
+    kinds["the rest"] = sum(per_step.values()) - sum(kinds.values())
+    top = sorted(per_step.items(), key=lambda item: -item[1])[:8]
+    calls = {key: e.count / profiled for key, e in events.items()}
+    return {"kinds": kinds, "top": top, "calls": calls}
+
+
+def report(label: str, figures: dict) -> None:
+    total = sum(figures["kinds"].values())
+    print(f"{label}: median step {figures['median_ms']:.1f} ms (unprofiled); profile, self CPU ms a step:")
+    for kind, ms in figures["kinds"].items():
+        print(f"  {kind:<18} {ms:8.1f}  {ms / total:5.1%}")
+    print("  top operations: " + "; ".join(f"{op} {ms:.1f} ({figures['calls'][op]:.0f} calls)"
+                                           for op, ms in figures["top"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", required=True, help="GLUE folder with SST-2/ and RTE/")
+    parser.add_argument("--task", choices=["rte", "sst2"], default="rte")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default: fp32)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rank", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 of warm-up)")
+    parser.add_argument("--profiled", type=int, default=3, help="profiled steps (after the timed ones)")
+    args = parser.parse_args()
+    for name in ("batch", "rank", "steps", "profiled"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be at least 1")
+    if not (Path(args.data_dir) / ("RTE" if args.task == "rte" else "SST-2") / "train.tsv").exists():
+        raise SystemExit(f"error: {args.data_dir} has no {args.task} train.tsv: pass the GLUE folder as --data_dir")
+
+    tokenizer, reference = lora_model(args.rank, fast=False, bf16=args.bf16)
+    batch = one_batch(args.task, args.data_dir, args.batch, tokenizer)
+    _, ours = lora_model(args.rank, fast=True, bf16=args.bf16)
+    print(f"{args.task}: {args.batch} x {batch['input_ids'].shape[1]} tokens, LoRA r={args.rank}, "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {torch.get_num_threads()} thread(s)")
+    models = {"reference": reference, "ours": ours}
+    seconds, optimizers = timed_steps(models, batch, args.bf16, args.steps)
+    figures = {name: {"median_ms": 1000 * statistics.median(seconds[name]),
+                      **profiled_steps(model, optimizers[name], batch, args.bf16, args.profiled)}
+               for name, model in models.items()}
+    for label, values in figures.items():
+        report(label, values)
+    ref, fast = figures["reference"], figures["ours"]
+    print(f"ours / reference, median step: {ref['median_ms'] / fast['median_ms']:.2f}")
+    total, kinds = sum(ref["kinds"].values()), ref["kinds"]
+    print(f"bound: ours / reference <= {total / (total - kinds['casts'] - kinds['dropout masks']):.2f} even with no "
+          f"cast and no dropout mask left (the reference's profile with its matrix products, attention and the "
+          f"rest kept)")
+
+if __name__ == "__main__":
+    main()
