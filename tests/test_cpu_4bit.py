@@ -182,16 +182,16 @@ def test_the_backward_of_4bit_layers_runs_one_matrix_product_not_a_copy_of_the_w
 FUSED_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 
-def adapted_4bit_pair(model_path: str, method: str):
-    """Two identical 4-bit models with LoRA or AdaLoRA adapters whose every parameter is nonzero."""
+def adapted_4bit_pair(model_path: str, method: str, compute_dtype: str):
+    """Two identical 4-bit models with LoRA or AdaLoRA adapters (dropout 0.1) whose every parameter is nonzero."""
     from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
-    config = (LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=16, target_modules=FUSED_TARGETS) if method == "lora"
-              else AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, lora_alpha=16, total_step=10, tinit=1,
-                                 tfinal=1, target_modules=FUSED_TARGETS))
+    common = {"task_type": "SEQ_CLS", "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": FUSED_TARGETS}
+    config = (LoraConfig(r=4, **common) if method == "lora"
+              else AdaLoraConfig(init_r=4, target_r=2, total_step=10, tinit=1, tfinal=1, **common))
     models = []
     for _ in range(2):
-        tokenizer, base, _ = load_model(model_path, TASKS["sst2"], load_in_4bit=True, compute_dtype="bfloat16")
+        tokenizer, base, _ = load_model(model_path, TASKS["sst2"], load_in_4bit=True, compute_dtype=compute_dtype)
         model = get_peft_model(base, config)
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():  # B (LoRA) and E (AdaLoRA) start at zero: give the update a value
@@ -205,6 +205,7 @@ def adapted_4bit_pair(model_path: str, method: str):
 def logits_and_gradients(model, inputs, training: bool, autocast: bool):
     model.train(training)
     model.zero_grad()
+    torch.manual_seed(0)  # the same dropout masks in both models
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(training):
         logits = model(**inputs).logits
     if training:
@@ -212,26 +213,38 @@ def logits_and_gradients(model, inputs, training: bool, autocast: bool):
     return logits.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_same(ours: torch.Tensor, theirs: torch.Tensor, autocast: bool, name: str = "logits") -> None:
+    """fp32: to float32 precision; bf16 autocast: the whole tensor within 5% (relative norm of the
+    difference). Under autocast each is 0.6-1.7% from the fp32 function on this model, in other
+    directions (the pair differs by up to 2.8%); a missing or doubled term is far outside 5%."""
+    if not autocast:
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5, msg=name)
+        return
+    assert theirs.norm() > 0, name
+    assert ((ours - theirs).norm() / theirs.norm()).item() < 0.05, name
+
+
+@pytest.mark.parametrize("compute_dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("method", ["lora", "adalora"])
-def test_the_fused_forward_gives_peft_4bit_outputs_and_gradients(mixed_width_model, cpu_path, method, monkeypatch):
+def test_the_fused_forward_gives_peft_4bit_outputs_and_gradients(mixed_width_model, cpu_path, method, compute_dtype,
+                                                                 monkeypatch):
     """QLoRA's and QLoRA + AdaLoRA's layers (PEFT's 4-bit classes) take the fused adapter forward and
-    compute PEFT's function: in training and in evaluation (where the packed kernel runs), fp32 and
-    under bf16 autocast."""
+    compute PEFT's function: in training (with the adapters' dropout) and in evaluation (where the
+    packed kernel runs where the compute dtype is bf16), fp32 and under bf16 autocast."""
     from adarank.methods.fused import fuse_adapter_forward
 
-    tokenizer, (theirs, ours) = adapted_4bit_pair(mixed_width_model, method)
+    tokenizer, (theirs, ours) = adapted_4bit_pair(mixed_width_model, method, compute_dtype)
     peft_class = type(next(m for m in theirs.modules() if hasattr(m, "lora_A") and is_linear_4bit(m.base_layer)))
     assert fuse_adapter_forward(ours) == 2 * len(FUSED_TARGETS)
     calls, original = [], peft_class.forward
     monkeypatch.setattr(peft_class, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     inputs = demo_dev_inputs(tokenizer, TASKS["sst2"], 8)
     for autocast in (False, True):
-        tolerance = 0.05 if autocast else 1e-4
         for training in (True, False):
             a, grads_a = logits_and_gradients(theirs, inputs, training, autocast)
             b, grads_b = logits_and_gradients(ours, inputs, training, autocast)
-            torch.testing.assert_close(b, a, rtol=tolerance, atol=tolerance)
+            assert_same(b, a, autocast)
             assert grads_a.keys() == grads_b.keys() and (len(grads_a) > 0) == training
             for name in grads_a:
-                torch.testing.assert_close(grads_b[name], grads_a[name], rtol=tolerance, atol=tolerance, msg=name)
+                assert_same(grads_b[name], grads_a[name], autocast, name)
     assert len(calls) == 4 * 2 * len(FUSED_TARGETS)  # PEFT's forward ran for its own model only

@@ -77,10 +77,12 @@ def plain_adapter(layer, args, kwargs) -> str | None:
 
 
 def fused_output(layer, x: torch.Tensor, low_rank) -> torch.Tensor:
-    """base(x) + low_rank(x) @ B.T, the second term accumulated into the base output's storage (bf16
-    under autocast). ``low_rank``: x (tokens x in) -> (the scaled tokens x r product, B). On the
-    flattened tokens, so that the in-place add is never on a view (a hook on the returned tensor,
-    such as the plateau method's, then sees an ordinary history)."""
+    """base(x) + low_rank(x) @ B.T, the second term accumulated into the base output's storage, in
+    its dtype (bf16 under autocast with the frozen weights held in bf16; a 4-bit layer returns its
+    input's dtype, fp32 in QLoRA, where PEFT adds a bf16 product: the same sum, less rounding).
+    ``low_rank``: x (tokens x in) -> (the scaled tokens x r product, B). On the flattened tokens, so
+    that the in-place add is never on a view (a hook on the returned tensor, such as the plateau
+    method's, then sees an ordinary history)."""
     flat = x.reshape(-1, x.shape[-1])
     result = layer.base_layer(flat)
     low, b = low_rank(flat)
