@@ -32,6 +32,14 @@ def add_paper_options(parser: argparse.ArgumentParser, paper: str) -> None:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
 
 
+def at_least(minimum: int, **options) -> None:
+    """Refuse any option given below ``minimum`` (option name -> its value; None: not given)."""
+    for name, value in options.items():
+        if value is not None and value < minimum:
+            bound = "0 or more" if minimum == 0 else f"at least {minimum}"
+            raise AnalysisError(f"--{name} must be {bound}, not {value}")
+
+
 def fail_cleanly(main):
     """Run ``main``; an AnalysisError becomes one line on stderr and exit code 2."""
 

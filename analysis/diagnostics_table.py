@@ -6,7 +6,7 @@ chosen steps, the orthogonal regulariser's share of the loss, and where AdaLoRA 
 
 from __future__ import annotations
 
-from cli import command_line, fail_cleanly
+from cli import at_least, command_line, fail_cleanly
 from run_reader import KIND_LABELS, AnalysisError, Run, load_run, metric_keys
 from tables import csv_text, markdown
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50, 100, 200, 400],
                         help="optimizer steps to report the update size at (the first two also give gamma R / loss)")
     args = parser.parse_args(argv)
+    at_least(0, steps=min(args.steps))
     rows = [row(load_run(path), args.steps) for path in args.runs]
     print(csv_text(rows) if args.csv else markdown(rows))
     return rows

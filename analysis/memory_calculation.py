@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from cli import command_line, fail_cleanly
+from cli import at_least, command_line, fail_cleanly
 from run_reader import AnalysisError, load_run
 from tables import csv_text, markdown
 
@@ -28,25 +28,41 @@ def run_rows(paths) -> list[dict]:
     rows = []
     for path in paths:
         run = load_run(path)
-        memory_file = run.path / "memory.json"
-        if not memory_file.is_file():
-            raise AnalysisError(f"{run.path} has no memory.json: the run is unfinished or predates memory accounting")
-        memory = json.loads(memory_file.read_text())
-        base = memory["base"]["component_bytes"]
-        adapter = memory["adapter"]
-        rows.append({
-            "task": run.task, "method": run.method, "budget": run.budget,
-            "base MB": f"{memory['base']['total_bytes'] / MB:.2f}",
-            "quantised MB": f"{(base['quantized_linear_weights'] + base['quantization_constants']) / MB:.2f}",
-            "bits/quantised weight": _maybe(memory["quantized_bits_per_parameter"], "{:.3f}"),
-            "adapter MB": f"{adapter['adapter_lora_bytes'] / MB:.3f}",
-            "head MB": f"{adapter['adapter_head_bytes'] / MB:.3f}",
-            "adapter params (saved)": f"{adapter['saved_adapter_params']:,}",
-            "trainable params": f"{adapter['trainable_params']['trainable_params']:,}",
-            "peak MB": f"{memory['peak']['peak_memory_mb']:.0f}",
-            "peak measured by": memory["peak"]["peak_memory_measured_by"].split(" (")[0],
-        })
+        try:
+            rows.append(_run_row(run, _memory_of(run)))
+        except (KeyError, TypeError) as error:
+            what = f"lacks the entry {error}" if isinstance(error, KeyError) else "is not laid out as training writes"
+            raise AnalysisError(f"{run.path / 'memory.json'} {what}: it is damaged or not this project's; "
+                                "train the run again or leave it out") from None
     return rows
+
+
+def _run_row(run, memory: dict) -> dict:
+    base = memory["base"]["component_bytes"]
+    adapter = memory["adapter"]
+    return {
+        "task": run.task, "method": run.method, "budget": run.budget,
+        "base MB": f"{memory['base']['total_bytes'] / MB:.2f}",
+        "quantised MB": f"{(base['quantized_linear_weights'] + base['quantization_constants']) / MB:.2f}",
+        "bits/quantised weight": _maybe(memory["quantized_bits_per_parameter"], "{:.3f}"),
+        "adapter MB": f"{adapter['adapter_lora_bytes'] / MB:.3f}",
+        "head MB": f"{adapter['adapter_head_bytes'] / MB:.3f}",
+        "adapter params (saved)": f"{adapter['saved_adapter_params']:,}",
+        "trainable params": f"{adapter['trainable_params']['trainable_params']:,}",
+        "peak MB": f"{memory['peak']['peak_memory_mb']:.0f}",
+        "peak measured by": memory["peak"]["peak_memory_measured_by"].split(" (")[0],
+    }
+
+
+def _memory_of(run) -> dict:
+    """The run's memory.json, or one line saying why it cannot be read."""
+    memory_file = run.path / "memory.json"
+    if not memory_file.is_file():
+        raise AnalysisError(f"{run.path} has no memory.json: the run is unfinished or predates memory accounting")
+    try:
+        return json.loads(memory_file.read_text(encoding="utf-8"))
+    except ValueError as error:  # a cut-off file, or one that is not UTF-8
+        raise AnalysisError(f"{memory_file} is damaged ({error}): train the run again or leave it out") from None
 
 
 def _maybe(value, form: str) -> str:
@@ -103,6 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--init_r", type=int, help="AdaLoRA's initial rank, where a recipe sets it "
                                                    "(CNN/DailyMail: 4); default 1.5x the budget's")
     args = parser.parse_args(argv)
+    at_least(1, init_r=args.init_r, num_labels=args.num_labels)
     if args.runs and (args.model_name_or_path or args.plan):
         raise AnalysisError("give run directories or --model_name_or_path/--plan, not both")
     if args.runs:

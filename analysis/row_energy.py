@@ -17,7 +17,6 @@ and maximum over all matrices are printed per run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +31,8 @@ from peft import PeftModel  # noqa: E402
 from adarank.tasks import get_task  # noqa: E402
 from adarank.tasks.glue.data import load_glue, tokenize  # noqa: E402
 from adarank.tasks.glue.model import load_model  # noqa: E402
+from cli import at_least, fail_cleanly  # noqa: E402
+from run_reader import AnalysisError, load_run  # noqa: E402
 
 
 def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[torch.Tensor]]:
@@ -39,11 +40,15 @@ def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[
     config_path, adapter = run_dir / "config.json", run_dir / "adapter"
     if not config_path.is_file() or not (adapter / "adapter_model.safetensors").is_file():
         raise UsageError(f"{run_dir} is not a finished run directory (config.json and adapter/ are needed)")
-    config = json.loads(config_path.read_text())
+    config = load_run(run_dir).config
     task = get_task(config["task"])
+    data = load_glue(task, data_dir=data_dir)
+    if examples > len(data.train):
+        raise UsageError(f"--examples {examples} is more than the {len(data.train)} training sentences of "
+                         f"{data.source}: give --examples {len(data.train)} or fewer")
     tokenizer, base, _ = load_model(config["arguments"]["model"]["model_name_or_path"], task)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    rows = tokenize(load_glue(task, data_dir=data_dir), tokenizer, 128).train.select(range(examples))
+    rows = tokenize(data, tokenizer, 128).train.select(range(examples))
     batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
     real = batch["attention_mask"].bool()
     moments, hooks = {}, []
@@ -66,6 +71,7 @@ def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[
     return energies
 
 
+@fail_cleanly
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories with adapter/")
@@ -73,18 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=256, help="training sentences to measure inputs on")
     parser.add_argument("--r0", type=int, default=2, help="rows there from the start; the rest were grown")
     args = parser.parse_args(argv)
+    at_least(1, examples=args.examples)
+    at_least(0, r0=args.r0)
     for run_dir in args.runs:
         if not (run_dir / "adapter" / "adapter_model.safetensors").is_file():
-            print(f"error: {run_dir} is not a finished run directory (config.json and adapter/ are needed)",
-                  file=sys.stderr)
-            raise SystemExit(2)
+            raise AnalysisError(f"{run_dir} is not a finished run directory (config.json and adapter/ are needed)")
     print("run\tinitial rows: median, max\tgrown rows: median, max")
     for run_dir in args.runs:
         try:
             energies = row_energies(run_dir, args.data_dir, args.examples)
         except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise AnalysisError(str(error)) from None
         initial = [float(e) for v in energies.values() for e in v[: args.r0]]
         grown = [float(e) for v in energies.values() for e in v[args.r0:]]
         cells = [f"{statistics.median(x):.2f}, {max(x):.2f}" if x else "-" for x in (initial, grown)]

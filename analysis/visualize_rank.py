@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import style
-from cli import command_line, fail_cleanly
+from cli import at_least, command_line, fail_cleanly
 from run_reader import KIND_LABELS, Run, layer_order, load_run, run_labels, setting_labels
 
 plt = style.plt
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--over-time", action="store_true", help="show the allocation at several steps")
     parser.add_argument("--steps", type=int, default=5, help="heatmaps in the --over-time strip")
     args = parser.parse_args(argv)
+    at_least(1, steps=args.steps)
     runs = [load_run(path) for path in args.runs]
     if args.over_time:
         written, labels = [], run_labels(runs)

@@ -455,3 +455,50 @@ def test_epochs_to_reach_finds_the_first_evaluation_at_the_references_mean_final
     assert any(row["reaches target at epoch"] != "never" for row in table[:2])  # a reference run reaches its mean
     assert "not a finished run" in main_fails_cleanly(
         capsys, epochs_to_reach.main, [str(runs_root / "stopped"), "--reference", str(runs[0])])
+
+
+# --- bad numbers and damaged files: one line, exit code 2 ----------------------------------------
+
+def fake_run(folder: Path, **files: str) -> Path:
+    """A run directory of an SST-2 run holding only ``files`` (name -> text) beside its config.json."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"task": "sst2", "method": "lora"}))
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_counts_and_steps_out_of_range_are_refused(tmp_path, capsys):
+    import diagnostics_table
+
+    run = str(fake_run(tmp_path / "run"))
+    line = main_fails_cleanly(capsys, visualize_rank.main, [run, "--over-time", "--steps", "0"], one_line=True)
+    assert line == "error: --steps must be at least 1, not 0"
+    line = main_fails_cleanly(capsys, diagnostics_table.main, [run, "--steps", "-5", "0"], one_line=True)
+    assert line == "error: --steps must be 0 or more, not -5"
+    for rank in ("-4", "0"):  # a rank is 1 or more: neither negative counts nor the default in its place
+        line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--init_r", rank], one_line=True)
+        assert line == f"error: --init_r must be at least 1, not {rank}"
+
+
+def test_a_damaged_memory_json_is_named(tmp_path, capsys):
+    for name, text, why in (("cut", '{"base": {"total_by', "is damaged ("), ("list", "[1]", "is not laid out as"),
+                            ("empty", "{}", "lacks the entry 'base'")):
+        run = fake_run(tmp_path / name, **{"memory.json": text})
+        line = main_fails_cleanly(capsys, memory_calculation.main, [str(run)], one_line=True)
+        assert line.startswith(f"error: {run / 'memory.json'} {why}") and "train the run again" in line
+
+
+def test_row_energy_refuses_an_example_count_the_data_cannot_give(tmp_path, capsys):
+    import row_energy
+    from fixtures.glue import write_sst2_folder
+
+    data = write_sst2_folder(tmp_path / "glue")  # 128 training sentences
+    run = str(fake_run(tmp_path / "run", **{"adapter/adapter_model.safetensors": ""}))
+    line = main_fails_cleanly(capsys, row_energy.main, [run, "--data_dir", str(data), "--examples", "0"], one_line=True)
+    assert line == "error: --examples must be at least 1, not 0"
+    line = main_fails_cleanly(capsys, row_energy.main, [run, "--data_dir", str(data), "--examples", "100000"],
+                              one_line=True)
+    assert line == (f"error: --examples 100000 is more than the 128 training sentences of {data / 'SST-2'}: "
+                    "give --examples 128 or fewer")

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fixtures.cli import error_line
+from fixtures.glue import write_glue_task
 from fixtures.paths import ROOT
 
 DRIVER = ROOT / "script" / "bench" / "run.py"
@@ -102,7 +105,16 @@ def test_settings_from_the_command_line_and_a_failed_run(tmp_path):
 
 def test_bad_input_ends_in_one_line(tmp_path):
     listing, env = setup(tmp_path, "configs = a\na src/glue-cola.py\nb src/glue-cola.py --x {nothing}\n")
+    (tmp_path / "quote.list").write_text(listing.read_text() + "c src/glue-cola.py --x 'open\n")
+    (tmp_path / "latin1.list").write_bytes(listing.read_bytes() + "# café\n".encode("latin-1"))
+    (tmp_path / "file").write_text("")
     for argv, message in (((listing, "configs=z"), "unknown configuration 'z': choose from a b"),
+                          ((tmp_path / "quote.list",), "quote.list:6: no closing quotation in 'c src/glue-cola.py"),
+                          ((listing, "flags=--lr '3"), "flags: no closing quotation in '--lr '3': close the quote"),
+                          ((tmp_path / "latin1.list",), "latin1.list is not UTF-8 text (byte "),
+                          ((listing, f"runs={tmp_path / 'file'}"), f"runs: {tmp_path / 'file'} is a file, not a"),
+                          ((listing, f"results={tmp_path / 'file' / 'sub'}"), f"{tmp_path / 'file'} is a file, not a"),
+                          ((tmp_path,), "is a directory: pass a benchmark list file"),
                           ((listing, "seed=1"), "'seed=1' is not KEY=VALUE with a key of this list"),
                           ((listing, "jobs=two"), "jobs must be a whole number"),
                           ((listing, "configs=b"), "{nothing} is used but the list sets no 'nothing'"),
@@ -111,6 +123,9 @@ def test_bad_input_ends_in_one_line(tmp_path):
                           ((), "usage:")):
         done = drive(*argv, "--dry-run", env=env)
         assert message in error_line(done.returncode, done.stderr, one_line=True), argv
+    done = drive(listing, f"runs={tmp_path / 'file'}", env=env)  # refused before anything is made, not only dry
+    assert "is a file, not a folder" in error_line(done.returncode, done.stderr, one_line=True)
+    assert (tmp_path / "file").read_text() == "" and not (tmp_path / "results").exists()
 
 
 def listed(name: str, *argv: str) -> list[list[str]]:
@@ -165,10 +180,11 @@ def test_every_list_names_entry_scripts_that_exist():
 PROFILE = [sys.executable, str(ROOT / "script" / "bench" / "profile_step.py")]
 
 
-def test_the_step_profile_runs_on_real_examples(glue_dir):
+@pytest.mark.parametrize("folder", ["", "RTE"])  # the GLUE folder, or the task's own folder as training takes it
+def test_the_step_profile_runs_on_real_examples(glue_dir, folder):
     """script/bench/profile_step.py: both models timed and profiled, kinds that add up, the closing lines."""
-    done = subprocess.run([*PROFILE, "--data_dir", str(glue_dir), "--task", "rte", "--batch", "4", "--steps", "1",
-                           "--profiled", "1"], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([*PROFILE, "--data_dir", str(glue_dir / folder), "--task", "rte", "--batch", "4",
+                           "--steps", "1", "--profiled", "1"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
@@ -186,3 +202,20 @@ def test_the_step_profile_refuses_bad_input_in_one_line(tmp_path):
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "train.tsv" in bad.stderr
     zero = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--steps", "0"], capture_output=True, text=True)
     assert zero.returncode != 0 and zero.stderr.strip() == "error: --steps must be at least 1"
+
+
+def test_the_step_profile_names_a_damaged_data_folder_in_one_line(tmp_path):
+    """A train.tsv without a column, a folder without dev.tsv: the loader's one line, exit 1 as for any
+    bad input of the bench scripts."""
+    header = "index\tsentence1\tlabel\n0\tA dog runs.\tentailment\n"
+    write_glue_task(tmp_path / "columns", header, header, folder="RTE")
+    write_glue_task(tmp_path / "dev", header.replace("label", "sentence2\tlabel").replace("runs.", "runs.\tIt runs."),
+                    folder="RTE")
+    (tmp_path / "dev" / "RTE" / "dev.tsv").unlink()
+    for data_dir, message in ((tmp_path / "columns", "RTE/train.tsv:1: header lacks column(s) sentence2"),
+                              (tmp_path / "columns" / "RTE", "RTE/train.tsv:1: header lacks column(s) sentence2"),
+                              (tmp_path / "dev", f"lacks {tmp_path / 'dev' / 'RTE' / 'dev.tsv'}: point it at")):
+        done = subprocess.run([*PROFILE, "--data_dir", str(data_dir)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and message in done.stderr, data_dir

@@ -40,15 +40,21 @@ KINDS = {
 }
 
 
-def one_batch(task_name: str, data_dir: str, batch: int, tokenizer) -> dict:
+def training_examples(task_name: str, data_dir: str):
+    """The task's training split, read as the training scripts read it: ``data_dir`` is the GLUE
+    folder or the task's own folder (a missing file or column: adarank's UsageError, one line)."""
+    from adarank.tasks import get_task
+
+    return get_task(task_name).load_data(data_dir, False, None, 1).train
+
+
+def one_batch(train, batch: int, tokenizer) -> dict:
     """A batch as length grouping makes one, at the task's median length: of up to 64 x ``batch``
     training examples (a seeded draw), the ``batch`` around the median token count, padded to the
     longest of them."""
     from transformers import DataCollatorWithPadding
 
-    from adarank.tasks import get_task
-
-    train = get_task(task_name).load_data(data_dir, False, None, 1).train.shuffle(seed=0)
+    train = train.shuffle(seed=0)
     train = train.select(range(min(len(train), 64 * batch)))
     texts = [list(train[c]) for c in ("text_a", "text_b") if c in train.column_names]
     encoded = tokenizer(*texts, truncation=True, max_length=128)
@@ -129,7 +135,7 @@ def report(label: str, figures: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", required=True, help="GLUE folder with SST-2/ and RTE/")
+    parser.add_argument("--data_dir", required=True, help="GLUE folder with SST-2/ and RTE/, or the task's folder")
     parser.add_argument("--task", choices=["rte", "sst2"], default="rte")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default: fp32)")
     parser.add_argument("--batch", type=int, default=32)
@@ -140,11 +146,18 @@ def main() -> None:
     for name in ("batch", "rank", "steps", "profiled"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be at least 1")
-    if not (Path(args.data_dir) / ("RTE" if args.task == "rte" else "SST-2") / "train.tsv").exists():
-        raise SystemExit(f"error: {args.data_dir} has no {args.task} train.tsv: pass the GLUE folder as --data_dir")
+    from adarank.errors import UsageError
 
+    try:
+        profile(args)
+    except UsageError as error:  # the data folder or the model: one line, as the other bench scripts do
+        raise SystemExit(f"error: {error}") from None
+
+
+def profile(args) -> None:
+    train = training_examples(args.task, args.data_dir)
     tokenizer, reference = lora_model(args.rank, fast=False, bf16=args.bf16)
-    batch = one_batch(args.task, args.data_dir, args.batch, tokenizer)
+    batch = one_batch(train, args.batch, tokenizer)
     _, ours = lora_model(args.rank, fast=True, bf16=args.bf16)
     print(f"{args.task}: {args.batch} x {batch['input_ids'].shape[1]} tokens, LoRA r={args.rank}, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}, {torch.get_num_threads()} thread(s)")

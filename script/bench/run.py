@@ -82,16 +82,30 @@ def logical_lines(text: str):
         start = 0
 
 
+def words_of(text: str, where: str) -> list[str]:
+    """``text`` split as a shell splits it; a quote left open is bad input named by ``where``."""
+    try:
+        return shlex.split(text)
+    except ValueError as error:  # shlex: "No closing quotation", "No escaped character"
+        raise ListError(f"{where}: {str(error).lower()} in '{text}': close the quote or escape it") from None
+
+
 def read_list(path: Path) -> BenchList:
+    if path.is_dir():
+        raise ListError(f"{path} is a directory: pass a benchmark list file (script/bench/*.list)")
     if not path.is_file():
         raise ListError(f"{path} does not exist: pass a benchmark list (script/bench/*.list)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ListError(f"{path} is not UTF-8 text (byte {error.start}): save the list as UTF-8") from None
     bench = BenchList()
-    for number, line in logical_lines(path.read_text()):
+    for number, line in logical_lines(text):
         setting = SETTING.match(line)
         if setting:
             bench.settings[setting[1]] = setting[2].strip()
             continue
-        name, *command = shlex.split(line)
+        name, *command = words_of(line, f"{path}:{number}")
         if not command or not command[0].endswith(".py"):
             raise ListError(f"{path}:{number}: a configuration is NAME SCRIPT.py [FLAGS ...], not '{line}'")
         if name in bench.configs:
@@ -121,7 +135,7 @@ def expand(words: list[str], values: dict[str, str]) -> list[str]:
     for word in words:
         whole = re.fullmatch(r"\{(\w+)\}", word)
         if whole:
-            out.extend(shlex.split(lookup(values, whole[1])))
+            out.extend(words_of(lookup(values, whole[1]), whole[1]))
         else:
             out.append(re.sub(r"\{(\w+)\}", lambda m: lookup(values, m[1]), word))
     return out
@@ -142,7 +156,7 @@ def plan_runs(bench: BenchList, settings: dict[str, str], extra: list[str]) -> l
     seeds = settings["seeds"].split()
     if not seeds or not all(seed.isdigit() for seed in seeds):
         raise ListError(f"seeds must be whole numbers, not '{settings['seeds']}'")
-    common = expand(shlex.split(settings["flags"]), settings)
+    common = expand(words_of(settings["flags"], "flags"), settings)
     runs = []
     for seed in seeds:
         for name in chosen:
@@ -207,6 +221,11 @@ def driver_of(settings: dict[str, str]) -> Driver:
     keep = tuple(settings["keep"].split())
     if any("/" in name or name in ("adapter", "checkpoints", "merged") for name in keep):
         raise ListError(f"keep names files of a run directory, never folders: '{settings['keep']}'")
+    for key in ("runs", "results"):
+        folder = ROOT / settings[key]
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocking:
+            raise ListError(f"{key}: {blocking} is a file, not a folder: give a folder path for the {key}")
     data = settings.get("data")
     if data and not (ROOT / data).exists():
         raise ListError(f"data: {data} does not exist (paths are relative to {ROOT})")
