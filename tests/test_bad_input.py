@@ -271,6 +271,22 @@ BAD_FLAGS = [
     (("--output_dir", "{tmp}/a-file"), "--output_dir {tmp}/a-file is a file, not a directory"),
     (("--output_dir", "{tmp}/a-file/run"), "--output_dir {tmp}/a-file/run lies under {tmp}/a-file, a file"),
     (("--output_dir", "/proc/adarank-run"), "--output_dir /proc/adarank-run is not writable"),
+    (("--method", "adalora", "--init_r", "4", "--target_r", "4"),
+     "--target_r 4 equals --init_r 4: AdaLoRA needs target_r below init_r"),
+    (("--method", "qadalora", "--init_r", "2", "--target_r", "2"), "a fixed rank is --method lora"),
+    # A rank above min(in, out) of the smallest adapted matrix (the tiny BERT's are 16 x 16), for every method.
+    (("--lora_r", "17"), "--lora_r 17 is more than the 16 singular directions of the smallest adapted matrix"),
+    (("--method", "adalora", "--init_r", "20", "--target_r", "2"), "--init_r 20 is more than the 16 singular"),
+    (("--method", "dora", "--lora_r", "100000"), "--lora_r 100000 is more than the 16 singular directions"),
+    # Another method's flags are refused, not ignored (only those given).
+    (("--method", "adalora", "--lora_r", "4"),
+     "--lora_r is not AdaLoRA's (its ranks: --init_r and --target_r, or --budget): drop it, or choose a method "
+     "that reads it (--method dora, eva, lora, pissa, qdora, qlora, qrslora, rslora, sora)"),
+    (("--init_r", "4", "--target_r", "2", "--tinit", "1"),
+     "--init_r, --target_r and --tinit are not LoRA's (its rank: --lora_r, or --budget): drop them, or choose a "
+     "method that reads them (--method adalora, qadalora)"),
+    (("--bnb_4bit_compute_dtype", "float16"), "--bnb_4bit_compute_dtype is not LoRA's: drop it, or choose a method "
+     "that reads it (--method qadalora, qdora, qlora, qrslora)"),
 ]
 # Argument files: the file and the key are named.
 BAD_FILES = [
@@ -281,6 +297,7 @@ BAD_FILES = [
     ("args.json", '{"seed": "x"}', "args.json: seed 'x' is not a whole number"),
     ("args.json", '{"demo": "maybe"}', "args.json: demo 'maybe' is not true or false"),
     ("args.yaml", "learnig_rate: 0.001\n", "args.yaml: unknown key 'learnig_rate' (did you mean 'learning_rate'?)"),
+    ("args.yaml", "method: adalora\nlora_r: 4\n", "--lora_r is not AdaLoRA's"),
 ]
 
 
@@ -316,3 +333,62 @@ def test_each_bad_value_of_an_argument_file_is_refused_naming_the_file_and_key(c
 
 def test_the_table_holds_thirty_bad_inputs_at_least():
     assert len(BAD_FLAGS) + len(BAD_FILES) >= 30
+
+
+# --- a folder that holds no run, damaged run documents, unreadable argument files ---
+
+def test_a_folder_that_holds_no_run_is_not_written_into(capsys, tiny_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "a-model"
+    shutil.copytree(tiny_model, folder)  # a model's folder: its own config.json, weights and tokenizer
+    before = digests(folder)
+    line = fails_cleanly(capsys, "cola", "--demo", "--method", "lora", "--model_name_or_path", tiny_model,
+                         "--max_steps", "2", "--output_dir", str(folder), *QUICK, one_line=True)
+    assert f"--output_dir {folder} is not empty and holds no run of this project" in line
+    assert "--overwrite_output_dir" in line
+    assert digests(folder) == before and not (folder / ".lock").exists()
+
+
+def test_an_empty_folder_and_an_unfinished_run_are_still_written_into(tiny_model, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ("cola", "--demo", "--method", "lora", "--model_name_or_path", tiny_model, "--max_steps", "2", *QUICK)
+    assert run_task(*argv, "--output_dir", str(empty)) == 0
+    (empty / "metrics.json").unlink()  # as if stopped before its end: a run of this project, unfinished
+    (empty / "notes.txt").write_text("mine\n")
+    assert run_task(*argv, "--output_dir", str(empty)) == 0
+    assert json.loads((empty / "metrics.json").read_text())["total_step"] == 2
+
+
+def test_auto_resume_names_a_damaged_metrics_file(capsys, tiny_model, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"eval_accuracy": 0.9')  # cut short
+    line = fails_cleanly(capsys, "cola", "--demo", "--method", "lora", "--model_name_or_path", tiny_model,
+                         "--output_dir", str(run), "--resume_from_checkpoint", "auto", one_line=True)
+    assert f"{run / 'metrics.json'} is damaged" in line and "--overwrite_output_dir" in line
+    assert (run / "metrics.json").read_text() == '{"eval_accuracy": 0.9'
+
+
+@pytest.mark.parametrize("marker", ['{"files": []}', '{"files": {"adapter_model.safetensors": 3}}', "[1]", '"x"'])
+def test_a_checkpoint_marker_of_the_wrong_shape_is_named(capsys, tiny_model, tmp_path, marker):
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
+    (checkpoint / "checkpoint_complete").write_text(marker)
+    line = fails_cleanly(capsys, "cola", "--demo", "--method", "lora", "--model_name_or_path", tiny_model,
+                         "--output_dir", str(tmp_path / "run"), "--resume_from_checkpoint", str(checkpoint),
+                         one_line=True)
+    assert f"--resume_from_checkpoint {checkpoint} has a damaged checkpoint_complete" in line
+    assert "give an intact checkpoint-N folder" in line
+
+
+@pytest.mark.parametrize("name, make, message", [
+    ("args.json", lambda path: path.mkdir(), "is a directory: give the path of a JSON or YAML file"),
+    ("args.yaml", lambda path: path.write_bytes(b"method: lora\nnote: caf\xe9\n"), "is not UTF-8 text"),
+])
+def test_an_argument_file_that_cannot_be_read_is_named(capsys, tmp_path, name, make, message):
+    make(tmp_path / name)
+    line = fails_cleanly(capsys, "cola", str(tmp_path / name), one_line=True)
+    assert f"argument file {tmp_path / name} {message}" in line

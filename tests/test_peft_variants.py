@@ -251,6 +251,20 @@ def test_eva_refuses_more_components_than_a_matrix_reads_in_one_line(tiny_model,
            "reads 16 features: lower --eva_rho to 8 or less" in line
 
 
+def test_eva_names_a_lower_rank_where_no_rho_fits():
+    from torch import nn
+
+    from adarank.methods.variants.eva import EvaPlan, _check_components
+
+    model = nn.Sequential(nn.Linear(16, 32))  # reads 16 features
+    with pytest.raises(UsageError) as refused:  # at rank 20, even rho = 1 asks for more than 16
+        _check_components(model, EvaPlan(r=20, lora_alpha=16.0, lora_dropout=0.0, rho=2.0), ["0"])
+    assert str(refused.value).endswith("reads 16 features: lower --lora_r to 8 or less")
+    with pytest.raises(UsageError) as refused:  # at rank 12: rho 1.33 or rank 8
+        _check_components(model, EvaPlan(r=12, lora_alpha=16.0, lora_dropout=0.0, rho=2.0), ["0"])
+    assert str(refused.value).endswith("lower --eva_rho to 1.33 or less, or lower --lora_r to 8 or less")
+
+
 def test_a_method_that_trains_in_one_process_refuses_torchrun_in_one_line(tiny_model, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

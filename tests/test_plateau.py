@@ -210,6 +210,14 @@ def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):
     (("--plateau_patience", "0"), "--plateau_patience 0 must be at least 1"),
     (("--eval_every", "500"), "--eval_every 500 does not fit this run of 8 optimizer steps"),
     (("--grow_where", "importance", "--growth_budget", "0"), "--growth_budget 0 must be at least 1"),
+    (("--importance_beta", "5", "--grow_where", "importance", "--eval_every", "1"),
+     "--importance_beta 5.0 must lie strictly between 0 and 1"),
+    (("--r_max", "20"), "--r_max 20 is more than the 16 singular directions of the smallest adapted matrix"),
+    # Flags of other methods are refused, not ignored: the shared ones plateau does not read, and on this
+    # script (which adds plateau's own flags) plateau's with another method.
+    (("--init_r", "4", "--target_r", "8"),
+     "--init_r and --target_r are not plateau's (its ranks: --r0 and --r_max, or --budget): drop them"),
+    (("--method", "adalora", "--r0", "4"), "--r0 is plateau's, not AdaLoRA's: drop it, or use --method plateau"),
 ])
 def test_impossible_schedules_are_refused(tiny_model, tmp_path, capsys, flags, message):
     line = fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "8",

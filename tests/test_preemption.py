@@ -128,6 +128,18 @@ def test_auto_starts_over_where_every_checkpoint_is_incomplete(tiny_model, tmp_p
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_step"] is None
 
 
+@pytest.mark.parametrize("marker", ['{"files": []}', '{"files": {"adapter_model.safetensors": 3}}', "[]"])
+def test_auto_skips_a_checkpoint_whose_marker_is_not_a_manifest(tmp_path, marker):
+    from adarank.run.integrity import intact_checkpoints
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
+    (checkpoint / COMPLETE_MARKER).write_text(marker)  # valid JSON, but not the manifest a save writes
+    [(folder, problem)] = intact_checkpoints(tmp_path)
+    assert folder == checkpoint and problem.startswith(f"has a damaged {COMPLETE_MARKER}")
+
+
 def test_auto_on_a_finished_run_does_nothing(tiny_model, tmp_path, capsys):
     run_dir = tmp_path / "done"
     args = ("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",

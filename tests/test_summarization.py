@@ -207,6 +207,11 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
     (("--data_file", __file__), "unknown file type .py"),
     (("--demo", "--prompt_template", "Summarize."), "--prompt_template must hold {text}"),
     (("--demo", "--num_beams", "0"), "--num_beams 0 must be at least 1"),
+    (("--demo", "--max_new_tokens", "0"), "--max_new_tokens 0 must be at least 1"),
+    (("--demo", "--repetition_penalty", "-1"), "--repetition_penalty -1 must be above 0"),
+    (("--demo", "--repetition_penalty", "0"), "--repetition_penalty 0 must be above 0"),
+    (("--demo", "--repetition_penalty", "nan"), "--repetition_penalty nan must be a finite number"),
+    (("--demo", "--length_penalty", "inf"), "--length_penalty inf must be a finite number"),
     (("--data_dir", "x"), "--data_dir is for GLUE"),
     (("--validation_file", __file__.replace(".py", ".jsonl")), "--validation_file without --data_file"),
 ])

@@ -45,7 +45,8 @@ class ModelArguments:
         default=None, metadata={"help": "Dropout before the task head (default: the recipe's, else the model's own)."})
     bnb_4bit_compute_dtype: str | None = field(
         default=None,
-        metadata={"help": "qlora/qadalora: dtype of the 4-bit layers' compute (float32, bfloat16, float16). "
+        metadata={"help": "4-bit methods (qlora, qadalora, qdora, qrslora): dtype of the 4-bit layers' compute "
+                          "(float32, bfloat16, float16). "
                           "Default: float32 on CPU, bfloat16 on GPUs that support it, else float16."},
     )
 
@@ -75,7 +76,8 @@ class AdapterArguments:
     budget: str = field(
         default="small",
         metadata={"help": "small or large: final average rank 2 or 8 per adapted matrix (paper Table 1)."})
-    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (overrides --budget)."})
+    lora_r: int | None = field(default=None, metadata={
+        "help": "LoRA's rank, and its variants' and SoRA's (overrides --budget); AdaLoRA's are --init_r, --target_r."})
     recipe: str = field(
         default="paper",
         metadata={"help": "Defaults for the task: paper (the AdaLoRA paper's Table 8) or official (the authors' "
@@ -231,6 +233,13 @@ def _read_argument_file(path: Path) -> dict:
         document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except FileNotFoundError:
         raise UsageError(f"argument file {path} does not exist: give the path of a JSON or YAML file") from None
+    except IsADirectoryError:
+        raise UsageError(f"argument file {path} is a directory: give the path of a JSON or YAML file") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"argument file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+    except OSError as error:
+        raise UsageError(f"argument file {path} cannot be read ({error.strerror}): give a readable JSON or YAML "
+                         "file") from None
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise UsageError(f"argument file {path} is not valid {path.suffix[1:].upper()}: {first_line(error)}") from None
     if not isinstance(document, dict):

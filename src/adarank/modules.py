@@ -159,6 +159,23 @@ def resolve_target_modules(model: nn.Module, requested: str | None = None) -> li
     return sorted(chosen, key=lambda n: _order(found, n))
 
 
+def check_rank_fits(model: nn.Module, targets: list[str], rank: tuple[str, int] | None) -> None:
+    """Refuse a rank (the flag that sets it, and its value) above min(in, out) of the smallest adapted
+    matrix: it has no more singular directions than that, so a larger rank only costs memory (and
+    PiSSA's and AdaLoRA's SVDs need that many)."""
+    if rank is None or not targets:
+        return
+    flag, value = rank
+    widths = {name: (model.get_submodule(name).in_features, model.get_submodule(name).out_features)
+              for name in targets}
+    smallest = min(widths, key=lambda name: min(widths[name]))
+    most = min(widths[smallest])
+    if value > most:
+        raise UsageError(f"--{flag} {value} is more than the {most} singular directions of the smallest adapted "
+                         f"matrix ({smallest}, {widths[smallest][0]} x {widths[smallest][1]}): use --{flag} {most} "
+                         "or less")
+
+
 def head_modules(model: nn.Module) -> list[str]:
     """The task head, trained in full beside the adapters (and never quantised)."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}

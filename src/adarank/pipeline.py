@@ -16,8 +16,9 @@ from adarank.arguments import Arguments, parse_arguments, requested_method, scal
 from adarank.errors import configure_logging, exits_cleanly_on_usage_errors
 from adarank.loading import check_sequence_length
 from adarank.memory import MemoryReport, ParameterCounts, PeakMemory, base_parameter_count, parameter_counts
+from adarank.methods.flags import check_method_flags
 from adarank.methods import METHODS, AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_label, budget_rank, get_method
-from adarank.modules import resolve_target_modules
+from adarank.modules import check_rank_fits, resolve_target_modules
 from adarank.quantization import describe_kernels
 from adarank.run.callbacks import StepHistory, StepTimer
 from adarank.run.config import config_document, synthetic_note
@@ -108,7 +109,7 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     if plan.describe():
         log.info(plan.describe())
     run = _run_directory(setup, plan, data)
-    loaded = _load_model(setup, request)
+    loaded = _load_model(setup, request, plan)
     tokenized = setup.task.tokenize(data, loaded.tokenizer, setup.args.model.max_seq_length)
     request.train_batches = training_batches(tokenized.train, loaded.model, setup.task.collator(loaded.tokenizer),
                                              setup.args.training.train_batch_size)
@@ -126,6 +127,7 @@ def _set_up(task_name: str, argv, method_arguments, defaults) -> Setup | dict:
     task = task.configure(args.task_options, evaluate_only=not method.trains)
     budget_rank(args.adapter.budget)
     method.check_run(args.training, args.run)
+    check_method_flags(method, args.explicit, args.extra)  # flags this method would ignore
     _ = args.training.device  # sets up the process group under torchrun, so that process_index is known
     setup = Setup(args, task, method, args.training.process_index == 0, None)
     if args.run_dir is not None and setup.main_process:  # a directory another process writes to: refused now
@@ -175,8 +177,8 @@ def _run_directory(setup: Setup, plan: Plan, data: TaskData) -> RunDirectory:
     return run
 
 
-def _load_model(setup: Setup, request: AdapterRequest) -> LoadedModel:
-    """Load the model and tell the request what the method adapts in it."""
+def _load_model(setup: Setup, request: AdapterRequest, plan: Plan) -> LoadedModel:
+    """Load the model and tell the request what the method adapts in it (refusing a rank it cannot hold)."""
     args, method = setup.args, setup.method
     loaded = setup.task.load_model(
         args.model.model_name_or_path, load_in_4bit=method.quantized, compute_dtype=args.model.bnb_4bit_compute_dtype,
@@ -187,6 +189,7 @@ def _load_model(setup: Setup, request: AdapterRequest) -> LoadedModel:
     request.task_type = setup.task.peft_task_type(loaded.model)
     if method.trains:
         request.target_modules = resolve_target_modules(loaded.model, args.model.target_modules)
+        check_rank_fits(loaded.model, request.target_modules, method.largest_rank(plan))
     request.head_modules = setup.task.head_modules(loaded.model)
     return loaded
 

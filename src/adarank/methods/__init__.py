@@ -5,7 +5,7 @@ Adding a method: a module here (or anywhere, e.g. ``src/custom``) with a
 """
 
 from adarank.methods.adalora import AdaLora
-from adarank.methods.base import (BUDGET_RANKS, METHODS, AdapterMethod, AdapterParameters, AdapterRequest,
+from adarank.methods.base import (BUDGET_RANKS, LORA_FLAGS, METHODS, AdapterMethod, AdapterParameters, AdapterRequest,
                                   BuiltAdapter, OneProcess, OwnLayers, Plan, Ranks, Shapes, ShapeChanging, adapter_placement, budget_label,
                                   budget_rank, check_lora_arguments, get_method, lora_parameters, positive,
                                   register_method)
@@ -23,7 +23,7 @@ BUILT_IN_METHODS = tuple(register_method(m).name for m in (
     IncreLora(), Sora(), Dora(), QDora(), Pissa(), RsLora(), QRsLora(), Eva()))
 
 __all__ = [
-    "BUDGET_RANKS", "BUILT_IN_METHODS", "METHODS", "AdapterMethod", "AdapterParameters", "AdapterRequest", "BuiltAdapter", "OneProcess", "OwnLayers", "Plan",
+    "BUDGET_RANKS", "BUILT_IN_METHODS", "LORA_FLAGS", "METHODS", "AdapterMethod", "AdapterParameters", "AdapterRequest", "BuiltAdapter", "OneProcess", "OwnLayers", "Plan",
     "Ranks", "Shapes", "ShapeChanging", "adapter_placement", "budget_label", "budget_rank", "check_lora_arguments",
     "get_method", "lora_parameters", "positive", "register_method",
 ]

@@ -31,6 +31,9 @@ BUDGET_RANKS = {"small": 2, "large": 8}
 
 Shapes = Sequence[tuple[int, int]]  # (in_features, out_features) of every adapted matrix
 
+# The shared flags every LoRA-style method reads (``reads``: methods/flags.py).
+LORA_FLAGS = frozenset({"lora_alpha", "lora_dropout"})
+
 
 @dataclass
 class AdapterRequest:
@@ -122,6 +125,11 @@ class AdapterMethod:
     allocator_tensors: int = 0
     # Run options the method refuses: option name -> why ({name}: the method's); mixins add theirs.
     refuses: dict[str, str] = {}
+    title: str = ""  # the method's name in prose (LoRA, AdaLoRA); default: ``name``
+    # The flags of methods/flags.py's SELECTIVE_FLAGS the method reads (with its other classes'); declared
+    # on no class: none refused.
+    reads: frozenset[str] | None = None
+    ranks_hint: str = ""  # where its ranks come from, said when a rank flag it does not read is refused
 
     def plan(self, request: AdapterRequest) -> Plan:
         raise NotImplementedError
@@ -139,6 +147,17 @@ class AdapterMethod:
         if isinstance(self, OneProcess) and processes() > 1:
             raise UsageError(f"{self.name} trains in one process only ({self.one_process}): run it without "
                              f"torchrun (NPROC=1 for the job scripts)")
+
+    @property
+    def flags_read(self) -> frozenset[str] | None:
+        """The SELECTIVE_FLAGS this method reads: the ``reads`` of its classes together (None: undeclared)."""
+        declared = [vars(cls)["reads"] for cls in type(self).__mro__ if vars(cls).get("reads") is not None]
+        return frozenset().union(*declared) if declared else None
+
+    def largest_rank(self, plan: Plan) -> tuple[str, int] | None:
+        """The flag that sets the most rank an adapted matrix holds under ``plan``, and that rank, which must
+        fit the adapted matrices (``modules.check_rank_fits``); None: no rank to fit."""
+        return None
 
     def own_arguments(self, request: AdapterRequest):
         """The method's own flags for this run (an instance of ``arguments``), their defaults where none came."""

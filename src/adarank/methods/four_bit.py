@@ -16,6 +16,7 @@ class FourBitBase:
     """Mixin: load the base in 4 bits and prepare it for training before adapters are added."""
 
     quantized = True
+    reads = frozenset({"bnb_4bit_compute_dtype"})
     refuses = {"merge_adapter": (
         "--merge_adapter cannot merge into a 4-bit base ({name}): bitsandbytes cannot add the "
         "update to NF4 weights exactly; load adapter/ onto a full-precision base and merge there")}
@@ -30,9 +31,11 @@ class QLora(FourBitBase, Lora):
     """QLoRA: LoRA on a 4-bit base."""
 
     name = "qlora"
+    title = "QLoRA"
 
 
 class QAdaLora(FourBitBase, AdaLora):
     """QLoRA + AdaLoRA: AdaLoRA on a 4-bit base (PEFT's SVDLinear4bit)."""
 
     name = "qadalora"
+    title = "QLoRA + AdaLoRA"

@@ -21,6 +21,8 @@ class NoAdapterPlan(Plan):
 class NoAdapter(AdapterMethod):
     name = "none"
     trains = False
+    reads = frozenset()
+    ranks_hint = "it trains no adapter, so it has no rank, alpha or dropout"
 
     def plan(self, request: AdapterRequest) -> NoAdapterPlan:
         if not request.task.allows_no_adapter:

@@ -1,8 +1,9 @@
 """The run directory: what training writes and analysis reads.
 
 A run is finished once ``metrics.json`` exists; it is written last. A
-finished run is never overwritten unless the user asks for it. Documents
-written once are written atomically (temporary file, then rename).
+finished run is never overwritten unless the user asks for it, nor is a
+folder that holds something else (a model's folder). Documents written
+once are written atomically (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ RUN_FILES = (
 )
 CHECKPOINTS = "checkpoints"  # the Trainer's output_dir, inside the run directory
 RUN_FOLDERS = ("adapter", CHECKPOINTS, "merged")
+# Every name a run puts in its directory (its hidden temporary files start with a dot too).
+RUN_NAMES = frozenset((*RUN_FILES, *RUN_FOLDERS, ".lock", "tensorboard"))
 # The run directories this process holds the lock of, by path: every RunDirectory of one path shares
 # the lock, which is let go once none of them is left.
 _HELD_LOCKS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -94,6 +97,25 @@ class RunDirectory:
                 f"{self.path} holds checkpoints of an unfinished run: continue it with --resume_from_checkpoint "
                 f"{checkpoints[-1]}, or pass --overwrite_output_dir to start over"
             )
+        if self.foreign:
+            raise UsageError(
+                f"--output_dir {self.path} is not empty and holds no run of this project (no config.json of one, "
+                "no checkpoints): choose a new or empty --output_dir, or pass --overwrite_output_dir to write the "
+                "run into it (replacing any config.json there)"
+            )
+
+    @property
+    def foreign(self) -> bool:
+        """A directory that is not empty and holds no run of this project (a model's folder, say): a run
+        written into it would replace its config.json and mix its files with the folder's."""
+        if not self.path.is_dir():
+            return False
+        names = {p.name for p in self.path.iterdir()}
+        if "config.json" in names:
+            return not _written_by_a_run(self.path / "config.json")
+        if names & {FINISHED_MARKER, CHECKPOINTS, "history.jsonl"}:
+            return False
+        return any(name not in RUN_NAMES and not name.startswith(".") for name in names)
 
     def _check_writable(self) -> None:
         """A directory (or a place to make one) where a file can be made, with space left on its disk."""
@@ -114,7 +136,7 @@ class RunDirectory:
         """Take the directory's lock where it exists already: another process writing to it is
         refused before anything slow happens (a new directory is locked when it is made)."""
         self._check_writable()
-        if self.path.is_dir():
+        if self.path.is_dir() and not self.foreign:  # a foreign one is refused (check_usable), not written to
             self._lock()
         return self
 
@@ -177,6 +199,16 @@ class _Lock:
             raise UsageError(
                 f"another process is writing to {path}: wait for it to end or choose another --output_dir"
             ) from None
+
+
+def _written_by_a_run(config: Path) -> bool:
+    """A config.json this project wrote: it holds format_version (version 1 files: task, method, adapter)."""
+    try:
+        document = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and ("format_version" in document
+                                           or {"task", "method", "adapter"} <= set(document))
 
 
 def _ending(record: dict) -> bool:

@@ -53,11 +53,9 @@ def checkpoint_problem(folder: Path) -> str | None:
     marker = folder / COMPLETE_MARKER
     if not marker.is_file():
         return "was not completely saved (the job stopped while saving it)"
-    try:
-        text = marker.read_text()
-        files = json.loads(text)["files"] if text.strip() else {}
-    except (ValueError, KeyError, TypeError):
-        return f"has a damaged {COMPLETE_MARKER}"
+    files = _manifest(marker)
+    if files is None:
+        return f"has a damaged {COMPLETE_MARKER} (not the manifest of its files a save writes)"
     for name, saved in files.items():
         path = folder / name
         if not path.is_file():
@@ -71,6 +69,22 @@ def checkpoint_problem(folder: Path) -> str | None:
     except UsageError:
         return "has no readable trainer_state.json"
     return None
+
+
+def _manifest(marker: Path) -> dict | None:
+    """The manifest a marker holds, name -> {"bytes": size, "sha256": digest} ({} for an empty marker,
+    written before markers held one); None where it is not one (damaged, or written by something else)."""
+    try:
+        text = marker.read_text(encoding="utf-8")
+        files = json.loads(text)["files"] if text.strip() else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    entry = {"bytes": int, "sha256": str}
+    if not isinstance(files, dict) or not all(
+            isinstance(saved, dict) and all(isinstance(saved.get(key), kind) for key, kind in entry.items())
+            for saved in files.values()):
+        return None
+    return files
 
 
 def resumable_step(checkpoint: str | None) -> int | None:

@@ -98,7 +98,7 @@ def resolve_auto_resume(args) -> dict | None:
     run = RunDirectory(args.run_dir)
     if run.finished and not args.run.overwrite_output_dir:
         print(f"{run.path} already holds a finished run: nothing to do", flush=True)
-        return json.loads((run / "metrics.json").read_text())
+        return _finished_metrics(run)
     newest = None
     for folder, problem in intact_checkpoints(run.checkpoints):
         if problem is None:
@@ -112,3 +112,17 @@ def resolve_auto_resume(args) -> dict | None:
         log.warning("No intact checkpoint in %s: starting over.", run.checkpoints)
         args.run.overwrite_output_dir = True
     return None
+
+
+def _finished_metrics(run: RunDirectory) -> dict:
+    """The metrics.json of a finished run; a damaged one (not a JSON object) is refused in one line."""
+    path = run / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise UsageError(f"{path} is damaged (not the JSON object a finished run writes): pass "
+                         "--overwrite_output_dir to run again (from the newest intact checkpoint, or from the start), "
+                         "or choose another --output_dir")
+    return metrics

@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from adarank.errors import UsageError
-from adarank.methods import (AdapterMethod, AdapterRequest, BuiltAdapter, OneProcess, Plan, Ranks, Shapes,
+from adarank.methods import (LORA_FLAGS, AdapterMethod, AdapterRequest, BuiltAdapter, OneProcess, Plan, Ranks, Shapes,
                              ShapeChanging, adapter_placement, budget_rank, check_lora_arguments, lora_parameters)
 from custom.plateau.arguments import (EVALS_PER_EPOCH, GRADIENT_WINDOW, GROWTH_INITS, PlateauArguments,
                                       default_eval_every, default_growth_budget)
@@ -46,6 +46,8 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
     """LoRA whose ranks grow when the dev loss stalls."""
 
     name = "plateau"
+    reads = LORA_FLAGS
+    ranks_hint = "its ranks: --r0 and --r_max, or --budget"
     arguments = PlateauArguments
     # The entry scripts' defaults: a ceiling of rank 8 (the paper's large budget, which fixed
     # LoRA r=8 is compared at), and dev evaluations on the method's own steps.
@@ -80,6 +82,8 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
         if a.growth_budget is not None and a.growth_budget < 1:
             raise UsageError(f"--growth_budget {a.growth_budget} must be at least 1 rank unit per growth event "
                              "(leave it out for a third of what growing every module would add)")
+        if not 0.0 < a.importance_beta < 1.0:
+            raise UsageError(f"--importance_beta {a.importance_beta} must lie strictly between 0 and 1 (default 0.85)")
         gradient_window = a.gradient_window if a.gradient_window is not None else min(GRADIENT_WINDOW, eval_every)
         if a.growth_init != "lora" and not 1 <= gradient_window <= eval_every:
             raise UsageError(f"--gradient_window {gradient_window} must be from 1 to --eval_every {eval_every}")
@@ -89,6 +93,9 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
             growth_budget=a.growth_budget, gradient_window=gradient_window, importance_beta=a.importance_beta,
             lora_alpha=request.args.lora_alpha, lora_dropout=request.args.lora_dropout,
         )
+
+    def largest_rank(self, plan: PlateauPlan) -> tuple[str, int]:
+        return "r_max", plan.r_max
 
     def build(self, model: nn.Module, plan: PlateauPlan, request: AdapterRequest) -> BuiltAdapter:
         if plan.grow_where == "importance" and plan.growth_budget is None:

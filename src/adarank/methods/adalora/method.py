@@ -18,7 +18,7 @@ from adarank.errors import UsageError
 from adarank.methods.adalora.allocation import AdaLoraAllocation
 from adarank.methods.adalora.fast import distances_from_orthogonal, vectorise_allocator, vectorise_regulariser
 from adarank.methods.adalora.schedule import AdaLoraPlan, fit_budget_schedule, init_rank
-from adarank.methods.base import (AdapterMethod, AdapterRequest, BuiltAdapter, Ranks, Shapes, ShapeChanging,
+from adarank.methods.base import (LORA_FLAGS, AdapterMethod, AdapterRequest, BuiltAdapter, Ranks, Shapes, ShapeChanging,
                                   adapter_placement, budget_rank, check_lora_arguments, positive)
 from adarank.tasks import recipe_of
 
@@ -32,6 +32,10 @@ class AdaLora(ShapeChanging, AdapterMethod):
     """SVD-form adapters pruned by importance to a budget."""
 
     name = "adalora"
+    title = "AdaLoRA"
+    reads = LORA_FLAGS | {"init_r", "target_r", "tinit", "tfinal", "delta_t", "orth_reg_weight", "adalora_init",
+                          "beta1", "beta2"}
+    ranks_hint = "its ranks: --init_r and --target_r, or --budget"
     allocator_tensors = 3  # the allocator's importance, its average and its uncertainty, per adapter parameter
 
     def plan(self, request: AdapterRequest) -> AdaLoraPlan:
@@ -51,6 +55,12 @@ class AdaLora(ShapeChanging, AdapterMethod):
                 f"--target_r {target_r} is larger than --init_r {init_r}: AdaLoRA only prunes, "
                 f"so use --init_r {init_rank(target_r)} or more (or a smaller --target_r)"
             )
+        if target_r == init_r:
+            raise UsageError(
+                f"--target_r {target_r} equals --init_r {init_r}: AdaLoRA needs target_r below init_r (it prunes "
+                f"from one to the other), so use --init_r {init_rank(target_r)} or a smaller --target_r; a fixed "
+                "rank is --method lora"
+            )
         if a.adalora_init not in INITS:
             raise UsageError(f"--adalora_init {a.adalora_init!r}: choose one of {', '.join(INITS)}")
         for name in ("beta1", "beta2"):
@@ -64,6 +74,9 @@ class AdaLora(ShapeChanging, AdapterMethod):
             compared_with_lora_r=budget_rank(a.budget) if from_recipe else target_r,
             init=a.adalora_init,
         )
+
+    def largest_rank(self, plan: AdaLoraPlan) -> tuple[str, int]:
+        return "init_r", plan.init_r
 
     def build(self, model: nn.Module, plan: AdaLoraPlan, request: AdapterRequest) -> BuiltAdapter:
         config = AdaLoraConfig(**plan.peft_arguments(), **adapter_placement(request))

@@ -18,7 +18,7 @@ from torch import nn
 
 from adarank.errors import UsageError
 from adarank.methods.adalora.schedule import fit_budget_schedule
-from adarank.methods.base import (AdapterMethod, AdapterParameters, AdapterRequest, BuiltAdapter, Ranks, Shapes,
+from adarank.methods.base import (LORA_FLAGS, AdapterMethod, AdapterParameters, AdapterRequest, BuiltAdapter, Ranks, Shapes,
                                   OneProcess, OwnLayers, ShapeChanging, adapter_placement, budget_rank, check_lora_arguments,
                                   lora_parameters, positive)
 from adarank.methods.increlora.arguments import INIT_RANK, ORTH_REG_WEIGHT, IncreLoraArguments
@@ -32,6 +32,10 @@ class IncreLora(ShapeChanging, OwnLayers, OneProcess, AdapterMethod):
     """Incremental matrices whose ranks grow where importance is highest."""
 
     name = "increlora"
+    title = "IncreLoRA"
+    reads = LORA_FLAGS | {"init_r", "tinit", "tfinal", "delta_t", "orth_reg_weight", "beta1", "beta2"}
+    ranks_hint = ("its budget is --budget small|large (the average adapter parameters of LoRA r=2 / r=8), its first "
+                  "rank --init_r")
     arguments = IncreLoraArguments
     allocator_tensors = 2  # the smoothed sensitivity and uncertainty, per adapter parameter
     refuses = {"diagnostics": "--diagnostics reads LoRA and AdaLoRA layers, not {name}'s (P diag(lambda) Q with a "
@@ -39,11 +43,7 @@ class IncreLora(ShapeChanging, OwnLayers, OneProcess, AdapterMethod):
 
     def plan(self, request: AdapterRequest) -> IncreLoraPlan:
         a, own = request.args, self.own_arguments(request)
-        check_lora_arguments(a)
-        for flag in ("lora_r", "target_r"):
-            if getattr(a, flag) is not None:
-                raise UsageError(f"--{flag} is not IncreLoRA's: its budget is --budget small|large (the average "
-                                 "adapter parameters of LoRA r=2 / r=8)")
+        check_lora_arguments(a)  # --lora_r and --target_r, not IncreLoRA's, are refused by methods/flags.py
         budget_r = budget_rank(a.budget)
         init_r = positive("init_r", a.init_r if a.init_r is not None else INIT_RANK)
         if init_r >= budget_r:
@@ -66,6 +66,9 @@ class IncreLora(ShapeChanging, OwnLayers, OneProcess, AdapterMethod):
             restart_warmup=own.restart_warmup if own.restart_warmup is not None else schedule.delta_t,
             advance_learning=own.advance_learning, top_h=own.top_h,
         )
+
+    def largest_rank(self, plan: IncreLoraPlan) -> tuple[str, int]:
+        return "init_r", plan.init_r  # where ranks grow to is the budget's (no matrix has a ceiling)
 
     def build(self, model: nn.Module, plan: IncreLoraPlan, request: AdapterRequest) -> BuiltAdapter:
         reserved = 1 if plan.advance_learning else 0

@@ -19,7 +19,7 @@ from torch import nn
 
 from adarank.errors import UsageError
 from adarank.methods.adalora.schedule import init_rank
-from adarank.methods.base import (AdapterMethod, AdapterParameters, AdapterRequest, BuiltAdapter, Plan, Ranks, Shapes,
+from adarank.methods.base import (LORA_FLAGS, AdapterMethod, AdapterParameters, AdapterRequest, BuiltAdapter, Plan, Ranks, Shapes,
                                   OwnLayers, ShapeChanging, adapter_placement, budget_rank, check_lora_arguments,
                                   lora_parameters, positive)
 from adarank.methods.sora.arguments import SCHEDULES, SoraArguments, phase_bounds, phase_lambdas
@@ -89,6 +89,9 @@ class Sora(ShapeChanging, OwnLayers, AdapterMethod):
     }
 
     name = "sora"
+    title = "SoRA"
+    reads = LORA_FLAGS | {"lora_r"}
+    ranks_hint = "its ranks: --lora_r (the LoRA rank it is compared with, or --budget) and --sora_max_rank"
     arguments = SoraArguments
 
     def plan(self, request: AdapterRequest) -> SoraPlan:
@@ -109,6 +112,9 @@ class Sora(ShapeChanging, OwnLayers, AdapterMethod):
             phase_count=s.sora_phases if s.sora_schedule != "none" else 1, total_step=request.total_step,
             lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
         )
+
+    def largest_rank(self, plan: SoraPlan) -> tuple[str, int]:
+        return "sora_max_rank", plan.max_rank
 
     def build(self, model: nn.Module, plan: SoraPlan, request: AdapterRequest) -> BuiltAdapter:
         config = LoraConfig(r=plan.max_rank, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,

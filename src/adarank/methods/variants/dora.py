@@ -36,6 +36,7 @@ class Dora(LoraVariant):
     """LoRA on the direction of each weight, and a trained magnitude per output feature."""
 
     name = "dora"
+    title = "DoRA"
 
     def variant_plan(self, lora: LoraPlan, request: AdapterRequest) -> DoraPlan:
         return extended(lora, DoraPlan)
@@ -48,3 +49,4 @@ class QDora(FourBitBase, Dora):
     """DoRA on a 4-bit NF4 base: PEFT dequantises each weight to compute its norm."""
 
     name = "qdora"
+    title = "QDoRA"

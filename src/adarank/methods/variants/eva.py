@@ -65,6 +65,7 @@ class Eva(OneProcess, LoraVariant):
     """LoRA initialised from the SVD of each layer's inputs, its ranks redistributed by explained variance."""
 
     name = "eva"
+    title = "EVA"
     one_process = "each process would run its own initialisation, whose ranks must agree to the bit"
     arguments = EvaArguments
 
@@ -103,9 +104,13 @@ def _check_components(model: nn.Module, plan: EvaPlan, targets: list[str]) -> No
     components = round(plan.r * plan.rho)
     narrowest = min((model.get_submodule(name).in_features for name in targets), default=components)
     if components > narrowest:
+        # The largest rho at this rank (where it is at least 1, as rho must be), and the largest rank at this rho.
+        fits = next((r for r in range(min(plan.r - 1, narrowest), 0, -1) if round(r * plan.rho) <= narrowest), None)
+        fixes = ([f"lower --eva_rho to {narrowest / plan.r:.3g} or less"] if narrowest >= plan.r else []) + \
+            ([f"lower --lora_r to {fits} or less"] if fits else [])
         raise UsageError(f"--eva_rho {plan.rho:g} asks for {components} input components per matrix at rank "
-                         f"{plan.r}, but the narrowest adapted matrix reads {narrowest} features: lower --eva_rho "
-                         f"to {narrowest // plan.r} or less")
+                         f"{plan.r}, but the narrowest adapted matrix reads {narrowest} features: "
+                         f"{', or '.join(fixes) or 'adapt wider matrices (--target_modules)'}")
 
 
 def _initialise(model: PeftModel, batches: Callable[[], Iterator[dict]] | None) -> None:

@@ -66,6 +66,7 @@ class Pissa(LoraVariant):
     """LoRA initialised on each weight's principal singular directions, over the frozen residual."""
 
     name = "pissa"
+    title = "PiSSA"
     arguments = PissaArguments
 
     def variant_plan(self, lora: LoraPlan, request: AdapterRequest) -> PissaPlan:
@@ -78,10 +79,8 @@ class Pissa(LoraVariant):
         return extended(lora, PissaPlan, init_lora_weights="pissa" if niter is None else f"pissa_niter_{niter}")
 
     def build(self, model: nn.Module, plan: PissaPlan, request: AdapterRequest) -> BuiltAdapter:
-        smallest = min(min(model.get_submodule(name).weight.shape) for name in request.target_modules)
-        if plan.r > smallest:
-            raise UsageError(f"--lora_r {plan.r} is more than the {smallest} singular directions of the smallest "
-                             f"adapted matrix: PiSSA needs r of them, so use --lora_r {smallest} or less")
+        # Its SVD needs r singular directions of every adapted matrix: a larger --lora_r is refused once the
+        # model is loaded, for every method (modules.check_rank_fits).
         built = super().build(model, plan, request)
         return BuiltAdapter(built.model, callbacks=[SavesAsLora(built.model)])
 

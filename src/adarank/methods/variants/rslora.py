@@ -35,6 +35,7 @@ class RsLora(LoraVariant):
     """LoRA scaled by alpha / sqrt(r)."""
 
     name = "rslora"
+    title = "rsLoRA"
 
     def variant_plan(self, lora: LoraPlan, request: AdapterRequest) -> RsLoraPlan:
         return extended(lora, RsLoraPlan)
@@ -44,3 +45,4 @@ class QRsLora(FourBitBase, RsLora):
     """rsLoRA on a 4-bit NF4 base: the scale is the adapter's alone, so PEFT's 4-bit LoRA layers take it."""
 
     name = "qrslora"
+    title = "QrsLoRA"

@@ -46,6 +46,11 @@ def check_arguments(options: SummarizationArguments) -> None:
             raise UsageError(f"--{name} {getattr(options, name)} must be at least 1")
     if options.max_new_tokens is not None and options.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens {options.max_new_tokens} must be at least 1")
+    # length_penalty may be any number (below 1 favours shorter summaries); NaN and infinities are refused
+    # with every float flag (validation.check_numbers).
+    if not options.repetition_penalty > 0:  # NaN too
+        raise UsageError(f"--repetition_penalty {options.repetition_penalty:g} must be above 0 (1: no penalty; "
+                         "above 1 discourages repeated tokens)")
     if options.no_repeat_ngram_size < 0:
         raise UsageError(f"--no_repeat_ngram_size {options.no_repeat_ngram_size} must be 0 (off) or more")
     if options.prompt_template.count("{text}") != 1:
