@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.summary.writer import event_file_writer
 
 from conftest import read_jsonl, run_task, stop_and_resume
 from fixtures.wandb_log import history as wandb_history
@@ -83,12 +84,18 @@ def test_plateau_growth_events_reach_tensorboard(tiny_model, tmp_path):
     assert at(curves["Budget/total_rank"], 16)[-1] == 96  # after the growth at the last step
 
 
-def test_a_resumed_run_continues_the_same_curves_once(tiny_model, tmp_path):
+def test_a_resumed_run_continues_the_same_curves_once(tiny_model, tmp_path, monkeypatch):
     common = ("sst2", "--demo", "--model_name_or_path", tiny_model, *ADALORA, "--report_to", "tensorboard",
               "--save_strategy", "steps", "--save_steps", "10", "--save_total_limit", "3", "--logging_steps", "1")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_task(*common, "--output_dir", str(straight)) == 0
+    # Event files are named by the second and a counter of the process, and read in name order: from
+    # 8 on, a file numbered 10 made in the same second as 9 is read before it.
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))
     stop_and_resume(run_task, common, resumed, step=10)
+    # One file a process segment: the final evaluation and rank record go to the training file.
+    assert len(list((straight / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((resumed / "tensorboard").glob("events.out.tfevents.*"))) == 2
     a, b = scalars(straight), scalars(resumed)
     assert sorted(a) == sorted(b)
     for tag in a:

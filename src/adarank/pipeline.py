@@ -295,5 +295,6 @@ def _finish(setup: Setup, data: TaskData, tokenized: TaskData, adapted: AdaptedM
                          setup.task.predictions_file(rows, note), trains=setup.method.trains,
                          merge=setup.args.run.merge_adapter)
             print_summary(setup.task.name, setup.method.name, config["budget"], metrics.as_dict(), run)
+    trainer.close_reports()
     return metrics.as_dict()
 

@@ -72,11 +72,23 @@ class RunTensorBoard(TensorBoardCallback):
         self._write_layout()
 
     def _init_summary_writer(self, args):
-        """A writer (again after training ends, for the records logged then: a new file in the same
-        folder); only the first one of a resumed run purges."""
+        """The run's writer; only the first one of a resumed run purges."""
         if self._SummaryWriter is not None:
             self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
             self.purge_step = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Flush, and keep the writer for what the run logs after training (the final evaluation, the
+        last rank record): a second file would be named by the second it was made in and a counter of
+        the process, and TensorBoard reads files in name order, so within one second counter 10 sorts
+        before 9, and a resumed run's purge marker read after it would drop the final steps."""
+        if self.tb_writer is not None:
+            self.tb_writer.flush()
+
+    def close(self) -> None:
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
 
     def _write_layout(self) -> None:
         if self.tb_writer is not None and hasattr(self.tb_writer, "add_custom_scalars"):

@@ -22,7 +22,7 @@ from adarank.run.directory import checkpoint_folder
 from adarank.run.integrity import COMPLETE_MARKER
 from adarank.run.preemption import newest_complete_checkpoint
 from adarank.run.sampling import ResumableTrainer
-from adarank.run.scalars import Scalars, use_run_integrations
+from adarank.run.scalars import RunTensorBoard, Scalars, use_run_integrations
 from adarank.run.space import check_free_space, checkpoint_bytes, refusing_a_full_disk
 
 LOSS_SUM = "loss_sum.json"
@@ -46,6 +46,12 @@ class RunTrainer(ResumableTrainer):
         ``--report_to`` asked for them; ``scalars`` sends through this Trainer's integrations."""
         use_run_integrations(self.callback_handler, run_path)
         scalars.bind(self)
+
+    def close_reports(self) -> None:
+        """Close the run's TensorBoard file once the run has logged its last record."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, RunTensorBoard):
+                callback.close()
 
     def resume_advice(self) -> str:
         newest = newest_complete_checkpoint(Path(self.args.output_dir))
