@@ -66,6 +66,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def steps_so_far(path: Path) -> list[int]:
+    """The steps of the complete lines of a JSONL file another process is still writing (a last line
+    without its newline is being written: left out)."""
+    if not Path(path).is_file():
+        return []
+    lines = Path(path).read_text().split("\n")[:-1]
+    return [json.loads(line).get("step", 0) for line in lines if line.strip()]
+
+
 QUICK = ("--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "no")
 
 

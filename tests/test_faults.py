@@ -21,7 +21,7 @@ from adarank.run.directory import RunDirectory
 from adarank.run.integrity import COMPLETE_MARKER, checkpoint_problem
 from adarank.run.preemption import newest_complete_checkpoint
 from adarank.run.space import refusing_a_full_disk
-from conftest import read_jsonl, run_task
+from conftest import run_task, steps_so_far
 from fixtures.cli import error_line, fails_cleanly, without_progress_bars
 from fixtures.paths import SRC
 
@@ -77,7 +77,7 @@ def test_a_killed_run_resumes_to_the_result_of_an_uninterrupted_one(tiny_model, 
         process = subprocess.Popen(command(killed), stdout=log, stderr=subprocess.STDOUT, env=env)
     history, deadline = killed / "history.jsonl", time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline and not (
-            history.is_file() and any(r.get("step", 0) >= at for r in read_jsonl(history))):
+            any(s >= at for s in steps_so_far(history))):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]

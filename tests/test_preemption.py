@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from adarank.run.preemption import COMPLETE_MARKER, PREEMPTED_EXIT_CODE, newest_complete_checkpoint
-from conftest import QUICK, read_jsonl, run_task
+from conftest import QUICK, read_jsonl, run_task, steps_so_far
 from fixtures.cli import fails_cleanly
 from fixtures.paths import SRC
 
@@ -53,7 +53,7 @@ def signal_at_step(process: subprocess.Popen, history: Path, step: int, signum: 
     """Send ``signum`` once history.jsonl shows training past ``step``."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if history.is_file() and any(r.get("step", 0) >= step for r in read_jsonl(history)):
+        if any(s >= step for s in steps_so_far(history)):
             process.send_signal(signum)
             return
         time.sleep(0.01)
