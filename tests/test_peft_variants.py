@@ -273,7 +273,9 @@ def test_a_method_that_trains_in_one_process_refuses_torchrun_in_one_line(tiny_m
                           timeout=600)
     assert done.returncode != 0
     refusals = [line for line in done.stderr.splitlines() if line.startswith("error: increlora trains in one process")]
-    assert len(refusals) == 2 and "run it without torchrun" in refusals[0]  # each process, in one line
+    # Each process refuses in one line; the first to exit makes torchrun stop the other, which may not
+    # have reached its refusal yet, so one or two lines.
+    assert 1 <= len(refusals) <= 2 and all("run it without torchrun" in line for line in refusals)
     assert "adarank/" not in done.stderr  # no traceback through the library (torchrun reports the exits itself)
     assert not (tmp_path / "x").exists()
 
