@@ -180,15 +180,17 @@ def test_every_list_names_entry_scripts_that_exist():
 PROFILE = [sys.executable, str(ROOT / "script" / "bench" / "profile_step.py")]
 
 
-@pytest.mark.parametrize("folder", ["", "RTE"])  # the GLUE folder, or the task's own folder as training takes it
-def test_the_step_profile_runs_on_real_examples(glue_dir, folder):
+# the GLUE folder, or the task's own folder as training takes it; ours with or without --fast_dropout
+@pytest.mark.parametrize("folder, flags", [("", ()), ("RTE", ("--fast_dropout",))])
+def test_the_step_profile_runs_on_real_examples(glue_dir, folder, flags):
     """script/bench/profile_step.py: both models timed and profiled, kinds that add up, the closing lines."""
     done = subprocess.run([*PROFILE, "--data_dir", str(glue_dir / folder), "--task", "rte", "--batch", "4",
-                           "--steps", "1", "--profiled", "1"], capture_output=True, text=True, timeout=600,
+                           "--steps", "1", "--profiled", "1", *flags], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert out.startswith("rte: 4 x ") and "fp32" in out.splitlines()[0]
+    assert out.splitlines()[0].endswith("ours with --fast_dropout") == bool(flags)
     for label in ("reference", "ours"):
         assert f"{label}: median step " in out
     kinds = ("matrix products", "attention kernels", "copies and casts", "dropout masks", "the rest")

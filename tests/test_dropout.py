@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from adarank.dropout import FastDropout, keep_mask, use_fast_dropout
+from adarank.dropout import (ATTENTION, FastDropout, fast_dropout_attention, keep_mask, use_fast_attention_dropout,
+                             use_fast_dropout)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -73,6 +74,90 @@ def test_a_model_s_dropouts_are_replaced_and_it_still_trains(tiny_model):
     assert math.isfinite(loss.item()) and model.classifier.weight.grad.abs().sum() > 0
 
 
+def attention_inputs(seed: int, dtype=torch.float32):
+    """Query, key and value of 3 sequences x 4 heads x 7 tokens, and transformers' sdpa padding mask
+    (True where a token is attended: the second and third sequences end in padding)."""
+    torch.manual_seed(seed)
+    q, k, v = (torch.randn(3, 4, 7, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    attended = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    attended[1, ..., 5:] = False
+    attended[2, ..., 2:] = False
+    return q, k, v, attended
+
+
+class AttentionModule(nn.Module):
+    is_causal = False
+
+
+def test_attention_drops_probabilities_with_the_cheap_mask_and_keeps_sdpa_s_computation():
+    """softmax(q k^T / sqrt(d) + padding) * mask / (1 - p) @ v, with the mask keep_mask draws, forward
+    and backward; in evaluation it is transformers' sdpa, bit for bit."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v, attended = attention_inputs(5)
+    module = AttentionModule().train()
+    torch.manual_seed(6)
+    out, _ = fast_dropout_attention(module, q, k, v, attended, dropout=0.25)
+    torch.manual_seed(6)
+    keep = keep_mask(torch.Size([3, 4, 7, 7]), 0.25)
+    assert 0 < keep.sum() < keep.numel()
+    scores = q @ k.transpose(2, 3) / math.sqrt(8) + torch.where(attended, 0.0, float("-inf"))
+    expected = ((torch.softmax(scores, dim=-1) * keep / 0.75) @ v).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    module.eval()
+    assert torch.equal(fast_dropout_attention(module, q, k, v, attended, dropout=0.0)[0],
+                       sdpa_attention_forward(module, q, k, v, attended, dropout=0.0)[0])
+
+
+def test_attention_under_bf16_autocast_matches_sdpa_s_own_kernel(monkeypatch):
+    """With every probability kept, the bf16 attention is PyTorch's math kernel without dropout,
+    scaled by 1 / (1 - p) (the kernel computes in fp32 and rounds its output to bf16; the scale is applied to
+    the values before the product here, after it there: a bf16 ulp or two apart)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from adarank import dropout
+
+    q, k, v, attended = attention_inputs(7, torch.bfloat16)
+    monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: torch.ones(shape, dtype=torch.bool))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = fast_dropout_attention(AttentionModule().train(), q, k, v, attended, dropout=0.5)
+        with sdpa_kernel(SDPBackend.MATH):
+            plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attended, dropout_p=0.0)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), 2 * plain.transpose(1, 2).float(), rtol=2e-2, atol=2e-2)  # bf16: 2**-8
+
+
+def test_a_model_s_attention_switches_evaluates_the_same_and_trains(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).eval()
+    batch = {"input_ids": torch.randint(5, 100, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 0, 1])}
+    batch["attention_mask"][1, 6:] = 0
+    before = model(**batch).logits
+    assert use_fast_attention_dropout(model) == model.config.num_hidden_layers
+    assert model.config._attn_implementation == ATTENTION
+    assert torch.equal(model(**batch).logits, before)
+    model.train()
+    torch.manual_seed(8)
+    first = model(**batch).loss
+    torch.manual_seed(8)
+    assert torch.equal(model(**batch).loss, first)  # the seed decides the masks
+    first.backward()
+    assert math.isfinite(first.item()) and model.classifier.weight.grad.abs().sum() > 0
+
+
+def test_attention_without_dropout_is_left_alone(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2,
+                                                               attention_probs_dropout_prob=0.0)
+    assert use_fast_attention_dropout(model) == 0 and model.config._attn_implementation == "sdpa"
+
+
 def test_runs_take_pytorch_s_dropout_unless_asked(tiny_model, tmp_path):
     """--fast_dropout is opt-in: without it a run's random numbers are those of earlier versions."""
     import json
@@ -84,5 +169,6 @@ def test_runs_take_pytorch_s_dropout_unless_asked(tiny_model, tmp_path):
         out = tmp_path / name
         assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "2",
                         "--max_eval_samples", "8", "--output_dir", str(out), *QUICK, *flags) == 0
-        counts[name] = json.loads((out / "config.json").read_text())["fast_dropout_layers"]
-    assert counts["plain"] == 0 and counts["fast"] > 0
+        config = json.loads((out / "config.json").read_text())
+        counts[name] = (config["fast_dropout_layers"], config["fast_attention_dropout_layers"])
+    assert counts["plain"] == (0, 0) and counts["fast"][0] > 0 and counts["fast"][1] == 2  # tiny_model: 2 layers

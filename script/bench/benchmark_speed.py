@@ -58,12 +58,14 @@ def configurations(rank: int, extra_precision: str | None, quick: bool,
     """(label, kind, the run's own flags); kind: ours or reference. ``extra_precision``: a second LoRA
     row in the precision that is not the default (fp32 where bf16 is the default; bf16 on a CPU with
     bf16 units where fp32 is). Not in --quick: LoRA with PEFT's own layer forward, which shows what
-    the fused forward saves."""
+    the fused forward saves, and LoRA with --fast_dropout's masks."""
     plain, four_bit, plateau = SCRIPTS[task]
     runs = [
         (f"LoRA r={rank}", "ours", [plain, "--method", "lora", "--lora_r", str(rank)]),
         *([] if quick else [(f"LoRA r={rank}, PEFT forward", "ours",
-                             [plain, "--method", "lora", "--lora_r", str(rank), "--peft_forward"])]),
+                             [plain, "--method", "lora", "--lora_r", str(rank), "--peft_forward"]),
+                            (f"LoRA r={rank}, fast dropout", "ours",
+                             [plain, "--method", "lora", "--lora_r", str(rank), "--fast_dropout"])]),
         (f"AdaLoRA {rank}->2", "ours", [plain, "--method", "adalora", "--init_r", str(rank), "--target_r", "2"]),
         (f"QLoRA r={rank}", "ours", [four_bit, "--method", "qlora", "--lora_r", str(rank)]),
         (f"QLoRA+AdaLoRA {rank}->2", "ours", [four_bit, "--method", "qadalora", "--init_r", str(rank),

@@ -2,11 +2,11 @@
 """Where a LoRA training step's time goes, with and without the project's fast paths: one batch of
 real examples at the task's median length, the same PEFT LoRA model twice (once as the usual
 examples train it, once with the fused adapter forward and, under bf16 autocast on the CPU, the
-frozen weights held in bf16, as a run of the project takes them), forward, backward and AdamW
-step, timed and then profiled.
+frozen weights held in bf16, as a run of the project takes them; with --fast_dropout, also the
+dropout masks that flag draws), forward, backward and AdamW step, timed and then profiled.
 
     python script/bench/profile_step.py --data_dir ../shared/data/glue_data [--task rte|sst2] [--bf16]
-        [--batch 32] [--rank 3] [--steps 10] [--profiled 3]
+        [--fast_dropout] [--batch 32] [--rank 3] [--steps 10] [--profiled 3]
 
 Prints, for each model, the median step (wall clock, unprofiled, the two models taking turns) and
 the profile's self CPU time per step by kind: matrix products (mm, addmm, bmm and their in-place
@@ -29,14 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-# The project's LoRA on the embedded MiniLM: every linear layer of the encoder, lora_dropout 0.
-TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 KINDS = {
     "matrix products": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::matmul"),
     "attention kernels": ("aten::_scaled_dot_product_flash_attention_for_cpu",
                           "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
     "copies and casts": ("aten::copy_", "aten::_to_copy"),
-    "dropout masks": ("aten::bernoulli_", "aten::native_dropout", "aten::native_dropout_backward"),
+    "dropout masks": ("aten::bernoulli_", "aten::native_dropout", "aten::native_dropout_backward",
+                      "aten::random_", "aten::bitwise_and", "aten::lt"),  # the last three: --fast_dropout's masks
 }
 
 
@@ -65,23 +64,25 @@ def one_batch(train, batch: int, tokenizer) -> dict:
         [{k: encoded[k][i] for k in encoded} | {"labels": labels[i]} for i in middle])
 
 
-def lora_model(rank: int, fast: bool, bf16: bool):
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def lora_model(rank: int, fast: bool, bf16: bool, fast_dropout: bool):
+    """The project's LoRA on the embedded MiniLM (every linear layer of the encoder, lora_dropout 0),
+    as the usual examples build it (``fast`` False) or with the fast paths a run of the project takes."""
+    from speed_reference import load_peft_model
 
-    from adarank.loading import embedded_model_path
+    from adarank.dropout import use_fast_attention_dropout, use_fast_dropout
     from adarank.methods.fused import fuse_adapter_forward
     from adarank.precision import hold_frozen_weights
 
     torch.manual_seed(0)
-    path = embedded_model_path()
-    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS))
+    tokenizer, model = load_peft_model({"adapter": {"r": rank, "lora_alpha": 16, "lora_dropout": 0.0}}, None)
     if fast:
         fuse_adapter_forward(model)
         if bf16:
             hold_frozen_weights(model, torch.bfloat16)
-    return AutoTokenizer.from_pretrained(path), model.train()
+        if fast_dropout:
+            use_fast_dropout(model)
+            use_fast_attention_dropout(model)
+    return tokenizer, model.train()
 
 
 def step(model, optimizer, batch: dict, bf16: bool) -> None:
@@ -138,6 +139,8 @@ def main() -> None:
     parser.add_argument("--data_dir", required=True, help="GLUE folder with SST-2/ and RTE/, or the task's folder")
     parser.add_argument("--task", choices=["rte", "sst2"], default="rte")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default: fp32)")
+    parser.add_argument("--fast_dropout", action="store_true",
+                        help="ours also draws its dropout masks as --fast_dropout does (hidden states and attention)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rank", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 of warm-up)")
@@ -156,11 +159,12 @@ def main() -> None:
 
 def profile(args) -> None:
     train = training_examples(args.task, args.data_dir)
-    tokenizer, reference = lora_model(args.rank, fast=False, bf16=args.bf16)
+    tokenizer, reference = lora_model(args.rank, fast=False, bf16=args.bf16, fast_dropout=False)
     batch = one_batch(train, args.batch, tokenizer)
-    _, ours = lora_model(args.rank, fast=True, bf16=args.bf16)
+    _, ours = lora_model(args.rank, fast=True, bf16=args.bf16, fast_dropout=args.fast_dropout)
     print(f"{args.task}: {args.batch} x {batch['input_ids'].shape[1]} tokens, LoRA r={args.rank}, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {torch.get_num_threads()} thread(s)")
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {torch.get_num_threads()} thread(s)"
+          f"{', ours with --fast_dropout' if args.fast_dropout else ''}")
     models = {"reference": reference, "ours": ours}
     seconds, optimizers = timed_steps(models, batch, args.bf16, args.steps)
     figures = {name: {"median_ms": 1000 * statistics.median(seconds[name]),

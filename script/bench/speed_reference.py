@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 
 def load_peft_model(like: dict, path: str):
-    """The tokenizer and the PEFT LoRA model of the run ``like`` (its config.json)."""
+    """The tokenizer and the PEFT LoRA model of the run ``like`` (its config.json; without
+    ``target_modules``, the project's default targets); ``path`` None: the embedded model."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -30,9 +31,13 @@ def load_peft_model(like: dict, path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     adapter = like["adapter"]
+    targets = like.get("target_modules")
+    if targets is None:  # the project's default: every linear layer of the encoder
+        from adarank.modules import resolve_target_modules
+        targets = resolve_target_modules(model)
     return tokenizer, get_peft_model(model, LoraConfig(
         task_type=TaskType.SEQ_CLS, r=adapter["r"], lora_alpha=adapter["lora_alpha"],
-        lora_dropout=adapter["lora_dropout"], target_modules=like["target_modules"]))
+        lora_dropout=adapter["lora_dropout"], target_modules=targets))
 
 
 def trainer_of(args: argparse.Namespace, like: dict, model, tokenizer, train, callbacks):

@@ -16,6 +16,7 @@ RATIO_NAMES = {
     "ours_over_reference": "LoRA / padded reference loop, throughput",
     "ours_over_dynamic_reference": "LoRA / dynamic-padding reference loop, throughput",
     "fused_over_peft_forward": "LoRA, fused / PEFT's layer forward, throughput",
+    "fast_dropout_over_dynamic_reference": "LoRA with --fast_dropout / dynamic-padding reference loop, throughput",
 }
 
 
@@ -71,6 +72,8 @@ def ratios_of(results: dict, rank: int) -> dict:
         "ours_over_reference": divide(rate(lora), rate("reference, padded to 128")),
         "ours_over_dynamic_reference": divide(rate(lora), rate("reference, dynamic padding")),
         "fused_over_peft_forward": divide(rate(lora), rate(f"LoRA r={rank}, PEFT forward")),
+        "fast_dropout_over_dynamic_reference": divide(rate(f"LoRA r={rank}, fast dropout"),
+                                                      rate("reference, dynamic padding")),
     }
 
 

@@ -122,9 +122,10 @@ class RunArguments:
                           "AVX512-BF16 or AMX); --bf16 asks for it anywhere."})
     fast_dropout: bool = field(
         default=False,
-        metadata={"help": "On the CPU, draw dropout masks with adarank/dropout.py (the same distribution, two "
-                          "elements per 64-bit draw) instead of PyTorch's; other random numbers than a run without it. "
-                          "Not the default: no step-time gain measured in a full run yet (BENCHMARKS.md)."})
+        metadata={"help": "On the CPU, draw dropout masks, hidden-state and attention-probability ones, with "
+                          "adarank/dropout.py (the same distribution, two elements per 64-bit draw) instead of "
+                          "PyTorch's; other random numbers than a run without it. Not the default: a step gain at "
+                          "RTE's lengths, none measured at SST-2's (BENCHMARKS.md)."})
 
 
 @dataclass

@@ -9,14 +9,25 @@ mask is the same distribution as ``bernoulli_(1 - p)`` up to that rounding of th
 (below 2**-32), independent across elements, and drawn from the same default generator (so it follows
 ``torch.manual_seed`` and the RNG state a checkpoint restores). Kept values are scaled by 1 / (1 - p),
 as ``nn.Dropout`` does; the mask is kept as booleans for the backward pass.
+
+Attention-probability dropout is not an ``nn.Dropout`` call: transformers' attention modules pass
+its probability to the attention function, and on the CPU PyTorch's attention then runs its
+composite ("math") kernel, which draws the mask with ``bernoulli_``. The attention function
+registered here runs that same kernel with a mask from ``keep_mask`` (the kernel takes a given mask:
+it zeroes the dropped probabilities and scales the values by 1 / (1 - p)), so the computation is the
+one PyTorch's attention makes, with the cheaper mask; everywhere else (evaluation, no dropout, other
+devices, grouped or causal attention, a position bias) it is transformers' ``sdpa`` unchanged.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
 
 _BITS = 31
+ATTENTION = "sdpa_fast_dropout"  # the attention implementation registered with transformers
 
 
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
@@ -52,11 +63,65 @@ class FastDropout(nn.Dropout):
 
 def use_fast_dropout(model: nn.Module) -> int:
     """Every ``nn.Dropout`` of ``model`` becomes a ``FastDropout`` (same probability); returns how many.
-    Attention modules that only pass their dropout's probability to the attention function keep
-    that function's own dropout."""
+    Attention modules only pass their dropout's probability to the attention function: see
+    ``use_fast_attention_dropout``."""
     count = 0
     for module in model.modules():
         if type(module) is nn.Dropout:
             module.__class__ = FastDropout
             count += 1
     return count
+
+
+def _takes_given_mask(module, query, key, attention_mask, dropout, is_causal, kwargs) -> bool:
+    """Where the attention of ``sdpa_fast_dropout`` draws its own mask: training on the CPU with
+    attention dropout, one key head per query head, no causal flag and nothing but a padding mask."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    return (module.training and dropout > 0.0 and query.device.type == "cpu" and not causal
+            and key.shape[1] == query.shape[1] and kwargs.get("position_bias") is None
+            and kwargs.get("softcap") is None and (attention_mask is None or attention_mask.dim() == 4))
+
+
+def fast_dropout_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                           scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """transformers' ``sdpa`` attention, with the probability mask from ``keep_mask`` where
+    PyTorch would draw it with ``bernoulli_`` (``_takes_given_mask``)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not _takes_given_mask(module, query, key, attention_mask, dropout, is_causal, kwargs):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # as scaled_dot_product_attention does
+        attention_mask = torch.zeros((), dtype=query.dtype).masked_fill(~attention_mask, float("-inf"))
+    batch, heads, length, kv_length = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
+    keep = keep_mask(torch.Size([batch, heads, length, kv_length]), dropout)
+    with warnings.catch_warnings():  # PyTorch warns that a given mask is for testing
+        warnings.filterwarnings("ignore", message="Dropout mask should only be used for testing")
+        output, _ = torch.ops.aten._scaled_dot_product_attention_math(
+            query, key, value, attention_mask, dropout, False, keep, scale=scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _attention_dropout(config) -> float:
+    """The attention-probability dropout a model's config sets (BERT's name, then the newer one)."""
+    return getattr(config, "attention_probs_dropout_prob", None) or getattr(config, "attention_dropout", 0.0) or 0.0
+
+
+def use_fast_attention_dropout(model: nn.Module) -> int:
+    """Models of ``model`` that attend with transformers' ``sdpa`` and drop attention probabilities
+    switch to ``sdpa_fast_dropout``; returns how many attention modules follow it."""
+    from transformers import AttentionInterface, PreTrainedModel
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, fast_dropout_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks sdpa takes
+    switched = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if (isinstance(module, PreTrainedModel) and id(config) not in switched
+                and config._attn_implementation == "sdpa" and _attention_dropout(config) > 0):
+            module.set_attn_implementation(ATTENTION)
+            switched.add(id(config))
+    return sum(1 for module in model.modules()
+               if not isinstance(module, PreTrainedModel) and id(getattr(module, "config", None)) in switched
+               and hasattr(module, "is_causal"))

@@ -8,16 +8,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adarank.dropout import use_fast_dropout
+from adarank.dropout import use_fast_attention_dropout, use_fast_dropout
 from adarank.methods.fused import fuse_adapter_forward
 from adarank.precision import hold_frozen_weights, holds_bf16_weights
 
 
 def take_fast_paths(model: nn.Module, training, method, run) -> dict[str, int]:
     """How many layers take each path (``training``: TrainingArguments; ``run``: RunArguments)."""
+    fast_dropout = run.fast_dropout and not torch.cuda.is_available()
     return {
         "fused_adapter_layers": 0 if run.peft_forward else fuse_adapter_forward(model),
         "frozen_linear_weights_bf16": (hold_frozen_weights(model, torch.bfloat16)
                                        if holds_bf16_weights(training, method, run) else 0),
-        "fast_dropout_layers": use_fast_dropout(model) if run.fast_dropout and not torch.cuda.is_available() else 0,
+        "fast_dropout_layers": use_fast_dropout(model) if fast_dropout else 0,
+        "fast_attention_dropout_layers": use_fast_attention_dropout(model) if fast_dropout else 0,
     }
