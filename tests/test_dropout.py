@@ -112,25 +112,27 @@ def test_attention_drops_probabilities_with_the_cheap_mask_and_keeps_sdpa_s_comp
                        sdpa_attention_forward(module, q, k, v, attended, dropout=0.0)[0])
 
 
-def test_attention_under_bf16_autocast_matches_sdpa_s_own_kernel(monkeypatch):
-    """With every probability kept, the bf16 attention is PyTorch's math kernel without dropout,
-    scaled by 1 / (1 - p) (the kernel computes in fp32 and rounds its output to bf16; the scale is applied to
-    the values before the product here, after it there: a bf16 ulp or two apart)."""
+@pytest.mark.parametrize("dtype, autocast", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, True)])
+def test_with_every_probability_kept_attention_is_pytorch_s_kernel_bit_for_bit(monkeypatch, dtype, autocast):
+    """With the mask all True, the attention is PyTorch's own composite kernel without dropout, times
+    1 / (1 - p) (a power of two here, so exactly), in fp32 and under bf16 autocast (fp32 inside the
+    kernel, bf16 out), a sequence with nothing to attend included (zeros, not NaN)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from adarank import dropout
 
-    q, k, v, attended = attention_inputs(7, torch.bfloat16)
+    q, k, v, attended = attention_inputs(7, dtype)
+    attended[2] = False
     monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: torch.ones(shape, dtype=torch.bool))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out, _ = fast_dropout_attention(AttentionModule().train(), q, k, v, attended, dropout=0.5)
         with sdpa_kernel(SDPBackend.MATH):
             plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attended, dropout_p=0.0)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), 2 * plain.transpose(1, 2).float(), rtol=2e-2, atol=2e-2)  # bf16: 2**-8
+    assert out.dtype == plain.dtype == (torch.bfloat16 if autocast else dtype)
+    assert torch.equal(out, 2 * plain.transpose(1, 2)) and not out.isnan().any()
 
 
-def test_a_model_s_attention_switches_evaluates_the_same_and_trains(tiny_model):
+def test_a_model_s_attention_switches_evaluates_the_same_and_trains(tiny_model, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).eval()
@@ -142,8 +144,15 @@ def test_a_model_s_attention_switches_evaluates_the_same_and_trains(tiny_model):
     assert model.config._attn_implementation == ATTENTION
     assert torch.equal(model(**batch).logits, before)
     model.train()
+    from adarank import dropout
+
+    shapes = []
+    drawn = dropout.keep_mask
+    monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: shapes.append(tuple(shape)) or drawn(shape, p))
     torch.manual_seed(8)
     first = model(**batch).loss
+    heads = model.config.num_attention_heads
+    assert shapes.count((4, heads, 9, 9)) == model.config.num_hidden_layers  # each layer's probabilities
     torch.manual_seed(8)
     assert torch.equal(model(**batch).loss, first)  # the seed decides the masks
     first.backward()

@@ -11,17 +11,19 @@ mask is the same distribution as ``bernoulli_(1 - p)`` up to that rounding of th
 as ``nn.Dropout`` does; the mask is kept as booleans for the backward pass.
 
 Attention-probability dropout is not an ``nn.Dropout`` call: transformers' attention modules pass
-its probability to the attention function, and on the CPU PyTorch's attention then runs its
+its probability to the attention function, and in training on the CPU PyTorch's attention runs its
 composite ("math") kernel, which draws the mask with ``bernoulli_``. The attention function
-registered here runs that same kernel with a mask from ``keep_mask`` (the kernel takes a given mask:
-it zeroes the dropped probabilities and scales the values by 1 / (1 - p)), so the computation is the
-one PyTorch's attention makes, with the cheaper mask; everywhere else (evaluation, no dropout, other
-devices, grouped or causal attention, a position bias) it is transformers' ``sdpa`` unchanged.
+registered here makes that kernel's computation step by step (``_attention``: fp32 inside for bf16
+inputs, autocast off, the scale split between query and key, the padding added, a softmax that
+gives zeros on a row with nothing to attend), with the dropout of ``_MaskedScale`` on the
+probabilities; with every element kept its output is PyTorch's bit for bit (tested). Everywhere
+else (evaluation, no dropout, other devices, grouped or causal attention, a position bias) it is
+transformers' ``sdpa`` unchanged.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 
 import torch
 from torch import nn
@@ -75,11 +77,31 @@ def use_fast_dropout(model: nn.Module) -> int:
 
 def _takes_given_mask(module, query, key, attention_mask, dropout, is_causal, kwargs) -> bool:
     """Where the attention of ``sdpa_fast_dropout`` draws its own mask: training on the CPU with
-    attention dropout, one key head per query head, no causal flag and nothing but a padding mask."""
+    attention dropout below 1, one key head per query head, no causal flag and nothing but a padding
+    mask."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    return (module.training and dropout > 0.0 and query.device.type == "cpu" and not causal
+    return (module.training and 0.0 < dropout < 1.0 and query.device.type == "cpu" and not causal
             and key.shape[1] == query.shape[1] and kwargs.get("position_bias") is None
             and kwargs.get("softcap") is None and (attention_mask is None or attention_mask.dim() == 4))
+
+
+def _attention(query, key, value, attention_mask, dropout: float, scaling: float | None) -> torch.Tensor:
+    """PyTorch's composite attention kernel, [batch, heads, tokens, head size] out, with the
+    probabilities dropped by ``_MaskedScale``. Under CPU autocast the inputs are cast to its dtype and
+    the kernel runs without it, as autocast runs ``scaled_dot_product_attention``."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    with torch.autocast("cpu", enabled=False):
+        query, key, value = (t.to(dtype) for t in (query, key, value))
+        if dtype in (torch.bfloat16, torch.float16):  # the kernel's accumulation dtype
+            query, key, value = query.float(), key.float(), value.float()
+        root = math.sqrt(scaling if scaling is not None else 1.0 / math.sqrt(query.size(-1)))
+        scores = (query * root) @ (key.transpose(-2, -1) * root)
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:  # transformers' sdpa mask: True where attended
+                attention_mask = torch.zeros((), dtype=dtype).masked_fill(~attention_mask, float("-inf"))
+            scores = scores + attention_mask
+        probabilities = _MaskedScale.apply(torch._safe_softmax(scores, -1), dropout)
+        return (probabilities @ value).to(dtype)
 
 
 def fast_dropout_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -91,15 +113,7 @@ def fast_dropout_attention(module, query, key, value, attention_mask, dropout: f
     if not _takes_given_mask(module, query, key, attention_mask, dropout, is_causal, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    if attention_mask is not None and attention_mask.dtype == torch.bool:  # as scaled_dot_product_attention does
-        attention_mask = torch.zeros((), dtype=query.dtype).masked_fill(~attention_mask, float("-inf"))
-    batch, heads, length, kv_length = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
-    keep = keep_mask(torch.Size([batch, heads, length, kv_length]), dropout)
-    with warnings.catch_warnings():  # PyTorch warns that a given mask is for testing
-        warnings.filterwarnings("ignore", message="Dropout mask should only be used for testing")
-        output, _ = torch.ops.aten._scaled_dot_product_attention_math(
-            query, key, value, attention_mask, dropout, False, keep, scale=scaling)
-    return output.transpose(1, 2).contiguous(), None
+    return _attention(query, key, value, attention_mask, dropout, scaling).transpose(1, 2).contiguous(), None
 
 
 def _attention_dropout(config) -> float:
@@ -109,7 +123,8 @@ def _attention_dropout(config) -> float:
 
 def use_fast_attention_dropout(model: nn.Module) -> int:
     """Models of ``model`` that attend with transformers' ``sdpa`` and drop attention probabilities
-    switch to ``sdpa_fast_dropout``; returns how many attention modules follow it."""
+    switch to ``sdpa_fast_dropout``; returns how many of their attention modules draw its masks
+    (causal ones keep sdpa's)."""
     from transformers import AttentionInterface, PreTrainedModel
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -122,6 +137,6 @@ def use_fast_attention_dropout(model: nn.Module) -> int:
                 and config._attn_implementation == "sdpa" and _attention_dropout(config) > 0):
             module.set_attn_implementation(ATTENTION)
             switched.add(id(config))
-    return sum(1 for module in model.modules()
+    return sum(1 for module in model.modules()  # the attention modules that can take its own path
                if not isinstance(module, PreTrainedModel) and id(getattr(module, "config", None)) in switched
-               and hasattr(module, "is_causal"))
+               and getattr(module, "is_causal", True) is False)
