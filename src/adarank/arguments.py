@@ -124,8 +124,8 @@ class RunArguments:
         default=False,
         metadata={"help": "On the CPU, draw dropout masks, hidden-state and attention-probability ones, with "
                           "adarank/dropout.py (the same distribution, two elements per 64-bit draw) instead of "
-                          "PyTorch's; other random numbers than a run without it. Not the default: a step gain at "
-                          "RTE's lengths, none measured at SST-2's (BENCHMARKS.md)."})
+                          "PyTorch's; other random numbers than a run without it. Not the default: whole runs at "
+                          "RTE's lengths 1-2% shorter (BENCHMARKS.md)."})
 
 
 @dataclass
