@@ -26,30 +26,16 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from adarank.errors import UsageError  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
-from peft import PeftModel  # noqa: E402
-from adarank.tasks import get_task  # noqa: E402
-from adarank.tasks.glue.data import load_glue, tokenize  # noqa: E402
-from adarank.tasks.glue.model import load_model  # noqa: E402
+from adarank.errors import UsageError  # noqa: E402
+from trained import trained_model  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
 from cli import at_least, fail_cleanly  # noqa: E402
-from run_reader import AnalysisError, load_run  # noqa: E402
+from run_reader import AnalysisError  # noqa: E402
 
 
 def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[torch.Tensor]]:
     """Module name -> relative energy of each of its A rows."""
-    config_path, adapter = run_dir / "config.json", run_dir / "adapter"
-    if not config_path.is_file() or not (adapter / "adapter_model.safetensors").is_file():
-        raise UsageError(f"{run_dir} is not a finished run directory (config.json and adapter/ are needed)")
-    config = load_run(run_dir).config
-    task = get_task(config["task"])
-    data = load_glue(task, data_dir=data_dir)
-    if examples > len(data.train):
-        raise UsageError(f"--examples {examples} is more than the {len(data.train)} training sentences of "
-                         f"{data.source}: give --examples {len(data.train)} or fewer")
-    tokenizer, base, _ = load_model(config["arguments"]["model"]["model_name_or_path"], task)
-    model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    rows = tokenize(data, tokenizer, 128).train.select(range(examples))
-    batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
+    config, model, batch = trained_model(run_dir, data_dir, examples)
+    adapter = run_dir / "adapter"
     real = batch["attention_mask"].bool()
     moments, hooks = {}, []
     for name in config["target_modules"]:

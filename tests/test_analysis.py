@@ -502,3 +502,55 @@ def test_row_energy_refuses_an_example_count_the_data_cannot_give(tmp_path, caps
                               one_line=True)
     assert line == (f"error: --examples 100000 is more than the 128 training sentences of {data / 'SST-2'}: "
                     "give --examples 128 or fewer")
+
+
+def test_layer_spread_measures_how_much_each_layer_still_depends_on_the_sentence(runs_root, tmp_path, capsys):
+    """analysis/layer_spread.py on a trained LoRA run: every layer's first token varies across dev
+    sentences; with the last layer's LayerNorm made constant, that layer's spread and the logits'
+    fall to zero and the layers before it are unchanged; an adapter's share is its update over the
+    frozen output, as recomputed from the layer's own weights."""
+    import torch
+
+    import layer_spread
+    from fixtures.glue import write_sst2_folder
+    from trained import trained_model
+
+    data = str(write_sst2_folder(tmp_path / "glue"))
+    config, model, batch = trained_model(runs_root / "sst2-lora-1", data, 16, split="dev")
+    logits, layers = layer_spread.spreads(model, batch)
+    assert logits > 0 and all(spread > 1e-4 for spread in layers[1:])
+
+    name = config["target_modules"][-1]
+    layer = model.base_model.model.get_submodule(name)
+    inputs = []
+    hook = layer.register_forward_hook(lambda m, i, o: inputs.append(i[0][:, 0]))
+    share = layer_spread.adapter_shares(model, batch, [name])[name]
+    hook.remove()
+    with torch.no_grad():
+        x = inputs[0]
+        update = layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+        expected = (update.norm(dim=1) / layer.base_layer(x).norm(dim=1)).mean().item()
+    assert share > 0 and share == pytest.approx(expected, rel=1e-4)
+
+    with torch.no_grad():
+        model.base_model.model.bert.encoder.layer[-1].output.LayerNorm.weight.zero_()
+    logits, after = layer_spread.spreads(model, batch)
+    assert after[:-1] == layers[:-1] and after[-1] == 0 and logits == 0
+
+    layer_spread.main([str(runs_root / "sst2-lora-1"), "--data_dir", data, "--examples", "16"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("sst2-lora-1: logits' spread ") and len(lines) == 3
+    assert len(lines[1].split(": ")[1].split(", ")) == len(layers)  # embeddings and each layer
+
+
+def test_layer_spread_refuses_too_few_or_too_many_sentences(runs_root, tmp_path, capsys):
+    import layer_spread
+    from fixtures.glue import write_sst2_folder
+
+    data = str(write_sst2_folder(tmp_path / "glue"))  # 64 dev sentences
+    run = str(runs_root / "sst2-lora-1")
+    line = main_fails_cleanly(capsys, layer_spread.main, [run, "--data_dir", data, "--examples", "1"], one_line=True)
+    assert line == "error: --examples must be at least 2, not 1"
+    line = main_fails_cleanly(capsys, layer_spread.main, [run, "--data_dir", data, "--examples", "65"], one_line=True)
+    assert line == f"error: --examples 65 is more than the 64 dev sentences of {tmp_path / 'glue' / 'SST-2'}: " \
+                   "give --examples 64 or fewer"

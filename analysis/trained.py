@@ -1,0 +1,36 @@
+"""A finished GLUE run's trained model, rebuilt from its run directory, and a padded batch of the
+task's sentences to pass through it (the analysis tools that look inside a model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adarank.errors import UsageError  # adarank before peft: its filter drops bitsandbytes' notice
+from peft import PeftModel
+from adarank.tasks import get_task
+from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.tasks.glue.model import load_model
+from run_reader import load_run
+
+
+def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "train"):
+    """(config.json's contents, the base model with the run's adapter in evaluation mode, a batch of
+    the first ``examples`` sentences of ``split``: train, or the first dev split). A missing adapter
+    or too few sentences: UsageError, one line."""
+    config_path, adapter = run_dir / "config.json", run_dir / "adapter"
+    if not config_path.is_file() or not (adapter / "adapter_model.safetensors").is_file():
+        raise UsageError(f"{run_dir} is not a finished run directory (config.json and adapter/ are needed)")
+    config = load_run(run_dir).config
+    task = get_task(config["task"])
+    data = load_glue(task, data_dir=data_dir)
+    sentences = data.train if split == "train" else next(iter(data.dev.values()))
+    if examples > len(sentences):
+        what = "training" if split == "train" else "dev"
+        raise UsageError(f"--examples {examples} is more than the {len(sentences)} {what} sentences of "
+                         f"{data.source}: give --examples {len(sentences)} or fewer")
+    tokenizer, base, _ = load_model(config["arguments"]["model"]["model_name_or_path"], task)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokenized = tokenize(data, tokenizer, 128)
+    rows = (tokenized.train if split == "train" else next(iter(tokenized.dev.values()))).select(range(examples))
+    batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
+    return config, model, batch
