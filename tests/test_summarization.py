@@ -162,6 +162,18 @@ def test_a_reloaded_adapter_writes_the_same_summaries(tiny_llama, tmp_path):
     assert summaries == [row["prediction"] for row in read_jsonl(out / "predictions.jsonl")[1:]]
 
 
+def test_a_bf16_run_generates_its_summaries_under_the_same_autocast(tiny_llama, tmp_path):
+    """--bf16 on the CPU holds the frozen weights in bf16; generation, which does not go through the
+    Trainer's autocast, runs under its own, so the run ends with its scores (it failed on a dtype
+    mismatch before)."""
+    out = tmp_path / "run"
+    assert summarize(tiny_llama, out, "--method", "lora", "--bf16", "--max_steps", "2") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"]["bf16_autocast"] and config["frozen_linear_weights_bf16"] > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["eval_rouge1"] <= 100 and len(read_jsonl(out / "predictions.jsonl")) > 1
+
+
 def test_four_bit_training_of_a_causal_lm_on_the_cpu(tiny_llama, tmp_path):
     out = tmp_path / "run"
     assert summarize(tiny_llama, out, "--method", "qlora", "--num_train_epochs", "3", "--learning_rate", "1e-2") == 0

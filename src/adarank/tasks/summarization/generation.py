@@ -46,8 +46,10 @@ class NoRepeatNGramAfter(NoRepeatNGramLogitsProcessor):
 
 
 def generate_summaries(model, tokenizer, dataset, settings: GenerationSettings, batch_size: int,
-                       encoder_decoder: bool, description: str = "generating") -> tuple[list[str], float]:
-    """(one summary per row of ``dataset``, seconds per article)."""
+                       encoder_decoder: bool, description: str = "generating", bf16: bool = False
+                       ) -> tuple[list[str], float]:
+    """(one summary per row of ``dataset``, seconds per article). ``bf16``: under bf16 autocast, as
+    the run trained (the Trainer's autocast wraps the model's forward, which generate does not call)."""
     collate = SummaryCollator(tokenizer, encoder_decoder, generation=True)
     device = next(model.parameters()).device
     was_training = model.training
@@ -55,7 +57,8 @@ def generate_summaries(model, tokenizer, dataset, settings: GenerationSettings, 
     summaries: list[str] = []
     started = time.perf_counter()
     try:
-        with torch.no_grad(), tqdm(total=len(dataset), desc=description, unit="article") as progress:
+        with (torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+              tqdm(total=len(dataset), desc=description, unit="article") as progress):
             for start in range(0, len(dataset), batch_size):
                 rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 batch = {k: v.to(device) for k, v in collate(rows).items()}

@@ -136,7 +136,7 @@ class SummarizationTask:
             loss = trainer.evaluate(dataset, metric_key_prefix=prefix)[f"{prefix}_loss"]
             summaries, seconds = generate_summaries(
                 trainer.model, trainer.processing_class, dataset, settings, trainer.args.per_device_eval_batch_size,
-                self.model_shape.encoder_decoder, description=f"summarising {split}")
+                self.model_shape.encoder_decoder, description=f"summarising {split}", bf16=trainer.args.bf16)
             each = rouge.score_each(summaries, dataset["summary"])
             scores.update({f"{prefix}_{kind}": value for kind, value in rouge.mean_scores(each).items()})
             scores.update({f"{prefix}_loss": loss, f"{prefix}_examples": len(dataset),
