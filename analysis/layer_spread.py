@@ -48,8 +48,8 @@ def adapter_shares(model, batch: dict, names: list[str]) -> dict[str, float]:
     outputs, hooks = {}, []
     for name in names:
         layer = model.base_model.model.get_submodule(name)
-        hooks.append(layer.base_layer.register_forward_hook(
-            lambda m, i, o, name=name: outputs.__setitem__((name, "base"), o[:, 0])))
+        hooks.append(layer.base_layer.register_forward_hook(  # a copy: AdaLoRA adds its update in place
+            lambda m, i, o, name=name: outputs.__setitem__((name, "base"), o[:, 0].clone())))
         hooks.append(layer.register_forward_hook(
             lambda m, i, o, name=name: outputs.__setitem__((name, "full"), o[:, 0])))
     with torch.no_grad():

@@ -9,26 +9,33 @@ from adarank.errors import UsageError  # adarank before peft: its filter drops b
 from peft import PeftModel
 from adarank.tasks import get_task
 from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.tasks.glue.spec import GlueSpec
 from adarank.tasks.glue.model import load_model
 from run_reader import load_run
 
 
 def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "train"):
-    """(config.json's contents, the base model with the run's adapter in evaluation mode, a batch of
-    the first ``examples`` sentences of ``split``: train, or the first dev split). A missing adapter
-    or too few sentences: UsageError, one line."""
+    """(config.json's contents, the run's base model (in 4 bits where the run's was) with its adapter,
+    in evaluation mode, and a batch of the first ``examples`` sentences of ``split``: train, or the
+    first dev split). A missing adapter, a run of another task family or too few sentences:
+    UsageError, one line."""
     config_path, adapter = run_dir / "config.json", run_dir / "adapter"
     if not config_path.is_file() or not (adapter / "adapter_model.safetensors").is_file():
         raise UsageError(f"{run_dir} is not a finished run directory (config.json and adapter/ are needed)")
     config = load_run(run_dir).config
     task = get_task(config["task"])
+    if not isinstance(task, GlueSpec):
+        raise UsageError(f"{run_dir} is a {config['task']} run: this tool reads GLUE (classification) runs")
     data = load_glue(task, data_dir=data_dir)
     sentences = data.train if split == "train" else next(iter(data.dev.values()))
     if examples > len(sentences):
         what = "training" if split == "train" else "dev"
         raise UsageError(f"--examples {examples} is more than the {len(sentences)} {what} sentences of "
                          f"{data.source}: give --examples {len(sentences)} or fewer")
-    tokenizer, base, _ = load_model(config["arguments"]["model"]["model_name_or_path"], task)
+    model_arguments = config["arguments"]["model"]
+    four_bit = config.get("four_bit_cpu_kernels") is not None  # the run's base was NF4: load it so again
+    tokenizer, base, _ = load_model(model_arguments["model_name_or_path"], task, load_in_4bit=four_bit,
+                                    compute_dtype=model_arguments.get("bnb_4bit_compute_dtype"))
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     tokenized = tokenize(data, tokenizer, 128)
     rows = (tokenized.train if split == "train" else next(iter(tokenized.dev.values()))).select(range(examples))

@@ -543,6 +543,25 @@ def test_layer_spread_measures_how_much_each_layer_still_depends_on_the_sentence
     assert len(lines[1].split(": ")[1].split(", ")) == len(layers)  # embeddings and each layer
 
 
+def test_layer_spread_reads_adalora_and_four_bit_runs_as_trained(runs_root, tiny_model, tmp_path):
+    """AdaLoRA adds its update to the frozen output in place: its shares are still the update's; a
+    QLoRA run's model is rebuilt on a 4-bit base, as it trained."""
+    import bitsandbytes as bnb
+
+    import layer_spread
+    from conftest import QUICK, run_task
+    from fixtures.glue import write_sst2_folder
+    from trained import trained_model
+
+    data = str(write_sst2_folder(tmp_path / "glue"))
+    config, model, batch = trained_model(runs_root / "sst2-adalora-1", data, 8, split="dev")
+    assert max(layer_spread.adapter_shares(model, batch, config["target_modules"]).values()) > 0
+    assert run_task("sst2", "--data_dir", data, "--model_name_or_path", tiny_model, "--method", "qlora",
+                    "--max_steps", "2", "--max_eval_samples", "8", "--output_dir", str(tmp_path / "q"), *QUICK) == 0
+    _, model, _ = trained_model(tmp_path / "q", data, 8, split="dev")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
 def test_layer_spread_refuses_too_few_or_too_many_sentences(runs_root, tmp_path, capsys):
     import layer_spread
     from fixtures.glue import write_sst2_folder
@@ -554,3 +573,7 @@ def test_layer_spread_refuses_too_few_or_too_many_sentences(runs_root, tmp_path,
     line = main_fails_cleanly(capsys, layer_spread.main, [run, "--data_dir", data, "--examples", "65"], one_line=True)
     assert line == f"error: --examples 65 is more than the 64 dev sentences of {tmp_path / 'glue' / 'SST-2'}: " \
                    "give --examples 64 or fewer"
+    summaries = fake_run(tmp_path / "sum", **{"adapter/adapter_model.safetensors": ""})
+    (summaries / "config.json").write_text(json.dumps({"task": "cnndailymail", "method": "lora"}))
+    line = main_fails_cleanly(capsys, layer_spread.main, [str(summaries), "--data_dir", data], one_line=True)
+    assert line == f"error: {summaries} is a cnndailymail run: this tool reads GLUE (classification) runs"
