@@ -392,3 +392,38 @@ def test_an_argument_file_that_cannot_be_read_is_named(capsys, tmp_path, name, m
     make(tmp_path / name)
     line = fails_cleanly(capsys, "cola", str(tmp_path / name), one_line=True)
     assert f"argument file {tmp_path / name} {message}" in line
+
+
+def test_a_checkpoint_of_another_task_or_method_is_refused_before_anything_is_written(capsys, tiny_model, tmp_path):
+    """Resuming from a LoRA checkpoint under --method adalora ended in a traceback deep in the
+    optimizer (leaving a half-made run folder); under another task, or as QLoRA's base, it trained on
+    silently. The checkpoint's run says what it was."""
+    source = tmp_path / "lora"
+    argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8",
+            "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_steps", "2")
+    assert run_task("cola", *argv, "--method", "lora", "--output_dir", str(source)) == 0
+    capsys.readouterr()  # the training run's own output
+    checkpoint = source / "checkpoints" / "checkpoint-2"
+    for task, method in (("cola", "adalora"), ("sst2", "lora"), ("cola", "qlora")):
+        target = tmp_path / f"{task}-{method}"
+        line = fails_cleanly(capsys, task, *argv, "--method", method, "--output_dir", str(target),
+                             "--resume_from_checkpoint", str(checkpoint), one_line=True)
+        assert line == (f"error: --resume_from_checkpoint {checkpoint} is of a cola run with --method lora, not of "
+                        f"this {task} run with --method {method}: resume a checkpoint of the same task and method, "
+                        "or start afresh without it")
+        assert not target.exists()
+
+
+def test_auto_resume_into_a_run_of_another_method_is_refused(capsys, tiny_model, tmp_path):
+    """A finished (or stopped) LoRA run given as --output_dir to an AdaLoRA command with
+    --resume_from_checkpoint auto: refused, not reported as done; the run is left as it was."""
+    run = tmp_path / "run"
+    argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8", *QUICK)
+    assert run_task("cola", *argv, "--method", "lora", "--output_dir", str(run)) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()  # the training run's own output
+    line = fails_cleanly(capsys, "cola", *argv, "--method", "adalora", "--output_dir", str(run),
+                         "--resume_from_checkpoint", "auto", one_line=True)
+    assert line == (f"error: --output_dir {run} is of a cola run with --method lora, not of this cola run with "
+                    "--method adalora: choose another --output_dir, or pass --overwrite_output_dir to replace it")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -201,6 +201,27 @@ class _Lock:
             ) from None
 
 
+def recorded_run(run_dir: Path) -> tuple[str, str] | None:
+    """(task, method) of the run whose config.json is in ``run_dir``; None where there is none to read."""
+    try:
+        document = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("task"), str) \
+            or not isinstance(document.get("method"), str):
+        return None
+    return document["task"], document["method"]
+
+
+def check_same_run(run_dir: Path, task: str, method: str, what: str, fix: str) -> None:
+    """Refuse to continue, from ``run_dir``'s checkpoints or its finished state, a run of another task
+    or method than this command's (``what``: the thing given, ``fix``: what to do instead)."""
+    recorded = recorded_run(run_dir)
+    if recorded is not None and recorded != (task, method):
+        raise UsageError(f"{what} is of a {recorded[0]} run with --method {recorded[1]}, not of this {task} run "
+                         f"with --method {method}: {fix}")
+
+
 def _written_by_a_run(config: Path) -> bool:
     """A config.json this project wrote: it holds format_version (version 1 files: task, method, adapter)."""
     try:
