@@ -102,9 +102,17 @@ class JsonLines:
     truncated: bool = False  # the last line was cut off (a run stopped mid-write)
 
 
+def _text(path: Path) -> str:
+    """A run file's text; one that is not UTF-8 is damaged (the project writes UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AnalysisError(f"{path} is not UTF-8 text: the file is damaged") from None
+
+
 def read_jsonl(path: Path) -> JsonLines:
     """Every complete record; a last line cut off mid-write is dropped and flagged."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _text(path).splitlines()
     records, truncated = [], False
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -243,10 +251,15 @@ class Run:
                     for row in read_jsonl(self.path / "predictions.jsonl").records if "split" in row}
         path = self.path / "predictions.tsv"
         rows = {}
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
-        for line in lines[1:]:
-            split, index, label, prediction = line.split("\t")
-            rows[(split, int(index))] = (label, prediction)
+        lines = [line for line in _text(path).splitlines() if not line.startswith("#")]
+        for number, line in enumerate(lines[1:], start=2):
+            fields = line.split("\t")
+            if len(fields) != 4 or not fields[1].isdigit():
+                raise AnalysisError(f"{path}: line {number} (after comments) is not split, index, label, prediction: "
+                                    "the file is damaged")
+            rows[(fields[0], int(fields[1]))] = (fields[2], fields[3])
+        if not rows:
+            raise AnalysisError(f"{path} holds no predictions: the file is damaged")
         return rows
 
 

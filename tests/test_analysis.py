@@ -577,3 +577,29 @@ def test_layer_spread_refuses_too_few_or_too_many_sentences(runs_root, tmp_path,
     (summaries / "config.json").write_text(json.dumps({"task": "cnndailymail", "method": "lora"}))
     line = main_fails_cleanly(capsys, layer_spread.main, [str(summaries), "--data_dir", data], one_line=True)
     assert line == f"error: {summaries} is a cnndailymail run: this tool reads GLUE (classification) runs"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (b"", " holds no predictions: the file is damaged"),
+    (b"\xff\xfe\x80", " is not UTF-8 text: the file is damaged"),
+    (b"split\tindex\tlabel\tprediction\nvalidation\t0\t1\n", ": line 2 (after comments) is not split, index, "
+                                                          "label, prediction: the file is damaged"),
+])
+def test_a_damaged_predictions_file_is_named_in_one_line(runs_root, tmp_path, capsys, damage, message):
+    folder = tmp_path / "runs"
+    for name in ("sst2-lora-1", "sst2-adalora-1"):
+        shutil.copytree(runs_root / name, folder / name)
+    (folder / "sst2-adalora-1" / "predictions.tsv").write_bytes(damage)
+    line = main_fails_cleanly(capsys, summarize_runs.main, [str(folder), "--pair-all"], one_line=True)
+    assert line == f"error: {folder / 'sst2-adalora-1' / 'predictions.tsv'}{message}"
+
+
+def test_a_history_that_is_not_utf8_is_named_in_one_line(runs_root, tmp_path, capsys):
+    import epochs_to_reach
+
+    run = tmp_path / "run"
+    shutil.copytree(runs_root / "sst2-lora-1", run)
+    (run / "history.jsonl").write_bytes(b"\xff\xfe\x80")
+    line = main_fails_cleanly(capsys, epochs_to_reach.main, [str(run), "--reference", str(runs_root / "sst2-lora-2")],
+                              one_line=True)
+    assert line == f"error: {run / 'history.jsonl'} is not UTF-8 text: the file is damaged"
