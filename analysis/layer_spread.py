@@ -18,7 +18,6 @@ its training is where to look.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from adarank.errors import UsageError  # noqa: E402
-from trained import trained_model  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
+from trained import model_tool_parser, trained_model  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
 from cli import at_least, fail_cleanly  # noqa: E402
 from run_reader import AnalysisError  # noqa: E402
 
@@ -80,11 +79,7 @@ def describe(run_dir: Path, data_dir: str, examples: int) -> list[str]:
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories with adapter/")
-    parser.add_argument("--data_dir", required=True, help="GLUE folder holding the run's task")
-    parser.add_argument("--examples", type=int, default=256, help="dev sentences to pass through the model")
-    args = parser.parse_args(argv)
+    args = model_tool_parser(__doc__, 256, "dev sentences to pass through the model").parse_args(argv)
     at_least(2, examples=args.examples)  # a spread needs two sentences
     for run_dir in args.runs:
         try:

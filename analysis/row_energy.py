@@ -16,7 +16,6 @@ and maximum over all matrices are printed per run.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from adarank.errors import UsageError  # noqa: E402
-from trained import trained_model  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
+from trained import model_tool_parser, trained_model  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
 from cli import at_least, fail_cleanly  # noqa: E402
 from run_reader import AnalysisError  # noqa: E402
 
@@ -59,10 +58,7 @@ def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories with adapter/")
-    parser.add_argument("--data_dir", required=True, help="GLUE folder holding the run's task")
-    parser.add_argument("--examples", type=int, default=256, help="training sentences to measure inputs on")
+    parser = model_tool_parser(__doc__, 256, "training sentences to measure inputs on")
     parser.add_argument("--r0", type=int, default=2, help="rows there from the start; the rest were grown")
     args = parser.parse_args(argv)
     at_least(1, examples=args.examples)

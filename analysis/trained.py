@@ -3,6 +3,7 @@ task's sentences to pass through it (the analysis tools that look inside a model
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from adarank.errors import UsageError  # adarank before peft: its filter drops bitsandbytes' notice
@@ -41,3 +42,13 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
     rows = (tokenized.train if split == "train" else next(iter(tokenized.dev.values()))).select(range(examples))
     batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
     return config, model, batch
+
+
+def model_tool_parser(doc: str, examples: int, sentences: str) -> argparse.ArgumentParser:
+    """The command line of a tool that passes a task's sentences through finished runs' models: run
+    directories, --data_dir, and --examples (default ``examples``; ``sentences``: which ones)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories with adapter/")
+    parser.add_argument("--data_dir", required=True, help="GLUE folder holding the run's task")
+    parser.add_argument("--examples", type=int, default=examples, help=sentences)
+    return parser
