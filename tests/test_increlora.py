@@ -332,6 +332,8 @@ def test_a_checkpoint_of_another_method_is_refused(tiny_model, tmp_path, capsys)
     other = tmp_path / "lora"
     assert run_task("cola", "--demo", "--method", "lora", "--model_name_or_path", tiny_model, "--max_steps", "2",
                     "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(other)) == 0
+    # Without its run's config.json (a checkpoint copied elsewhere), the method's own state tells.
+    (other / "config.json").unlink()
     line = fails_cleanly(capsys, "cola", "--demo", "--method", "increlora", "--model_name_or_path", tiny_model,
                          "--max_steps", "4", "--output_dir", str(tmp_path / "x"),
                          "--resume_from_checkpoint", str(other / "checkpoints" / "checkpoint-2"))

@@ -275,6 +275,7 @@ def test_resuming_from_a_checkpoint_without_gates_is_refused(seeded_bert, tmp_pa
     run_dir = tmp_path / "lora"
     assert run_task("cola", "--method", "lora", *common, "--output_dir", str(run_dir)) == 0
     (run_dir / "metrics.json").unlink()  # as if stopped after the checkpoint
+    (run_dir / "config.json").unlink()  # its run unnamed: the method's own state tells
     line = fails_cleanly(capsys, "cola", "--method", "sora", *common, "--output_dir", str(run_dir),
                          "--resume_from_checkpoint", str(run_dir / "checkpoints" / "checkpoint-4"))
     assert f"has no {STATE_FILE}: resume a SoRA run from one of its own checkpoints" in line
