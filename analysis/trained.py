@@ -23,6 +23,9 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
     config_path, adapter = run_dir / "config.json", run_dir / "adapter"
     if not config_path.is_file() or not (adapter / "adapter_model.safetensors").is_file():
         raise UsageError(f"{run_dir} is not a finished run directory (config.json and adapter/ are needed)")
+    if not (run_dir / "metrics.json").is_file():
+        raise UsageError(f"{run_dir} has not finished (no metrics.json): its adapter/ may be from another run; "
+                         "finish it with --resume_from_checkpoint auto")
     config = load_run(run_dir).config
     task = get_task(config["task"])
     if not isinstance(task, GlueSpec):

@@ -495,7 +495,7 @@ def test_row_energy_refuses_an_example_count_the_data_cannot_give(tmp_path, caps
     from fixtures.glue import write_sst2_folder
 
     data = write_sst2_folder(tmp_path / "glue")  # 128 training sentences
-    run = str(fake_run(tmp_path / "run", **{"adapter/adapter_model.safetensors": ""}))
+    run = str(fake_run(tmp_path / "run", **{"adapter/adapter_model.safetensors": "", "metrics.json": "{}"}))
     line = main_fails_cleanly(capsys, row_energy.main, [run, "--data_dir", str(data), "--examples", "0"], one_line=True)
     assert line == "error: --examples must be at least 1, not 0"
     line = main_fails_cleanly(capsys, row_energy.main, [run, "--data_dir", str(data), "--examples", "100000"],
@@ -573,7 +573,11 @@ def test_layer_spread_refuses_too_few_or_too_many_sentences(runs_root, tmp_path,
     line = main_fails_cleanly(capsys, layer_spread.main, [run, "--data_dir", data, "--examples", "65"], one_line=True)
     assert line == f"error: --examples 65 is more than the 64 dev sentences of {tmp_path / 'glue' / 'SST-2'}: " \
                    "give --examples 64 or fewer"
-    summaries = fake_run(tmp_path / "sum", **{"adapter/adapter_model.safetensors": ""})
+    unfinished = fake_run(tmp_path / "unfinished", **{"adapter/adapter_model.safetensors": ""})
+    line = main_fails_cleanly(capsys, layer_spread.main, [str(unfinished), "--data_dir", data], one_line=True)
+    assert line == f"error: {unfinished} has not finished (no metrics.json): its adapter/ may be from another run; " \
+                   "finish it with --resume_from_checkpoint auto"
+    summaries = fake_run(tmp_path / "sum", **{"adapter/adapter_model.safetensors": "", "metrics.json": "{}"})
     (summaries / "config.json").write_text(json.dumps({"task": "cnndailymail", "method": "lora"}))
     line = main_fails_cleanly(capsys, layer_spread.main, [str(summaries), "--data_dir", data], one_line=True)
     assert line == f"error: {summaries} is a cnndailymail run: this tool reads GLUE (classification) runs"

@@ -199,6 +199,17 @@ def test_the_step_profile_runs_on_real_examples(glue_dir, folder, flags):
     assert "speed-up, reference step / ours" in out and "left in ours: " in out
 
 
+def test_the_step_profile_refuses_a_batch_or_rank_the_task_and_model_cannot_give(glue_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for flags, message in ((("--batch", "5000"), "error: --batch 5000 is more than the task's 2490 training "
+                                                 "examples: give --batch 2490 or fewer"),
+                           (("--rank", "1000"), "error: --rank 1000 is more than the 384 singular directions")):
+        done = subprocess.run([*PROFILE, "--data_dir", str(glue_dir), "--task", "rte", *flags], capture_output=True,
+                              text=True, env=env, timeout=600)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode != 0 and last.startswith(message) and "Traceback" not in done.stderr
+
+
 def test_the_step_profile_refuses_bad_input_in_one_line(tmp_path):
     bad = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--task", "rte"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "train.tsv" in bad.stderr

@@ -158,8 +158,16 @@ def main() -> None:
 
 
 def profile(args) -> None:
+    from adarank.errors import UsageError
+    from adarank.modules import check_rank_fits
+
     train = training_examples(args.task, args.data_dir)
+    if args.batch > len(train):
+        raise UsageError(f"--batch {args.batch} is more than the task's {len(train)} training examples: "
+                         f"give --batch {len(train)} or fewer")
     tokenizer, reference = lora_model(args.rank, fast=False, bf16=args.bf16, fast_dropout=False)
+    adapted = [name for name, module in reference.base_model.model.named_modules() if hasattr(module, "lora_A")]
+    check_rank_fits(reference.base_model.model, adapted, ("rank", args.rank))
     batch = one_batch(train, args.batch, tokenizer)
     _, ours = lora_model(args.rank, fast=True, bf16=args.bf16, fast_dropout=args.fast_dropout)
     print(f"{args.task}: {args.batch} x {batch['input_ids'].shape[1]} tokens, LoRA r={args.rank}, "
