@@ -45,6 +45,10 @@ def row(run: Run, key: str, target: float) -> dict:
 
 
 def rows(runs: list[Run], reference: list[Run]) -> list[dict]:
+    for run in runs + reference:
+        if "rouge" in metric_keys(run)[0]:
+            raise AnalysisError(f"{run.path} is a summarization run: it scores ROUGE at its end only (its evaluations "
+                                "during training are the loss), so there is no score per epoch to compare")
     keys = {metric_keys(run)[0] for run in runs + reference}
     if len(keys) != 1:
         raise AnalysisError(f"the runs do not share one dev metric ({', '.join(sorted(keys))}): compare one task at a time")

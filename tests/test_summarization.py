@@ -287,6 +287,11 @@ def test_the_analysis_scripts_read_summarization_runs(tiny_llama, tmp_path):
         done = subprocess.run([sys.executable, str(ROOT / "analysis" / script), *args, "--out", str(tmp_path / out)],
                               capture_output=True, text=True)
         assert done.returncode == 0, (script, done.stderr[-2000:])
+    done = subprocess.run([sys.executable, str(ROOT / "analysis" / "epochs_to_reach.py"), str(root / "lora-1"),
+                           "--reference", str(root / "lora-2")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {root / 'lora-1'} is a summarization run: it scores ROUGE at its end only (its evaluations during "
+        "training are the loss), so there is no score per epoch to compare")
 
 
 def test_a_llama_style_model_classifies_on_glue_in_four_bits(tiny_llama, tmp_path):
