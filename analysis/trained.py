@@ -30,8 +30,11 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
     task = get_task(config["task"])
     if not isinstance(task, GlueSpec):
         raise UsageError(f"{run_dir} is a {config['task']} run: this tool reads GLUE (classification) runs")
+    def part(data):  # the split asked for: train, or the first dev split
+        return data.train if split == "train" else next(iter(data.dev.values()))
+
     data = load_glue(task, data_dir=data_dir)
-    sentences = data.train if split == "train" else next(iter(data.dev.values()))
+    sentences = part(data)
     if examples > len(sentences):
         what = "training" if split == "train" else "dev"
         raise UsageError(f"--examples {examples} is more than the {len(sentences)} {what} sentences of "
@@ -41,8 +44,7 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
     tokenizer, base, _ = load_model(model_arguments["model_name_or_path"], task, load_in_4bit=four_bit,
                                     compute_dtype=model_arguments.get("bnb_4bit_compute_dtype"))
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    tokenized = tokenize(data, tokenizer, 128)
-    rows = (tokenized.train if split == "train" else next(iter(tokenized.dev.values()))).select(range(examples))
+    rows = part(tokenize(data, tokenizer, 128)).select(range(examples))
     batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
     return config, model, batch
 

@@ -201,14 +201,19 @@ class _Lock:
             ) from None
 
 
-def recorded_run(run_dir: Path) -> tuple[str, str] | None:
-    """(task, method) of the run whose config.json is in ``run_dir``; None where there is none to read."""
+def _config_document(config: Path) -> dict | None:
+    """A config.json's contents; None where it cannot be read as a JSON object."""
     try:
-        document = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        document = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(document, dict) or not isinstance(document.get("task"), str) \
-            or not isinstance(document.get("method"), str):
+    return document if isinstance(document, dict) else None
+
+
+def recorded_run(run_dir: Path) -> tuple[str, str] | None:
+    """(task, method) of the run whose config.json is in ``run_dir``; None where there is none to read."""
+    document = _config_document(run_dir / "config.json") or {}
+    if not isinstance(document.get("task"), str) or not isinstance(document.get("method"), str):
         return None
     return document["task"], document["method"]
 
@@ -224,12 +229,8 @@ def check_same_run(run_dir: Path, task: str, method: str, what: str, fix: str) -
 
 def _written_by_a_run(config: Path) -> bool:
     """A config.json this project wrote: it holds format_version (version 1 files: task, method, adapter)."""
-    try:
-        document = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and ("format_version" in document
-                                           or {"task", "method", "adapter"} <= set(document))
+    document = _config_document(config)
+    return document is not None and ("format_version" in document or {"task", "method", "adapter"} <= set(document))
 
 
 def _ending(record: dict) -> bool:

@@ -100,9 +100,9 @@ def resolve_auto_resume(args, task: str, method: str) -> dict | None:
     if not args.run.overwrite_output_dir:
         check_same_run(run.path, task, method, f"--output_dir {run.path}",
                        "choose another --output_dir, or pass --overwrite_output_dir to replace it")
-    if run.finished and not args.run.overwrite_output_dir:
-        print(f"{run.path} already holds a finished run: nothing to do", flush=True)
-        return _finished_metrics(run)
+        if run.finished:
+            print(f"{run.path} already holds a finished run: nothing to do", flush=True)
+            return _finished_metrics(run)
     newest = None
     for folder, problem in intact_checkpoints(run.checkpoints):
         if problem is None:
