@@ -69,19 +69,12 @@ def lora_model(rank: int, fast: bool, bf16: bool, fast_dropout: bool):
     as the usual examples build it (``fast`` False) or with the fast paths a run of the project takes."""
     from speed_reference import load_peft_model
 
-    from adarank.dropout import use_fast_attention_dropout, use_fast_dropout
-    from adarank.methods.fused import fuse_adapter_forward
-    from adarank.precision import hold_frozen_weights
+    from adarank.fast_paths import apply_fast_paths
 
     torch.manual_seed(0)
     tokenizer, model = load_peft_model({"adapter": {"r": rank, "lora_alpha": 16, "lora_dropout": 0.0}}, None)
     if fast:
-        fuse_adapter_forward(model)
-        if bf16:
-            hold_frozen_weights(model, torch.bfloat16)
-        if fast_dropout:
-            use_fast_dropout(model)
-            use_fast_attention_dropout(model)
+        apply_fast_paths(model, fused=True, bf16_weights=bf16, fast_dropout=fast_dropout)
     return tokenizer, model.train()
 
 

@@ -15,11 +15,16 @@ from adarank.precision import hold_frozen_weights, holds_bf16_weights
 
 def take_fast_paths(model: nn.Module, training, method, run) -> dict[str, int]:
     """How many layers take each path (``training``: TrainingArguments; ``run``: RunArguments)."""
-    fast_dropout = run.fast_dropout and not torch.cuda.is_available()
+    return apply_fast_paths(model, fused=not run.peft_forward,
+                            bf16_weights=holds_bf16_weights(training, method, run),
+                            fast_dropout=run.fast_dropout and not torch.cuda.is_available())
+
+
+def apply_fast_paths(model: nn.Module, fused: bool, bf16_weights: bool, fast_dropout: bool) -> dict[str, int]:
+    """The paths asked for, taken; how many layers take each."""
     return {
-        "fused_adapter_layers": 0 if run.peft_forward else fuse_adapter_forward(model),
-        "frozen_linear_weights_bf16": (hold_frozen_weights(model, torch.bfloat16)
-                                       if holds_bf16_weights(training, method, run) else 0),
+        "fused_adapter_layers": fuse_adapter_forward(model) if fused else 0,
+        "frozen_linear_weights_bf16": hold_frozen_weights(model, torch.bfloat16) if bf16_weights else 0,
         "fast_dropout_layers": use_fast_dropout(model) if fast_dropout else 0,
         "fast_attention_dropout_layers": use_fast_attention_dropout(model) if fast_dropout else 0,
     }
