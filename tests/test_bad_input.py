@@ -287,6 +287,19 @@ BAD_FLAGS = [
      "method that reads them (--method adalora, qadalora)"),
     (("--bnb_4bit_compute_dtype", "float16"), "--bnb_4bit_compute_dtype is not LoRA's: drop it, or choose a method "
      "that reads it (--method qadalora, qdora, qlora, qrslora)"),
+    # Values the Trainer or the optimizer would fail on only after the run directory is taken.
+    (("--report_to", "banana"), "--report_to 'banana' is no integration the Trainer has"),
+    (("--report_to", "tensorboard,none"), "--report_to 'tensorboard,none' is no integration the Trainer has"),
+    (("--report_to", "mlflow"), "--report_to mlflow: its package is not installed here"),
+    (("--adam_beta1", "2"), "--adam_beta1 2 must be in [0, 1)"),
+    (("--adam_beta2", "1"), "--adam_beta2 1 must be in [0, 1)"),
+    (("--adam_epsilon", "-1"), "--adam_epsilon -1 must be >= 0"),
+    (("--label_smoothing_factor", "5"), "--label_smoothing_factor 5 must be in [0, 1)"),
+    # Not a number: refused wherever the flag lives (the adapter's, a method's, the Trainer's).
+    (("--lora_alpha", "nan"), "--lora_alpha nan must be a finite number"),
+    (("--lora_alpha", "inf"), "--lora_alpha inf must be a finite number"),
+    (("--method", "adalora", "--orth_reg_weight", "nan"), "--orth_reg_weight nan must be a finite number"),
+    (("--num_train_epochs", "inf"), "--num_train_epochs inf must be a finite number"),
 ]
 # Argument files: the file and the key are named.
 BAD_FILES = [
@@ -298,6 +311,7 @@ BAD_FILES = [
     ("args.json", '{"demo": "maybe"}', "args.json: demo 'maybe' is not true or false"),
     ("args.yaml", "learnig_rate: 0.001\n", "args.yaml: unknown key 'learnig_rate' (did you mean 'learning_rate'?)"),
     ("args.yaml", "method: adalora\nlora_r: 4\n", "--lora_r is not AdaLoRA's"),
+    ("args.json", '{"lora_alpha": NaN}', "args.json: lora_alpha nan must be a finite number"),
 ]
 
 

@@ -111,6 +111,20 @@ def test_nothing_is_written_without_report_to(tiny_model, tmp_path):
     assert not (run_dir / "tensorboard").exists()
 
 
+def test_wandb_without_a_key_is_refused_before_the_run_directory_is_taken(tiny_model, tmp_path):
+    pytest.importorskip("wandb", reason="wandb is not installed (requirements.txt installs it)")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "config"), HF_HUB_OFFLINE="1")
+    run_dir = tmp_path / "w"
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "src" / "glue_sst2.py"), "--demo",
+                           "--model_name_or_path", tiny_model, *ADALORA, "--report_to", "wandb",
+                           "--output_dir", str(run_dir)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == ["error: --report_to wandb: W&B has no API key here: run `wandb login`, "
+                                                "set WANDB_API_KEY, or WANDB_MODE=offline to log to files"]
+    assert not run_dir.exists()
+
+
 def test_wandb_offline_receives_the_same_keys(tiny_model, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (requirements.txt installs it)")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",

@@ -21,7 +21,7 @@ from adarank.errors import UsageError, first_line
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
-from adarank.validation import check_numbers, join_negative_values, typed_file_values
+from adarank.validation import check_numbers, check_reporting, join_negative_values, typed_file_values
 
 DEMO_EPOCHS = 4
 
@@ -225,6 +225,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     arguments = Arguments(model, data, adapter, run, training, task_options, explicit, run_dir, tuple(extra),
                           source=source, argv=tuple(given_argv))
     check_numbers(arguments, source)  # every training number in its range, before anything is loaded
+    check_reporting(training)
     return arguments
 
 

@@ -11,6 +11,7 @@ every training number to its range; each method checks its own numbers when it p
 from __future__ import annotations
 
 import math
+import os
 import typing
 from dataclasses import fields
 from types import NoneType, UnionType
@@ -38,6 +39,10 @@ RULES = (
     ("training", "save_steps", lambda v: v > 0, "must be > 0 (below 1: a fraction of the run)"),
     ("training", "save_total_limit", lambda v: v >= 1, "must be at least 1 (leave it unset to keep every checkpoint)"),
     ("training", "dataloader_num_workers", lambda v: v >= 0, "must be >= 0"),
+    ("training", "adam_beta1", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("training", "adam_beta2", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("training", "adam_epsilon", lambda v: v >= 0, "must be >= 0"),
+    ("training", "label_smoothing_factor", lambda v: 0 <= v < 1, "must be in [0, 1) (0: no smoothing)"),
     ("model", "max_seq_length", lambda v: v >= 1, "must be at least 1 token"),
     ("model", "classifier_dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("data", "max_train_samples", lambda v: v >= 1, "must be at least 1 (leave it unset to train on every example)"),
@@ -79,9 +84,11 @@ def check_numbers(args, source: str | None = None) -> None:
             continue
         if isinstance(value, float) and not math.isfinite(value) or not test(value):
             raise UsageError(f"{_name(source, name)} {value:g} {requirement}")
-    for options in (*args.extra, args.task_options):  # a method's or task family's own flags
+    groups = (args.model, args.data, args.adapter, args.run, args.training, *args.extra, args.task_options)
+    for options in groups:  # every other number the user gave, a method's or task family's own flags included
         for name, value in (vars(options) if options is not None else {}).items():
-            if isinstance(value, float) and not math.isfinite(value):
+            if (options is not args.training or name in args.explicit) and isinstance(value, float) \
+                    and not math.isfinite(value):
                 raise UsageError(f"{_name(source, name)} {value:g} must be a finite number")
     training = args.training
     if training.max_steps < 1 and training.num_train_epochs <= 0:
@@ -137,3 +144,29 @@ def typed_file_values(source: str, given: dict, classes) -> dict:
             raise UsageError(f"{source}: {key} {value!r} is not {wanted}: write it as --help shows the flag's "
                              "value") from None
     return typed
+
+
+def check_reporting(training) -> None:
+    """Refuse a ``--report_to`` the Trainer would fail on once the run directory is taken: a name that
+    is no integration, one whose package is not installed, or W&B with no way to log in."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = list(training.report_to or [])
+    usage = "give one of them (a list in an argument file), all (every one installed) or none"
+    if "none" in names and len(names) > 1:
+        raise UsageError(f"--report_to {' '.join(names)}: none reports nothing, so it stands alone")
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(sorted(INTEGRATION_TO_CALLBACK))
+            raise UsageError(f"--report_to {name!r} is no integration the Trainer has ({known}): {usage}")
+        if name not in get_available_reporting_integrations():
+            installed = ", ".join(get_available_reporting_integrations()) or "none"
+            raise UsageError(f"--report_to {name}: its package is not installed here: install it, or choose "
+                             f"one that is ({installed}) or none")
+    if "wandb" in names and os.environ.get("WANDB_MODE") not in ("offline", "disabled", "dryrun"):
+        import wandb
+
+        if not wandb.login(prompt=False):
+            raise UsageError("--report_to wandb: W&B has no API key here: run `wandb login`, set WANDB_API_KEY, "
+                             "or WANDB_MODE=offline to log to files")
