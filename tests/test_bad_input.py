@@ -441,3 +441,33 @@ def test_auto_resume_into_a_run_of_another_method_is_refused(capsys, tiny_model,
     assert line == (f"error: --output_dir {run} is of a cola run with --method lora, not of this cola run with "
                     "--method adalora: choose another --output_dir, or pass --overwrite_output_dir to replace it")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_left_alone(capsys, tiny_model, tmp_path):
+    """Resuming a rank-2 LoRA checkpoint with --budget large ended in 72 size-mismatch lines from the
+    state dict; under --resume_from_checkpoint auto it first rewrote the stopped run's config.json to
+    the new rank. A SoRA checkpoint with another --sora_max_rank failed in SoRA's own state."""
+    argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8",
+            "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_steps", "2")
+    cases = (("lora", (), ("--budget", "large"), "--budget small, this command gives large"),
+             ("lora", (), ("--lora_r", "4"), "--lora_r unset, this command gives 4"),
+             ("sora", ("--sora_max_rank", "3"), ("--sora_max_rank", "5"), "--sora_max_rank 3, this command gives 5"))
+    for number, (method, flags, changed, message) in enumerate(cases):
+        run = tmp_path / f"{method}-{number}"
+        assert run_task("cola", *argv, "--method", method, *flags, "--output_dir", str(run)) == 0
+        capsys.readouterr()  # the training run's own output
+        (run / "metrics.json").unlink()  # as a run stopped after its last checkpoint
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        checkpoint = run / "checkpoints" / "checkpoint-2"
+        target = tmp_path / f"{method}-{number}-resumed"
+        line = fails_cleanly(capsys, "cola", *argv, "--method", method, *changed, "--output_dir", str(target),
+                             "--resume_from_checkpoint", str(checkpoint), one_line=True)
+        assert line == (f"error: --resume_from_checkpoint {checkpoint}: its run was started with {message}: give the "
+                        "flags it was started with (its run's config.json, arguments)")
+        assert not target.exists()
+        line = fails_cleanly(capsys, "cola", *argv, "--method", method, *changed, "--output_dir", str(run),
+                             "--resume_from_checkpoint", "auto", one_line=True)
+        assert line.startswith(f"error: --output_dir {run}: its run was started with {message}")
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+        assert run_task("cola", *argv, "--method", method, *flags, "--output_dir", str(run),
+                        "--resume_from_checkpoint", "auto") == 0  # the flags it was started with: it finishes

@@ -133,10 +133,10 @@ def _set_up(task_name: str, argv, method_arguments, defaults) -> Setup | dict:
     if args.run_dir is not None and setup.main_process:  # a directory another process writes to: refused now
         setup.run = RunDirectory(args.run_dir).lock_if_present()
     if args.training.resume_from_checkpoint == "auto":
-        finished = resolve_auto_resume(args, task.name, args.adapter.method)
+        finished = resolve_auto_resume(args, task.name)
         if finished is not None:
             return finished
-    setup.resume_step = resumable_step(args.training.resume_from_checkpoint, task.name, args.adapter.method)
+    setup.resume_step = resumable_step(args, task.name)
     if setup.run is not None:  # refused before anything slow happens
         setup.run.check_usable(args.run.overwrite_output_dir, resuming=setup.resume_step is not None)
     return setup

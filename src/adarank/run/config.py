@@ -55,11 +55,10 @@ def config_document(args: Arguments, task: Task, data: TaskData, model_name: str
 
 
 def _arguments(args: Arguments) -> dict:
-    return {
-        "model": asdict(args.model),
-        "data": asdict(args.data),
-        "adapter": asdict(args.adapter),
-        "run": asdict(args.run),
-        **{type(extra).__name__: asdict(extra) for extra in args.extra},
-        "training": args.training.to_dict(),
-    }
+    return {"model": asdict(args.model), "data": asdict(args.data), "run": asdict(args.run),
+            **adapter_arguments(args), "training": args.training.to_dict()}
+
+
+def adapter_arguments(args: Arguments) -> dict:
+    """config.json's ``arguments`` groups that shape the adapters: the adapter flags and the method's own."""
+    return {"adapter": asdict(args.adapter), **{type(extra).__name__: asdict(extra) for extra in args.extra}}

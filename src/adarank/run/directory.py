@@ -218,13 +218,37 @@ def recorded_run(run_dir: Path) -> tuple[str, str] | None:
     return document["task"], document["method"]
 
 
-def check_same_run(run_dir: Path, task: str, method: str, what: str, fix: str) -> None:
+def check_same_run(run_dir: Path, task: str, method: str, what: str, fix: str, adapter: dict | None = None) -> None:
     """Refuse to continue, from ``run_dir``'s checkpoints or its finished state, a run of another task
-    or method than this command's (``what``: the thing given, ``fix``: what to do instead)."""
+    or method than this command's, or one whose adapters were started with other flags (``adapter``:
+    config.json's argument groups of the adapter and the method, as this command gives them; ``what``:
+    the thing given, ``fix``: what to do instead)."""
     recorded = recorded_run(run_dir)
     if recorded is not None and recorded != (task, method):
         raise UsageError(f"{what} is of a {recorded[0]} run with --method {recorded[1]}, not of this {task} run "
                          f"with --method {method}: {fix}")
+    changed = _changed_flag(run_dir, adapter or {})
+    if changed is not None:
+        name, was, now = changed
+        raise UsageError(f"{what}: its run was started with --{name} {was}, this command gives {now}: give the flags "
+                         "it was started with (its run's config.json, arguments)")
+
+
+def _changed_flag(run_dir: Path, adapter: dict) -> tuple[str, str, str] | None:
+    """The first flag of ``adapter`` whose value differs from the one recorded in ``run_dir``'s config.json
+    (flags it does not record are not compared); each value as the command line writes it."""
+    recorded = (_config_document(run_dir / "config.json") or {}).get("arguments")
+    given = json.loads(json.dumps(adapter, default=str))  # as config.json holds them
+    for group, flags in given.items():
+        before = recorded.get(group) if isinstance(recorded, dict) else None
+        for name, value in flags.items() if isinstance(before, dict) else ():
+            if name in before and before[name] != value:
+                return name, _shown(before[name]), _shown(value)
+    return None
+
+
+def _shown(value) -> str:
+    return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _written_by_a_run(config: Path) -> bool:

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from adarank.errors import UsageError
+from adarank.run.config import adapter_arguments
 from adarank.run.directory import CHECKPOINTS, check_same_run, checkpoint_step
 
 COMPLETE_MARKER = "checkpoint_complete"
@@ -87,18 +88,20 @@ def _manifest(marker: Path) -> dict | None:
     return files
 
 
-def resumable_step(checkpoint: str | None, task: str, method: str) -> int | None:
-    """The optimizer step of the checkpoint given to --resume_from_checkpoint (None: a fresh start);
+def resumable_step(args, task: str) -> int | None:
+    """The optimizer step of the checkpoint ``args`` give to --resume_from_checkpoint (None: a fresh start);
     one that does not exist, was not completely saved, was damaged since, or belongs to a run of
-    another task or method (its run's config.json says) is refused."""
+    another task or method, or started with other adapter flags (its run's config.json says) is refused."""
+    checkpoint = args.training.resume_from_checkpoint
     if checkpoint is None:
         return None
     problem = checkpoint_problem(Path(checkpoint))
     if problem is not None:
         raise UsageError(f"--resume_from_checkpoint {checkpoint} {problem}: give an intact checkpoint-N folder of "
                          f"the run's {CHECKPOINTS}/, or --resume_from_checkpoint auto to take the newest intact one")
-    check_same_run(Path(checkpoint).resolve().parent.parent, task, method, f"--resume_from_checkpoint {checkpoint}",
-                   "resume a checkpoint of the same task and method, or start afresh without it")
+    check_same_run(Path(checkpoint).resolve().parent.parent, task, args.adapter.method,
+                   f"--resume_from_checkpoint {checkpoint}",
+                   "resume a checkpoint of the same task and method, or start afresh without it", adapter_arguments(args))
     return checkpoint_step(checkpoint)
 
 

@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
+from adarank.run.config import adapter_arguments
 from adarank.run.directory import RunDirectory, check_same_run, checkpoint_folder
 from adarank.run.integrity import COMPLETE_MARKER, intact_checkpoints, mark_complete
 
@@ -90,16 +91,16 @@ def newest_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
-def resolve_auto_resume(args, task: str, method: str) -> dict | None:
+def resolve_auto_resume(args, task: str) -> dict | None:
     """--resume_from_checkpoint auto: the run directory's newest complete checkpoint, or a fresh
     start where there is none; a run that already finished is reported, not repeated. A run of
-    another task or method in the directory is refused."""
+    another task or method in the directory, or one started with other adapter flags, is refused."""
     if args.run_dir is None:
         raise UsageError("--resume_from_checkpoint auto needs --output_dir: the run directory to continue")
     run = RunDirectory(args.run_dir)
     if not args.run.overwrite_output_dir:
-        check_same_run(run.path, task, method, f"--output_dir {run.path}",
-                       "choose another --output_dir, or pass --overwrite_output_dir to replace it")
+        check_same_run(run.path, task, args.adapter.method, f"--output_dir {run.path}",
+                       "choose another --output_dir, or pass --overwrite_output_dir to replace it", adapter_arguments(args))
         if run.finished:
             print(f"{run.path} already holds a finished run: nothing to do", flush=True)
             return _finished_metrics(run)
