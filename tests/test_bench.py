@@ -115,7 +115,7 @@ def test_bad_input_ends_in_one_line(tmp_path):
                           ((listing, f"runs={tmp_path / 'file'}"), f"runs: {tmp_path / 'file'} is a file, not a"),
                           ((listing, f"results={tmp_path / 'file' / 'sub'}"), f"{tmp_path / 'file'} is a file, not a"),
                           ((tmp_path,), "is a directory: pass a benchmark list file"),
-                          ((listing, "seed=1"), "'seed=1' is not KEY=VALUE with a key of this list"),
+                          ((listing, "seed"), "'seed' is not KEY=VALUE: give each setting once, as key=value"),
                           ((listing, "jobs=two"), "jobs must be a whole number"),
                           ((listing, "configs=b"), "{nothing} is used but the list sets no 'nothing'"),
                           ((listing, "data=/no/such/folder"), "data: /no/such/folder does not exist"),
@@ -126,6 +126,43 @@ def test_bad_input_ends_in_one_line(tmp_path):
     done = drive(listing, f"runs={tmp_path / 'file'}", env=env)  # refused before anything is made, not only dry
     assert "is a file, not a folder" in error_line(done.returncode, done.stderr, one_line=True)
     assert (tmp_path / "file").read_text() == "" and not (tmp_path / "results").exists()
+
+
+def test_bad_counts_unknown_or_repeated_settings_and_repeated_seeds_end_in_one_line(tmp_path):
+    """Refused before anything starts: counts int() cannot read or that are not positive, a misspelled key
+    (in the list or on the command line), a setting given twice, a seed or configuration chosen twice, a
+    list without configurations."""
+    listing, env = setup(tmp_path, "epochs = 3\nflags = --num_train_epochs {epochs}\n"
+                                   "a src/glue-cola.py\nb src/glue-cola.py\n")
+    body = listing.read_text()
+    for name, extra in (("seed", "seed = 7\n"), ("confgs", "confgs = a\n"), ("twice", "seeds = 1\nseeds = 2\n")):
+        (tmp_path / f"{name}.list").write_text(body.replace("epochs = 3\n", f"epochs = 3\n{extra}"))
+    (tmp_path / "empty.list").write_text(body.split("a src/")[0])
+    for argv, message in (((listing, "jobs=--5"), "jobs must be a whole number, 1 or more, not '--5'"),
+                          ((listing, "jobs=\u00b2"), "jobs must be a whole number, 1 or more, not '\u00b2'"),
+                          ((listing, "jobs=0"), "jobs must be a whole number, 1 or more, not '0'"),
+                          ((listing, "threads=-1"), "threads must be a whole number, 1 or more, not '-1'"),
+                          ((listing, "threads=0"), "threads must be a whole number, 1 or more"),
+                          ((listing, "nice=-30"), "nice must be a whole number, -20 or more, not '-30'"),
+                          ((tmp_path / "seed.list",), "seed.list:4: unknown setting 'seed' (did you mean 'seeds'?): "
+                                                      "use one of configs data epochs flags jobs"),
+                          ((tmp_path / "confgs.list",), "unknown setting 'confgs' (did you mean 'configs'?)"),
+                          ((listing, "seed=7"), "unknown setting 'seed' (did you mean 'seeds'?)"),
+                          ((tmp_path / "twice.list",), "twice.list:5: 'seeds' is set twice (lines 4 and 5): keep one"),
+                          ((listing, "seeds=1", "seeds=2"), "'seeds=2' sets 'seeds' again: give each setting once"),
+                          ((listing, "seeds=42 42"), "seeds='42 42' names 42 twice: name each once"),
+                          ((listing, "seeds=1 01"), "seeds='1 01' names 1 twice"),
+                          ((listing, "seeds=1 \u00b2"), "seeds must be whole numbers from 0 to 2^32 - 1, not '1 "),
+                          ((listing, f"seeds={2**32}"), "seeds must be whole numbers from 0 to 2^32 - 1"),
+                          ((listing, "configs=a b a"), "configs='a b a' names a twice"),
+                          ((tmp_path / "empty.list",), "empty.list has no configuration: add a line NAME SCRIPT.py")):
+        done = drive(*argv, "--dry-run", env=env)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
+    done = drive(listing, "seeds=42 42", env=env)  # not only dry: nothing starts, nothing is made
+    error_line(done.returncode, done.stderr, one_line=True)
+    assert calls(tmp_path) == [] and not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    fine = drive(listing, "epochs=5", "threads=2", "jobs=1", "--dry-run", env=env)  # a {key} in use is a setting
+    assert fine.returncode == 0 and "--num_train_epochs 5" in fine.stdout and "2 thread(s) each" in fine.stdout
 
 
 def listed(name: str, *argv: str) -> list[list[str]]:

@@ -27,10 +27,12 @@ ones run by default: every configuration of the list), flags (added to every con
 jobs (default 2), threads, nice (default 0), and data (a file or folder that must exist). Any other
 key (epochs, precision, ...) is a value for the flags: `{key}` in a configuration or in `flags` is
 replaced by the value (a word that is `{key}` alone by the value's words, none where it is empty).
+Refused: a key neither the driver's nor a `{key}` in use, and a setting, seed or configuration given twice.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shlex
@@ -49,6 +51,7 @@ KEEP = "config.json metrics.json history.jsonl ranks.jsonl predictions.tsv predi
 DEFAULTS = {"seeds": "42", "flags": "", "keep": KEEP, "jobs": "2", "nice": "0"}
 DRIVER_KEYS = {"runs", "results", "seeds", "configs", "flags", "keep", "jobs", "threads", "nice", "data"}
 SETTING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 class ListError(Exception):
@@ -58,6 +61,7 @@ class ListError(Exception):
 @dataclass
 class BenchList:
     settings: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)  # setting -> its line in the list
     configs: dict[str, list[str]] = field(default_factory=dict)  # name -> script and flags, unexpanded
 
 
@@ -103,7 +107,10 @@ def read_list(path: Path) -> BenchList:
     for number, line in logical_lines(text):
         setting = SETTING.match(line)
         if setting:
-            bench.settings[setting[1]] = setting[2].strip()
+            key, first = setting[1], bench.lines.setdefault(setting[1], number)
+            if first != number:
+                raise ListError(f"{path}:{number}: '{key}' is set twice (lines {first} and {number}): keep one")
+            bench.settings[key] = setting[2].strip()
             continue
         name, *command = words_of(line, f"{path}:{number}")
         if not command or not command[0].endswith(".py"):
@@ -111,18 +118,33 @@ def read_list(path: Path) -> BenchList:
         if name in bench.configs:
             raise ListError(f"{path}:{number}: configuration '{name}' is named twice")
         bench.configs[name] = command
+    if not bench.configs:
+        raise ListError(f"{path} has no configuration: add a line NAME SCRIPT.py [FLAGS ...]")
     return bench
 
 
-def apply_overrides(bench: BenchList, overrides: list[str]) -> dict[str, str]:
+def check_keys(bench: BenchList, given: dict[str, str], path: Path) -> None:  # the driver's, or a {key} in use
+    words = [word for command in bench.configs.values() for word in command]
+    words += [bench.settings.get("flags", ""), given.get("flags", "")]  # the only settings expanded
+    known = DRIVER_KEYS | {key for word in words for key in PLACEHOLDER.findall(word)}
+    where = {**{key: f"{path}:{line}: " for key, line in bench.lines.items()}, **dict.fromkeys(given, "")}
+    for key in (key for key in where if key not in known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        raise ListError(f"{where[key]}unknown setting '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                        + f": use one of {' '.join(sorted(known))}, or use it as {{{key}}} in a configuration or flags")
+
+
+def apply_overrides(bench: BenchList, overrides: list[str], path: Path) -> dict[str, str]:
     """The list's settings over the driver's defaults, with KEY=VALUE words from the command line."""
-    settings = {**DEFAULTS, **bench.settings}
+    given: dict[str, str] = {}
     for word in overrides:
         key, _, value = word.partition("=")
-        if not SETTING.match(word) or key not in DRIVER_KEYS | set(bench.settings):
-            known = " ".join(sorted(DRIVER_KEYS | set(bench.settings)))
-            raise ListError(f"'{word}' is not KEY=VALUE with a key of this list: {known}")
-        settings[key] = value.strip()
+        problem = "is not KEY=VALUE" if not SETTING.match(word) else f"sets '{key}' again" if key in given else ""
+        if problem:
+            raise ListError(f"'{word}' {problem}: give each setting once, as key=value (flags for every run after --)")
+        given[key] = value.strip()
+    check_keys(bench, given, path)
+    settings = {**DEFAULTS, **bench.settings, **given}
     for key in ("runs", "results"):
         if not settings.get(key):
             raise ListError(f"the list sets no '{key}' folder")
@@ -133,11 +155,11 @@ def expand(words: list[str], values: dict[str, str]) -> list[str]:
     """`{key}` alone -> the value's words; `{key}` within a word -> the value as it is."""
     out = []
     for word in words:
-        whole = re.fullmatch(r"\{(\w+)\}", word)
+        whole = PLACEHOLDER.fullmatch(word)
         if whole:
             out.extend(words_of(lookup(values, whole[1]), whole[1]))
         else:
-            out.append(re.sub(r"\{(\w+)\}", lambda m: lookup(values, m[1]), word))
+            out.append(PLACEHOLDER.sub(lambda m: lookup(values, m[1]), word))
     return out
 
 
@@ -150,12 +172,15 @@ def lookup(values: dict[str, str], key: str) -> str:
 def plan_runs(bench: BenchList, settings: dict[str, str], extra: list[str]) -> list[Run]:
     """Every chosen configuration x seed, seed by seed, with its whole command line."""
     chosen = settings.get("configs", "").split() or list(bench.configs)
-    unknown = [name for name in chosen if name not in bench.configs]
-    if unknown:
-        raise ListError(f"unknown configuration '{unknown[0]}': choose from {' '.join(bench.configs)}")
+    for name in (name for name in chosen if name not in bench.configs):
+        raise ListError(f"unknown configuration '{name}': choose from {' '.join(bench.configs)}")
     seeds = settings["seeds"].split()
-    if not seeds or not all(seed.isdigit() for seed in seeds):
-        raise ListError(f"seeds must be whole numbers, not '{settings['seeds']}'")
+    if not seeds or not all(re.fullmatch(r"[0-9]+", seed) and int(seed) < 2**32 for seed in seeds):  # not '²'
+        raise ListError(f"seeds must be whole numbers from 0 to 2^32 - 1, not '{settings['seeds']}'")
+    for key, items in (("configs", chosen), ("seeds", [int(seed) for seed in seeds])):  # 1 and 01: one seed
+        again = next((item for i, item in enumerate(items) if item in items[:i]), None)
+        if again is not None:
+            raise ListError(f"{key}='{settings[key]}' names {again} twice: name each once, or it runs twice")
     common = expand(words_of(settings["flags"], "flags"), settings)
     runs = []
     for seed in seeds:
@@ -168,19 +193,17 @@ def plan_runs(bench: BenchList, settings: dict[str, str], extra: list[str]) -> l
 
 
 def python() -> str:
-    if os.environ.get("PYTHON"):
-        return os.environ["PYTHON"]
-    return ".venv/bin/python" if (ROOT / ".venv" / "bin" / "python").exists() else "python3"
+    return os.environ.get("PYTHON") or (".venv/bin/python" if (ROOT / ".venv/bin/python").exists() else "python3")
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def whole(settings: dict[str, str], key: str, default: int | None = None) -> int:
+def whole(settings: dict[str, str], key: str, least: int, default: int | None = None) -> int:
     value = settings.get(key) or (str(default) if default is not None else "")
-    if not value.lstrip("-").isdigit():
-        raise ListError(f"{key} must be a whole number, not '{value}'")
+    if not re.fullmatch(r"-?[0-9]+", value) or int(value) < least:  # ASCII digits: int('²') fails
+        raise ListError(f"{key} must be a whole number, {least} or more, not '{value}'")
     return int(value)
 
 
@@ -215,9 +238,7 @@ class Driver:
 
 
 def driver_of(settings: dict[str, str]) -> Driver:
-    jobs = whole(settings, "jobs")
-    if jobs < 1:
-        raise ListError(f"jobs must be 1 or more, not {jobs}")
+    jobs = whole(settings, "jobs", 1)
     keep = tuple(settings["keep"].split())
     if any("/" in name or name in ("adapter", "checkpoints", "merged") for name in keep):
         raise ListError(f"keep names files of a run directory, never folders: '{settings['keep']}'")
@@ -230,7 +251,7 @@ def driver_of(settings: dict[str, str]) -> Driver:
     if data and not (ROOT / data).exists():
         raise ListError(f"data: {data} does not exist (paths are relative to {ROOT})")
     return Driver(Path(settings["runs"]), Path(settings["results"]), keep,
-                  max(1, whole(settings, "threads", max(1, cores() // jobs))), whole(settings, "nice"))
+                  whole(settings, "threads", 1, max(1, cores() // jobs)), whole(settings, "nice", -20))
 
 
 def split_arguments(argv: list[str]) -> tuple[Path, bool, list[str], list[str]]:
@@ -250,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         path, dry, overrides, extra = split_arguments(sys.argv[1:] if argv is None else argv)
         os.chdir(ROOT)
         bench = read_list(path)
-        settings = apply_overrides(bench, overrides)
+        settings = apply_overrides(bench, overrides, path)
         runs = plan_runs(bench, settings, extra)
         driver = driver_of(settings)
     except ListError as error:
@@ -258,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pending = [run for run in runs if not (driver.results / run.name / "metrics.json").is_file()]
     to_train = [run for run in pending if not (driver.runs / run.name / "metrics.json").is_file()]
-    jobs = whole(settings, "jobs")
+    jobs = whole(settings, "jobs", 1)
     print(f"{len(runs) - len(pending)} finished, {len(pending) - len(to_train)} to collect, {len(to_train)} "
           f"run(s) to do, {jobs} at a time, {driver.threads} thread(s) each", flush=True)
     if dry:
