@@ -2,8 +2,11 @@
 array. --dry-run lists exactly the runs still to do; a matrix whose runs all finished submits nothing
 (no sbatch is even needed)."""
 
+import json
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from fixtures.cli import error_line
@@ -85,6 +88,87 @@ def test_bad_matrix_arguments_end_in_one_line(tmp_path):
         done = matrix("--dry-run", *argv, runs=tmp_path)
         error_line(done.returncode, done.stderr)
         assert message in done.stderr
+
+
+def test_bad_choices_are_refused_before_anything_is_listed(tmp_path):
+    """An unknown task, a seed that is not a whole number or given twice (1 and 01 are one seed), a
+    method with no script for a task, an empty choice, an unclosed quote in flags=: one line, exit 2."""
+    (tmp_path / "open.conf").write_text('tasks=cola\nflags=--prompt_template "a b\n')
+    small = ("--methods", "lora", "--budgets", "small", "--seeds", "1")
+    for argv, message in ((("--tasks", "badtask", *small), "unknown task 'badtask': choose one of cola sst2 mnli"),
+                          (("--tasks", "cola", "--seeds", "abc 1"), "seed 'abc' is not a whole number"),
+                          (("--tasks", "cola", "--seeds", "4294967296"), "'4294967296' is not a whole number from 0"),
+                          (("--tasks", "cola", "--seeds", "1 1"), "--seeds '1 1' names 1 twice: name each once"),
+                          (("--tasks", "cola", "--seeds", "1 01"), "--seeds '1 01' names 1 twice"),
+                          (("--tasks", "cola cola"), "--tasks 'cola cola' names cola twice"),
+                          (("--methods", "lora lora"), "--methods 'lora lora' names lora twice"),
+                          (("--tasks", "cnndailymail cola", "--methods", "plateau"), "cnndailymail takes lora"),
+                          (("--tasks", ""), "no tasks given: give one or more with --tasks"),
+                          (("--methods", " "), "no methods given"),
+                          (("--budgets", ""), "no budgets given"),
+                          (("--seeds", ""), "no seeds given"),
+                          (("--config", str(tmp_path / "open.conf")), "a quote is not closed")):
+        done = matrix("--dry-run", *argv, runs=tmp_path)
+        error_line(done.returncode, done.stderr, one_line=True)
+        assert message in done.stderr and done.stdout == "", argv
+
+
+def test_flags_keep_their_quoting_through_to_the_job(tmp_path):
+    """Flags with spaces (from flags= or after --) reach the job script, and the run, as the same words:
+    the array's list holds them shell-quoted, and each array task reads its line back as a shell does."""
+    config = tmp_path / "matrix.conf"
+    config.write_text("tasks=cola\nmethods=lora\nbudgets=small\nseeds=1\nflags=--a \"x y\" --b 'it''s'\n")
+    expected = ["--a", "x y", "--b", "its", "--prompt_template", "Q: {q} A:", "--c", "it's"]
+    dry = matrix("--dry-run", "--config", str(config), "--", "--prompt_template", "Q: {q} A:", "--c", "it's",
+                 runs=tmp_path / "runs")
+    assert dry.returncode == 0, dry.stderr
+    assert shlex.split(dry.stdout.splitlines()[1]) == ["script/slurm/run_glue.sh", "cola", "lora", "small", "1",
+                                                       *expected]
+    here = subprocess.run(["bash", str(ROOT / "script" / "slurm" / "run_matrix.sh"), "--dry-run", "--config",
+                           config.name], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "RUNS": str(tmp_path / "runs")})  # a path from where it was started
+    assert here.returncode == 0, here.stderr
+    assert shlex.split(here.stdout.splitlines()[1])[5:] == expected[:4]
+    # Submitted: a stand-in sbatch keeps each job's --wrap; the array's task 0 then runs with a stand-in Python.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", 'for a in "$@"; do case $a in --wrap=*) printf "%s\\0" "${a#--wrap=}" >> "$WRAPS";; '
+                                  'esac; done; echo 7'),
+                       ("python", 'printf "%s\\n" "$@" > "$ARGS"')):
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "NPROC"))}
+    env.update(PYTHON=str(bin_dir / "python"), WRAPS=str(tmp_path / "wraps"), ARGS=str(tmp_path / "args"),
+               PATH=f"{bin_dir}:{os.environ['PATH']}", RUNS=str(tmp_path / "runs"))
+    submit = subprocess.run(["bash", str(ROOT / "script" / "slurm" / "run_matrix.sh"), "--config", str(config), "--",
+                             "--prompt_template", "Q: {q} A:", "--c", "it's", "--d", "a\tb"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    array_wrap = (tmp_path / "wraps").read_text().split("\0")[0]
+    task = subprocess.run(["sh", "-c", array_wrap], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**env, "SLURM_ARRAY_TASK_ID": "0"})  # sbatch --wrap: an sh script
+    assert task.returncode == 0, task.stderr
+    argv = (tmp_path / "args").read_text().splitlines()
+    assert argv[0] == "src/glue-cola.py" and argv[-len(expected) - 2:] == [*expected, "--d", "a\tb"], argv
+
+
+def test_plateau_runs_every_glue_task(tmp_path):
+    """The rivals preset crosses plateau with all of GLUE: src/custom has an entry script of each
+    task, and run_plateau.sh trains through it (MNLI, with its two dev splits, for real on demo data)."""
+    tasks = "cola sst2 mnli qnli rte mrpc stsb qqp"
+    listed = matrix("--dry-run", "--tasks", tasks, "--methods", "plateau", "--budgets", "small", "--seeds", "1",
+                    runs=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1:] == [f"script/slurm/run_plateau.sh {task} small 1" for task in tasks.split()]
+    for task in tasks.split():
+        entry = ROOT / "src" / "custom" / ("glue_sst2.py" if task == "sst2" else f"glue-{task}.py")
+        assert f'main("{task}", method="plateau")' in entry.read_text(), entry
+    env = {**os.environ, "RUNS": str(tmp_path), "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(["bash", "script/run_plateau.sh", "mnli", "small", "1", "--demo", "--max_steps", "2",
+                           "--max_eval_samples", "8"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((tmp_path / "mnli" / "plateau-small-seed1" / "config.json").read_text())
+    assert (config["task"], config["method"], config["dev_splits"]) == ("mnli", "plateau", ["matched", "mismatched"])
 
 
 def test_the_commands_users_know_still_run_through_links(tmp_path):

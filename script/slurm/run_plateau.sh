@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Dynamic rank scheduling via loss plateau (src/custom) on CoLA or SST-2, on a SLURM GPU node or with bash.
+# Dynamic rank scheduling via loss plateau (src/custom) on a GLUE task, on a SLURM GPU node or with bash.
 #   sbatch script/run_plateau.sh TASK BUDGET [SEED] [extra flags...]
 #   sbatch script/run_plateau.sh cola large 42 --plateau_patience 2
 # The run directory is $RUNS/<task>/plateau-<budget>-seed<seed> (RUNS default: runs). Preemption and requeue: script/slurm/job.sh.
@@ -19,10 +19,7 @@ here=$(dirname "$(readlink -f "$0")")  # script/slurm, also when started through
 . "$here/job.sh"
 [ $# -ge 2 ] || { echo "usage: $0 TASK BUDGET [SEED] [extra flags...]" >&2; exit 2; }
 parse_run_arguments "$1" plateau "${@:2}"
-case $task in
-  cola) entry=src/custom/glue-cola.py ;;
-  sst2) entry=src/custom/glue_sst2.py ;;
-  *) echo "error: the plateau method has entry scripts for cola and sst2, not '$task'" >&2; exit 2 ;;
-esac
+entry=$(glue_script "$task")
+entry=src/custom/${entry#src/}  # src/custom holds an entry script of each GLUE task, named as src/'s
 cd "${SLURM_SUBMIT_DIR:-$here/../..}"
 run_job "$entry" "${RUNS:-runs}/$task/plateau-$budget-seed$seed" --budget "$budget" --seed "$seed" "${rest[@]}"
