@@ -26,10 +26,23 @@ def command_line(doc: str, runs: str | None = None, root: str | None = None, nar
     return parser
 
 
+# The fewest resamples a 95% percentile interval is read from: its ends are the 2.5% tails, which
+# take about a thousand resamples to settle (Efron and Tibshirani, An Introduction to the Bootstrap, ch. 19).
+LEAST_RESAMPLES = 1000
+
+
 def add_paper_options(parser: argparse.ArgumentParser, paper: str) -> None:
     """--paper (``paper``: what it adds) and --bootstrap, for the tools that compare methods."""
     parser.add_argument("--paper", action="store_true", help=paper)
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap", type=int, default=2000,
+                        help=f"bootstrap resamples (at least {LEAST_RESAMPLES}; default: 2000)")
+
+
+def enough_resamples(resamples: int) -> None:
+    """Refuse a --bootstrap too small to place the ends of a 95% interval."""
+    if resamples < LEAST_RESAMPLES:
+        raise AnalysisError(f"--bootstrap must be at least {LEAST_RESAMPLES}, not {resamples}: the 95% interval's "
+                            "ends are its 2.5% tails, which fewer resamples place by chance (default: 2000)")
 
 
 def at_least(minimum: int, **options) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from itertools import combinations
 
 from cli import command_line, fail_cleanly
-from run_reader import AnalysisError, Run, load_run
+from run_reader import AnalysisError, Run, load_run, one_task
 from tables import csv_text, markdown
 
 
@@ -46,6 +46,7 @@ def one_setting(runs: list[Run], which: str) -> None:
 
 
 def pairs(first: list[Run], second: list[Run]) -> list[dict]:
+    one_task(first + second)  # the groups' settings differ on purpose, their task and data must not
     one_setting(first, "the first group")
     one_setting(second, "--against")
     by_seed = {run.seed: run for run in second}

@@ -20,7 +20,8 @@ def row(run: Run, steps: list[int]) -> dict:
     losses = {h["step"]: h["loss"] for h in run.history().records if "loss" in h}
     out = {"run": run.path.name}
     for key in metric_keys(run):  # each dev split's headline metric (MNLI has two)
-        out[key.removeprefix("eval_")] = f"{100 * run.metrics[key]:.2f}"
+        value = run.metric(key)
+        out[key.removeprefix("eval_")] = "undefined" if value is None else f"{100 * value:.2f}"
     for step in [*steps, records[-1]["step"]]:
         if step in by_step:
             out[f"norm dW @{step}"] = f"{sum(v**2 for v in by_step[step]['update_norm'].values()) ** 0.5:.3g}"

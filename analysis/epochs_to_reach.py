@@ -6,7 +6,9 @@ of the reference runs (LoRA at the same budget, say).
 
 The metric is the task's headline dev metric (CoLA: Matthews correlation; MNLI: the matched split's
 accuracy); the evaluations are the ones in each run's history.jsonl (every epoch under the paper's
-settings), those without a number (NaN) left out. A run that never reaches the target says so.
+settings), those without a number (NaN) left out. A run that never reaches the target says so. The
+runs and the references must be of one task, all on real data (or all on --demo data), and scored on
+the same dev examples.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import statistics
 
 from cli import command_line, fail_cleanly
-from run_reader import AnalysisError, Run, load_run, metric_keys
+from run_reader import AnalysisError, Run, load_run, metric_keys, one_task
 from tables import csv_text, markdown
 
 
@@ -28,10 +30,20 @@ def evaluations(run: Run, key: str) -> list[dict]:
 
 
 def final_score(run: Run, key: str) -> float:
-    value = run.require_finished().metrics.get(key)
-    if not isinstance(value, (int, float)) or math.isnan(value):
-        raise AnalysisError(f"{run.path / 'metrics.json'} has no number for {key}")
+    value = run.metric(key)
+    if value is None or math.isnan(value):
+        raise AnalysisError(f"{run.path / 'metrics.json'} has no number for {key} (it is undefined): leave the run out")
     return float(value)
+
+
+def one_dev_set(runs: list[Run]) -> None:
+    """Refuse runs scored on different dev examples (--max_eval_samples): a score is a target on its own set."""
+    scored = [run for run in runs if run.config.get("dev_examples") is not None]
+    for run in scored[1:]:
+        if run.config["dev_examples"] != scored[0].config["dev_examples"]:
+            raise AnalysisError(f"{scored[0].path} was scored on dev examples {scored[0].config['dev_examples']} and "
+                                f"{run.path} on {run.config['dev_examples']}: a score on other examples is no target; "
+                                "give runs evaluated on the same dev set")
 
 
 def row(run: Run, key: str, target: float) -> dict:
@@ -45,6 +57,8 @@ def row(run: Run, key: str, target: float) -> dict:
 
 
 def rows(runs: list[Run], reference: list[Run]) -> list[dict]:
+    one_task(runs + reference)
+    one_dev_set(runs + reference)
     for run in runs + reference:
         if "rouge" in metric_keys(run)[0]:
             raise AnalysisError(f"{run.path} is a summarization run: it scores ROUGE at its end only (its evaluations "

@@ -14,6 +14,7 @@ which states its analytic model), imported only then. MB are 2**20 bytes.
 from __future__ import annotations
 
 import json
+import sys
 
 from cli import at_least, command_line, fail_cleanly
 from run_reader import AnalysisError, load_run
@@ -71,13 +72,58 @@ def _maybe(value, form: str) -> str:
 
 # --- the library's plan ----------------------------------------------------------------------
 
+def refusal(method, budget: str, init_r: int) -> str | None:
+    """What training would say to ``method`` with ``--budget budget --init_r init_r`` (None: nothing).
+    The method's own plan checks it; its rank rules hold for any task, and the steps of a run are not
+    known yet, so the request is an SST-2 run long enough for any schedule."""
+    from adarank.arguments import AdapterArguments
+    from adarank.errors import UsageError
+    from adarank.methods import AdapterRequest
+    from adarank.tasks import get_task
+
+    arguments = AdapterArguments(method=method.name, budget=budget, init_r=init_r)
+    try:
+        method.plan(AdapterRequest(get_task("sst2"), arguments, total_step=100_000))
+    except UsageError as error:
+        return str(error)
+    return None
+
+
+def start_ranks(arch, budget: str, init_r: int | None) -> dict[str, int | None]:
+    """Each method planned -> its --init_r: ``init_r`` for a method that reads --init_r in training, None
+    (its own rule) for the others. A method whose training would refuse ``init_r`` is left out, with a
+    note on stderr; where each one that reads it would, or no matrix can hold the rank, the plan is refused."""
+    from adarank.memory_plan import planned_methods
+    from adarank.methods import get_method
+
+    methods = {name: None for name in planned_methods()}
+    if init_r is None:
+        return methods
+    narrowest = min(min(shape) for shape in arch.adapted)
+    if init_r > narrowest:
+        raise AnalysisError(f"--init_r {init_r} is more than any adapted matrix of this model can hold (rank "
+                            f"{narrowest}, its narrowest width): use --init_r {narrowest} or less")
+    readers = [name for name in methods if "init_r" in (get_method(name).flags_read or ())]
+    refused = {name: why for name in readers if (why := refusal(get_method(name), budget, init_r))}
+    if readers and len(refused) == len(readers):
+        name, why = next(iter(refused.items()))
+        raise AnalysisError(f"{get_method(name).title or name}: {why}")
+    for name, why in refused.items():
+        print(f"note: {name} is left out of the plan (training would refuse it: {why})", file=sys.stderr)
+        del methods[name]
+    return {name: init_r if name in readers else None for name in methods}
+
+
 def plan_rows(model: str | None, budget: str, dtype: str, num_labels: int, init_r: int | None = None) -> list[dict]:
     """The plan of every method for ``model`` (None: the embedded MiniLM), one row a method."""
     from adarank.errors import UsageError
-    from adarank.memory_plan import plan_model
+    from adarank.memory_plan import architecture, model_skeleton, plan
+    from adarank.methods import budget_rank
 
     try:
-        plans = plan_model(model, budget, dtype, num_labels, init_r=init_r)
+        budget_rank(budget)  # an unknown budget fails before the model is built
+        arch = architecture(model_skeleton(model, num_labels))
+        plans = [plan(arch, name, budget, dtype, start) for name, start in start_ranks(arch, budget, init_r).items()]
     except UsageError as error:
         raise AnalysisError(str(error)) from None
     return [{

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import style
 from cli import command_line, fail_cleanly
-from run_reader import Run, load_run, metric_keys, run_labels, setting_labels
+from run_reader import Run, load_run, metric_keys
+from run_settings import run_labels, setting_labels
 
 plt = style.plt
 BUDGET_STYLES = {"small": "-", "large": "--"}
@@ -34,7 +35,7 @@ def curves(run: Run) -> dict[str, tuple[list, list]]:
         series[key] = ([], [])
     for record in history.records:
         for name, (steps, values) in series.items():
-            if name in record:
+            if record.get(name) is not None:
                 steps.append(record["step"])
                 values.append(record[name])
     return series
@@ -54,7 +55,7 @@ def setting_legend(figure, runs: list[Run], labels: dict, colours: dict):
 
 def training_figure(runs: list[Run], labels: dict | None = None):
     """Loss and dev metric per run, one colour per setting (``labels``: setting -> its name in
-    words, as ``run_reader.setting_labels`` gives it; by default named among ``runs``)."""
+    words, as ``run_settings.setting_labels`` gives it; by default named among ``runs``)."""
     labels = labels or setting_labels(runs)
     colours = style.setting_colors(labels, runs)
     metrics = sorted({key for run in runs for key in metric_keys(run)})

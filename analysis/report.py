@@ -11,13 +11,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import style
-from cli import add_paper_options, command_line, fail_cleanly
+from cli import add_paper_options, command_line, enough_resamples, fail_cleanly
 from plot_training import training_figure
-from run_reader import AnalysisError, find_runs, setting_labels
+from run_reader import AnalysisError, Run, find_runs
+from run_settings import setting_labels
 from summarize_runs import TITLES, split_runs, summarize
 from visualize_rank import heatmaps_figure
 
@@ -50,6 +52,42 @@ def image_html(figure, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
+def undrawable(run: Run) -> str | None:
+    """Why the run's curves or heatmaps cannot be drawn (a damaged history.jsonl or ranks.jsonl), or None."""
+    try:
+        run.history()
+        if (run.path / "ranks.jsonl").is_file():
+            run.ranks()
+    except AnalysisError as error:
+        return str(error)
+    return None
+
+
+def figures_html(groups: dict) -> list[str]:
+    """Each task's training curves and rank heatmaps; a run whose files cannot be drawn is left out of
+    them, with a note here and on stderr (its numbers stay in the tables)."""
+    # Every figure names a setting as the tables do (run_settings.setting_words), never by its hash.
+    labels = setting_labels([run for runs in groups.values() for run in runs])
+    by_task = defaultdict(list)
+    for (task, *_), runs in groups.items():
+        by_task[task].extend(runs)
+    parts = []
+    for task, runs in sorted(by_task.items()):
+        parts.append(f"<h2>{html.escape(task)}</h2>")
+        problems = {run.path: why for run in runs if (why := undrawable(run))}
+        for path, why in problems.items():
+            note = f"{path} is left out of the figures: {why}"
+            print(f"note: {note}", file=sys.stderr)
+            parts.append(f"<p class='note'>{html.escape(note)}</p>")
+        runs = [run for run in runs if run.path not in problems]
+        if runs:
+            parts.append(image_html(training_figure(runs, labels), f"{task} training curves"))
+        ranked = [run for run in runs if (run.path / "ranks.jsonl").is_file()]
+        if ranked:
+            parts.append(image_html(heatmaps_figure(ranked, labels), f"{task} rank allocation"))
+    return parts
+
+
 def build_report(root, paper: bool = False, resamples: int = 2000) -> str:
     tables = summarize(root, paper, resamples)
     groups, _ = split_runs(find_runs(root))
@@ -57,18 +95,7 @@ def build_report(root, paper: bool = False, resamples: int = 2000) -> str:
     for name in ("results", "comparisons", "paper", "apart"):
         if name in tables:
             parts += [f"<h2>{html.escape(TITLES[name])}</h2>", table_html(tables[name])]
-
-    # Every figure names a setting as the tables do (run_reader.setting_words), never by its hash.
-    labels = setting_labels([run for runs in groups.values() for run in runs])
-    by_task = defaultdict(list)
-    for (task, *_), runs in groups.items():
-        by_task[task].extend(runs)
-    for task, runs in sorted(by_task.items()):
-        parts.append(f"<h2>{html.escape(task)}</h2>")
-        parts.append(image_html(training_figure(runs, labels), f"{task} training curves"))
-        ranked = [run for run in runs if (run.path / "ranks.jsonl").is_file()]
-        if ranked:
-            parts.append(image_html(heatmaps_figure(ranked, labels), f"{task} rank allocation"))
+    parts += figures_html(groups)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>adarank report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
@@ -79,11 +106,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", default="report.html", help="the HTML file to write")
     add_paper_options(parser, "add the AdaLoRA paper's numbers")
     args = parser.parse_args(argv)
+    enough_resamples(args.bootstrap)
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise AnalysisError(f"--out {out} should end in .html: the report is one HTML file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(args.root, args.paper, args.bootstrap), encoding="utf-8")
+    page = build_report(args.root, args.paper, args.bootstrap)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise style.unwritable(out, error) from None
     print(f"wrote {out}")
     return out
 

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run_format import migrate_config
+from run_files import HISTORY_RECORD, RANK_RECORD, AnalysisError, Damaged, JsonLines, history_record, rank_record
+from run_files import read_config, read_jsonl, read_object, text
 
 # Shorter axis labels for three of the paper's module names (any other name is shown as it is).
 KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output": "ffn out",
@@ -33,59 +34,6 @@ def layer_order(label: str) -> tuple[int, int]:
     return (1 if stack == "decoder" else 0), int(index)
 
 
-class AnalysisError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2."""
-
-
-def _setting_parts(runs: list[Run]) -> dict[str, list[str]]:
-    """Setting hash -> ["key=value", ...] for each choice in which the settings among ``runs`` differ."""
-    fields = {run.setting: flatten(run.setting_fields) for run in runs}
-    keys = sorted({k for f in fields.values() for k in f})
-    differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in fields.values()}) > 1]
-    return {setting: [f"{k.rsplit('.', 1)[-1]}={flat.get(k)}" for k in differing] for setting, flat in fields.items()}
-
-
-def setting_names(runs: list[Run]) -> dict[str, str]:
-    """Setting hash -> the choices that set it apart from the other settings among ``runs``,
-    e.g. "growth_init=whitened, grow_where=importance" (the hash where nothing shows)."""
-    return {setting: ", ".join(parts) or setting for setting, parts in _setting_parts(runs).items()}
-
-
-def setting_words(runs: list[Run]) -> dict[tuple, list[str]]:
-    """Each setting among ``runs`` (its ``Run.group``) -> the words that name it beside its task,
-    method and budget: the recipe where it is not the paper's and, where the method ran at that
-    budget in more than one setting under that recipe, what sets this one apart (the recipe's own
-    values, learning rate and all, come with its name). Tables and figures name a setting by these
-    words alone, never by its hash, so that it reads the same in each."""
-    first = {}
-    for run in runs:
-        first.setdefault(run.group, run)
-    words = {}
-    for key, run in first.items():
-        siblings = [other for k, other in first.items() if k[:3] == key[:3] and other.recipe == run.recipe]
-        parts = [] if run.recipe == "paper" else [f"recipe={run.recipe}"]
-        if len(siblings) > 1:
-            parts += [p for p in _setting_parts(siblings)[run.setting] if not p.startswith("recipe=")]
-        words[key] = parts
-    return words
-
-
-def bracketed(name: str, words: list[str]) -> str:
-    """``name [word, word]``, or ``name`` alone where no words are needed."""
-    return f"{name} [{', '.join(words)}]" if words else name
-
-
-def setting_labels(runs: list[Run]) -> dict[tuple, str]:
-    """Each setting among ``runs`` -> its label in figures, e.g. "cola adalora-small [recipe=official]"."""
-    return {key: bracketed(f"{key[0]} {key[1]}-{key[2]}", words) for key, words in setting_words(runs).items()}
-
-
-def run_labels(runs: list[Run], labels: dict | None = None) -> dict[Path, str]:
-    """Run directory -> "<its setting's label>, seed N" (``labels``: by default named among ``runs``)."""
-    labels = labels or setting_labels(runs)
-    return {run.path: f"{labels[run.group]}, seed {run.seed}" for run in runs}
-
-
 def flatten(document: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in document.items():
@@ -97,42 +45,12 @@ def flatten(document: dict, prefix: str = "") -> dict:
 
 
 @dataclass
-class JsonLines:
-    records: list[dict]
-    truncated: bool = False  # the last line was cut off (a run stopped mid-write)
-
-
-def _text(path: Path) -> str:
-    """A run file's text; one that is not UTF-8 is damaged (the project writes UTF-8)."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise AnalysisError(f"{path} is not UTF-8 text: the file is damaged") from None
-
-
-def read_jsonl(path: Path) -> JsonLines:
-    """Every complete record; a last line cut off mid-write is dropped and flagged."""
-    lines = _text(path).splitlines()
-    records, truncated = [], False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                truncated = True
-            else:
-                raise AnalysisError(f"{path}:{number} is not a JSON line: the file is damaged") from None
-    return JsonLines(records, truncated)
-
-
-@dataclass
 class Run:
     path: Path
     config: dict = field(default_factory=dict)
     metrics: dict | None = None  # None: the run has not finished
     problem: str | None = None  # why the run cannot be read in full (a damaged config.json or metrics.json)
+    damage: Damaged | None = None  # a damaged metrics.json, as a tool that reads it reports it
 
     @property
     def name(self) -> str:
@@ -143,10 +61,20 @@ class Run:
         return self.metrics is not None
 
     def require_finished(self) -> Run:
-        """The run itself, or one line saying it has not finished."""
+        """The run itself, or one line saying it has not finished or its metrics.json is damaged."""
+        if self.damage:
+            raise self.damage
         if not self.finished:
             raise AnalysisError(f"{self.path} is not a finished run (no metrics.json)")
         return self
+
+    def metric(self, key: str) -> float | None:
+        """metrics.json's number for ``key`` (None: undefined, e.g. a correlation over one class); a
+        finished run's metrics.json without it, or with something else there, is damaged."""
+        value = self.require_finished().metrics.get(key, "missing")
+        if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        raise Damaged(self.path / "metrics.json", f"{key} is not a number" if key in self.metrics else f"no {key}")
 
     @property
     def synthetic(self) -> bool:
@@ -228,14 +156,14 @@ class Run:
                 f"{self.path} has no ranks.jsonl: a {self.method} run has fixed ranks, so there is nothing to draw "
                 "(rank heatmaps need an AdaLoRA or rank-growth run)"
             )
-        ranks = read_jsonl(path)
+        ranks = read_jsonl(path, rank_record, RANK_RECORD)
         if not ranks.records:
             raise AnalysisError(f"{path} holds no complete record: the run stopped before its first allocation")
         return ranks
 
     def history(self) -> JsonLines:
         path = self.path / "history.jsonl"
-        return read_jsonl(path) if path.is_file() else JsonLines([])
+        return read_jsonl(path, history_record, HISTORY_RECORD) if path.is_file() else JsonLines([])
 
     def diagnostics(self) -> JsonLines:
         path = self.path / "diagnostics.jsonl"
@@ -251,7 +179,7 @@ class Run:
                     for row in read_jsonl(self.path / "predictions.jsonl").records if "split" in row}
         path = self.path / "predictions.tsv"
         rows = {}
-        lines = [line for line in _text(path).splitlines() if not line.startswith("#")]
+        lines = [line for line in text(path).splitlines() if not line.startswith("#")]
         for number, line in enumerate(lines[1:], start=2):
             fields = line.split("\t")
             if len(fields) != 4 or not fields[1].isdigit():
@@ -269,16 +197,12 @@ def load_run(path: str | Path) -> Run:
         raise AnalysisError(
             f"{path} is not a run directory (no config.json): give the --output_dir of a training run"
         )
-    try:
-        config = migrate_config(json.loads((path / "config.json").read_text(encoding="utf-8")))
-    except ValueError as error:
-        raise AnalysisError(f"{path}: {error}") from None
-    run = Run(path, config=config)
+    run = Run(path, config=read_config(path))
     if (path / "metrics.json").is_file():
         try:
-            run.metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-        except ValueError as error:
-            run.problem = f"metrics.json is damaged ({error})"
+            run.metrics = read_object(path / "metrics.json")
+        except Damaged as damage:
+            run.problem, run.damage = damage.short, damage
     return run
 
 
@@ -289,13 +213,17 @@ def _run_in(config: Path, root: Path) -> Run | None:
     if any(part in ("checkpoints", "adapter", "merged") for part in inside):
         return None  # a Trainer checkpoint, a saved adapter or a merged model inside a run
     try:
-        document = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        return Run(config.parent, problem=f"config.json is damaged ({error})")
-    if not isinstance(document, dict) or "task" not in document:
-        return None
+        document = read_object(config)
+    except Damaged as damage:
+        return Run(config.parent, problem=damage.short)
+    except OSError as error:
+        return Run(config.parent, problem=f"config.json cannot be read ({error})")
+    if not {"task", "method"} & document.keys():
+        return None  # a model's config.json (a run's names its task and method)
     try:
         return load_run(config.parent)
+    except Damaged as damage:
+        return Run(config.parent, problem=damage.short)
     except AnalysisError as error:
         return Run(config.parent, problem=str(error))
 
@@ -309,6 +237,20 @@ def find_runs(root: str | Path) -> list[Run]:
     if not runs:
         raise AnalysisError(f"no run directories (folders with config.json) below {root}")
     return runs
+
+
+def one_task(runs: list[Run]) -> None:
+    """Refuse runs of different tasks, or synthetic-data (--demo) runs beside real-data ones: a tool
+    that sets runs against each other compares like with like."""
+    first = runs[0]
+    for run in runs[1:]:
+        if run.task != first.task:
+            raise AnalysisError(f"{first.path} is a {first.task} run and {run.path} a {run.task} run: runs of "
+                                "different tasks cannot be compared; give runs of one task")
+        if run.synthetic != first.synthetic:
+            demo, real = (run, first) if run.synthetic else (first, run)
+            raise AnalysisError(f"{demo.path} trained on synthetic demo data (--demo), {real.path} on real data: "
+                                "their numbers cannot be compared; give real-data runs only (or demo runs only)")
 
 
 # GLUE's headline metric per task and MNLI's two dev sets, for run directories written

@@ -59,11 +59,22 @@ def legend_below(figure, handles: list, labels: list[str]):
     return figure.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=7, frameon=False)
 
 
+def unwritable(out: Path, error: OSError) -> AnalysisError:
+    """The line that says why ``out`` cannot be written: a file where a folder should be, say."""
+    blocking = next((folder for folder in out.parents if folder.is_file()), None)
+    why = f"{blocking} is a file, not a folder" if blocking else error.strerror or str(error)
+    return AnalysisError(f"cannot write {out}: {why}; give --out a path in a folder you can write to")
+
+
 def save(figure, out: str | Path) -> Path:
     out = Path(out)
     if out.suffix.lstrip(".").lower() not in FORMATS:
         raise AnalysisError(f"cannot write {out}: give --out a file ending in {', '.join('.' + f for f in FORMATS)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out, bbox_inches="tight")
+    except OSError as error:
+        raise unwritable(out, error) from None
+    finally:
+        plt.close(figure)
     return out

@@ -19,17 +19,9 @@ import itertools
 from collections import defaultdict
 
 import numpy as np
-from cli import add_paper_options, command_line, fail_cleanly
-from run_reader import (
-    Run,
-    dev_splits,
-    find_runs,
-    flatten,
-    metric_keys,
-    bracketed,
-    setting_words,
-    task_metric,
-)
+from cli import add_paper_options, command_line, enough_resamples, fail_cleanly
+from run_reader import Damaged, Run, dev_splits, find_runs, flatten, metric_keys, task_metric
+from run_settings import bracketed, setting_words
 from stats import ROUGE, PredictionTables, mean_std, method_difference, points
 from tables import csv_text, markdown
 
@@ -51,6 +43,38 @@ PAPER_TABLE = {
 
 # --- collecting runs -------------------------------------------------------------------------
 
+COUNTS = ("trainable_params", "adapter_params", "train_seconds", "peak_memory_mb")  # metrics.json's, in the table
+
+
+def row_keys(run: Run) -> list[str]:
+    """The metrics.json keys of the run's scores in the results table: the headline metric on each dev
+    split, and for summarization ROUGE-2, -L and -Lsum beside ROUGE-1."""
+    metric, keys = task_metric(run), metric_keys(run)
+    return keys + [key.replace(metric, other) for other in compared_metrics(run)[1:] for key in keys]
+
+
+def metrics_problem(run: Run) -> str | None:
+    """Why the run's metrics.json cannot give its row (None: it can)."""
+    try:
+        values = {key: run.metric(key) for key in (*row_keys(run), *COUNTS)}
+    except Damaged as damage:
+        return damage.short
+    if missing := [key for key in COUNTS if values[key] is None]:
+        return f"metrics.json is damaged ({missing[0]} is null)"
+    if undefined := [key for key in row_keys(run) if values[key] is None]:
+        return f"{', '.join(undefined)} undefined (metrics.json: null; the dev labels leave it so)"
+    return None
+
+
+def apart_because(run: Run) -> str | None:
+    """Why the run is left out of the numbers (None: it is not)."""
+    if run.problem:
+        return run.problem
+    if not run.finished:
+        return "unfinished or failed (no metrics.json)"
+    return "synthetic demo data" if run.synthetic else metrics_problem(run)
+
+
 def split_runs(runs: list[Run]):
     """(finished real-data runs grouped by task, method, budget and setting, [(run, why it is apart)]).
 
@@ -59,14 +83,8 @@ def split_runs(runs: list[Run]):
     """
     groups, apart = defaultdict(list), []
     for run in runs:
-        if run.problem:
-            apart.append((run, run.problem))
-        elif not run.finished:
-            apart.append((run, "unfinished or failed (no metrics.json)"))
-        elif run.synthetic:
-            apart.append((run, "synthetic demo data"))
-        elif undefined := [key for key in metric_keys(run) if run.metrics.get(key, 0) is None]:
-            apart.append((run, f"{', '.join(undefined)} undefined (metrics.json: null; the dev labels leave it so)"))
+        if why := apart_because(run):
+            apart.append((run, why))
         else:
             groups[run.group].append(run)
     return dict(sorted(groups.items())), apart
@@ -79,7 +97,7 @@ def adapter_mb(run: Run) -> float | None:
 
 def method_names(groups: dict) -> dict[tuple, str]:
     """Each group's method, with its recipe where it is not the paper's and, where the method ran
-    in more than one setting, what sets this one apart (``run_reader.setting_words``)."""
+    in more than one setting, what sets this one apart (``run_settings.setting_words``)."""
     words = setting_words([runs[0] for runs in groups.values()])
     return {key: bracketed(key[1], words[key]) for key in groups}
 
@@ -107,11 +125,7 @@ def results_rows(groups: dict) -> list[dict]:
     for group, runs in groups.items():
         # The method's name says what sets its setting apart: no hash is shown.
         row = {"task": group[0], "method": names[group], "budget": group[2], "seeds": len(runs)}
-        metric = task_metric(runs[0])
-        keys = metric_keys(runs[0])
-        for other in compared_metrics(runs[0])[1:]:  # summarization: ROUGE-2, -L, -Lsum beside ROUGE-1
-            keys += [key.replace(metric, other) for key in metric_keys(runs[0])]
-        for key in keys:
+        for key in row_keys(runs[0]):
             mean, std = mean_std([run.metrics[key] for run in runs])
             scale = points(key.rsplit("_", 1)[-1])
             row[key.removeprefix("eval_")] = f"{scale * mean:.2f} +- {scale * std:.2f}"
@@ -200,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also compare methods whose runs differ in recipe, model, data, training arguments "
                              "or budget label (each such row names what differs)")
     args = parser.parse_args(argv)
+    enough_resamples(args.bootstrap)
     tables = summarize(args.root, args.paper, args.bootstrap, args.pair_all)
     for name, rows in tables.items():
         if args.csv:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import style
 from cli import at_least, command_line, fail_cleanly
-from run_reader import KIND_LABELS, Run, layer_order, load_run, run_labels, setting_labels
+from run_reader import KIND_LABELS, AnalysisError, Run, layer_order, load_run
+from run_settings import run_labels, setting_labels
 
 plt = style.plt
 
@@ -83,7 +84,7 @@ def row_label(label: str, seed, kinds: int) -> str:
 
 def heatmaps_figure(runs: list[Run], labels: dict | None = None):
     """Initial and final allocation of each run, one row per run, one colour scale for all; each row
-    is named by its run's setting in words (``labels``: as ``run_reader.setting_labels`` gives them,
+    is named by its run's setting in words (``labels``: as ``run_settings.setting_labels`` gives them,
     by default named among ``runs``), in its setting's colour."""
     labels = labels or setting_labels(runs)
     colours = style.setting_colors(labels, runs)
@@ -175,8 +176,11 @@ def over_time_figure(run: Run, panels: int = 5, label: str | None = None):
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = command_line(__doc__, runs="run directories (with ranks.jsonl)", figure="; default: in the run directory")
     parser.add_argument("--over-time", action="store_true", help="show the allocation at several steps")
-    parser.add_argument("--steps", type=int, default=5, help="heatmaps in the --over-time strip")
+    parser.add_argument("--steps", type=int, help="heatmaps in the --over-time strip (default: 5)")
     args = parser.parse_args(argv)
+    if args.steps is not None and not args.over_time:
+        raise AnalysisError(f"--steps {args.steps} sets the heatmaps of the --over-time strip: add --over-time, "
+                            "or drop --steps")
     at_least(1, steps=args.steps)
     runs = [load_run(path) for path in args.runs]
     if args.over_time:
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             if args.out and len(runs) > 1:
                 base = Path(args.out)
                 out = base.with_name(f"{base.stem}-{run.name}{base.suffix}")
-            figure = over_time_figure(run, args.steps, labels[run.path])
+            figure = over_time_figure(run, args.steps or 5, labels[run.path])
             written.append(style.save(figure, out or run.path / "rank_over_time.png"))
     else:
         default = runs[0].path / "rank_heatmap.png" if len(runs) == 1 else Path("rank_heatmaps.png")

@@ -1,6 +1,7 @@
 """The analysis scripts on run directories made by real (tiny) training runs."""
 
 import csv
+import html
 import io
 import json
 import re
@@ -21,7 +22,8 @@ import visualize_rank
 from conftest import read_jsonl
 from fixtures.cli import main_fails_cleanly
 from fixtures.paths import RESULTS
-from run_reader import load_run, setting_names
+from run_reader import load_run
+from run_settings import setting_names
 
 
 def cell_values(ax) -> list[float]:
@@ -153,7 +155,7 @@ def test_seeds_group_by_the_planned_adapter_not_the_flags_typed(runs_root, tmp_p
 
 
 def test_csv_and_paper_rows(runs_root, capsys):
-    summarize_runs.main([str(runs_root), "--csv", "--paper", "--bootstrap", "50"])
+    summarize_runs.main([str(runs_root), "--csv", "--paper", "--bootstrap", "1000"])
     out = capsys.readouterr().out
     results = out.split("# results\n")[1].split("\n# ")[0]
     parsed = list(csv.DictReader(io.StringIO(results)))
@@ -210,7 +212,7 @@ def test_runs_compared_must_have_the_same_dev_labels(runs_root, tmp_path, capsys
         lines = tsv.read_text().splitlines()
         split, index, label, prediction = lines[-1].split("\t")
         tsv.write_text("\n".join([*lines[:-1], "\t".join((split, index, str(1 - int(label)), prediction))]) + "\n")
-    line = main_fails_cleanly(capsys, summarize_runs.main, [str(root), "--bootstrap", "20"])
+    line = main_fails_cleanly(capsys, summarize_runs.main, [str(root), "--bootstrap", "1000"])
     assert "sst2-lora-1/predictions.tsv has other labels for the same dev examples" in line
 
 
@@ -296,7 +298,7 @@ def test_our_metrics_agree_with_scikit_learn_and_scipy():
 
 
 def test_report_is_one_self_contained_html_file(runs_root, tmp_path):
-    out = report.main([str(runs_root), "--out", str(tmp_path / "report.html"), "--bootstrap", "50"])
+    out = report.main([str(runs_root), "--out", str(tmp_path / "report.html"), "--bootstrap", "1000"])
     text = out.read_text()
     assert text.count("data:image/png;base64,") == 2  # curves and heatmaps of the sst2 group
     body = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text.split("<body>")[1])  # 'http' may be in base64
@@ -358,7 +360,8 @@ def test_a_seed_written_by_an_earlier_version_joins_its_setting(runs_root, tmp_p
 
 
 def test_bf16_and_fp32_runs_are_different_settings_and_older_fp32_runs_join_new_ones():
-    from run_reader import find_runs, setting_names
+    from run_reader import find_runs
+    from run_settings import setting_names
 
     runs = [run for run in find_runs(RESULTS / "bf16" / "sst2") if "lora-" in str(run.path)
             and "adalora" not in str(run.path)]
@@ -397,7 +400,7 @@ def test_runs_that_cannot_be_read_are_left_out_with_the_reason_and_the_report_ma
     assert apart["damaged-config"].startswith("config.json is damaged (")
     assert apart["stopped"] == "unfinished or failed (no metrics.json)"
     assert apart["undefined"].startswith("eval_accuracy undefined")
-    out = report.main([str(root), "--out", str(tmp_path / "new" / "folder" / "report.html"), "--bootstrap", "20"])
+    out = report.main([str(root), "--out", str(tmp_path / "new" / "folder" / "report.html"), "--bootstrap", "1000"])
     assert "damaged-config" in out.read_text()
     assert plot_training.main([str(root / "stopped"), "--out", str(tmp_path / "curves.png")]).is_file()
     assert "cut-off line" in capsys.readouterr().out
@@ -607,3 +610,171 @@ def test_a_history_that_is_not_utf8_is_named_in_one_line(runs_root, tmp_path, ca
     line = main_fails_cleanly(capsys, epochs_to_reach.main, [str(run), "--reference", str(runs_root / "sst2-lora-2")],
                               one_line=True)
     assert line == f"error: {run / 'history.jsonl'} is not UTF-8 text: the file is damaged"
+
+
+# --- damaged run files, unlike runs set against each other, numbers the tools would misuse -------
+
+def damaged(runs_root: Path, folder: Path, run: str, **files: str) -> Path:
+    """A copy of ``run`` in ``folder`` with ``files`` (name -> text) written over its own."""
+    copy = shutil.copytree(runs_root / run, folder / f"{run}-damaged")
+    for name, text in files.items():
+        (copy / name).write_text(text)
+    return copy
+
+
+def test_a_config_json_that_is_no_object_or_names_no_method_is_named_by_every_tool(runs_root, tmp_path, capsys):
+    import compare_ranks
+    import diagnostics_table
+    import epochs_to_reach
+
+    run = str(damaged(runs_root, tmp_path, "sst2-adalora-1", **{"config.json": "[]"}))
+    for main, argv in ((visualize_rank.main, [run]), (plot_training.main, [run, "--out", str(tmp_path / "c.png")]),
+                       (compare_ranks.main, [run, "--against", run]), (epochs_to_reach.main, [run, "--reference", run]),
+                       (diagnostics_table.main, [run]), (memory_calculation.main, [run])):
+        assert main_fails_cleanly(capsys, main, argv, one_line=True) == (
+            f"error: {run}/config.json is damaged (a JSON list, not an object): train the run again or leave it out")
+    config = json.loads((runs_root / "sst2-adalora-1" / "config.json").read_text())
+    for change, why in ((lambda c: c.pop("method"), "it names no method"),
+                        (lambda c: c["arguments"].update(training=5), "its arguments.training is not an object")):
+        damaged_config = json.loads(json.dumps(config))
+        change(damaged_config)
+        (Path(run) / "config.json").write_text(json.dumps(damaged_config))
+        assert main_fails_cleanly(capsys, visualize_rank.main, [run], one_line=True) == (
+            f"error: {run}/config.json is damaged ({why}): train the run again or leave it out")
+
+
+def test_a_damaged_metrics_json_is_named_and_a_folder_leaves_its_run_out(runs_root, tmp_path, capsys):
+    import epochs_to_reach
+
+    root = copy_runs(runs_root, tmp_path / "runs")
+    metrics = json.loads((runs_root / "sst2-lora-1" / "metrics.json").read_text())
+    config = json.loads((runs_root / "sst2-lora-1" / "config.json").read_text())
+    listed = damaged(runs_root, root, "sst2-lora-1", **{"metrics.json": "[1, 2]"})
+    line = main_fails_cleanly(capsys, epochs_to_reach.main, [str(listed), "--reference", str(root / "sst2-lora-2")],
+                              one_line=True)
+    assert line == f"error: {listed}/metrics.json is damaged (a JSON list, not an object): train the run again or " \
+                   "leave it out"
+    shutil.copytree(runs_root / "sst2-lora-2", root / "no-headline")
+    (root / "no-headline" / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()
+                                                                    if k != "eval_accuracy"}))
+    shutil.copytree(runs_root / "sst2-lora-2", root / "no-method")
+    (root / "no-method" / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "method"}))
+    tables = summarize_runs.summarize(root, resamples=20)
+    apart = {Path(r["run"]).name: r["why"] for r in tables["apart"]}
+    assert apart == {"sst2-lora-1-damaged": "metrics.json is damaged (a JSON list, not an object)",
+                     "no-headline": "metrics.json is damaged (no eval_accuracy)",
+                     "no-method": "config.json is damaged (it names no method)"}
+    assert [(r["method"], r["seeds"]) for r in tables["results"]] == [("adalora", 2), ("lora", 2)]
+
+
+def test_a_record_of_ranks_or_history_that_is_not_what_training_writes_is_named(runs_root, tmp_path, capsys):
+    import compare_ranks
+    import epochs_to_reach
+
+    lines = (runs_root / "sst2-adalora-1" / "ranks.jsonl").read_text().splitlines()
+    run = damaged(runs_root, tmp_path, "sst2-adalora-1", **{"ranks.jsonl": "\n".join(
+        ['{"step": "x", "ranks": 5}', *lines[1:]]) + "\n"})
+    expected = (f"error: {run}/ranks.jsonl:1 is not a rank record (step, event, budget, total_rank, and ranks by "
+                "layer and module): the file is damaged")
+    assert main_fails_cleanly(capsys, visualize_rank.main, [str(run)], one_line=True) == expected
+    assert main_fails_cleanly(capsys, compare_ranks.main, [str(run), "--against", str(run)], one_line=True) == expected
+    reference = str(runs_root / "sst2-lora-2")
+    for first, why in (("[1, 2]", "is not a JSON object"), ('"str"', "is not a JSON object"),
+                       ('{"step": "abc", "loss": "x"}', "is not a history record (the step, then numbers)")):
+        (run / "history.jsonl").write_text(first + "\n" + (runs_root / "sst2-lora-1" / "history.jsonl").read_text())
+        for main, argv in ((epochs_to_reach.main, [str(run), "--reference", reference]),
+                           (plot_training.main, [str(run), "--out", str(tmp_path / "curves.png")])):
+            line = main_fails_cleanly(capsys, main, argv, one_line=True)
+            assert line == f"error: {run}/history.jsonl:1 {why}: the file is damaged"
+
+
+def test_the_report_leaves_a_run_it_cannot_draw_out_of_its_figures_and_says_so(runs_root, tmp_path, capsys):
+    root = copy_runs(runs_root, tmp_path / "runs")
+    broken = damaged(runs_root, root, "sst2-adalora-2", **{"ranks.jsonl": '{"step": "x", "ranks": 5}\n'})
+    out = report.main([str(root), "--out", str(tmp_path / "report.html")])
+    note = (f"{broken} is left out of the figures: {broken}/ranks.jsonl:1 is not a rank record (step, event, "
+            "budget, total_rank, and ranks by layer and module): the file is damaged")
+    assert capsys.readouterr().err.splitlines() == [f"note: {note}"]
+    page = out.read_text()
+    assert html.escape(note) in page and page.count("data:image/png;base64,") == 2  # the others are drawn
+
+
+@pytest.mark.parametrize("main, count", [(summarize_runs.main, "-5"), (summarize_runs.main, "1"),
+                                         (report.main, "0"), (report.main, "999")],
+                         ids=["summarize_runs -5", "summarize_runs 1", "report 0", "report 999"])
+def test_too_few_bootstrap_resamples_are_refused(runs_root, tmp_path, capsys, main, count):
+    out = tmp_path / "report.html"
+    argv = [str(runs_root), "--bootstrap", count] + (["--out", str(out)] if main is report.main else [])
+    assert main_fails_cleanly(capsys, main, argv, one_line=True) == (
+        f"error: --bootstrap must be at least 1000, not {count}: the 95% interval's ends are its 2.5% tails, which "
+        "fewer resamples place by chance (default: 2000)")
+    assert not out.exists()
+
+
+def test_runs_of_another_task_demo_data_or_dev_set_are_not_compared(runs_root, tmp_path, capsys):
+    import compare_ranks
+    import epochs_to_reach
+
+    def variant(run: str, name: str, **changes) -> str:
+        config = json.loads((runs_root / run / "config.json").read_text())
+        copy = damaged(runs_root, tmp_path / name, run, **{"config.json": json.dumps({**config, **changes})})
+        return str(copy)
+
+    lora, adalora = str(runs_root / "sst2-lora-1"), str(runs_root / "sst2-adalora-1")
+    rte = variant("sst2-lora-2", "rte", task="rte")  # RTE scores accuracy too: only the task tells them apart
+    line = main_fails_cleanly(capsys, epochs_to_reach.main, [lora, "--reference", rte], one_line=True)
+    assert line == f"error: {lora} is a sst2 run and {rte} a rte run: runs of different tasks cannot be compared; " \
+                   "give runs of one task"
+    demo = str(runs_root / "demo")
+    line = main_fails_cleanly(capsys, epochs_to_reach.main, [lora, "--reference", demo], one_line=True)
+    assert line == f"error: {demo} trained on synthetic demo data (--demo), {lora} on real data: their numbers " \
+                   "cannot be compared; give real-data runs only (or demo runs only)"
+    fewer = variant("sst2-lora-2", "fewer", dev_examples={"validation": 32})
+    line = main_fails_cleanly(capsys, epochs_to_reach.main, [lora, "--reference", fewer], one_line=True)
+    assert line == f"error: {lora} was scored on dev examples {{'validation': 64}} and {fewer} on " \
+                   "{'validation': 32}: a score on other examples is no target; give runs evaluated on the same dev set"
+    cola = variant("sst2-adalora-1", "cola", task="cola")
+    line = main_fails_cleanly(capsys, compare_ranks.main, [adalora, "--against", cola], one_line=True)
+    assert line == f"error: {adalora} is a sst2 run and {cola} a cola run: runs of different tasks cannot be " \
+                   "compared; give runs of one task"
+    synthetic = variant("sst2-adalora-1", "synthetic", synthetic_data=True)
+    assert "trained on synthetic demo data (--demo)" in main_fails_cleanly(
+        capsys, compare_ranks.main, [adalora, "--against", synthetic], one_line=True)
+
+
+def test_the_memory_plan_refuses_an_initial_rank_training_would_refuse(capsys):
+    line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--init_r", "2"], one_line=True)
+    assert line == ("error: AdaLoRA: --target_r 2 equals --init_r 2: AdaLoRA needs target_r below init_r (it prunes "
+                    "from one to the other), so use --init_r 3 or a smaller --target_r; a fixed rank is --method lora")
+    line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--init_r", "100000"], one_line=True)
+    assert line == ("error: --init_r 100000 is more than any adapted matrix of this model can hold (rank 384, its "
+                    "narrowest width): use --init_r 384 or less")
+    default = {row["method"]: row for row in memory_calculation.main(["--plan", "--csv"])}
+    capsys.readouterr()
+    rows = {row["method"]: row for row in memory_calculation.main(["--plan", "--init_r", "10", "--csv"])}
+    assert capsys.readouterr().err == (
+        "note: increlora is left out of the plan (training would refuse it: --init_r 10 leaves no rank to grow under "
+        "--budget small (LoRA r=2 on average): use --init_r 1 or less)\n")
+    assert set(rows) == set(default) - {"increlora"}
+    assert rows["sora"] == default["sora"]  # SoRA's largest rank is its own flag, not --init_r
+    def count(row, key):
+        return int(row[key].replace(",", ""))
+
+    # AdaLoRA trains P, Q and E at its initial rank (default 3 at the small budget), and saves its budget's
+    training = "adapter params (training)"
+    assert count(rows["adalora"], training) == count(default["adalora"], training) * 10 // 3
+    assert rows["adalora"]["adapter params (saved)"] == default["adalora"]["adapter params (saved)"]
+
+
+def test_steps_without_over_time_and_an_out_path_under_a_file_are_refused(runs_root, tmp_path, capsys):
+    run = str(runs_root / "sst2-adalora-1")
+    line = main_fails_cleanly(capsys, visualize_rank.main, [run, "--steps", "3"], one_line=True)
+    assert line == "error: --steps 3 sets the heatmaps of the --over-time strip: add --over-time, or drop --steps"
+    (tmp_path / "file").write_text("kept")
+    for main, out in ((visualize_rank.main, tmp_path / "file" / "ranks.png"),
+                      (report.main, tmp_path / "file" / "report.html")):
+        line = main_fails_cleanly(capsys, main, [run if main is visualize_rank.main else str(runs_root),
+                                                 "--out", str(out)], one_line=True)
+        assert line == f"error: cannot write {out}: {tmp_path / 'file'} is a file, not a folder; give --out a path " \
+                       "in a folder you can write to"
+    assert (tmp_path / "file").read_text() == "kept"

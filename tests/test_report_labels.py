@@ -46,7 +46,7 @@ def cola_report(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(report, "image_html", keep)
     try:
-        out = report.main([str(root), "--out", str(root.parent / "report.html"), "--bootstrap", "20"])
+        out = report.main([str(root), "--out", str(root.parent / "report.html"), "--bootstrap", "1000"])
     finally:
         patch.undo()
     return root, out.read_text(), figures

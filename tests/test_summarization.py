@@ -282,7 +282,7 @@ def test_the_analysis_scripts_read_summarization_runs(tiny_llama, tmp_path):
     assert ("adalora - lora", "rouge1") in comparisons and ("adalora - none", "rougeL") in comparisons
     assert comparisons[("lora - none", "rouge1")]["examples"] == 6
     for script, args, out in (("plot_training.py", [str(root / "lora-1")], "curves.png"),
-                              ("report.py", [str(root), "--bootstrap", "20"], "report.html"),
+                              ("report.py", [str(root), "--bootstrap", "1000"], "report.html"),
                               ("visualize_rank.py", [str(root / "adalora-1"), "--over-time"], "ranks.png")):
         done = subprocess.run([sys.executable, str(ROOT / "analysis" / script), *args, "--out", str(tmp_path / out)],
                               capture_output=True, text=True)

@@ -1,0 +1,133 @@
+"""The files of a run directory read as the documents training writes: UTF-8 text, one JSON object
+(config.json, metrics.json), or JSON lines of objects (history.jsonl, ranks.jsonl, ...). A file
+that is anything else is damaged, and the one line that says so names it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from run_format import migrate_config
+
+JSON_KINDS = {list: "a JSON list", str: "a JSON string", int: "a JSON number", float: "a JSON number",
+              bool: "true or false", type(None): "null"}
+
+
+class AnalysisError(Exception):
+    """A problem with the user's input: reported as one line, exit code 2."""
+
+
+class Damaged(AnalysisError):
+    """A run file that is not what training writes there (``why``: how it is not)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} is damaged ({why}): train the run again or leave it out")
+        self.path, self.why = path, why
+
+    @property
+    def short(self) -> str:
+        """The problem named within its run directory, as the tables list the runs they leave out."""
+        return f"{self.path.name} is damaged ({self.why})"
+
+
+@dataclass
+class JsonLines:
+    records: list[dict]
+    truncated: bool = False  # the last line was cut off (a run stopped mid-write)
+
+
+def text(path: Path) -> str:
+    """A run file's text; one that is not UTF-8 is damaged (the project writes UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AnalysisError(f"{path} is not UTF-8 text: the file is damaged") from None
+
+
+def read_object(path: Path) -> dict:
+    """A run file that holds one JSON object (config.json, metrics.json)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise Damaged(path, str(error)) from None
+    if not isinstance(document, dict):
+        raise Damaged(path, f"{JSON_KINDS.get(type(document), 'not a JSON object')}, not an object")
+    return document
+
+
+def read_config(path: Path) -> dict:
+    """The config.json of the run directory ``path`` in today's terms (a newer version's is refused
+    first: its layout may differ); one that names no task or method, or whose parts are no objects,
+    is damaged."""
+    config = read_object(path / "config.json")
+    if not isinstance(config.get("format_version", 1), int):
+        raise Damaged(path / "config.json", "its format_version is not a number")
+    arguments = config.get("arguments")
+    groups = arguments.items() if isinstance(arguments, dict) else ()  # training, model, ...: objects too
+    parts = [("arguments", arguments), *((f"arguments.{key}", value) for key, value in groups),
+             ("adapter", config.get("adapter")), ("task_settings", config.get("task_settings"))]
+    if broken := next((name for name, value in parts if value is not None and not isinstance(value, dict)), None):
+        raise Damaged(path / "config.json", f"its {broken} is not an object")
+    try:
+        config = migrate_config(config)
+    except ValueError as error:  # a newer version than this reader's
+        raise AnalysisError(f"{path}: {error}") from None
+    for key in ("task", "method"):
+        if not isinstance(config.get(key), str):
+            raise Damaged(path / "config.json", f"its {key} is not a name" if key in config else f"it names no {key}")
+    return config
+
+
+def read_jsonl(path: Path, record: Callable[[dict], bool] | None = None, shape: str = "") -> JsonLines:
+    """Every complete record, each a JSON object (with ``record``: one it accepts, ``shape`` saying
+    what it is); a last line cut off mid-write is dropped and flagged."""
+    lines = text(path).splitlines()
+    records, truncated = [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                truncated = True
+                continue
+            raise AnalysisError(f"{path}:{number} is not a JSON line: the file is damaged") from None
+        if not isinstance(value, dict):
+            raise AnalysisError(f"{path}:{number} is not a JSON object: the file is damaged")
+        if record is not None and not record(value):
+            raise AnalysisError(f"{path}:{number} is not {shape}: the file is damaged")
+        records.append(value)
+    return JsonLines(records, truncated)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def history_record(record: dict) -> bool:
+    """A history.jsonl record: the optimizer step, and numbers (loss, dev metrics, epoch, ...)."""
+    return _count(record.get("step")) and all(_number(value) or value is None for value in record.values())
+
+
+HISTORY_RECORD = "a history record (the step, then numbers)"
+
+
+def rank_record(record: dict) -> bool:
+    """A ranks.jsonl record: step, event, budget and total rank, and the rank of each module
+    kind in each layer ("3", or "encoder.3" / "decoder.3")."""
+    ranks = record.get("ranks")
+    return (_count(record.get("step")) and isinstance(record.get("event"), str)
+            and _number(record.get("budget")) and _number(record.get("total_rank")) and isinstance(ranks, dict)
+            and all(label.rpartition(".")[2].isdigit() and isinstance(modules, dict)
+                    and all(_count(rank) and rank >= 0 for rank in modules.values())
+                    for label, modules in ranks.items()))
+
+
+RANK_RECORD = "a rank record (step, event, budget, total_rank, and ranks by layer and module)"
