@@ -213,6 +213,11 @@ def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):
     (("--importance_beta", "5", "--grow_where", "importance", "--eval_every", "1"),
      "--importance_beta 5.0 must lie strictly between 0 and 1"),
     (("--r_max", "20"), "--r_max 20 is more than the 16 singular directions of the smallest adapted matrix"),
+    (("--plateau_min_delta", "-1"), "--plateau_min_delta -1 must be >= 0"),
+    # A flag the chosen growth would not read is refused, not ignored.
+    (("--gradient_window", "0"), "--gradient_window is read only with --growth_init gradient or whitened"),
+    (("--growth_budget", "3"), "--growth_budget is read only with --grow_where importance"),
+    (("--importance_beta", "0.5"), "--importance_beta is read only with --grow_where importance"),
     # Flags of other methods are refused, not ignored: the shared ones plateau does not read, and on this
     # script (which adds plateau's own flags) plateau's with another method.
     (("--init_r", "4", "--target_r", "8"),

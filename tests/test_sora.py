@@ -3,6 +3,7 @@ refusals, and whole runs: ranks.jsonl, live parameters, the saved adapter reload
 and a resumed run that keeps its gates."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def test_the_schedule_raises_lambda_in_equal_phases():
     (("--sora_schedule", "cubic"), "--sora_schedule 'cubic': choose one of none, linear, exp"),
     (("--sora_schedule", "linear"), "--sora_schedule linear needs --sora_max_lambda"),
     (("--sora_max_lambda", "1"), "--sora_max_lambda is read only with --sora_schedule linear or exp"),
+    (("--sora_phases", "1000"), "--sora_phases is read only with --sora_schedule linear or exp"),
     (("--sora_schedule", "exp", "--sora_max_lambda", "1e-4"), "--sora_max_lambda 0.0001 is below --sora_lambda 0.0003"),
     (("--sora_schedule", "linear", "--sora_max_lambda", "1", "--sora_phases", "9"),
      "--sora_phases 9 does not fit this run of 8 optimizer steps: use 2 to 8"),
@@ -279,3 +281,13 @@ def test_resuming_from_a_checkpoint_without_gates_is_refused(seeded_bert, tmp_pa
     line = fails_cleanly(capsys, "cola", "--method", "sora", *common, "--output_dir", str(run_dir),
                          "--resume_from_checkpoint", str(run_dir / "checkpoints" / "checkpoint-4"))
     assert f"has no {STATE_FILE}: resume a SoRA run from one of its own checkpoints" in line
+
+
+def test_a_lambda_that_zeroes_every_gate_is_said(tiny_model, tmp_path, caplog):
+    """With --sora_lambda 1e6 the first step's threshold exceeds every gate: the run ends as the base
+    model with a trained head. It still finishes (a legitimate, if extreme, setting), and says so."""
+    with caplog.at_level(logging.WARNING, logger="adarank"):
+        assert run_task("cola", "--demo", "--method", "sora", "--model_name_or_path", tiny_model, "--max_steps", "2",
+                        "--sora_lambda", "1e6", "--output_dir", str(tmp_path / "r"), *QUICK) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["final_total_rank"] == 0
+    assert any("every SoRA gate ended at zero" in record.getMessage() for record in caplog.records)

@@ -82,6 +82,10 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
         if a.growth_budget is not None and a.growth_budget < 1:
             raise UsageError(f"--growth_budget {a.growth_budget} must be at least 1 rank unit per growth event "
                              "(leave it out for a third of what growing every module would add)")
+        if a.plateau_min_delta < 0:
+            raise UsageError(f"--plateau_min_delta {a.plateau_min_delta:g} must be >= 0: the least fall of the dev loss "
+                             "that counts as an improvement")
+        _check_flags_read(a, request.explicit)
         if not 0.0 < a.importance_beta < 1.0:
             raise UsageError(f"--importance_beta {a.importance_beta} must lie strictly between 0 and 1 (default 0.85)")
         gradient_window = a.gradient_window if a.gradient_window is not None else min(GRADIENT_WINDOW, eval_every)
@@ -115,3 +119,14 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
     def budget_ranks(self, rank: int, start_rank: int | None = None) -> Ranks:
         """From ``start_rank`` (--r0; default PlateauArguments.r0) up to the budget's rank, the ceiling r_max."""
         return Ranks(start_rank or PlateauArguments.r0, rank)
+
+
+def _check_flags_read(a: PlateauArguments, explicit: frozenset[str]) -> None:
+    """Refuse a flag the chosen growth would not read (the project refuses, never ignores)."""
+    unread = [("gradient_window", a.gradient_window is not None and a.growth_init == "lora",
+               "--growth_init gradient or whitened"),
+              ("growth_budget", a.growth_budget is not None and a.grow_where == "all", "--grow_where importance"),
+              ("importance_beta", "importance_beta" in explicit and a.grow_where == "all", "--grow_where importance")]
+    for name, ignored, reader in unread:
+        if ignored:
+            raise UsageError(f"--{name} is read only with {reader}: add it, or drop --{name}")

@@ -13,6 +13,7 @@ Under DDP the buffer is averaged across processes first, as DDP averages the gra
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from adarank.errors import UsageError
 from adarank.run.directory import checkpoint_folder
 from adarank.run.ranks import RankLog
 from adarank.methods.sora.gate import fold_gates, gate_of, proximal_step
+
+log = logging.getLogger("adarank")
 
 STATE_FILE = "sora_state.pt"
 
@@ -120,6 +123,9 @@ class SoraGates(TrainerCallback):
         self.hooks.clear()
         self._log(state.global_step, "final", self.ranks())
         self.final = fold_gates(self.model, self.layers)
+        if not any(self.final.values()):
+            log.warning("every SoRA gate ended at zero: the adapters add nothing, so this run scores as the base model "
+                        "with a trained head; a smaller --sora_lambda (or --sora_eta) keeps some rank")
 
     def on_save(self, args, state, control, **kwargs):
         folder = checkpoint_folder(args.output_dir, state.global_step)

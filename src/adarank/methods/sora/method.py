@@ -105,7 +105,7 @@ class Sora(ShapeChanging, OwnLayers, AdapterMethod):
                         "so it trains fewer parameters than that LoRA throughout", max_rank, compared)
         if request.total_step < 1:
             raise UsageError("this run has no optimizer steps: raise --num_train_epochs or --max_steps")
-        _check_gate_flags(s, request.total_step)
+        _check_gate_flags(s, request.total_step, request.explicit)
         return SoraPlan(
             max_rank=max_rank, compared_with_lora_r=compared, sora_lambda=s.sora_lambda, eta=s.sora_eta,
             lambda_schedule=s.sora_schedule, max_lambda=s.sora_max_lambda,
@@ -138,7 +138,7 @@ class Sora(ShapeChanging, OwnLayers, AdapterMethod):
         return AdapterParameters(self.parameters_at_rank(ranks.start, shapes), lora_parameters(ranks.end, shapes))
 
 
-def _check_gate_flags(s: SoraArguments, total_step: int) -> None:
+def _check_gate_flags(s: SoraArguments, total_step: int, explicit: frozenset[str]) -> None:
     if s.sora_lambda < 0:
         raise UsageError(f"--sora_lambda {s.sora_lambda} must be >= 0 (0 turns the sparsity off)")
     if s.sora_eta <= 0:
@@ -146,8 +146,11 @@ def _check_gate_flags(s: SoraArguments, total_step: int) -> None:
     if s.sora_schedule not in SCHEDULES:
         raise UsageError(f"--sora_schedule {s.sora_schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if s.sora_schedule == "none":
-        if s.sora_max_lambda is not None:
-            raise UsageError("--sora_max_lambda is read only with --sora_schedule linear or exp: add one, or drop it")
+        given = [f"--{name}" for name in ("sora_max_lambda", "sora_phases")
+                 if name in explicit or name == "sora_max_lambda" and s.sora_max_lambda is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} read only with "
+                             "--sora_schedule linear or exp: add one, or drop it")
         return
     if s.sora_max_lambda is None:
         raise UsageError(f"--sora_schedule {s.sora_schedule} needs --sora_max_lambda, the last phase's lambda")
