@@ -345,6 +345,15 @@ def test_each_bad_value_of_an_argument_file_is_refused_naming_the_file_and_key(c
     assert digests(run) == before
 
 
+@pytest.mark.parametrize("name, text", [("args.yaml", "method: lora\nlearning_rate: 1.0e-3\nlearning_rate: 2.0e-3\n"),
+                                        ("args.json", '{"method": "lora", "learning_rate": 1e-3, "learning_rate": 2e-3}')])
+def test_an_argument_file_that_sets_a_flag_twice_is_refused(capsys, tmp_path, name, text):
+    """YAML and JSON parsers keep the last of two equal keys without a word: which value was meant?"""
+    (tmp_path / name).write_text(text)
+    line = fails_cleanly(capsys, "sst2", str(tmp_path / name), one_line=True)
+    assert line == f"error: argument file {tmp_path / name} sets learning_rate twice: keep one"
+
+
 def test_the_table_holds_thirty_bad_inputs_at_least():
     assert len(BAD_FLAGS) + len(BAD_FILES) >= 30
 

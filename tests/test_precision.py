@@ -79,6 +79,18 @@ def test_summarization_stays_fp32_by_default_until_bf16_is_measured_for_it(monke
         "--bf16 asks for it)")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults; on a GPU its own bf16 support decides")
+def test_fp16_asked_for_on_a_cpu_whose_default_is_bf16_replaces_the_default(tiny_model, tmp_path, monkeypatch):
+    """--fp16 where bf16 is the default ended in "At most one of fp16 and bf16 can be True": the
+    default yields to the precision the user named, and config.json says who chose."""
+    monkeypatch.setattr(precisions, "cpu_kind", lambda: "amx")
+    run = tmp_path / "fp16"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--fp16",
+                    "--output_dir", str(run), "--max_eval_samples", "16", *QUICK) == 0
+    assert config(run)["precision"] == {"bf16_autocast": False, "fp16_autocast": True,
+                                        "chosen_by": "--fp16 (fp16 autocast instead of the bf16 default)"}
+
+
 def test_bf16_and_no_bf16_together_are_refused_in_one_line(tiny_model, tmp_path, capsys):
     line = fails_cleanly(capsys, "sst2", "--demo", "--model_name_or_path", tiny_model, "--bf16", "--no_bf16",
                          "--output_dir", str(tmp_path / "run"))

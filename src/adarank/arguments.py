@@ -7,16 +7,15 @@ described by one visible set of numbers, all written to ``config.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from adarank.argument_file import read_argument_file
 from adarank.errors import UsageError, first_line
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
@@ -191,7 +190,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     parser.error = argparse_error  # argparse's own complaints (a bad value, an ambiguous flag): one line too
     source = argv[0] if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) else None
     if source is not None:
-        given = _read_argument_file(Path(argv[0]))
+        given = read_argument_file(Path(argv[0]))
         check_keys(argv[0], given, classes)
         given = typed_file_values(argv[0], given, classes)
         explicit = set(given)
@@ -199,6 +198,8 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
             if given.get("bf16"):
                 raise UsageError(f"{argv[0]}: bf16 and no_bf16 contradict each other: keep one")
             given["bf16"] = False
+        if given.get("fp16") and "bf16" not in given:
+            given["bf16"] = False  # fp16 asked for: the bf16 default yields
         try:
             parsed = parser.parse_dict({**run_defaults(task, bool(given.get("demo")), given.get("recipe", "paper")),
                                         **(defaults or {}), **given})
@@ -214,6 +215,8 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
             if "bf16" in explicit:
                 raise UsageError("--bf16 and --no_bf16 contradict each other: give one")
             argv = [*argv, "--bf16", "false"]
+        elif "fp16" in explicit and "bf16" not in explicit:
+            argv = [*argv, "--bf16", "false"]  # fp16 asked for: the bf16 default yields
         try:
             parsed = parser.parse_args_into_dataclasses(args=argv)
         except ValueError as error:  # TrainingArguments' own checks
@@ -229,26 +232,6 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     return arguments
 
 
-def _read_argument_file(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except FileNotFoundError:
-        raise UsageError(f"argument file {path} does not exist: give the path of a JSON or YAML file") from None
-    except IsADirectoryError:
-        raise UsageError(f"argument file {path} is a directory: give the path of a JSON or YAML file") from None
-    except UnicodeDecodeError as error:
-        raise UsageError(f"argument file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
-    except OSError as error:
-        raise UsageError(f"argument file {path} cannot be read ({error.strerror}): give a readable JSON or YAML "
-                         "file") from None
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise UsageError(f"argument file {path} is not valid {path.suffix[1:].upper()}: {first_line(error)}") from None
-    if not isinstance(document, dict):
-        raise UsageError(f"argument file {path} must hold a mapping of flag names to values")
-    return document
-
-
 def requested_method(argv: list[str] | None) -> str | None:
     """The --method a command line (or its one argument file) names, read before the full parse because
     a method's own flags join the parser; None where it names none (or the file cannot be read: the
@@ -256,7 +239,7 @@ def requested_method(argv: list[str] | None) -> str | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         try:
-            document = _read_argument_file(Path(argv[0]))
+            document = read_argument_file(Path(argv[0]))
         except UsageError:
             return None
         method = document.get("method") if isinstance(document, dict) else None

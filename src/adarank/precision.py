@@ -49,6 +49,9 @@ def precision_note(training, explicit: set[str], task: Task) -> dict:
     """config.json's record of the precision and who chose it."""
     if "no_bf16" in explicit:
         why = "--no_bf16"
+    elif "fp16" in explicit and "bf16" not in explicit:
+        fp16 = getattr(training, "fp16", False)
+        why = "--fp16 (fp16 autocast instead of the bf16 default)" if fp16 else "--fp16 false"
     elif "bf16" in explicit:
         why = "--bf16"
     elif torch.cuda.is_available():
@@ -60,7 +63,8 @@ def precision_note(training, explicit: set[str], task: Task) -> dict:
                f"{task.family}; --bf16 asks for it)")
     else:
         why = "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, tens of times slower)"
-    return {"bf16_autocast": bool(training.bf16), "chosen_by": why}
+    fp16 = {"fp16_autocast": True} if getattr(training, "fp16", False) else {}
+    return {"bf16_autocast": bool(training.bf16), **fp16, "chosen_by": why}
 
 
 def hold_frozen_weights(model: nn.Module, dtype: torch.dtype) -> int:
