@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from cli import at_least, command_line, fail_cleanly
 from run_reader import AnalysisError, load_run
@@ -70,6 +71,10 @@ def _maybe(value, form: str) -> str:
     return "-" if value is None else form.format(value)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "analysis" / "configs"  # architecture shapes of models the hub may not reach
+
+
 # --- the library's plan ----------------------------------------------------------------------
 
 def refusal(method, budget: str, init_r: int) -> str | None:
@@ -114,15 +119,32 @@ def start_ranks(arch, budget: str, init_r: int | None) -> dict[str, int | None]:
     return {name: init_r if name in readers else None for name in methods}
 
 
+def skeleton(model: str | None, num_labels: int):
+    """The library's skeleton of ``model``; a hub name the hub cannot give (offline) is read from
+    analysis/configs/ where that folder holds its shapes, with a note saying so."""
+    from adarank.errors import UsageError
+    from adarank.memory_plan import model_skeleton
+
+    try:
+        return model_skeleton(model, num_labels)
+    except UsageError:
+        stored = CONFIGS / f"{str(model).rsplit('/', 1)[-1]}.json"
+        if model is None or Path(model).exists() or not stored.is_file():
+            raise
+        print(f"note: the hub gives no config for {model} here: planned from {stored.relative_to(ROOT)}, "
+              "its stored shapes", file=sys.stderr)
+        return model_skeleton(str(stored), num_labels)
+
+
 def plan_rows(model: str | None, budget: str, dtype: str, num_labels: int, init_r: int | None = None) -> list[dict]:
     """The plan of every method for ``model`` (None: the embedded MiniLM), one row a method."""
     from adarank.errors import UsageError
-    from adarank.memory_plan import architecture, model_skeleton, plan
+    from adarank.memory_plan import architecture, plan
     from adarank.methods import budget_rank
 
     try:
         budget_rank(budget)  # an unknown budget fails before the model is built
-        arch = architecture(model_skeleton(model, num_labels))
+        arch = architecture(skeleton(model, num_labels))
         plans = [plan(arch, name, budget, dtype, start) for name, start in start_ranks(arch, budget, init_r).items()]
     except UsageError as error:
         raise AnalysisError(str(error)) from None

@@ -95,6 +95,22 @@ def test_the_planning_command_prints_the_library_plan(capsys):
         assert rows[p.method]["training MB (no activations)"] == f"{p.training_bytes / MB:.2f}"
 
 
+def test_the_readme_plan_of_a_hub_model_works_offline_from_its_stored_shapes(capsys, monkeypatch):
+    """README's `memory_calculation.py --model_name_or_path microsoft/deberta-v3-base` refused offline;
+    analysis/configs/ holds that model's shapes, so the plan is made from them, saying so."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: offline whatever the network
+    memory_calculation.main(["--model_name_or_path", "microsoft/deberta-v3-base", "--budget", "large", "--csv"])
+    out, err = capsys.readouterr()
+    assert err.strip() == ("note: the hub gives no config for microsoft/deberta-v3-base here: planned from "
+                           "analysis/configs/deberta-v3-base.json, its stored shapes")
+    rows = {row["method"]: row for row in csv.DictReader(io.StringIO(out))}
+    stored = {p.method: p for p in plan_model(str(CONFIGS / "deberta-v3-base.json"), "large")}
+    assert rows["lora"]["adapter params (training)"] == f"{stored['lora'].train_adapter_params:,}"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--plan", "--budget", "huge"], "unknown budget 'huge': choose one of small, large"),
     (["--plan", "--dtype", "float8"], "unknown dtype 'float8' for the unquantised tensors"),
