@@ -99,7 +99,7 @@ def start_ranks(arch, budget: str, init_r: int | None) -> dict[str, int | None]:
     (its own rule) for the others. A method whose training would refuse ``init_r`` is left out, with a
     note on stderr; where each one that reads it would, or no matrix can hold the rank, the plan is refused."""
     from adarank.memory_plan import planned_methods
-    from adarank.methods import get_method
+    from adarank.methods import budget_rank, get_method
 
     methods = {name: None for name in planned_methods()}
     if init_r is None:
@@ -112,7 +112,8 @@ def start_ranks(arch, budget: str, init_r: int | None) -> dict[str, int | None]:
     refused = {name: why for name in readers if (why := refusal(get_method(name), budget, init_r))}
     if readers and len(refused) == len(readers):
         name, why = next(iter(refused.items()))
-        raise AnalysisError(f"{get_method(name).title or name}: {why}")
+        raise AnalysisError(f"{get_method(name).title or name}: {why} (here the target rank is --budget {budget}'s, "
+                            f"{budget_rank(budget)}: change --init_r or --budget)")
     for name, why in refused.items():
         print(f"note: {name} is left out of the plan (training would refuse it: {why})", file=sys.stderr)
         del methods[name]

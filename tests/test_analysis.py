@@ -745,7 +745,8 @@ def test_runs_of_another_task_demo_data_or_dev_set_are_not_compared(runs_root, t
 def test_the_memory_plan_refuses_an_initial_rank_training_would_refuse(capsys):
     line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--init_r", "2"], one_line=True)
     assert line == ("error: AdaLoRA: --target_r 2 equals --init_r 2: AdaLoRA needs target_r below init_r (it prunes "
-                    "from one to the other), so use --init_r 3 or a smaller --target_r; a fixed rank is --method lora")
+                    "from one to the other), so use --init_r 3 or a smaller --target_r; a fixed rank is --method lora "
+                    "(here the target rank is --budget small's, 2: change --init_r or --budget)")
     line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--init_r", "100000"], one_line=True)
     assert line == ("error: --init_r 100000 is more than any adapted matrix of this model can hold (rank 384, its "
                     "narrowest width): use --init_r 384 or less")

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -455,11 +456,13 @@ def test_auto_resume_into_a_run_of_another_method_is_refused(capsys, tiny_model,
 def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_left_alone(capsys, tiny_model, tmp_path):
     """Resuming a rank-2 LoRA checkpoint with --budget large ended in 72 size-mismatch lines from the
     state dict; under --resume_from_checkpoint auto it first rewrote the stopped run's config.json to
-    the new rank. A SoRA checkpoint with another --sora_max_rank failed in SoRA's own state."""
+    the new rank. Other adapted modules failed in the optimizer's state; a SoRA checkpoint with another
+    --sora_max_rank failed in SoRA's own state."""
     argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8",
             "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_steps", "2")
     cases = (("lora", (), ("--budget", "large"), "--budget small, this command gives large"),
              ("lora", (), ("--lora_r", "4"), "--lora_r unset, this command gives 4"),
+             ("lora", (), ("--target_modules", "query,value"), "--target_modules unset, this command gives query,value"),
              ("sora", ("--sora_max_rank", "3"), ("--sora_max_rank", "5"), "--sora_max_rank 3, this command gives 5"))
     for number, (method, flags, changed, message) in enumerate(cases):
         run = tmp_path / f"{method}-{number}"
@@ -472,11 +475,32 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
         line = fails_cleanly(capsys, "cola", *argv, "--method", method, *changed, "--output_dir", str(target),
                              "--resume_from_checkpoint", str(checkpoint), one_line=True)
         assert line == (f"error: --resume_from_checkpoint {checkpoint}: its run was started with {message}: give the "
-                        "flags it was started with (its run's config.json, arguments)")
+                        "flags it was started with (its run's config.json, arguments), or start afresh in another "
+                        "--output_dir")
         assert not target.exists()
         line = fails_cleanly(capsys, "cola", *argv, "--method", method, *changed, "--output_dir", str(run),
                              "--resume_from_checkpoint", "auto", one_line=True)
-        assert line.startswith(f"error: --output_dir {run}: its run was started with {message}")
+        assert line.startswith(f"error: --resume_from_checkpoint {checkpoint}: its run was started with {message}")
         assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
         assert run_task("cola", *argv, "--method", method, *flags, "--output_dir", str(run),
                         "--resume_from_checkpoint", "auto") == 0  # the flags it was started with: it finishes
+
+
+def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_decides(tiny_model, tmp_path):
+    """A run stopped before its first checkpoint starts afresh under auto with the flags now given; a
+    --budget beside an unchanged --lora_r (which sets the rank) does not count as a change."""
+    argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8",
+            "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_steps", "2")
+    early = tmp_path / "early"
+    assert run_task("cola", *argv, "--method", "lora", "--lora_r", "4", "--output_dir", str(early)) == 0
+    (early / "metrics.json").unlink()
+    shutil.rmtree(early / "checkpoints", ignore_errors=True)  # stopped before its first save
+    assert run_task("cola", *argv, "--method", "lora", "--lora_r", "2", "--output_dir", str(early),
+                    "--resume_from_checkpoint", "auto") == 0
+    assert json.loads((early / "config.json").read_text())["adapter"]["r"] == 2
+    ranked = tmp_path / "ranked"
+    assert run_task("cola", *argv, "--method", "lora", "--lora_r", "4", "--output_dir", str(ranked)) == 0
+    (ranked / "metrics.json").unlink()
+    assert run_task("cola", *argv, "--method", "lora", "--lora_r", "4", "--budget", "large", "--output_dir",
+                    str(ranked), "--resume_from_checkpoint", "auto") == 0
+    assert json.loads((ranked / "metrics.json").read_text())["resumed_from_step"] == 2

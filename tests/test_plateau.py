@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,6 +156,24 @@ def test_importance_growth_spends_the_event_budget(tiny_model):
     growth.grow(step=5, optimizer=None, loss=1.0)
     ranks = list(growth.ranks.values())
     assert sum(ranks) == 12 * 2 + 3 and ranks[-1] == 4 and ranks[-2] == 3  # the two most important
+
+
+def test_two_dev_splits_make_one_evaluation_judged_on_their_mean(tiny_model):
+    """MNLI's matched and mismatched losses reach on_evaluate one split at a time. Flat losses (1.0
+    and 1.1) are one plateau evaluation per step: growth after the patience of 2, at step 300. Judged
+    split by split, 1.1 after 1.0 counted as no improvement and growth came at step 200."""
+    task = TASKS["mnli"]
+    _, model, _ = load_model(tiny_model, task)
+    built = build_adapter(model, task, PlateauLora(), AdapterArguments(budget="large"),
+                          method_arguments=PlateauArguments(plateau_patience=2, plateau_min_delta=0.0))
+    growth = built.callbacks[0]
+    assert growth.splits == 2
+    for step in (100, 200, 300):
+        state = SimpleNamespace(global_step=step)
+        growth.on_evaluate(None, state, None, metrics={"eval_matched_loss": 1.0, "eval_matched_accuracy": 0.5})
+        assert [e["step"] for e in growth.events] == ([300] if step > 300 else [])  # not before both reported
+        growth.on_evaluate(None, state, None, metrics={"eval_mismatched_loss": 1.1})
+    assert [e["step"] for e in growth.events] == [300] and growth.events[0]["dev_loss"] == pytest.approx(1.05)
 
 
 def test_a_run_grows_on_plateaus_logs_it_and_reloads(tiny_model, tmp_path):

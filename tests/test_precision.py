@@ -89,6 +89,10 @@ def test_fp16_asked_for_on_a_cpu_whose_default_is_bf16_replaces_the_default(tiny
                     "--output_dir", str(run), "--max_eval_samples", "16", *QUICK) == 0
     assert config(run)["precision"] == {"bf16_autocast": False, "fp16_autocast": True,
                                         "chosen_by": "--fp16 (fp16 autocast instead of the bf16 default)"}
+    kept = tmp_path / "fp16-false"  # --fp16 false asks for nothing: the default stays
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--fp16", "false",
+                    "--output_dir", str(kept), "--max_eval_samples", "16", *QUICK) == 0
+    assert config(kept)["precision"]["bf16_autocast"] and "fp16_autocast" not in config(kept)["precision"]
 
 
 def test_bf16_and_no_bf16_together_are_refused_in_one_line(tiny_model, tmp_path, capsys):

@@ -120,8 +120,9 @@ def test_wandb_without_a_key_is_refused_before_the_run_directory_is_taken(tiny_m
                            "--model_name_or_path", tiny_model, *ADALORA, "--report_to", "wandb",
                            "--output_dir", str(run_dir)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines() == ["error: --report_to wandb: W&B has no API key here: run `wandb login`, "
-                                                "set WANDB_API_KEY, or WANDB_MODE=offline to log to files"]
+    assert done.stderr.strip().splitlines() == [
+        "error: --report_to names wandb (all: every installed integration), and W&B has no API key here: run "
+        "`wandb login` or set WANDB_API_KEY, set WANDB_MODE=offline to log to files, or name other integrations"]
     assert not run_dir.exists()
 
 

@@ -220,6 +220,7 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
     (("--demo", "--prompt_template", "Summarize."), "--prompt_template must hold {text}"),
     (("--demo", "--prompt_template", "Summarize {text} for {audience}"),
      "--prompt_template names {audience}: only {text} is filled in"),
+    (("--demo", "--prompt_template", "Summarize {text} in {} words"), "--prompt_template names {}: only {text}"),
     (("--demo", "--num_beams", "0"), "--num_beams 0 must be at least 1"),
     (("--demo", "--max_new_tokens", "0"), "--max_new_tokens 0 must be at least 1"),
     (("--demo", "--repetition_penalty", "-1"), "--repetition_penalty -1 must be above 0"),

@@ -17,7 +17,8 @@
 # $RUNS/report.html (report.py). --dry-run prints the array's commands and size and submits nothing.
 # Refused before anything is listed or submitted: an empty or repeated task, method, budget or seed, a seed
 # that is not a whole number, a task or method no job script takes, and a pair none runs (cnndailymail with
-# a rival or plateau). Flags are read as a shell reads them, quotes included, and reach each job as the same words.
+# a rival or plateau). Flags after -- reach each job as the same words; flags= in a config is split into
+# words as xargs splits them (quotes group words; nothing is expanded).
 # script/run_matrix.sh is a link to this file, as script/run_{glue,qlora,plateau,cnndm}.sh are to theirs.
 set -euo pipefail
 caller=$PWD  # a --config path is read from where the script was started
@@ -54,9 +55,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-# flags= split as a shell reads quotes (xargs), then the flags after --; each word shell-quoted (%q)
+# flags= split into words as xargs splits them (quotes group words, no expansion), then the flags after --;
+# each word shell-quoted (%q)
 quoted=$(printf '%s' "$flags" | xargs -r printf '%q ' 2>/dev/null) \
-  || { echo "error: flags=$flags: a quote is not closed: close it, or escape it with \\" >&2; exit 2; }
+  || { echo "error: flags=$flags: a quote is not closed: close it (within quotes a backslash escapes nothing:" \
+         "put a ' inside \"...\" and a \" inside '...')" >&2; exit 2; }
 eval "words=($quoted)"
 words+=("${passed[@]}")
 flags=$( [ ${#words[@]} -eq 0 ] || printf ' %q' "${words[@]}" )  # one space before each flag

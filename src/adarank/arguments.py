@@ -215,7 +215,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
             if "bf16" in explicit:
                 raise UsageError("--bf16 and --no_bf16 contradict each other: give one")
             argv = [*argv, "--bf16", "false"]
-        elif "fp16" in explicit and "bf16" not in explicit:
+        elif "fp16" in explicit and "bf16" not in explicit and _asks_for(_flag_value(argv, "fp16")):
             argv = [*argv, "--bf16", "false"]  # fp16 asked for: the bf16 default yields
         try:
             parsed = parser.parse_args_into_dataclasses(args=argv)
@@ -245,6 +245,11 @@ def requested_method(argv: list[str] | None) -> str | None:
         method = document.get("method") if isinstance(document, dict) else None
         return method if isinstance(method, str) else None
     return _flag_value(argv, "method")
+
+
+def _asks_for(value: str | None) -> bool:
+    """Whether a boolean flag followed by ``value`` (None: nothing follows) turns its option on."""
+    return value is None or value.lower() not in ("false", "no", "f", "n", "0")
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

@@ -49,9 +49,8 @@ def precision_note(training, explicit: set[str], task: Task) -> dict:
     """config.json's record of the precision and who chose it."""
     if "no_bf16" in explicit:
         why = "--no_bf16"
-    elif "fp16" in explicit and "bf16" not in explicit:
-        fp16 = getattr(training, "fp16", False)
-        why = "--fp16 (fp16 autocast instead of the bf16 default)" if fp16 else "--fp16 false"
+    elif getattr(training, "fp16", False) and "bf16" not in explicit:
+        why = "--fp16 (fp16 autocast instead of the bf16 default)"
     elif "bf16" in explicit:
         why = "--bf16"
     elif torch.cuda.is_available():

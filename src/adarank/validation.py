@@ -11,10 +11,12 @@ every training number to its range; each method checks its own numbers when it p
 from __future__ import annotations
 
 import math
+import netrc
 import os
 import typing
 from dataclasses import fields
 from types import NoneType, UnionType
+from urllib.parse import urlparse
 
 from adarank.errors import UsageError
 
@@ -164,9 +166,20 @@ def check_reporting(training) -> None:
             installed = ", ".join(get_available_reporting_integrations()) or "none"
             raise UsageError(f"--report_to {name}: its package is not installed here: install it, or choose "
                              f"one that is ({installed}) or none")
-    if "wandb" in names and os.environ.get("WANDB_MODE") not in ("offline", "disabled", "dryrun"):
-        import wandb
+    if "wandb" in names and os.environ.get("WANDB_MODE") not in ("offline", "disabled", "dryrun") \
+            and not _wandb_key_here():
+        raise UsageError("--report_to names wandb (all: every installed integration), and W&B has no API key here: "
+                         "run `wandb login` or set WANDB_API_KEY, set WANDB_MODE=offline to log to files, or name "
+                         "other integrations")
 
-        if not wandb.login(prompt=False):
-            raise UsageError("--report_to wandb: W&B has no API key here: run `wandb login`, set WANDB_API_KEY, "
-                             "or WANDB_MODE=offline to log to files")
+
+def _wandb_key_here() -> bool:
+    """Whether W&B would find an API key (WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes),
+    asked without W&B itself: its login starts a service process and, with a key, asks the server."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no such file, or one netrc cannot read
+        return False

@@ -62,3 +62,11 @@ def _arguments(args: Arguments) -> dict:
 def adapter_arguments(args: Arguments) -> dict:
     """config.json's ``arguments`` groups that shape the adapters: the adapter flags and the method's own."""
     return {"adapter": asdict(args.adapter), **{type(extra).__name__: asdict(extra) for extra in args.extra}}
+
+
+def resumed_arguments(args: Arguments) -> dict:
+    """The flags a resumed run must share with its checkpoint's run (the part of config.json's
+    ``arguments`` that decides the adapters' shapes and training): the adapter groups, the model and
+    the modules adapted."""
+    model = asdict(args.model)
+    return {**adapter_arguments(args), "model": {key: model[key] for key in ("model_name_or_path", "target_modules")}}

@@ -220,9 +220,9 @@ def recorded_run(run_dir: Path) -> tuple[str, str] | None:
 
 def check_same_run(run_dir: Path, task: str, method: str, what: str, fix: str, adapter: dict | None = None) -> None:
     """Refuse to continue, from ``run_dir``'s checkpoints or its finished state, a run of another task
-    or method than this command's, or one whose adapters were started with other flags (``adapter``:
-    config.json's argument groups of the adapter and the method, as this command gives them; ``what``:
-    the thing given, ``fix``: what to do instead)."""
+    or method than this command's, or one whose adapters were started with other flags (``adapter``: the
+    groups of config.json's ``arguments`` that decide them, as this command gives them: run/config.py's
+    ``resumed_arguments``; ``what``: the thing given, ``fix``: what to do instead of another task or method)."""
     recorded = recorded_run(run_dir)
     if recorded is not None and recorded != (task, method):
         raise UsageError(f"{what} is of a {recorded[0]} run with --method {recorded[1]}, not of this {task} run "
@@ -231,20 +231,27 @@ def check_same_run(run_dir: Path, task: str, method: str, what: str, fix: str, a
     if changed is not None:
         name, was, now = changed
         raise UsageError(f"{what}: its run was started with --{name} {was}, this command gives {now}: give the flags "
-                         "it was started with (its run's config.json, arguments)")
+                         "it was started with (its run's config.json, arguments), or start afresh in another --output_dir")
 
 
 def _changed_flag(run_dir: Path, adapter: dict) -> tuple[str, str, str] | None:
     """The first flag of ``adapter`` whose value differs from the one recorded in ``run_dir``'s config.json
-    (flags it does not record are not compared); each value as the command line writes it."""
+    (flags it does not record are not compared; --budget not where a rank flag given alike sets the rank);
+    each value as the command line writes it."""
     recorded = (_config_document(run_dir / "config.json") or {}).get("arguments")
-    given = json.loads(json.dumps(adapter, default=str))  # as config.json holds them
-    for group, flags in given.items():
-        before = recorded.get(group) if isinstance(recorded, dict) else None
-        for name, value in flags.items() if isinstance(before, dict) else ():
-            if name in before and before[name] != value:
-                return name, _shown(before[name]), _shown(value)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    pairs = []  # (flag, recorded value, this command's value)
+    for group, flags in json.loads(json.dumps(adapter, default=str)).items():  # as config.json holds them
+        before = recorded.get(group) if isinstance(recorded.get(group), dict) else {}
+        pairs += [(name, before[name], value) for name, value in flags.items() if name in before]
+    rank_given_alike = any(name in RANK_FLAGS and now is not None and before == now for name, before, now in pairs)
+    for name, before, now in pairs:
+        if before != now and not (name == "budget" and rank_given_alike):
+            return name, _shown(before), _shown(now)
     return None
+
+
+RANK_FLAGS = ("lora_r", "target_r", "r_max")  # each, where given, sets the rank --budget would
 
 
 def _shown(value) -> str:

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from adarank.errors import UsageError
-from adarank.run.config import adapter_arguments
+from adarank.run.config import resumed_arguments
 from adarank.run.directory import CHECKPOINTS, check_same_run, checkpoint_step
 
 COMPLETE_MARKER = "checkpoint_complete"
@@ -101,7 +101,7 @@ def resumable_step(args, task: str) -> int | None:
                          f"the run's {CHECKPOINTS}/, or --resume_from_checkpoint auto to take the newest intact one")
     check_same_run(Path(checkpoint).resolve().parent.parent, task, args.adapter.method,
                    f"--resume_from_checkpoint {checkpoint}",
-                   "resume a checkpoint of the same task and method, or start afresh without it", adapter_arguments(args))
+                   "resume a checkpoint of the same task and method, or start afresh without it", resumed_arguments(args))
     return checkpoint_step(checkpoint)
 
 

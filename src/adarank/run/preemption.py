@@ -21,7 +21,6 @@ import torch
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.run.config import adapter_arguments
 from adarank.run.directory import RunDirectory, check_same_run, checkpoint_folder
 from adarank.run.integrity import COMPLETE_MARKER, intact_checkpoints, mark_complete
 
@@ -94,13 +93,14 @@ def newest_complete_checkpoint(checkpoints: Path) -> Path | None:
 def resolve_auto_resume(args, task: str) -> dict | None:
     """--resume_from_checkpoint auto: the run directory's newest complete checkpoint, or a fresh
     start where there is none; a run that already finished is reported, not repeated. A run of
-    another task or method in the directory, or one started with other adapter flags, is refused."""
+    another task or method in the directory is refused (and one started with other adapter flags, where a
+    checkpoint of it is resumed: ``integrity.resumable_step``)."""
     if args.run_dir is None:
         raise UsageError("--resume_from_checkpoint auto needs --output_dir: the run directory to continue")
     run = RunDirectory(args.run_dir)
     if not args.run.overwrite_output_dir:
         check_same_run(run.path, task, args.adapter.method, f"--output_dir {run.path}",
-                       "choose another --output_dir, or pass --overwrite_output_dir to replace it", adapter_arguments(args))
+                       "choose another --output_dir, or pass --overwrite_output_dir to replace it")
         if run.finished:
             print(f"{run.path} already holds a finished run: nothing to do", flush=True)
             return _finished_metrics(run)

@@ -22,8 +22,10 @@ STATE_FILE = "plateau_state.json"
 class PlateauGrowth(TrainerCallback):
     """Grows ranks when the dev loss has not improved for ``patience`` evaluations."""
 
-    def __init__(self, model, plan, target_modules: list[str], rank_log: RankLog | None):
+    def __init__(self, model, plan, target_modules: list[str], rank_log: RankLog | None, splits: int = 1):
         self.model = model
+        self.splits = splits  # dev splits: the Trainer reports each to on_evaluate on its own
+        self.reported: tuple[int, list[float]] = (-1, [])  # this evaluation's step and the losses reported so far
         self.plan = plan
         self.rank_log = rank_log
         self.adapter = model.active_adapter
@@ -85,16 +87,21 @@ class PlateauGrowth(TrainerCallback):
             control.should_evaluate = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        losses = [v for k, v in (metrics or {}).items() if k.startswith("eval") and k.endswith("_loss")]
-        if losses:
-            loss = sum(losses) / len(losses)
-            if loss < self.best - self.plan.min_delta:
-                self.best, self.wait = loss, 0
-            else:
-                self.wait += 1
-            if self.wait >= self.plan.patience and any(r < self.plan.r_max for r in self.ranks.values()):
-                self.grow(state.global_step, kwargs.get("optimizer"), loss)
-                self.wait = 0
+        """Once every dev split has reported its loss for this step: their mean against the best so far."""
+        step, losses = self.reported if self.reported[0] == state.global_step else (state.global_step, [])
+        losses = losses + [v for k, v in (metrics or {}).items() if k.startswith("eval") and k.endswith("_loss")]
+        self.reported = (step, losses)
+        if len(losses) < self.splits:
+            return
+        loss = sum(losses) / len(losses)
+        if loss < self.best - self.plan.min_delta:
+            self.best, self.wait = loss, 0
+        else:
+            self.wait += 1
+        if self.wait >= self.plan.patience and any(r < self.plan.r_max for r in self.ranks.values()):
+            self.grow(state.global_step, kwargs.get("optimizer"), loss)
+            self.wait = 0
+        self.reported = (-1, [])
         self.capture.clear()  # a window informs only the evaluation right after it
 
     def on_train_end(self, args, state, control, **kwargs):

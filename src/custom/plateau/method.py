@@ -108,7 +108,8 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
         config = LoraConfig(r=plan.r0, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
                             **adapter_placement(request))
         peft_model = get_peft_model(model, config)
-        growth = PlateauGrowth(peft_model, plan, request.target_modules, request.rank_log)
+        growth = PlateauGrowth(peft_model, plan, request.target_modules, request.rank_log,
+                               splits=len(request.task.dev_splits))
         if request.resume_from:  # the grown shapes must exist before the Trainer loads the weights
             growth.restore(Path(request.resume_from))
         return BuiltAdapter(peft_model, callbacks=[growth], summary=growth.summary, plan=plan)

@@ -57,7 +57,7 @@ def check_arguments(options: SummarizationArguments) -> None:
         raise UsageError(f"--no_repeat_ngram_size {options.no_repeat_ngram_size} must be 0 (off) or more")
     if options.prompt_template.count("{text}") != 1:
         raise UsageError("--prompt_template must hold {text} exactly once, where the article goes")
-    others = sorted(set(re.findall(r"\{\w+\}", options.prompt_template)) - {"{text}"})
+    others = sorted(set(re.findall(r"\{[^{}]*\}", options.prompt_template)) - {"{text}"})
     if others:
         raise UsageError(f"--prompt_template names {', '.join(others)}: only {{text}} is filled in (with the "
                          "article); write the words themselves")
