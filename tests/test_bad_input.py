@@ -475,8 +475,8 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
         line = fails_cleanly(capsys, "cola", *argv, "--method", method, *changed, "--output_dir", str(target),
                              "--resume_from_checkpoint", str(checkpoint), one_line=True)
         assert line == (f"error: --resume_from_checkpoint {checkpoint}: its run was started with {message}: give the "
-                        "flags it was started with (its run's config.json, arguments), or start afresh in another "
-                        "--output_dir")
+                        "flags it was started with (its run's config.json, arguments), or start afresh (without "
+                        "--resume_from_checkpoint) in another --output_dir")
         assert not target.exists()
         line = fails_cleanly(capsys, "cola", *argv, "--method", method, *changed, "--output_dir", str(run),
                              "--resume_from_checkpoint", "auto", one_line=True)

@@ -113,7 +113,7 @@ def test_nothing_is_written_without_report_to(tiny_model, tmp_path):
 
 def test_wandb_without_a_key_is_refused_before_the_run_directory_is_taken(tiny_model, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (requirements.txt installs it)")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_") and key != "NETRC"}
     env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "config"), HF_HUB_OFFLINE="1")
     run_dir = tmp_path / "w"
     done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "src" / "glue_sst2.py"), "--demo",
@@ -124,6 +124,24 @@ def test_wandb_without_a_key_is_refused_before_the_run_directory_is_taken(tiny_m
         "error: --report_to names wandb (all: every installed integration), and W&B has no API key here: run "
         "`wandb login` or set WANDB_API_KEY, set WANDB_MODE=offline to log to files, or name other integrations"]
     assert not run_dir.exists()
+
+
+def test_a_wandb_key_in_netrc_is_found_as_wandb_finds_it(tmp_path, monkeypatch):
+    """`wandb login` writes the key to ~/.netrc under the server's host and port; Python's netrc refuses,
+    when no path is given, a file others can read, which W&B reads all the same."""
+    from adarank.validation import _wandb_key_here
+
+    for key in [k for k in os.environ if k.startswith("WANDB_") or k == "NETRC"]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not _wandb_key_here()
+    netrc_file = tmp_path / ".netrc"
+    netrc_file.write_text("machine localhost:8080\n  login user\n  password " + "k" * 40 + "\n")
+    netrc_file.chmod(0o644)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://localhost:8080")
+    assert _wandb_key_here()
+    monkeypatch.setenv("WANDB_BASE_URL", "http://localhost:9090")
+    assert not _wandb_key_here()
 
 
 def test_wandb_offline_receives_the_same_keys(tiny_model, tmp_path):

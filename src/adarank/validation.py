@@ -16,7 +16,7 @@ import os
 import typing
 from dataclasses import fields
 from types import NoneType, UnionType
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from adarank.errors import UsageError
 
@@ -178,8 +178,9 @@ def _wandb_key_here() -> bool:
     asked without W&B itself: its login starts a service process and, with a key, asks the server."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    machine = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc  # with its port, as W&B
+    try:  # the path given, as W&B gives it: without one, Python refuses a .netrc others can read
+        entry = netrc.netrc(os.environ.get("NETRC") or os.path.expanduser("~/.netrc")).authenticators(machine)
     except (OSError, netrc.NetrcParseError):  # no such file, or one netrc cannot read
         return False
+    return entry is not None and bool(entry[2])  # the key is the entry's password

@@ -231,7 +231,8 @@ def check_same_run(run_dir: Path, task: str, method: str, what: str, fix: str, a
     if changed is not None:
         name, was, now = changed
         raise UsageError(f"{what}: its run was started with --{name} {was}, this command gives {now}: give the flags "
-                         "it was started with (its run's config.json, arguments), or start afresh in another --output_dir")
+                         "it was started with (its run's config.json, arguments), or start afresh (without "
+                         "--resume_from_checkpoint) in another --output_dir")
 
 
 def _changed_flag(run_dir: Path, adapter: dict) -> tuple[str, str, str] | None:

@@ -25,7 +25,7 @@ class PlateauGrowth(TrainerCallback):
     def __init__(self, model, plan, target_modules: list[str], rank_log: RankLog | None, splits: int = 1):
         self.model = model
         self.splits = splits  # dev splits: the Trainer reports each to on_evaluate on its own
-        self.reported: tuple[int, list[float]] = (-1, [])  # this evaluation's step and the losses reported so far
+        self.reported: tuple[int, int, list[float]] = (-1, 0, [])  # this evaluation's step, splits and losses so far
         self.plan = plan
         self.rank_log = rank_log
         self.adapter = model.active_adapter
@@ -88,21 +88,25 @@ class PlateauGrowth(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         """Once every dev split has reported its loss for this step: their mean against the best so far."""
-        step, losses = self.reported if self.reported[0] == state.global_step else (state.global_step, [])
+        step, splits, losses = self.reported if self.reported[0] == state.global_step else (state.global_step, 0, [])
         losses = losses + [v for k, v in (metrics or {}).items() if k.startswith("eval") and k.endswith("_loss")]
-        self.reported = (step, losses)
-        if len(losses) < self.splits:
+        self.reported = (step, splits + 1, losses)
+        if splits + 1 < self.splits:
             return
-        loss = sum(losses) / len(losses)
+        self.reported = (-1, 0, [])
+        if losses:
+            self._judge(sum(losses) / len(losses), state.global_step, kwargs.get("optimizer"))
+        self.capture.clear()  # a window informs only the evaluation right after it
+
+    def _judge(self, loss: float, step: int, optimizer) -> None:
+        """One evaluation's dev loss: an improvement, or one more without; grow after ``patience`` of those."""
         if loss < self.best - self.plan.min_delta:
             self.best, self.wait = loss, 0
         else:
             self.wait += 1
         if self.wait >= self.plan.patience and any(r < self.plan.r_max for r in self.ranks.values()):
-            self.grow(state.global_step, kwargs.get("optimizer"), loss)
+            self.grow(step, optimizer, loss)
             self.wait = 0
-        self.reported = (-1, [])
-        self.capture.clear()  # a window informs only the evaluation right after it
 
     def on_train_end(self, args, state, control, **kwargs):
         self.capture.stop()
