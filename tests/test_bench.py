@@ -165,6 +165,17 @@ def test_bad_counts_unknown_or_repeated_settings_and_repeated_seeds_end_in_one_l
     assert fine.returncode == 0 and "--num_train_epochs 5" in fine.stdout and "2 thread(s) each" in fine.stdout
 
 
+def test_a_dry_run_read_in_part_ends_quietly(tmp_path):
+    """`run.py LIST --dry-run | head -1`: the reader closes the pipe early; no traceback follows."""
+    configs = "".join(f"c{i} src/glue-cola.py --method lora\n" for i in range(3000))
+    listing, env = setup(tmp_path, f"seeds = 1 2 3\n{configs}")
+    done = subprocess.run(f"{shlex.quote(sys.executable)} {shlex.quote(str(DRIVER))} {shlex.quote(str(listing))} "
+                          "--dry-run | head -1", shell=True, capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.startswith("0 finished, 0 to collect, 9000 run(s) to do")
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def listed(name: str, *argv: str) -> list[list[str]]:
     """The runs a list in script/bench would start, as --dry-run prints them, with empty results."""
     env = {**os.environ, "PYTHON": "python"}

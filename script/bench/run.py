@@ -37,6 +37,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -283,13 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(runs) - len(pending)} finished, {len(pending) - len(to_train)} to collect, {len(to_train)} "
           f"run(s) to do, {jobs} at a time, {driver.threads} thread(s) each", flush=True)
     if dry:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--dry-run | head` ends quietly, as other listings do
         for run in to_train:
             print(shlex.join([run.name, *run.argv]))
         return 0
     if not pending:
         return 0
-    driver.runs.mkdir(parents=True, exist_ok=True)
-    driver.results.mkdir(parents=True, exist_ok=True)
+    for folder in (driver.runs, driver.results):
+        folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         outcomes = list(pool.map(driver.one, pending))
     return 0 if all(outcomes) else 1
