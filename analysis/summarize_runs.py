@@ -75,6 +75,16 @@ def apart_because(run: Run) -> str | None:
     return "synthetic demo data" if run.synthetic else metrics_problem(run)
 
 
+def repeated_seed(run: Run, group: list[Run]) -> str | None:
+    """Why the run is left out as a second run of a seed its setting already counts (None: it is
+    not). The same seed run twice (in two benchmarks' folders, say) is one draw, not two."""
+    counted = next((other for other in group if other.seed == run.seed), None)
+    if counted is None:
+        return None
+    return (f"seed {run.seed} again in its setting ({counted.path} is counted): one run a seed; "
+            "summarize the two folders apart to see each")
+
+
 def split_runs(runs: list[Run]):
     """(finished real-data runs grouped by task, method, budget and setting, [(run, why it is apart)]).
 
@@ -83,7 +93,7 @@ def split_runs(runs: list[Run]):
     """
     groups, apart = defaultdict(list), []
     for run in runs:
-        if why := apart_because(run):
+        if why := apart_because(run) or repeated_seed(run, groups.get(run.group, [])):
             apart.append((run, why))
         else:
             groups[run.group].append(run)
@@ -120,6 +130,20 @@ def compared_metrics(run: Run) -> list[str]:
 
 # --- rows -------------------------------------------------------------------------------------
 
+def mean_count(values: list[float]) -> str:
+    return f"{round(float(np.mean(values))):,}"
+
+
+def from_the_start(runs: list[Run], key: str) -> str:
+    """The mean of a time or peak over the runs that trained from step 0: a resumed run's covers only
+    the part after its resume, so it is left out and counted beside the figure."""
+    whole = [run.metrics[key] for run in runs if not run.metrics.get("resumed_from_step")]
+    resumed = len(runs) - len(whole)
+    if not whole:
+        return f"- ({resumed} resumed)"
+    return f"{np.mean(whole):.0f}" + (f" ({len(whole)} of {len(runs)}; {resumed} resumed)" if resumed else "")
+
+
 def results_rows(groups: dict) -> list[dict]:
     rows, names = [], method_names(groups)
     for group, runs in groups.items():
@@ -128,16 +152,17 @@ def results_rows(groups: dict) -> list[dict]:
         for key in row_keys(runs[0]):
             mean, std = mean_std([run.metrics[key] for run in runs])
             scale = points(key.rsplit("_", 1)[-1])
-            row[key.removeprefix("eval_")] = f"{scale * mean:.2f} +- {scale * std:.2f}"
-        row["trainable params"] = f"{int(np.mean([r.metrics['trainable_params'] for r in runs])):,}"
-        row["adapter params"] = f"{int(np.mean([r.metrics['adapter_params'] for r in runs])):,}"
+            # One seed has no spread to show: its score alone, not "+- 0.00".
+            row[key.removeprefix("eval_")] = f"{scale * mean:.2f}" + (f" +- {scale * std:.2f}" if len(runs) > 1 else "")
+        row["trainable params"] = mean_count([r.metrics["trainable_params"] for r in runs])
+        row["adapter params"] = mean_count([r.metrics["adapter_params"] for r in runs])
         # Growing methods: the adapter parameters trained, averaged over the optimizer steps.
-        averages = [r.metrics.get("average_adapter_params", r.metrics["adapter_params"]) for r in runs]
-        row["avg adapter params"] = f"{int(np.mean(averages)):,}"
+        row["avg adapter params"] = mean_count(
+            [r.metrics.get("average_adapter_params", r.metrics["adapter_params"]) for r in runs])
         sizes = [s for s in map(adapter_mb, runs) if s is not None]
         row["adapter MB"] = f"{np.mean(sizes):.3f}" if sizes else "-"
-        row["train s"] = f"{np.mean([r.metrics['train_seconds'] for r in runs]):.0f}"
-        row["peak MB"] = f"{np.mean([r.metrics['peak_memory_mb'] for r in runs]):.0f}"
+        row["train s"] = from_the_start(runs, "train_seconds")
+        row["peak MB"] = from_the_start(runs, "peak_memory_mb")
         rows.append(row)
     return rows
 

@@ -154,6 +154,50 @@ def test_seeds_group_by_the_planned_adapter_not_the_flags_typed(runs_root, tmp_p
     assert (names[run.setting], names[faster.setting]) == ("learning_rate=0.005", "learning_rate=0.01")
 
 
+def runs_copied(runs_root, root: Path, names: dict[str, str]) -> Path:
+    """Copies of the fixture's runs: {where under root: which run}."""
+    for where, name in names.items():
+        shutil.copytree(runs_root / name, root / where)
+    return root
+
+
+def test_a_seed_run_twice_is_counted_once(runs_root, tmp_path):
+    # Two benchmarks' folders holding the same seed of one setting: one draw, not two.
+    root = runs_copied(runs_root, tmp_path / "results", {
+        "first/sst2-lora-1": "sst2-lora-1", "first/sst2-lora-2": "sst2-lora-2", "second/sst2-lora-1": "sst2-lora-1"})
+    tables = summarize_runs.summarize(root, resamples=200)
+    (row,) = tables["results"]
+    assert row["seeds"] == 2
+    (apart,) = tables["apart"]
+    assert Path(apart["run"]) == root / "second" / "sst2-lora-1"
+    assert apart["why"].startswith(f"seed {load_run(root / 'first' / 'sst2-lora-1').seed} again in its setting (")
+    assert str(root / "first" / "sst2-lora-1") in apart["why"]
+
+
+def test_time_and_peak_are_of_runs_that_trained_from_the_start(runs_root, tmp_path):
+    root = runs_copied(runs_root, tmp_path / "results", {"a": "sst2-lora-1", "b": "sst2-lora-2"})
+    resumed = json.loads((root / "b" / "metrics.json").read_text())
+    resumed.update(resumed_from_step=3, train_seconds=0.5, peak_memory_mb=1.0)  # the part after the resume
+    (root / "b" / "metrics.json").write_text(json.dumps(resumed))
+    whole = json.loads((root / "a" / "metrics.json").read_text())
+    (row,) = summarize_runs.summarize(root, resamples=200)["results"]
+    assert row["train s"] == f"{whole['train_seconds']:.0f} (1 of 2; 1 resumed)"
+    assert row["peak MB"] == f"{whole['peak_memory_mb']:.0f} (1 of 2; 1 resumed)"
+    shutil.rmtree(root / "a")
+    (row,) = summarize_runs.summarize(root, resamples=200)["results"]
+    assert row["train s"] == row["peak MB"] == "- (1 resumed)"
+
+
+def test_one_seed_shows_its_score_without_a_spread_and_counts_round(runs_root, tmp_path):
+    root = runs_copied(runs_root, tmp_path / "results", {"a": "sst2-lora-1"})
+    metrics = json.loads((root / "a" / "metrics.json").read_text())
+    metrics["average_adapter_params"] = metrics["adapter_params"] + 0.75  # a mean over steps
+    (root / "a" / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = summarize_runs.summarize(root, resamples=200)["results"]
+    assert row["accuracy"] == f"{100 * metrics['eval_accuracy']:.2f}"
+    assert row["avg adapter params"] == f"{metrics['adapter_params'] + 1:,}"
+
+
 def test_csv_and_paper_rows(runs_root, capsys):
     summarize_runs.main([str(runs_root), "--csv", "--paper", "--bootstrap", "1000"])
     out = capsys.readouterr().out
