@@ -95,16 +95,18 @@ class PlateauGrowth(TrainerCallback):
             return
         self.reported = (-1, 0, [])
         if losses:
-            self._judge(sum(losses) / len(losses), state.global_step, kwargs.get("optimizer"))
+            self._judge(sum(losses) / len(losses), state.global_step, kwargs.get("optimizer"),
+                        last=state.global_step >= state.max_steps)
         self.capture.clear()  # a window informs only the evaluation right after it
 
-    def _judge(self, loss: float, step: int, optimizer) -> None:
-        """One evaluation's dev loss: an improvement, or one more without; grow after ``patience`` of those."""
+    def _judge(self, loss: float, step: int, optimizer, last: bool = False) -> None:
+        """One evaluation's dev loss: an improvement, or one more without; grow after ``patience`` of those,
+        but not at the ``last`` step: no step would train the new ranks, yet the counts would hold them."""
         if loss < self.best - self.plan.min_delta:
             self.best, self.wait = loss, 0
         else:
             self.wait += 1
-        if self.wait >= self.plan.patience and any(r < self.plan.r_max for r in self.ranks.values()):
+        if not last and self.wait >= self.plan.patience and any(r < self.plan.r_max for r in self.ranks.values()):
             self.grow(step, optimizer, loss)
             self.wait = 0
 
