@@ -156,6 +156,9 @@ def test_a_trained_adapter_reloads_onto_the_unmodified_base_to_the_same_logits(t
         assert (saved["r"], saved["lora_alpha"], saved["init_lora_weights"]) == (4, 4.0, True)
         weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
         assert any("classifier" in k for k in weights)  # the head trained in full is kept
+        stored = sum(t.numel() for k, t in weights.items() if ".lora_" in k)
+        planned = plan(architecture(model_skeleton(tiny_model, 2)), method, "small")
+        assert (planned.saved_adapter_params, planned.train_adapter_params) == (stored, stored // 2)
 
 
 def test_pissa_starts_where_the_base_model_is(tiny_model, demo):

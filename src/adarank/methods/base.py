@@ -72,11 +72,12 @@ class AdapterParameters:
 
     start: int  # when training starts
     end: int  # when it ends: what the saved adapter holds (a growing method: at most)
+    held: int | None = None  # the most held while training, where the saved form is not what trained
 
     @property
     def most(self) -> int:
         """The most held at once while training (what memory must hold)."""
-        return max(self.start, self.end)
+        return max(self.start, self.end) if self.held is None else self.held
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.methods.base import AdapterRequest, BuiltAdapter
+from adarank.methods.base import AdapterParameters, AdapterRequest, BuiltAdapter, Ranks, Shapes, lora_parameters
 from adarank.methods.lora import LoraPlan
 from adarank.methods.variants.common import LoraVariant, VariantPlan, extended
 
@@ -77,6 +77,11 @@ class Pissa(LoraVariant):
         if "lora_alpha" not in request.explicit:  # the paper's scale of 1
             lora = replace(lora, lora_alpha=float(lora.r))
         return extended(lora, PissaPlan, init_lora_weights="pissa" if niter is None else f"pissa_niter_{niter}")
+
+    def adapter_parameters(self, ranks: Ranks, shapes: Shapes) -> AdapterParameters:
+        """Training holds LoRA's A and B at rank r; adapter/ holds their conversion, plain LoRA of rank 2r."""
+        trained = super().adapter_parameters(ranks, shapes)
+        return AdapterParameters(trained.start, lora_parameters(2 * ranks.end, shapes), held=trained.most)
 
     def build(self, model: nn.Module, plan: PissaPlan, request: AdapterRequest) -> BuiltAdapter:
         # Its SVD needs r singular directions of every adapted matrix: a larger --lora_r is refused once the
