@@ -236,6 +236,9 @@ def test_parameter_counts_answer_for_the_model(tiny_model):
     assert method.budget_ranks(8) == Ranks(1, 15)  # the even-rate estimate: (1 + 15) / 2 = 8 on average
     assert method.adapter_parameters(Ranks(1, 15), shapes).start == trainable  # rank 1 and the reserved one
     assert method.adapter_parameters(Ranks(1, 15), shapes).end == lora_parameters(15, shapes)
+    # The most held while training: the end's 15 triplets and the reserved one, each P, lambda and Q
+    # (not the saved LoRA count, which folds lambda into B and drops the reserved triplet).
+    assert method.adapter_parameters(Ranks(1, 15), shapes).most == method.parameters_at_rank(16, shapes)
     assert built.callbacks[0].adapter_params() == method.parameters_at_rank(1, shapes)
 
 

@@ -95,8 +95,10 @@ class IncreLora(ShapeChanging, OwnLayers, OneProcess, AdapterMethod):
 
     def adapter_parameters(self, ranks: Ranks, shapes: Shapes) -> AdapterParameters:
         """Training starts with ``ranks.start`` active triplets and the reserved one in every matrix (advance
-        learning, the default); the saved adapter is a LoRA adapter of rank ``ranks.end`` (lambda folded into B)."""
-        return AdapterParameters(self.parameters_at_rank(ranks.start + 1, shapes), lora_parameters(ranks.end, shapes))
+        learning, the default) and ends holding ``ranks.end`` of them and the reserved one, P, lambda and Q; the
+        saved adapter is a LoRA adapter of rank ``ranks.end`` (lambda folded into B)."""
+        return AdapterParameters(self.parameters_at_rank(ranks.start + 1, shapes), lora_parameters(ranks.end, shapes),
+                                 held=self.parameters_at_rank(max(ranks.start, ranks.end) + 1, shapes))
 
 
 def _schedule(request: AdapterRequest, a):
