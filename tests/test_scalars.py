@@ -167,7 +167,7 @@ def test_wandb_offline_receives_the_same_keys(tiny_model, tmp_path):
     assert "Eval_sst2/epoch" not in logged
 
 
-def test_a_fixed_rank_adapter_card_names_its_saved_rank(tiny_model, tmp_path):
+def test_a_fixed_rank_adapter_card_names_its_saved_rank(tiny_model, tmp_path, capsys):
     run_dir = tmp_path / "l"
     assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--budget", "large",
                     "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
@@ -178,3 +178,8 @@ def test_a_fixed_rank_adapter_card_names_its_saved_rank(tiny_model, tmp_path):
     assert "Rank 8 in every adapted matrix (`LORA` adapter)." in card
     assert "eval_matthews_correlation: " in card and f"{metrics['adapter_params']:,}" in card
     assert "synthetic demo data" in card  # a demo run's card says its numbers mean nothing
+    # The dev scores, not what evaluating cost (eval_seconds, eval_examples_per_second share the prefix).
+    assert "eval_seconds" not in card and "eval_examples_per_second" not in card
+    (dev,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dev: ")]
+    assert dev == (f"dev: eval_matthews_correlation {metrics['eval_matthews_correlation']:.4f}, "
+                   f"eval_accuracy {metrics['eval_accuracy']:.4f}")

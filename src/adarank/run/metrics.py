@@ -56,9 +56,18 @@ class RunMetrics:
         return document
 
 
+# metrics.json's figures of what evaluating cost, beside the dev scores under the same eval_ prefix.
+EVALUATION_COSTS = ("eval_examples", "eval_seconds", "eval_examples_per_second")
+
+
+def dev_scores(metrics: dict) -> dict:
+    """The dev metrics of metrics.json (losses included), not what evaluating cost."""
+    return {k: v for k, v in metrics.items() if k.startswith("eval_") and k not in EVALUATION_COSTS
+            and not k.endswith("_seconds_per_article")}
+
+
 def print_summary(task_name: str, method: str, budget: str, metrics: dict, run: RunDirectory) -> None:
-    headline = {k: v for k, v in metrics.items() if k.startswith("eval_") and k.rsplit("_", 1)[-1] != "examples"
-                and not k.endswith(("_loss", "_seconds_per_article"))}
+    headline = {k: v for k, v in dev_scores(metrics).items() if not k.endswith("_loss")}
     lines = [
         f"== {task_name} / {method} / budget {budget}"
         + (f" / {metrics['note']}" if metrics.get("note") else "") + " ==",

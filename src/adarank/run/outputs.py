@@ -9,7 +9,7 @@ from pathlib import Path
 
 from adarank.memory import MemoryReport
 from adarank.run.directory import RunDirectory
-from adarank.run.metrics import RunMetrics
+from adarank.run.metrics import RunMetrics, dev_scores
 
 
 def save_outputs(run: RunDirectory, model, tokenizer, memory: MemoryReport, metrics: RunMetrics, config: dict,
@@ -45,7 +45,7 @@ def model_card(config: dict, metrics: dict, ranks: dict | None, saved: dict) -> 
     (``ranks``: the last ranks.jsonl record, where the method writes one; ``saved``: the adapter's
     adapter_config.json, whose rank is what the folder holds)."""
     adapter = config.get("adapter", {})
-    scores = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+    scores = {k: v for k, v in dev_scores(metrics).items() if isinstance(v, (int, float))}
     lines = [
         f"# {config['method']} adapter for {config['task']} ({config['budget']} budget)",
         "",
