@@ -210,8 +210,8 @@ def _run_in(config: Path, root: Path) -> Run | None:
     """The run whose config.json is ``config``, one that cannot be read with its ``problem``, or
     None where ``config`` is another kind of config.json."""
     inside = config.relative_to(root).parts[:-1]
-    if any(part in ("checkpoints", "adapter", "merged") for part in inside):
-        return None  # a Trainer checkpoint, a saved adapter or a merged model inside a run
+    if any(part in ("checkpoints", "adapter", "merged", ".replaced") for part in inside):
+        return None  # a checkpoint, a saved adapter, a merged model, a run being replaced (run/replaced.py)
     try:
         document = read_object(config)
     except Damaged as damage:

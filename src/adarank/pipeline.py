@@ -113,10 +113,11 @@ def train(task_name: str, argv: list[str] | None = None, method_arguments=(), de
     tokenized = setup.task.tokenize(data, loaded.tokenizer, setup.args.model.max_seq_length)
     request.train_batches = training_batches(tokenized.train, loaded.model, setup.task.collator(loaded.tokenizer),
                                              setup.args.training.train_batch_size)
-    adapted = _adapted_model(setup, request, plan, run, loaded)
-    config = _write_config(setup, data, tokenized, request, adapted, run)
-    fitted = _fit(setup, adapted, tokenized, run)
-    return _finish(setup, data, tokenized, adapted, fitted, run, config)
+    with run.replacing(setup.main_process):  # a run this one replaces comes back if this one fails first
+        adapted = _adapted_model(setup, request, plan, run, loaded)
+        config = _write_config(setup, data, tokenized, request, adapted, run)
+        fitted = _fit(setup, adapted, tokenized, run)
+        return _finish(setup, data, tokenized, adapted, fitted, run, config)
 
 
 def _set_up(task_name: str, argv, method_arguments, defaults) -> Setup | dict:
@@ -157,9 +158,8 @@ def _request(setup: Setup, data: TaskData) -> AdapterRequest:
         steps_per_epoch = steps(1, 0)
         scale_warmup(setup.args, setup.task, total_step)
     return AdapterRequest(setup.task, setup.args.adapter, total_step, steps_per_epoch=steps_per_epoch,
-                          method_arguments=setup.args.options_of(setup.method.arguments),
-                          gradient_checkpointing=training.gradient_checkpointing,
-                          resume_from=training.resume_from_checkpoint, explicit=frozenset(setup.args.explicit))
+                          method_arguments=setup.args.options_of(setup.method.arguments), resume_from=training.resume_from_checkpoint,
+                          gradient_checkpointing=training.gradient_checkpointing, explicit=frozenset(setup.args.explicit))
 
 
 def _run_directory(setup: Setup, plan: Plan, data: TaskData) -> RunDirectory:

@@ -18,6 +18,7 @@ import weakref
 from pathlib import Path
 
 from adarank.errors import UsageError
+from adarank.run.replaced import replacing, set_aside
 from adarank.run.space import MIN_FREE_BYTES, check_free_space, existing_ancestor
 
 FINISHED_MARKER = "metrics.json"
@@ -158,10 +159,11 @@ class RunDirectory:
         _HELD_LOCKS[key] = self._held
 
     def _clear(self) -> None:
-        for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
-        for name in RUN_FOLDERS:
-            shutil.rmtree(self.path / name, ignore_errors=True)
+        set_aside(self.path, RUN_FILES + RUN_FOLDERS)  # kept until this run can stand in for it (run/replaced.py)
+
+    def replacing(self, main_process: bool):
+        """Around training: a run this one replaced is dropped once it finishes, put back if it fails first."""
+        return replacing(self.path, RUN_FILES + RUN_FOLDERS, self.checkpoints, main_process)
 
     def _rewind_logs(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run that is resumed from there, and the

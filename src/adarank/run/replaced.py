@@ -1,0 +1,73 @@
+"""A run replaced with --overwrite_output_dir stays aside until the new run can stand in for it.
+
+Starting afresh in a directory that holds a run moves that run's files into ``.replaced/`` instead of
+deleting them. They are deleted once the new run has finished. Should the new run fail before it has
+saved a checkpoint (a flag refused once the model is built, a Trainer that cannot start, an evaluation
+that breaks), its files go and the replaced ones come back, so a refused or broken run loses nothing.
+Once the new run has a checkpoint it is the run to continue (a stopped run resumes), and the replaced
+files wait in ``.replaced/`` until it finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPLACED = ".replaced"
+
+
+def set_aside(path: Path, names: Sequence[str]) -> None:
+    """Move the run files ``names`` found in ``path`` into ``path/.replaced``. Where an earlier replaced
+    run still waits there (its replacement stopped before finishing), that one is kept and the
+    unfinished replacement's files go."""
+    present = [path / name for name in names if (path / name).exists()]
+    aside = path / REPLACED
+    keep = not aside.exists()
+    if keep and present:
+        aside.mkdir()
+    for item in present:
+        if keep:
+            item.rename(aside / item.name)
+        elif item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+
+
+def put_back(path: Path, names: Sequence[str], checkpoints: Path) -> None:
+    """After a failed run: the replaced run's files back in place of its own, unless it saved a checkpoint."""
+    aside = path / REPLACED
+    if not aside.is_dir():
+        return
+    if any(checkpoints.glob("checkpoint-*")):
+        log.warning("The run this one replaced waits in %s until this run finishes (it has checkpoints to "
+                    "continue from); to keep it, move it out before running again.", aside)
+        return
+    for name in names:
+        item = path / name
+        if item.is_dir():
+            shutil.rmtree(item)
+        elif item.exists():
+            item.unlink()
+    for item in aside.iterdir():
+        item.rename(path / item.name)
+    aside.rmdir()
+    log.warning("This run failed before its first checkpoint: the run it was to replace is back in %s.", path)
+
+
+@contextmanager
+def replacing(path: Path, names: Sequence[str], checkpoints: Path, main_process: bool) -> Iterator[None]:
+    """Around a run's training: drop the replaced run once it has finished, put it back if it failed first."""
+    try:
+        yield
+    except BaseException:
+        if main_process:
+            put_back(path, names, checkpoints)
+        raise
+    if main_process:
+        shutil.rmtree(path / REPLACED, ignore_errors=True)
