@@ -250,6 +250,8 @@ BAD_FLAGS = [
     (("--save_total_limit", "0"), "--save_total_limit 0 must be at least 1"),
     (("--max_seq_length", "0"), "--max_seq_length 0 must be at least 1"),
     (("--max_seq_length", "1000"), "--max_seq_length 1000 is longer than this model's 128 positions"),
+    (("--max_seq_length", "2"), "--max_seq_length 2 leaves no room for the text: this tokenizer adds 2 special tokens "
+                                "to a sentence; use at least 3"),
     (("--classifier_dropout", "1.5"), "--classifier_dropout 1.5 must be in [0, 1)"),
     (("--lora_dropout", "1.5"), "--lora_dropout 1.5 must be in [0, 1)"),
     (("--lora_r", "0"), "--lora_r 0 must be at least 1"),

@@ -148,6 +148,14 @@ def _from_hub(task: GlueSpec) -> TaskData:
 
 def tokenize(data: TaskData, tokenizer, max_seq_length: int) -> TaskData:
     """Tokenize without padding: the collator pads each batch to its longest row."""
+    pair = "text_b" in data.train.column_names or any("text_b" in s.column_names for s in data.dev.values())
+    # Truncation keeps the special tokens and a token of each text at least; below that the tokenizer does
+    # not truncate at all (it logs an error and returns the whole text).
+    specials, texts = tokenizer.num_special_tokens_to_add(pair=pair), 2 if pair else 1
+    if max_seq_length < specials + texts:
+        raise UsageError(f"--max_seq_length {max_seq_length} leaves no room for the text: this tokenizer adds "
+                         f"{specials} special tokens to {'a pair of sentences' if pair else 'a sentence'}; "
+                         f"use at least {specials + texts}")
 
     def encode(batch):
         pair = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
