@@ -75,6 +75,10 @@ def test_a_single_file_is_split_at_its_end_or_scored_whole(tmp_path):
     csv.write_text('document,summary\n"A text, with a comma.",A summary.\n')
     read = load_summaries(Flags(str(csv), text_column="document", summary_column="summary"), False, None, None, True)
     assert read.dev["validation"][0] == {"id": "2", "text": "A text, with a comma.", "summary": "A summary."}
+    long = ("word " * 40_000).strip()  # 199,999 characters: above csv's default field limit of 131,072
+    csv.write_text(f'document,summary\n"{long}",A summary.\n')
+    read = load_summaries(Flags(str(csv), text_column="document", summary_column="summary"), False, None, None, True)
+    assert read.dev["validation"][0]["text"] == long
 
 
 def test_the_real_sample_is_read():

@@ -116,6 +116,7 @@ def _json_rows(path: Path):
 
 
 def _csv_rows(path: Path, suffix: str):
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # an article may be longer than csv's 128 KiB
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
         for record in reader:
