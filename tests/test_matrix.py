@@ -186,3 +186,16 @@ def test_the_commands_users_know_still_run_through_links(tmp_path):
     usage = subprocess.run(["bash", str(ROOT / "script" / "run_plateau.sh"), "cola"], capture_output=True, text=True,
                            env=env, timeout=60, cwd=tmp_path)
     assert usage.returncode == 2 and "usage:" in usage.stderr  # job.sh found through the link
+
+
+def test_flags_a_job_sets_itself_are_refused_among_the_extra_flags(tmp_path):
+    # Given again after the job's own --seed 42, a --seed 43 would win silently in a directory named seed42.
+    for extra in (["--seed", "43"], ["--output_dir=/tmp/elsewhere"], ["--budget", "large"], ["--method", "sora"]):
+        flag = extra[0].split("=")[0]
+        done = matrix("--dry-run", "--tasks", "cola", "--methods", "lora", "--budgets", "small", "--", *extra,
+                      runs=tmp_path)
+        assert error_line(done.returncode, done.stderr, one_line=True).startswith(f"error: {flag} among the extra flags")
+        job = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), "cola", "lora", "small", "42", *extra],
+                             capture_output=True, text=True, env={**os.environ, "RUNS": str(tmp_path)}, timeout=60)
+        assert error_line(job.returncode, job.stderr, one_line=True).startswith(f"error: {flag} among the extra flags")
+    assert not any(tmp_path.iterdir())  # no job started

@@ -74,6 +74,19 @@ parse_run_arguments() {
   seed=42
   if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then seed=$1; shift; fi
   rest=("$@")
+  refuse_run_flags "${rest[@]}"
+}
+
+refuse_run_flags() {  # extra flags that would silently override what the script sets and names the run by
+  local word
+  for word in "$@"; do
+    case ${word%%=*} in
+      --method|--budget|--seed|--output_dir|--output-dir)
+        echo "error: ${word%%=*} among the extra flags: the script sets it and names the run directory by it;" \
+             "give the method, budget and seed as the script's own arguments and the folder as \$RUNS" >&2
+        exit 2 ;;
+    esac
+  done
 }
 
 glue_script() {  # task -> its entry script under src/

@@ -62,6 +62,7 @@ quoted=$(printf '%s' "$flags" | xargs -r printf '%q ' 2>/dev/null) \
          "put a ' inside \"...\" and a \" inside '...')" >&2; exit 2; }
 eval "words=($quoted)"
 words+=("${passed[@]}")
+refuse_run_flags "${words[@]}"  # each job sets --method, --budget, --seed and its directory itself
 flags=$( [ ${#words[@]} -eq 0 ] || printf ' %q' "${words[@]}" )  # one space before each flag
 export RUNS=${RUNS:-runs/matrix}
 
