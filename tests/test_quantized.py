@@ -19,7 +19,7 @@ from adarank.tasks.glue.data import load_glue, tokenize
 from adarank.tasks.glue.model import load_model
 from conftest import (QUICK, assert_adapter_gives_the_run_predictions, build_adapter, pad_batch, reloaded_logits,
                       run_task)
-from fixtures.cli import fails_cleanly, main_fails_cleanly
+from fixtures.cli import error_line, fails_cleanly, main_fails_cleanly
 from fixtures.paths import ROOT, SRC
 
 CONFIGS = ROOT / "analysis" / "configs"
@@ -189,6 +189,20 @@ def test_qlora_through_the_src_qlora_script(tiny_model, tmp_path):
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["method"] == "qlora"
     assert json.loads((tmp_path / "c" / "memory.json").read_text())["quantized_bits_per_parameter"] > 4
+
+
+@pytest.mark.parametrize("method", ["lora", "pissa"])
+def test_the_src_qlora_scripts_refuse_a_full_precision_method(tiny_model, tmp_path, method):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(SRC / "src_qlora" / "glue-cola.py"), "--demo", "--method", method,
+                           "--model_name_or_path", tiny_model, "--max_steps", "2", "--output_dir", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=600)
+    line = error_line(done.returncode, done.stderr, one_line=True)
+    assert line.startswith(f"error: --method {method} trains a full-precision base, and this script quantises")
+    assert "qlora, qadalora" in line and line.endswith(f"or run {method} with src/glue-cola.py")
+    assert not (tmp_path / "c").exists()
 
 
 def test_merging_into_a_4bit_base_is_refused(tiny_model, tmp_path, capsys):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, when adarank is not pip-installed
 
-from adarank.pipeline import main  # noqa: E402
+from adarank.four_bit_entry import main_four_bit  # noqa: E402
 
 if __name__ == "__main__":
-    main("mnli", defaults={"method": "qlora"})
+    main_four_bit("mnli", "src/glue-mnli.py")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, when adarank is not pip-installed
 
-from adarank.pipeline import main  # noqa: E402
+from adarank.four_bit_entry import main_four_bit  # noqa: E402
 
 if __name__ == "__main__":
-    main("sst2", defaults={"method": "qlora"})
+    main_four_bit("sst2", "src/glue_sst2.py")
