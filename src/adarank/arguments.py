@@ -20,6 +20,7 @@ from adarank.errors import UsageError, first_line
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
+from adarank.trainer_options import check_trainer_options
 from adarank.validation import check_numbers, check_reporting, join_negative_values, typed_file_values
 
 DEMO_EPOCHS = 4
@@ -229,6 +230,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
                           source=source, argv=tuple(given_argv))
     check_numbers(arguments, source)  # every training number in its range, before anything is loaded
     check_reporting(training)
+    check_trainer_options(training, task)
     return arguments
 
 

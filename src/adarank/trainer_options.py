@@ -1,0 +1,67 @@
+"""Trainer options a run cannot honour, refused in one line before anything is loaded.
+
+Every TrainingArguments flag reaches the command line. Some change what a run is (its dev metrics come
+from every dev example's prediction, with the labels the task names), some need what is not here (a
+package, a process group, the hub). Left to the Trainer, each ended in a traceback at start-up or,
+worse, after the whole training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from adarank.errors import UsageError
+from adarank.tasks import Task
+
+# (TrainingArguments field, the flag that sets it, does the run's value ask for it, why a run cannot take it)
+CHANGES_THE_RUN = (
+    ("prediction_loss_only", "--prediction_loss_only", bool, "the dev metrics need every example's prediction"),
+    ("label_names", "--label_names", lambda v: v is not None, "each task names its own labels"),
+    ("batch_eval_metrics", "--batch_eval_metrics", bool, "the dev metrics are computed once over the whole dev set"),
+    ("eval_do_concat_batches", "--no_eval_do_concat_batches", lambda v: not v,
+     "the dev metrics need the predictions of all batches together"),
+    ("dataloader_drop_last", "--dataloader_drop_last", bool,
+     "it drops the last dev batch too, and every dev example must be scored"),
+    ("debug", "--debug", bool, "its underflow/overflow checks fail on this harness's models (boolean inputs)"),
+)
+# a word in --optim's value -> the package that optimizer needs
+OPTIMIZER_PACKAGES = {"galore": "galore_torch", "apollo": "apollo_torch", "lomo": "lomo_optim",
+                      "schedule_free": "schedulefree", "grokadamw": "grokadamw"}
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def _needed_packages(training) -> list[tuple[str, str]]:
+    """(flag, package) for each option whose package is missing."""
+    optim = str(getattr(training.optim, "value", training.optim))
+    needed = [("--optim " + optim, package) for word, package in OPTIMIZER_PACKAGES.items() if word in optim]
+    if training.use_liger_kernel:
+        needed.append(("--use_liger_kernel", "liger_kernel"))
+    if training.deepspeed:
+        needed.append(("--deepspeed", "deepspeed"))
+    return [(flag, package) for flag, package in needed if not _installed(package)]
+
+
+def check_trainer_options(training, task: Task) -> None:
+    for name, flag, asks, why in CHANGES_THE_RUN:
+        if asks(getattr(training, name)):
+            raise UsageError(f"{flag} cannot be used here: {why}; leave it out")
+    for flag, package in _needed_packages(training):
+        raise UsageError(f"{flag} needs the package {package}, which is not installed: install it or leave the "
+                         "flag out")
+    if training.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UsageError("--fsdp shards the model over processes, and this run has one: start it with torchrun "
+                         "--nproc_per_node N, or leave --fsdp out")
+    if training.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise UsageError("--push_to_hub with HF_HUB_OFFLINE set: the hub is out of reach; unset HF_HUB_OFFLINE "
+                         "(and log in), or leave --push_to_hub out")
+    metric = training.metric_for_best_model
+    if metric is not None:
+        known = ("loss", *task.metrics)
+        name = metric.removeprefix("eval_")
+        if not any(name == m or name.endswith("_" + m) for m in known):
+            raise UsageError(f"--metric_for_best_model {metric} is no metric of {task.name}: use one of "
+                             f"{', '.join(known)}")
