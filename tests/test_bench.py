@@ -138,7 +138,14 @@ def test_bad_counts_unknown_or_repeated_settings_and_repeated_seeds_end_in_one_l
     for name, extra in (("seed", "seed = 7\n"), ("confgs", "confgs = a\n"), ("twice", "seeds = 1\nseeds = 2\n")):
         (tmp_path / f"{name}.list").write_text(body.replace("epochs = 3\n", f"epochs = 3\n{extra}"))
     (tmp_path / "empty.list").write_text(body.split("a src/")[0])
-    for argv, message in (((listing, "jobs=--5"), "jobs must be a whole number, 1 or more, not '--5'"),
+    (tmp_path / "nope.list").write_text(body.replace("b src/glue-cola.py", "b src/glue-nope.py"))
+    (tmp_path / "escape.list").write_text(body.replace("b src/glue-cola.py", "../../escape src/glue-cola.py"))
+    for argv, message in (
+                          ((tmp_path / "nope.list",), "nope.list:6: src/glue-nope.py does not exist (scripts are "
+                                                      "relative to"),
+                          ((tmp_path / "escape.list",), "escape.list:6: a configuration is NAME SCRIPT.py [FLAGS ...], "
+                                                        "NAME of letters, digits"),
+                          ((listing, f"results={tmp_path / 'runs'}"), "runs and results are one folder"),((listing, "jobs=--5"), "jobs must be a whole number, 1 or more, not '--5'"),
                           ((listing, "jobs=\u00b2"), "jobs must be a whole number, 1 or more, not '\u00b2'"),
                           ((listing, "jobs=0"), "jobs must be a whole number, 1 or more, not '0'"),
                           ((listing, "threads=-1"), "threads must be a whole number, 1 or more, not '-1'"),

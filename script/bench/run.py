@@ -114,8 +114,11 @@ def read_list(path: Path) -> BenchList:
             bench.settings[key] = setting[2].strip()
             continue
         name, *command = words_of(line, f"{path}:{number}")
-        if not command or not command[0].endswith(".py"):
-            raise ListError(f"{path}:{number}: a configuration is NAME SCRIPT.py [FLAGS ...], not '{line}'")
+        if not command or not command[0].endswith(".py") or not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
+            raise ListError(f"{path}:{number}: a configuration is NAME SCRIPT.py [FLAGS ...], NAME of letters, digits, "
+                            f"'.', '_' and '-' (it names the run's folder), not '{line}'")
+        if not (ROOT / command[0]).is_file():
+            raise ListError(f"{path}:{number}: {command[0]} does not exist (scripts are relative to {ROOT})")
         if name in bench.configs:
             raise ListError(f"{path}:{number}: configuration '{name}' is named twice")
         bench.configs[name] = command
@@ -248,6 +251,9 @@ def driver_of(settings: dict[str, str]) -> Driver:
         blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
         if blocking:
             raise ListError(f"{key}: {blocking} is a file, not a folder: give a folder path for the {key}")
+    if (ROOT / settings["runs"]).resolve() == (ROOT / settings["results"]).resolve():
+        raise ListError(f"runs and results are one folder ({settings['runs']}): results keep a copy of each finished "
+                        "run's small files, so give them a folder of their own")
     data = settings.get("data")
     if data and not (ROOT / data).exists():
         raise ListError(f"data: {data} does not exist (paths are relative to {ROOT})")
