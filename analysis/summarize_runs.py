@@ -72,6 +72,8 @@ def apart_because(run: Run) -> str | None:
         return run.problem
     if not run.finished:
         return "unfinished or failed (no metrics.json)"
+    if run.metrics.get("non_finite"):
+        return f"diverged ({', '.join(run.metrics['non_finite'])} not finite): its scores are not a result"
     return "synthetic demo data" if run.synthetic else metrics_problem(run)
 
 

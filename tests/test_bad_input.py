@@ -539,3 +539,21 @@ def test_a_run_failing_after_it_set_the_previous_run_aside_puts_it_back(caplog, 
     assert code != 0
     assert digests(run) == before and not (run / ".replaced").exists()
     assert f"the run it was to replace is back in {run}" in caplog.text
+
+
+def test_a_diverged_run_says_so_and_stores_no_nan(capsys, tiny_model, tmp_path):
+    run = tmp_path / "blown"
+    assert run_task("sst2", "--demo", "--method", "lora", "--model_name_or_path", tiny_model, "--max_steps", "3",
+                    "--learning_rate", "1e30", "--output_dir", str(run)) == 0
+    text = (run / "metrics.json").read_text()
+
+    def refuse(constant):
+        raise AssertionError(f"metrics.json holds {constant}, which JSON does not have")
+
+    metrics = json.loads(text, parse_constant=refuse)
+    assert "eval_loss" in metrics["non_finite"] and metrics["eval_loss"] is None
+    assert "DIVERGED: " in capsys.readouterr().out
+    import summarize_runs  # the analysis leaves it out of the numbers, saying why
+
+    (apart,) = summarize_runs.summarize(tmp_path, resamples=1000)["apart"]
+    assert apart["why"].startswith("diverged (") and "eval_loss" in apart["why"]

@@ -3,6 +3,7 @@ parameters, where the time and memory went, and what the data was; and the summa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from adarank.memory import ParameterCounts
@@ -53,6 +54,9 @@ class RunMetrics:
             **self.memory,
             "format_version": FORMAT_VERSION,
         }
+        # A diverged run's NaN or infinite losses: null (JSON has no NaN), named, and said in its summary.
+        if diverged := [k for k, v in document.items() if isinstance(v, float) and not math.isfinite(v)]:
+            document.update({key: None for key in diverged}, non_finite=diverged)
         return document
 
 
@@ -78,4 +82,7 @@ def print_summary(task_name: str, method: str, budget: str, metrics: dict, run: 
         f"{metrics['train_examples_per_second']:.1f} examples/s, peak memory {metrics['peak_memory_mb']:.0f} MB",
         f"run directory: {run.path}",
     ]
+    if metrics.get("non_finite"):
+        lines.insert(1, f"DIVERGED: {', '.join(metrics['non_finite'])} not finite (stored as null): the training "
+                        "blew up; lower --learning_rate")
     print("\n".join(lines), flush=True)
