@@ -470,13 +470,17 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
     """Resuming a rank-2 LoRA checkpoint with --budget large ended in 72 size-mismatch lines from the
     state dict; under --resume_from_checkpoint auto it first rewrote the stopped run's config.json to
     the new rank. Other adapted modules failed in the optimizer's state; a SoRA checkpoint with another
-    --sora_max_rank failed in SoRA's own state."""
+    --sora_max_rank failed in SoRA's own state. Other data (real after demo) or another seed, learning
+    rate or batch went through silently, making a run of two halves."""
     argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8",
             "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_steps", "2")
     cases = (("lora", (), ("--budget", "large"), "--budget small, this command gives large"),
              ("lora", (), ("--lora_r", "4"), "--lora_r unset, this command gives 4"),
              ("lora", (), ("--target_modules", "query,value"), "--target_modules unset, this command gives query,value"),
-             ("sora", ("--sora_max_rank", "3"), ("--sora_max_rank", "5"), "--sora_max_rank 3, this command gives 5"))
+             ("sora", ("--sora_max_rank", "3"), ("--sora_max_rank", "5"), "--sora_max_rank 3, this command gives 5"),
+             # other data or another optimizer run: the resumed run would be neither
+             ("lora", (), ("--max_train_samples", "16"), "--max_train_samples unset, this command gives 16"),
+             ("lora", (), ("--seed", "5"), "--seed 42, this command gives 5"))
     for number, (method, flags, changed, message) in enumerate(cases):
         run = tmp_path / f"{method}-{number}"
         assert run_task("cola", *argv, "--method", method, *flags, "--output_dir", str(run)) == 0

@@ -67,6 +67,10 @@ def adapter_arguments(args: Arguments) -> dict:
 def resumed_arguments(args: Arguments) -> dict:
     """The flags a resumed run must share with its checkpoint's run (the part of config.json's
     ``arguments`` that decides the adapters' shapes and training): the adapter groups, the model and
-    the modules adapted."""
-    model = asdict(args.model)
-    return {**adapter_arguments(args), "model": {key: model[key] for key in ("model_name_or_path", "target_modules")}}
+    the modules adapted, the data trained on and the optimizer's steps (a resume on other data or with
+    another learning rate or batch would make a run that is neither)."""
+    model, data, training = asdict(args.model), asdict(args.data), args.training.to_dict()
+    return {**adapter_arguments(args), "model": {key: model[key] for key in ("model_name_or_path", "target_modules")},
+            "data": {key: data[key] for key in ("data_dir", "demo", "max_train_samples")},
+            "training": {key: training[key] for key in ("learning_rate", "per_device_train_batch_size",
+                                                        "gradient_accumulation_steps", "seed")}}
