@@ -561,3 +561,13 @@ def test_a_diverged_run_says_so_and_stores_no_nan(capsys, tiny_model, tmp_path):
 
     (apart,) = summarize_runs.summarize(tmp_path, resamples=1000)["apart"]
     assert apart["why"].startswith("diverged (") and "eval_loss" in apart["why"]
+
+
+def test_push_to_hub_is_refused_where_the_hub_client_is_offline(capsys, tiny_model, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    line = fails_cleanly(capsys, "sst2", "--demo", "--method", "lora", "--model_name_or_path", tiny_model,
+                         "--push_to_hub", "--output_dir", str(tmp_path / "p"), one_line=True)
+    assert line.startswith("error: --push_to_hub with HF_HUB_OFFLINE set: the hub is out of reach")
+    assert not (tmp_path / "p").exists()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from huggingface_hub import constants
+
 from adarank.errors import UsageError
 from adarank.tasks import Task
 
@@ -49,13 +51,14 @@ def check_trainer_options(training, task: Task) -> None:
     for name, flag, asks, why in CHANGES_THE_RUN:
         if asks(getattr(training, name)):
             raise UsageError(f"{flag} cannot be used here: {why}; leave it out")
-    for flag, package in _needed_packages(training):
+    if missing := _needed_packages(training):
+        flag, package = missing[0]
         raise UsageError(f"{flag} needs the package {package}, which is not installed: install it or leave the "
                          "flag out")
     if training.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise UsageError("--fsdp shards the model over processes, and this run has one: start it with torchrun "
                          "--nproc_per_node N, or leave --fsdp out")
-    if training.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if training.push_to_hub and constants.HF_HUB_OFFLINE:  # as the hub client reads HF_HUB_OFFLINE
         raise UsageError("--push_to_hub with HF_HUB_OFFLINE set: the hub is out of reach; unset HF_HUB_OFFLINE "
                          "(and log in), or leave --push_to_hub out")
     metric = training.metric_for_best_model

@@ -33,10 +33,8 @@ def set_aside(path: Path, names: Sequence[str]) -> None:
     for item in present:
         if keep:
             item.rename(aside / item.name)
-        elif item.is_dir():
-            shutil.rmtree(item)
         else:
-            item.unlink()
+            _remove(item)
 
 
 def put_back(path: Path, names: Sequence[str], checkpoints: Path) -> None:
@@ -49,15 +47,18 @@ def put_back(path: Path, names: Sequence[str], checkpoints: Path) -> None:
                     "continue from); to keep it, move it out before running again.", aside)
         return
     for name in names:
-        item = path / name
-        if item.is_dir():
-            shutil.rmtree(item)
-        elif item.exists():
-            item.unlink()
+        _remove(path / name)
     for item in aside.iterdir():
         item.rename(path / item.name)
     aside.rmdir()
     log.warning("This run failed before its first checkpoint: the run it was to replace is back in %s.", path)
+
+
+def _remove(item: Path) -> None:
+    if item.is_dir():
+        shutil.rmtree(item)
+    else:
+        item.unlink(missing_ok=True)
 
 
 @contextmanager
