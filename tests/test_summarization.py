@@ -79,6 +79,12 @@ def test_a_single_file_is_split_at_its_end_or_scored_whole(tmp_path):
     csv.write_text(f'document,summary\n"{long}",A summary.\n')
     read = load_summaries(Flags(str(csv), text_column="document", summary_column="summary"), False, None, None, True)
     assert read.dev["validation"][0]["text"] == long
+    # a spreadsheet's byte-order mark: the first column keeps its name (it was "\ufeffid", and the ids were lost)
+    csv.write_text('\ufeffid,document,summary\nx1,A text.,A summary.\n', encoding="utf-8")
+    read = load_summaries(Flags(str(csv), text_column="document", summary_column="summary"), False, None, None, True)
+    assert read.dev["validation"]["id"] == ["x1"]
+    path.write_text("\ufeff" + json.dumps({"id": "j1", "article": "Story.", "highlights": "S."}) + "\n", encoding="utf-8")
+    assert load_summaries(Flags(str(path)), False, None, None, True).dev["validation"]["id"] == ["j1"]
 
 
 def test_the_real_sample_is_read():

@@ -101,7 +101,7 @@ def read_records(path: Path, files: SummarizationArguments) -> datasets.Dataset:
 
 
 def _json_rows(path: Path):
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark would hide the first field
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -117,7 +117,7 @@ def _json_rows(path: Path):
 
 def _csv_rows(path: Path, suffix: str):
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # an article may be longer than csv's 128 KiB
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: else the first column is "\ufeffid"
         reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
         for record in reader:
             if None in record:  # more fields than the header names
