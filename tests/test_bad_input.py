@@ -247,6 +247,8 @@ BAD_FLAGS = [
     (("--seed", "1.5"), "invalid int value: '1.5'"),
     (("--logging_steps", "0"), "non-zero --logging_steps"),
     (("--save_strategy", "steps", "--save_steps", "-1"), "--save_steps -1 must be > 0"),
+    # TrainingArguments turns 0 into --logging_steps before the range check: caught as given
+    (("--eval_strategy", "steps", "--eval_steps", "0"), "--eval_steps 0 must be > 0"),
     (("--save_total_limit", "0"), "--save_total_limit 0 must be at least 1"),
     (("--max_seq_length", "0"), "--max_seq_length 0 must be at least 1"),
     (("--max_seq_length", "1000"), "--max_seq_length 1000 is longer than this model's 128 positions"),
@@ -319,6 +321,7 @@ BAD_FLAGS = [
 BAD_FILES = [
     ("args.yaml", "learning_rate: fast\n", "args.yaml: learning_rate 'fast' is not a number"),
     ("args.yaml", "learning_rate: -1.0e-3\n", "args.yaml: learning_rate -0.001 must be > 0"),
+    ("args.yaml", "eval_strategy: steps\neval_steps: 0\n", "args.yaml: eval_steps 0 must be > 0"),
     ("args.yaml", "per_device_train_batch_size: 0\n", "args.yaml: per_device_train_batch_size 0 must be at least 1"),
     ("args.yaml", "num_train_epochs: 0\nmax_steps: -1\n", "args.yaml: num_train_epochs 0 trains nothing"),
     ("args.json", '{"seed": "x"}', "args.json: seed 'x' is not a whole number"),

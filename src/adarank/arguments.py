@@ -21,7 +21,8 @@ from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
 from adarank.trainer_options import check_trainer_options
-from adarank.validation import check_numbers, check_reporting, join_negative_values, typed_file_values
+from adarank.validation import (REWRITTEN_STEPS, check_given_steps, check_numbers, check_reporting,
+                                join_negative_values, typed_file_values)
 
 DEMO_EPOCHS = 4
 
@@ -194,6 +195,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         given = read_argument_file(Path(argv[0]))
         check_keys(argv[0], given, classes)
         given = typed_file_values(argv[0], given, classes)
+        check_given_steps(given, argv[0])
         explicit = set(given)
         if given.get("no_bf16"):
             if given.get("bf16"):
@@ -212,6 +214,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         parser.set_defaults(**{**run_defaults(task, "--demo" in argv, _flag_value(argv, "recipe") or "paper"),
                                 **(defaults or {})})
         check_flags(parser, argv)
+        check_given_steps({name: _flag_value(argv, name) for name in REWRITTEN_STEPS})
         if "no_bf16" in explicit:
             if "bf16" in explicit:
                 raise UsageError("--bf16 and --no_bf16 contradict each other: give one")

@@ -52,6 +52,19 @@ RULES = (
 )
 
 
+# Steps TrainingArguments rewrites before any check could see them: an eval_steps of 0 silently
+# becomes logging_steps. These are checked as the user gave them.
+REWRITTEN_STEPS = ("eval_steps",)
+
+
+def check_given_steps(given: dict[str, object], source: str | None = None) -> None:
+    """Refuse a rewritten step count (``given``: name to the text or value the user gave) below 1 step."""
+    for name in REWRITTEN_STEPS:
+        value = given.get(name)
+        if value is not None and not isinstance(value, bool) and is_number(str(value)) and float(value) <= 0:
+            raise UsageError(f"{_name(source, name)} {float(value):g} must be > 0 (below 1: a fraction of the run)")
+
+
 def is_number(text: str) -> bool:
     try:
         float(text)
