@@ -49,9 +49,15 @@ def mark_complete(folder: Path) -> None:
 def checkpoint_problem(folder: Path) -> str | None:
     """What makes ``folder`` unfit to resume from, in a few words; None where it is intact."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a checkpoint folder"
     if not folder.is_dir():
         return "does not exist"
+    if (folder / CHECKPOINTS).is_dir():
+        return f"is a run directory, not one of its checkpoints (they lie in its {CHECKPOINTS}/)"
     marker = folder / COMPLETE_MARKER
+    if not marker.is_file() and not re.fullmatch(r"checkpoint-\d+", folder.name):
+        return "is not a checkpoint folder (a checkpoint-N a run saves)"
     if not marker.is_file():
         return "was not completely saved (the job stopped while saving it)"
     files = _manifest(marker)
