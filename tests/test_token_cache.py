@@ -104,3 +104,21 @@ def test_an_empty_split_is_tokenized_but_not_cached(tiny_model, cache):
     rows, status = token_cache.tokenized(empty, lambda b: tokenizer(b["text_a"]), tokenizer, {},
                                          remove_columns=["text_a", "label"])
     assert status == "empty" and len(rows) == 0 and not cache.exists()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda entry: (entry / "state.json").write_text("[1, 2]"),  # valid JSON of the wrong shape
+    lambda entry: (entry / "state.json").write_text('{"_data_files": "x"}'),
+    lambda entry: (entry / "dataset_info.json").write_text("{not json"),
+    lambda entry: [f.unlink() for f in entry.glob("*.arrow")],
+], ids=["state-list", "state-wrong-field", "info-not-json", "arrow-missing"])
+def test_a_damaged_entry_is_tokenized_again_and_rewritten(tiny_model, tmp_path, cache, damage):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = sst2(tmp_path)
+    first = tokenize(data, tokenizer, 64)
+    for entry in cache.iterdir():
+        damage(entry)
+    again = tokenize(data, tokenizer, 64)
+    assert again.tokenized_cache == {"train": "written", "validation": "written"}
+    assert again.train.to_list() == first.train.to_list()
+    assert tokenize(data, tokenizer, 64).tokenized_cache == {"train": "read", "validation": "read"}

@@ -129,7 +129,7 @@ def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: di
             rows = datasets.load_from_disk(str(entry))
             log.info("%d tokenized rows read from the cache (%s)", len(rows), entry)
             return rows, "read"
-        except (OSError, ValueError) as error:
+        except Exception as error:  # any damage, a state.json of another shape too (KeyError, TypeError)
             log.warning("tokenized cache entry %s unreadable (%s): tokenizing again", entry, error)
             damaged = True
     rows = compute()
