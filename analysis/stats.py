@@ -102,6 +102,10 @@ class PredictionTables:
         return self._tables[run.path]
 
 
+class OtherExamples(AnalysisError):
+    """Runs compared whose dev examples differ: they were not evaluated on the same data."""
+
+
 def aligned(tables: dict[Path, dict], split: str, keys: list) -> tuple[list, list[list]]:
     """(labels, one prediction list per run) of the dev examples ``keys``; every run must have
     the same labels for them."""
@@ -110,7 +114,7 @@ def aligned(tables: dict[Path, dict], split: str, keys: list) -> tuple[list, lis
         pairs = [table[(split, i)] for _, i in keys]
         these = [label for label, _ in pairs]
         if labels is not None and these != labels:
-            raise AnalysisError(
+            raise OtherExamples(
                 f"{path}/predictions.{'jsonl has other article ids' if isinstance(pairs[0][1], dict) else 'tsv has other labels'}"
                 " for the same dev examples than the runs it is compared with: they were not evaluated on the same data"
             )
@@ -153,6 +157,8 @@ def method_difference(metric: str, split: str, tables_a: dict[Path, dict], table
     """a - b on the dev examples of ``split`` that every run predicted (tables: run path -> predictions)."""
     tables = {**tables_a, **tables_b}
     keys = sorted(set.intersection(*({k for k in table if k[0] == split} for table in tables.values())))
+    if not keys:
+        raise OtherExamples(f"the runs compared share no {split} example: they were not evaluated on the same data")
     labels, predictions = aligned(tables, split, keys)
     y, (a, b) = encode(metric, labels, predictions[:len(tables_a)], predictions[len(tables_a):])
     return Difference(len(keys), *paired_bootstrap(METRICS[metric], y, a, b, resamples))

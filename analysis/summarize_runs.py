@@ -9,7 +9,8 @@ means and a paired bootstrap 95% interval of it, resampling the dev examples
 (the same resample for both methods, each method's metric averaged over its
 seeds), computed from predictions.tsv with the task's own metric. With --pair-all,
 every two settings of a task, whatever differs (recipe, training arguments,
-budget label), each row naming the difference.
+budget label), each row naming the difference; two settings evaluated on other
+dev examples (other data) have nothing to pair, and their row says so.
 Unfinished or failed runs and synthetic-data (--demo) runs are listed apart.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 from cli import add_paper_options, command_line, enough_resamples, fail_cleanly
 from run_reader import Damaged, Run, dev_splits, find_runs, flatten, metric_keys, task_metric
 from run_settings import bracketed, setting_words
-from stats import ROUGE, PredictionTables, mean_std, method_difference, points
+from stats import ROUGE, OtherExamples, PredictionTables, mean_std, method_difference, points
 from tables import csv_text, markdown
 
 # AdaLoRA paper, Table 1 (DeBERTaV3-base, mean of 5 seeds). MNLI: matched/mismatched
@@ -187,19 +188,26 @@ def comparison_rows(groups: dict, resamples: int, pair_all: bool = False) -> lis
                 continue
             tables_a, tables_b = ({run.path: predictions(run) for run in runs} for runs in (runs_a, runs_b))
             for split, metric in itertools.product(dev_splits(runs_a[0]), compared_metrics(runs_a[0])):
-                d = method_difference(metric, split, tables_a, tables_b, resamples)
-                scale = points(metric)
-                rows.append({
+                row = {
                     "task": task + ("" if split == "validation" else f" ({split})"),
                     "budget": budget_a if len(budgets) == 1 and budget_a != "none" else
                     budget_b if len(budgets) == 1 else f"{budget_a} / {budget_b}",
                     "comparison": f"{name_a} - {name_b}" + (f" (differ: {', '.join(differ)})" if differ else ""),
-                    "metric": metric,
-                    "seeds": f"{len(runs_a)} vs {len(runs_b)}", "examples": d.examples,
-                    "difference": f"{scale * d.value:+.2f}",
-                    "95% CI": f"[{scale * d.low:+.2f}, {scale * d.high:+.2f}]",
-                    "excludes 0": "yes" if d.excludes_zero else "no",
-                })
+                    "metric": metric, "seeds": f"{len(runs_a)} vs {len(runs_b)}",
+                }
+                try:
+                    d = method_difference(metric, split, tables_a, tables_b, resamples)
+                except OtherExamples:
+                    if not differ:  # the same settings, yet other examples: a damaged run, named
+                        raise
+                    # --pair-all over runs of other data: this pair has nothing to pair, the others do
+                    rows.append({**row, "examples": 0, "difference": "-", "95% CI": "-",
+                                 "excludes 0": "not paired: other dev examples"})
+                    continue
+                scale = points(metric)
+                rows.append({**row, "examples": d.examples, "difference": f"{scale * d.value:+.2f}",
+                             "95% CI": f"[{scale * d.low:+.2f}, {scale * d.high:+.2f}]",
+                             "excludes 0": "yes" if d.excludes_zero else "no"})
     return rows
 
 

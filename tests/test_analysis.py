@@ -824,3 +824,30 @@ def test_steps_without_over_time_and_an_out_path_under_a_file_are_refused(runs_r
         assert line == f"error: cannot write {out}: {tmp_path / 'file'} is a file, not a folder; give --out a path " \
                        "in a folder you can write to"
     assert (tmp_path / "file").read_text() == "kept"
+
+
+def test_pair_all_marks_a_pair_of_other_dev_examples_and_pairs_the_rest(runs_root, tmp_path):
+    root = copy_runs(runs_root, tmp_path)
+    for seed in "12":  # AdaLoRA "ran" on another dev set: the same indices, other labels
+        run = root / f"sst2-adalora-{seed}"
+        lines = (run / "predictions.tsv").read_text().splitlines()
+        flipped = [line if line.startswith(("#", "split\t")) else
+                   "\t".join([*line.split("\t")[:2], "1" if line.split("\t")[2] == "0" else "0", line.split("\t")[3]])
+                   for line in lines]
+        (run / "predictions.tsv").write_text("\n".join(flipped) + "\n")
+    with pytest.raises(run_reader.AnalysisError, match="not evaluated on the same data"):  # same settings: damage
+        summarize_runs.summarize(root, resamples=20)
+    for seed in "12":
+        path = root / f"sst2-adalora-{seed}" / "config.json"
+        config = json.loads(path.read_text())
+        config["arguments"]["training"]["learning_rate"] = 8e-4
+        path.write_text(json.dumps(config))
+    shutil.copytree(root / "sst2-lora-1", root / "sst2-lora-slow-1")  # a pairable third setting
+    config = json.loads((root / "sst2-lora-slow-1" / "config.json").read_text())
+    config["arguments"]["training"]["learning_rate"] = 1e-2
+    (root / "sst2-lora-slow-1" / "config.json").write_text(json.dumps(config))
+    rows = summarize_runs.summarize(root, resamples=20, pair_all=True)["comparisons"]
+    unpaired = [row for row in rows if row["excludes 0"] == "not paired: other dev examples"]
+    assert len(unpaired) == 2 and all(row["difference"] == "-" and "adalora" in row["comparison"] for row in unpaired)
+    (paired,) = [row for row in rows if row not in unpaired]
+    assert paired["examples"] > 0 and paired["difference"] != "-"
