@@ -100,6 +100,22 @@ def test_overwrite_output_dir_replaces_a_finished_run(tiny, tmp_path):
     assert not (run_dir / ".replaced").exists()  # set aside while the new run trained, dropped once it finished
 
 
+def test_a_run_that_cannot_be_moved_aside_is_named_and_left_whole(capsys, tiny, tmp_path):
+    """--overwrite_output_dir over a run whose checkpoints/ the system will not let go (an immutable
+    folder, as a read-only mount would be): one line, and every file where it was."""
+    run = previous_run(tmp_path)
+    before = digests(run)
+    if subprocess.run(["chattr", "+i", str(run / "checkpoints")], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system: no folder can be made immovable here")
+    try:
+        code = run_task("sst2", "--demo", "--method", "lora", "--max_steps", "2", "--overwrite_output_dir", *tiny)
+        line = error_line(code, without_progress_bars(capsys.readouterr().err), one_line=True)
+    finally:
+        subprocess.run(["chattr", "-i", str(run / "checkpoints")], check=True)
+    assert f"could not move aside {run / 'checkpoints'} (Operation not permitted)" in line
+    assert digests(run) == before and not (run / ".replaced").exists()
+
+
 def test_the_task_script_itself_exits_with_one_line():
     done = subprocess.run([sys.executable, str(SRC / "glue-cola.py"), "--demo", "--method", "vera"],
                           capture_output=True, text=True, timeout=300)

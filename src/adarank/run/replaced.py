@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from adarank.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 REPLACED = ".replaced"
@@ -28,13 +30,25 @@ def set_aside(path: Path, names: Sequence[str]) -> None:
     present = [path / name for name in names if (path / name).exists()]
     aside = path / REPLACED
     keep = not aside.exists()
-    if keep and present:
-        aside.mkdir()
-    for item in present:
-        if keep:
-            item.rename(aside / item.name)
-        else:
-            _remove(item)
+    moved: list[Path] = []
+    item = aside
+    try:
+        if keep and present:
+            aside.mkdir()
+        for item in present:
+            if keep:
+                item.rename(aside / item.name)
+                moved.append(item)
+            else:
+                _remove(item)
+    except OSError as error:  # a file the system will not let go (read-only, immutable): all back in place
+        for back in moved:
+            (aside / back.name).rename(back)
+        if keep and aside.is_dir() and not any(aside.iterdir()):
+            aside.rmdir()
+        raise UsageError(f"--overwrite_output_dir could not {'move aside' if keep else 'remove'} "
+                         f"{item} ({error.strerror}): make it writable, or choose another "
+                         "--output_dir") from None
 
 
 def put_back(path: Path, names: Sequence[str], checkpoints: Path) -> None:
