@@ -5,6 +5,8 @@ that is anything else is damaged, and the one line that says so names it."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +64,11 @@ def read_config(path: Path) -> dict:
     first: its layout may differ); one that names no task or method, or whose parts are no objects,
     is damaged."""
     config = read_object(path / "config.json")
-    if not isinstance(config.get("format_version", 1), int):
+    version = config.get("format_version", 1)
+    if not _count(version):
         raise Damaged(path / "config.json", "its format_version is not a number")
+    if version < 1:
+        raise Damaged(path / "config.json", f"its format_version {version} is no version: they start at 1")
     arguments = config.get("arguments")
     groups = arguments.items() if isinstance(arguments, dict) else ()  # training, model, ...: objects too
     parts = [("arguments", arguments), *((f"arguments.{key}", value) for key, value in groups),
@@ -77,7 +82,40 @@ def read_config(path: Path) -> dict:
     for key in ("task", "method"):
         if not isinstance(config.get(key), str):
             raise Damaged(path / "config.json", f"its {key} is not a name" if key in config else f"it names no {key}")
+    if config.get("budget") is not None and not isinstance(config["budget"], str):
+        raise Damaged(path / "config.json", "its budget is not a name")
+    for key in ("task_metrics", "dev_splits"):
+        if key in config and not _names(config[key]):
+            raise Damaged(path / "config.json", f"its {key} is not a list of names")
     return config
+
+
+# metrics.json: its text entries; a method's own figures may be lists or objects; every other entry is a
+# finite number or null.
+METRIC_TEXTS = {"data", "peak_memory_measured_by", "note"}
+
+
+def read_metrics(path: Path) -> dict:
+    """A run's metrics.json, every entry of the type training writes: a diverged run's non-finite
+    figures are null and named in ``non_finite``, so a NaN, an infinity or a word in place of a
+    number is damage, not a result."""
+    metrics = read_object(path)
+    for key, value in metrics.items():
+        if key == "non_finite":
+            if not _names(value):
+                raise Damaged(path, "its non_finite is not a list of names")
+        elif key in METRIC_TEXTS:
+            if not isinstance(value, str):
+                raise Damaged(path, f"its {key} is not text")
+        elif isinstance(value, (list, dict)):
+            continue
+        elif value is not None and not (_number(value) and math.isfinite(value)):
+            raise Damaged(path, f"its {key} is not a finite number")
+    return metrics
+
+
+def _names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def read_jsonl(path: Path, record: Callable[[dict], bool] | None = None, shape: str = "") -> JsonLines:
@@ -125,9 +163,22 @@ def rank_record(record: dict) -> bool:
     ranks = record.get("ranks")
     return (_count(record.get("step")) and isinstance(record.get("event"), str)
             and _number(record.get("budget")) and _number(record.get("total_rank")) and isinstance(ranks, dict)
-            and all(label.rpartition(".")[2].isdigit() and isinstance(modules, dict)
+            and bool(ranks)  # a record ranks at least one module
+            and all(re.fullmatch(r"(\w+\.)?[0-9]+", label) and isinstance(modules, dict) and modules
                     and all(_count(rank) and rank >= 0 for rank in modules.values())
                     for label, modules in ranks.items()))
 
 
 RANK_RECORD = "a rank record (step, event, budget, total_rank, and ranks by layer and module)"
+
+
+def summary_record(record: dict) -> bool:
+    """A predictions.jsonl record: its comment line (no split), or split, index, article id and the
+    article's ROUGE scores."""
+    if "split" not in record:
+        return True
+    return (isinstance(record["split"], str) and _count(record.get("index")) and isinstance(record.get("id"), str)
+            and all(_number(record.get(key)) for key in ("rouge1", "rouge2", "rougeL", "rougeLsum")))
+
+
+SUMMARY_RECORD = "a prediction record (split, index, article id and its ROUGE scores)"

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run_files import HISTORY_RECORD, RANK_RECORD, AnalysisError, Damaged, JsonLines, history_record, rank_record
+from run_files import (HISTORY_RECORD, RANK_RECORD, SUMMARY_RECORD, AnalysisError, Damaged, JsonLines, history_record,
+                       rank_record, read_metrics, summary_record)
 from run_files import read_config, read_jsonl, read_object, text
 
 # Shorter axis labels for three of the paper's module names (any other name is shown as it is).
@@ -175,15 +176,22 @@ class Run:
         """(split, index) -> (label, prediction), from predictions.tsv; for summarization
         (predictions.jsonl), (split, index) -> (article id, the row with its ROUGE scores)."""
         if (self.path / "predictions.jsonl").is_file():
-            return {(row["split"], int(row["index"])): (row["id"], row)
-                    for row in read_jsonl(self.path / "predictions.jsonl").records if "split" in row}
+            return {(row["split"], row["index"]): (row["id"], row)
+                    for row in read_jsonl(self.path / "predictions.jsonl", summary_record, SUMMARY_RECORD).records
+                    if "split" in row}
         path = self.path / "predictions.tsv"
+        if not path.is_file():
+            raise AnalysisError(f"{self.path} has no predictions.tsv (nor predictions.jsonl): copy it with the run's "
+                                "other files, or leave the run out")
         rows = {}
         lines = [line for line in text(path).splitlines() if not line.startswith("#")]
         for number, line in enumerate(lines[1:], start=2):
             fields = line.split("\t")
-            if len(fields) != 4 or not fields[1].isdigit():
+            if len(fields) != 4 or not (fields[1].isascii() and fields[1].isdigit()):
                 raise AnalysisError(f"{path}: line {number} (after comments) is not split, index, label, prediction: "
+                                    "the file is damaged")
+            if (fields[0], int(fields[1])) in rows:
+                raise AnalysisError(f"{path}: line {number} (after comments) repeats {fields[0]} example {fields[1]}: "
                                     "the file is damaged")
             rows[(fields[0], int(fields[1]))] = (fields[2], fields[3])
         if not rows:
@@ -200,7 +208,7 @@ def load_run(path: str | Path) -> Run:
     run = Run(path, config=read_config(path))
     if (path / "metrics.json").is_file():
         try:
-            run.metrics = read_object(path / "metrics.json")
+            run.metrics = read_metrics(path / "metrics.json")
         except Damaged as damage:
             run.problem, run.damage = damage.short, damage
     return run
