@@ -29,6 +29,7 @@ def command_line(doc: str, runs: str | None = None, root: str | None = None, nar
 # The fewest resamples a 95% percentile interval is read from: its ends are the 2.5% tails, which
 # take about a thousand resamples to settle (Efron and Tibshirani, An Introduction to the Bootstrap, ch. 19).
 LEAST_RESAMPLES = 1000
+MOST_RESAMPLES = 100_000  # each resample scores every run on a fresh draw of the dev examples: minutes already
 
 
 def add_paper_options(parser: argparse.ArgumentParser, paper: str) -> None:
@@ -43,6 +44,9 @@ def enough_resamples(resamples: int) -> None:
     if resamples < LEAST_RESAMPLES:
         raise AnalysisError(f"--bootstrap must be at least {LEAST_RESAMPLES}, not {resamples}: the 95% interval's "
                             "ends are its 2.5% tails, which fewer resamples place by chance (default: 2000)")
+    if resamples > MOST_RESAMPLES:
+        raise AnalysisError(f"--bootstrap must be at most {MOST_RESAMPLES}, not {resamples}: each resample scores every "
+                            "run again, and the interval's ends stop moving long before (default: 2000)")
 
 
 def at_least(minimum: int, **options) -> None:

@@ -49,6 +49,9 @@ def pairs(first: list[Run], second: list[Run]) -> list[dict]:
     one_task(first + second)  # the groups' settings differ on purpose, their task and data must not
     one_setting(first, "the first group")
     one_setting(second, "--against")
+    if both := sorted({run.path.resolve() for run in first} & {run.path.resolve() for run in second}):
+        raise AnalysisError(f"{both[0]} is in both groups: a run compared with itself says nothing; give two "
+                            "different groups of runs")
     by_seed = {run.seed: run for run in second}
     matched = [(run, by_seed[run.seed]) for run in first if run.seed in by_seed]
     if not matched:

@@ -22,6 +22,7 @@ from run_reader import AnalysisError, load_run
 from tables import csv_text, markdown
 
 MB = 2**20
+MOST_LABELS = 1_000_000  # a task head's classes; the plan builds the head's label map in memory
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                    "(CNN/DailyMail: 4); default 1.5x the budget's")
     args = parser.parse_args(argv)
     at_least(1, init_r=args.init_r, num_labels=args.num_labels)
+    if args.num_labels > MOST_LABELS:
+        raise AnalysisError(f"--num_labels {args.num_labels} is more than {MOST_LABELS:,}: give the task's own "
+                            "number of classes (GLUE's are 1 to 3)")
     if args.runs and (args.model_name_or_path or args.plan):
         raise AnalysisError("give run directories or --model_name_or_path/--plan, not both")
     if args.runs:

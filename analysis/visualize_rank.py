@@ -185,7 +185,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     runs = [load_run(path) for path in args.runs]
     if args.over_time:
         written, labels = [], run_labels(runs)
+        names = [run.name for run in runs]
+        if args.out and len(runs) > 1 and (twice := next((n for n in names if names.count(n) > 1), None)):
+            raise AnalysisError(f"two runs are both named {twice}: --out would give them one file, the second "
+                                "drawn over the first; draw them one at a time, or leave --out out (each strip is "
+                                "then written in its run directory)")
         for run in runs:
+            if args.steps is not None and args.steps > (held := len(_ranks_of(run))):
+                raise AnalysisError(f"--steps {args.steps} is more than the {held} records of {run.path}/ranks.jsonl: "
+                                    f"give --steps {held} or fewer")
             out = Path(args.out) if args.out and len(runs) == 1 else None
             if args.out and len(runs) > 1:
                 base = Path(args.out)

@@ -721,7 +721,8 @@ def test_a_record_of_ranks_or_history_that_is_not_what_training_writes_is_named(
     expected = (f"error: {run}/ranks.jsonl:1 is not a rank record (step, event, budget, total_rank, and ranks by "
                 "layer and module): the file is damaged")
     assert main_fails_cleanly(capsys, visualize_rank.main, [str(run)], one_line=True) == expected
-    assert main_fails_cleanly(capsys, compare_ranks.main, [str(run), "--against", str(run)], one_line=True) == expected
+    twin = shutil.copytree(runs_root / "sst2-adalora-1", tmp_path / "twin")  # intact, the same seed
+    assert main_fails_cleanly(capsys, compare_ranks.main, [str(run), "--against", str(twin)], one_line=True) == expected
     reference = str(runs_root / "sst2-lora-2")
     for first, why in (("[1, 2]", "is not a JSON object"), ('"str"', "is not a JSON object"),
                        ('{"step": "abc", "loss": "x"}', "is not a history record (the step, then numbers)")):
@@ -851,3 +852,69 @@ def test_pair_all_marks_a_pair_of_other_dev_examples_and_pairs_the_rest(runs_roo
     assert len(unpaired) == 2 and all(row["difference"] == "-" and "adalora" in row["comparison"] for row in unpaired)
     (paired,) = [row for row in rows if row not in unpaired]
     assert paired["examples"] > 0 and paired["difference"] != "-"
+
+
+def _edit_json(path: Path, change) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("file, change, message", [
+    ("config.json", lambda c: c.update(format_version=0), "config.json is damaged (its format_version 0 is no version"),
+    ("config.json", lambda c: c.update(budget=2), "config.json is damaged (its budget is not a name)"),
+    ("config.json", lambda c: c.update(task_metrics="accuracy"), "(its task_metrics is not a list of names)"),
+    ("metrics.json", lambda m: m.update(adapter_mb="x"), "metrics.json is damaged (its adapter_mb is not a finite number)"),
+    ("metrics.json", lambda m: m.update(eval_accuracy=float("nan")), "(its eval_accuracy is not a finite number)"),
+    ("metrics.json", lambda m: m.update(non_finite=1), "metrics.json is damaged (its non_finite is not a list of names)"),
+], ids=["format-0", "budget-number", "task-metrics-text", "mb-word", "accuracy-nan", "non-finite-number"])
+def test_a_run_file_entry_of_the_wrong_type_leaves_the_run_out_by_name(runs_root, tmp_path, file, change, message):
+    """Entries the tables sort, average or print, of a type training never writes: the run is listed apart
+    as damaged (these ended in a KeyError or TypeError, or printed nan as a score)."""
+    root = copy_runs(runs_root, tmp_path)
+    _edit_json(root / "sst2-adalora-1" / file, change)
+    tables = summarize_runs.summarize(root, resamples=1000)
+    assert [row["seeds"] for row in tables["results"] if row["method"] == "adalora"] == [1]
+    (left,) = [row for row in tables["apart"] if "sst2-adalora-1" in row["run"]]
+    assert message in left["why"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "predictions.tsv").unlink(), "has no predictions.tsv (nor predictions.jsonl): copy it"),
+    (lambda run: (run / "predictions.tsv").write_text((run / "predictions.tsv").read_text()
+                                                      + (run / "predictions.tsv").read_text().splitlines()[-1] + "\n"),
+     "repeats validation example"),
+], ids=["missing", "repeated-example"])
+def test_predictions_missing_or_repeating_an_example_are_named(runs_root, tmp_path, capsys, damage, message):
+    root = copy_runs(runs_root, tmp_path)
+    damage(root / "sst2-adalora-1")
+    line = main_fails_cleanly(capsys, summarize_runs.main, [str(root)], one_line=True)
+    assert str(root / "sst2-adalora-1") in line and message in line
+
+
+def test_rank_tools_refuse_what_they_cannot_draw_or_compare(runs_root, tmp_path, capsys):
+    import compare_ranks
+    root = copy_runs(runs_root, tmp_path)
+    run = root / "sst2-adalora-1"
+    line = main_fails_cleanly(capsys, compare_ranks.main, [str(run), "--against", str(run)], one_line=True)
+    assert line == f"error: {run.resolve()} is in both groups: a run compared with itself says nothing; give two " \
+                   "different groups of runs"
+    held = len([line for line in (run / "ranks.jsonl").read_text().splitlines() if line.strip()])
+    line = main_fails_cleanly(capsys, visualize_rank.main, [str(run), "--over-time", "--steps", str(held + 1)], True)
+    assert line == f"error: --steps {held + 1} is more than the {held} records of {run}/ranks.jsonl: give --steps " \
+                   f"{held} or fewer"
+    twin = tmp_path / "other" / run.name
+    shutil.copytree(run, twin)
+    out = tmp_path / "strip.png"
+    line = main_fails_cleanly(capsys, visualize_rank.main, [str(run), str(twin), "--over-time", "--out", str(out)], True)
+    assert "two runs are both named sst2-adalora-1: --out would give them one file" in line and not list(tmp_path.glob("strip*"))
+    (run / "ranks.jsonl").write_text('{"step": 0, "event": "initial", "budget": 1, "total_rank": 1, "ranks": {}}\n')
+    line = main_fails_cleanly(capsys, visualize_rank.main, [str(run)], one_line=True)
+    assert f"{run}/ranks.jsonl:1 is not a rank record" in line
+
+
+def test_counts_with_no_use_that_large_are_refused(runs_root, capsys):
+    line = main_fails_cleanly(capsys, summarize_runs.main, [str(runs_root), "--bootstrap", "100000000000"], True)
+    assert line.startswith("error: --bootstrap must be at most 100000, not 100000000000")
+    line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--num_labels", "1000000000"], True)
+    assert line.startswith("error: --num_labels 1000000000 is more than 1,000,000")

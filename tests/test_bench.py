@@ -92,12 +92,12 @@ def test_a_finished_run_directory_is_collected_and_an_unfinished_one_continues(t
 
 
 def test_settings_from_the_command_line_and_a_failed_run(tmp_path):
-    listing, env = setup(tmp_path, "configs = a\nkeep = metrics.json memory.json\n"
+    listing, env = setup(tmp_path, "configs = a\nkeep = config.json metrics.json memory.json\n"
                                    "a src/glue-cola.py\nb src/glue-cola.py\nc src/glue-cola.py\n")
     done = drive(listing, "configs=b c", "seeds=7", "jobs=2", "threads=3", env={**env, "FAIL_CONFIG": "c-seed7"})
     assert done.returncode == 1
     assert "failed: c-seed7" in done.stderr and "finished: b-seed7" in done.stdout
-    assert sorted(p.name for p in (tmp_path / "results" / "b-seed7").iterdir()) == ["memory.json", "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "results" / "b-seed7").iterdir()) == ["config.json", "memory.json", "metrics.json"]
     assert not (tmp_path / "results" / "c-seed7").exists()
     assert "boom" in (tmp_path / "runs" / "c-seed7.log").read_text()
     assert {call[0] for call in calls(tmp_path)} == {"3"}
@@ -119,6 +119,9 @@ def test_bad_input_ends_in_one_line(tmp_path):
                           ((listing, "jobs=two"), "jobs must be a whole number"),
                           ((listing, "configs=b"), "{nothing} is used but the list sets no 'nothing'"),
                           ((listing, "data=/no/such/folder"), "data: /no/such/folder does not exist"),
+                          # without metrics.json kept, the driver would never know a run finished
+                          ((listing, "keep=config.json"), "keep must name metrics.json: a run is finished when"),
+                          ((listing, "keep="), "keep must name config.json and metrics.json"),
                           ((tmp_path / "none.list",), "does not exist"),
                           ((), "usage:")):
         done = drive(*argv, "--dry-run", env=env)

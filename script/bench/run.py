@@ -246,6 +246,9 @@ def driver_of(settings: dict[str, str]) -> Driver:
     keep = tuple(settings["keep"].split())
     if any("/" in name or name in ("adapter", "checkpoints", "merged") for name in keep):
         raise ListError(f"keep names files of a run directory, never folders: '{settings['keep']}'")
+    if missing := [name for name in ("config.json", "metrics.json") if name not in keep]:
+        raise ListError(f"keep must name {' and '.join(missing)}: a run is finished when RESULTS/<run>/metrics.json "
+                        f"exists, and its config.json says what ran (keep is '{settings['keep']}')")
     for key in ("runs", "results"):
         folder = ROOT / settings[key]
         blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
