@@ -18,7 +18,7 @@ from pathlib import Path
 
 import style
 from cli import command_line, fail_cleanly
-from run_reader import Run, load_run, metric_keys
+from run_reader import AnalysisError, Run, load_run, metric_keys, one_task
 from run_settings import run_labels, setting_labels
 
 plt = style.plt
@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> Path:
                         help="draw diagnostics.jsonl (runs trained with --diagnostics) instead of the curves")
     args = parser.parse_args(argv)
     runs = [load_run(path) for path in args.runs]
+    one_task(runs)  # one task's curves on one real or synthetic data set: the panels are that task's metrics
+    if not args.diagnostics and (bare := next((run for run in runs if not run.history().records), None)):
+        raise AnalysisError(f"{bare.path} has no training history (history.jsonl is missing or holds no record): "
+                            "nothing to plot; give a run that trained at least one logging step")
     name = "diagnostics.png" if args.diagnostics else "training_curves.png"
     default = runs[0].path / name if len(runs) == 1 else Path(name)
     figure = diagnostics_figure(runs) if args.diagnostics else training_figure(runs)

@@ -182,3 +182,17 @@ def summary_record(record: dict) -> bool:
 
 
 SUMMARY_RECORD = "a prediction record (split, index, article id and its ROUGE scores)"
+
+
+def diagnostics_record(record: dict) -> bool:
+    """A diagnostics.jsonl record (train --diagnostics): the optimizer step; per module kind, the update's
+    norm, the mean |E| and the importance scores; the orthogonal regulariser, plain and weighted."""
+    per_kind = all(isinstance(record.get(key, {}), dict) and all(_number(v) for v in record.get(key, {}).values())
+                   for key in ("update_norm", "lora_E_abs_mean"))
+    importance = isinstance(record.get("importance", {}), dict) and all(
+        isinstance(scores, list) and all(_number(v) for v in scores) for scores in record.get("importance", {}).values())
+    return (_count(record.get("step")) and per_kind and importance and bool(record.get("update_norm", True))
+            and all(_number(record.get(key, 0)) for key in ("orth_reg", "orth_reg_weighted")))
+
+
+DIAGNOSTICS_RECORD = "a diagnostics record (the step, then figures by module kind)"

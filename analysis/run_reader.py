@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run_files import (HISTORY_RECORD, RANK_RECORD, SUMMARY_RECORD, AnalysisError, Damaged, JsonLines, history_record,
-                       rank_record, read_metrics, summary_record)
+from run_files import (DIAGNOSTICS_RECORD, HISTORY_RECORD, RANK_RECORD, SUMMARY_RECORD, AnalysisError, Damaged,
+                       JsonLines, diagnostics_record, history_record, rank_record, read_metrics, summary_record)
 from run_files import read_config, read_jsonl, read_object, text
 
 # Shorter axis labels for three of the paper's module names (any other name is shown as it is).
@@ -21,6 +21,10 @@ KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output
                **{f"{prefix}.{name}": f"cross {name}" for prefix, names in
                   (("encoder_attn", ("q_proj", "k_proj", "v_proj", "out_proj")), ("EncDecAttention", "qkvo"))
                   for name in names}}
+
+
+# Methods whose ranks are set at the start and never change: their runs need no ranks.jsonl.
+FIXED_RANKS = {"lora", "qlora", "dora", "qdora", "pissa", "rslora", "qrslora", "eva", "none"}
 
 
 def _without_none(value):
@@ -152,11 +156,14 @@ class Run:
 
     def ranks(self) -> JsonLines:
         path = self.path / "ranks.jsonl"
-        if not path.is_file():
+        if not path.is_file() and self.method in FIXED_RANKS:
             raise AnalysisError(
                 f"{self.path} has no ranks.jsonl: a {self.method} run has fixed ranks, so there is nothing to draw "
                 "(rank heatmaps need an AdaLoRA or rank-growth run)"
             )
+        if not path.is_file():
+            raise AnalysisError(f"{self.path} has no ranks.jsonl, which {self.method} runs write as their ranks change: "
+                                "copy it with the run's other files (the run may have been copied without it)")
         ranks = read_jsonl(path, rank_record, RANK_RECORD)
         if not ranks.records:
             raise AnalysisError(f"{path} holds no complete record: the run stopped before its first allocation")
@@ -170,7 +177,11 @@ class Run:
         path = self.path / "diagnostics.jsonl"
         if not path.is_file():
             raise AnalysisError(f"{self.path} has no diagnostics.jsonl: train with --diagnostics to record it")
-        return read_jsonl(path)
+        diagnostics = read_jsonl(path, diagnostics_record, DIAGNOSTICS_RECORD)
+        if not any("update_norm" in record for record in diagnostics.records):
+            raise AnalysisError(f"{path} holds no update-norm record: the run stopped before its first diagnostics "
+                                "step, or the file is damaged")
+        return diagnostics
 
     def predictions(self) -> dict[tuple[str, int], tuple]:
         """(split, index) -> (label, prediction), from predictions.tsv; for summarization

@@ -918,3 +918,28 @@ def test_counts_with_no_use_that_large_are_refused(runs_root, capsys):
     assert line.startswith("error: --bootstrap must be at most 100000, not 100000000000")
     line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--num_labels", "1000000000"], True)
     assert line.startswith("error: --num_labels 1000000000 is more than 1,000,000")
+
+
+def test_plot_and_diagnostics_tools_refuse_nothing_to_draw(runs_root, tmp_path, capsys):
+    import diagnostics_table
+    root = copy_runs(runs_root, tmp_path)
+    run = root / "sst2-lora-1"
+    (run / "history.jsonl").write_text("")
+    line = main_fails_cleanly(capsys, plot_training.main, [str(run), "--out", str(tmp_path / "c.png")], one_line=True)
+    assert line.startswith(f"error: {run} has no training history (history.jsonl is missing or holds no record)")
+    line = main_fails_cleanly(capsys, plot_training.main, [str(runs_root / "demo"), str(root / "sst2-lora-2"), "--out",
+                                                           str(tmp_path / "c.png")], one_line=True)
+    assert "trained on synthetic demo data (--demo)" in line and not (tmp_path / "c.png").exists()
+    for text, why in (('{"step": 0, "update_norm": [1, 2]}\n', ":1 is not a diagnostics record"),
+                      ('{"update_norm": {"query": 1.0}}\n', ":1 is not a diagnostics record"),
+                      ('{"step": 0, "orth_reg_weighted": "x"}\n', ":1 is not a diagnostics record"),
+                      ("", " holds no update-norm record")):
+        (run / "diagnostics.jsonl").write_text(text)
+        for main, argv in ((diagnostics_table.main, [str(run)]),
+                           (plot_training.main, [str(run), "--diagnostics", "--out", str(tmp_path / "d.png")])):
+            assert main_fails_cleanly(capsys, main, argv, one_line=True).startswith(f"error: {run}/diagnostics.jsonl{why}")
+    adalora = root / "sst2-adalora-1"
+    (adalora / "ranks.jsonl").unlink()
+    line = main_fails_cleanly(capsys, visualize_rank.main, [str(adalora)], one_line=True)
+    assert line == f"error: {adalora} has no ranks.jsonl, which adalora runs write as their ranks change: copy it " \
+                   "with the run's other files (the run may have been copied without it)"
