@@ -14,6 +14,7 @@ which states its analytic model), imported only then. MB are 2**20 bytes.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def run_rows(paths) -> list[dict]:
         run = load_run(path)
         try:
             rows.append(_run_row(run, _memory_of(run)))
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, AttributeError) as error:
             what = f"lacks the entry {error}" if isinstance(error, KeyError) else "is not laid out as training writes"
             raise AnalysisError(f"{run.path / 'memory.json'} {what}: it is damaged or not this project's; "
                                 "train the run again or leave it out") from None
@@ -43,18 +44,29 @@ def run_rows(paths) -> list[dict]:
 def _run_row(run, memory: dict) -> dict:
     base = memory["base"]["component_bytes"]
     adapter = memory["adapter"]
+    bits = memory["quantized_bits_per_parameter"]
+    measured_by = memory["peak"]["peak_memory_measured_by"]
+    if not isinstance(measured_by, str):
+        raise TypeError("peak_memory_measured_by is not text")
     return {
         "task": run.task, "method": run.method, "budget": run.budget,
-        "base MB": f"{memory['base']['total_bytes'] / MB:.2f}",
-        "quantised MB": f"{(base['quantized_linear_weights'] + base['quantization_constants']) / MB:.2f}",
-        "bits/quantised weight": _maybe(memory["quantized_bits_per_parameter"], "{:.3f}"),
-        "adapter MB": f"{adapter['adapter_lora_bytes'] / MB:.3f}",
-        "head MB": f"{adapter['adapter_head_bytes'] / MB:.3f}",
-        "adapter params (saved)": f"{adapter['saved_adapter_params']:,}",
-        "trainable params": f"{adapter['trainable_params']['trainable_params']:,}",
-        "peak MB": f"{memory['peak']['peak_memory_mb']:.0f}",
-        "peak measured by": memory["peak"]["peak_memory_measured_by"].split(" (")[0],
+        "base MB": f"{_figure(memory['base']['total_bytes']) / MB:.2f}",
+        "quantised MB": f"{_figure(base['quantized_linear_weights'] + base['quantization_constants']) / MB:.2f}",
+        "bits/quantised weight": _maybe(bits if bits is None else _figure(bits), "{:.3f}"),
+        "adapter MB": f"{_figure(adapter['adapter_lora_bytes']) / MB:.3f}",
+        "head MB": f"{_figure(adapter['adapter_head_bytes']) / MB:.3f}",
+        "adapter params (saved)": f"{_figure(adapter['saved_adapter_params']):,}",
+        "trainable params": f"{_figure(adapter['trainable_params']['trainable_params']):,}",
+        "peak MB": f"{_figure(memory['peak']['peak_memory_mb']):.0f}",
+        "peak measured by": measured_by.split(" (")[0],
     }
+
+
+def _figure(value):
+    """A figure of memory.json: a finite number, else TypeError (the file is not as training writes it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{value!r} is not a finite number")
+    return value
 
 
 def _memory_of(run) -> dict:

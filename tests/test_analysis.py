@@ -536,6 +536,19 @@ def test_a_damaged_memory_json_is_named(tmp_path, capsys):
         line = main_fails_cleanly(capsys, memory_calculation.main, [str(run)], one_line=True)
         assert line.startswith(f"error: {run / 'memory.json'} {why}") and "train the run again" in line
 
+    # entries of the wrong type, a real run's memory.json otherwise intact (they ended in AttributeError or
+    # ValueError, or printed nan as a peak)
+    real = next(RESULTS.glob("*/*/memory.json"))
+    for name, change in (("by-number", lambda m: m["peak"].update(peak_memory_measured_by=5)),
+                         ("peak-word", lambda m: m["peak"].update(peak_memory_mb="x")),
+                         ("peak-nan", lambda m: m["peak"].update(peak_memory_mb=float("nan"))),
+                         ("saved-word", lambda m: m["adapter"].update(saved_adapter_params="x"))):
+        memory = json.loads(real.read_text())
+        change(memory)
+        run = fake_run(tmp_path / name, **{"memory.json": json.dumps(memory)})
+        line = main_fails_cleanly(capsys, memory_calculation.main, [str(run)], one_line=True)
+        assert line.startswith(f"error: {run / 'memory.json'} is not laid out as training writes"), name
+
 
 def test_row_energy_refuses_an_example_count_the_data_cannot_give(tmp_path, capsys):
     import row_energy
@@ -786,6 +799,14 @@ def test_runs_of_another_task_demo_data_or_dev_set_are_not_compared(runs_root, t
     synthetic = variant("sst2-adalora-1", "synthetic", synthetic_data=True)
     assert "trained on synthetic demo data (--demo)" in main_fails_cleanly(
         capsys, compare_ranks.main, [adalora, "--against", synthetic], one_line=True)
+
+
+def test_the_memory_plan_names_a_config_file_that_is_not_an_object(tmp_path, capsys):
+    listed = tmp_path / "l.json"
+    listed.write_text("[1, 2]")
+    line = main_fails_cleanly(capsys, memory_calculation.main, ["--plan", "--model_name_or_path", str(listed)], True)
+    assert line == f"error: cannot read a model config from '{listed}' (a JSON list or value, not a config's object): " \
+                   "give a model folder, a config.json, or a hub name reachable from here"
 
 
 def test_the_memory_plan_refuses_an_initial_rank_training_would_refuse(capsys):

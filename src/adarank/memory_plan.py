@@ -88,6 +88,8 @@ def model_skeleton(name_or_path: str | None, num_labels: int) -> nn.Module:
     try:
         if Path(name_or_path).is_file():
             document = json.loads(Path(name_or_path).read_text())
+            if not isinstance(document, dict):
+                raise ValueError("a JSON list or value, not a config's object")
             config = AutoConfig.for_model(document.pop("model_type"), **document)
         else:
             config = AutoConfig.from_pretrained(name_or_path)
