@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import style
 from cli import at_least, command_line, fail_cleanly
-from run_reader import KIND_LABELS, AnalysisError, Run, layer_order, load_run
+from run_reader import KIND_LABELS, AnalysisError, Damaged, Run, layer_order, load_run
 from run_settings import run_labels, setting_labels
 
 plt = style.plt
@@ -108,14 +108,26 @@ def heatmaps_figure(runs: list[Run], labels: dict | None = None):
     return figure
 
 
+def _spans(phases) -> bool:
+    """Phases as training writes them: a name to [start, end] steps."""
+    return isinstance(phases, dict) and all(
+        isinstance(span, list) and len(span) == 2 and all(isinstance(step, (int, float)) and not isinstance(step, bool)
+                                                          for step in span) for span in phases.values())
+
+
 def schedule_phases(run: Run, records: list[dict]) -> dict[str, list[int]]:
     """Named step ranges to shade, as the method logged them on its ranks.jsonl records (runs
     written before records carried them: from config.json's schedule, where there is one)."""
     for record in records:
         if record.get("phases"):
+            if not _spans(record["phases"]):
+                raise AnalysisError(f"{run.path}/ranks.jsonl: a record's phases are not named [start, end] steps: "
+                                    "the file is damaged")
             return record["phases"]
     s = run.config.get("adapter", {}).get("schedule") or {}
     if {"tinit", "tfinal", "total_step"} <= s.keys():
+        if not all(isinstance(s[k], int) and not isinstance(s[k], bool) for k in ("tinit", "tfinal", "total_step")):
+            raise Damaged(run.path / "config.json", "its schedule's tinit, tfinal or total_step is not a step")
         return {"warm-up (tinit)": [0, s["tinit"]], "final (tfinal)": [s["total_step"] - s["tfinal"], s["total_step"]]}
     return {}
 

@@ -964,3 +964,23 @@ def test_plot_and_diagnostics_tools_refuse_nothing_to_draw(runs_root, tmp_path, 
     line = main_fails_cleanly(capsys, visualize_rank.main, [str(adalora)], one_line=True)
     assert line == f"error: {adalora} has no ranks.jsonl, which adalora runs write as their ranks change: copy it " \
                    "with the run's other files (the run may have been copied without it)"
+
+
+@pytest.mark.parametrize("where, change, message", [
+    ("ranks", lambda r: r.update(phases={"warm": [1]}), "ranks.jsonl: a record's phases are not named [start, end] steps"),
+    ("ranks", lambda r: r.update(phases=[[0, 1]]), "ranks.jsonl: a record's phases are not named [start, end] steps"),
+    ("config", lambda c: c["adapter"]["schedule"].update(tinit="x"),
+     "config.json is damaged (its schedule's tinit, tfinal or total_step is not a step)"),
+], ids=["phase-one-step", "phases-a-list", "tinit-a-word"])
+def test_the_rank_strip_names_phases_of_the_wrong_shape(runs_root, tmp_path, capsys, where, change, message):
+    root = copy_runs(runs_root, tmp_path)
+    run = root / "sst2-adalora-1"
+    records = [json.loads(line) for line in (run / "ranks.jsonl").read_text().splitlines() if line.strip()]
+    if where == "ranks":
+        change(records[0])
+    else:  # records written before they carried their phases: the strip reads the config's schedule
+        records = [{k: v for k, v in record.items() if k != "phases"} for record in records]
+        _edit_json(run / "config.json", change)
+    (run / "ranks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    line = main_fails_cleanly(capsys, visualize_rank.main, [str(run), "--over-time"], one_line=True)
+    assert message in line
