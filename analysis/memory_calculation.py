@@ -14,11 +14,11 @@ which states its analytic model), imported only then. MB are 2**20 bytes.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 from cli import at_least, command_line, fail_cleanly
+from run_files import finite_number
 from run_reader import AnalysisError, load_run
 from tables import csv_text, markdown
 
@@ -64,7 +64,7 @@ def _run_row(run, memory: dict) -> dict:
 
 def _figure(value):
     """A figure of memory.json: a finite number, else TypeError (the file is not as training writes it)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not finite_number(value):
         raise TypeError(f"{value!r} is not a finite number")
     return value
 

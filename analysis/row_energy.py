@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from trained import model_tool_parser  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
+from adarank.errors import UsageError  # noqa: E402
+from trained import model_tool_parser, trained_model  # noqa: E402  (adarank before peft: its filter drops bitsandbytes' notice)
 from cli import at_least, fail_cleanly  # noqa: E402
-from layer_spread import trained_run  # noqa: E402
 from run_files import Damaged  # noqa: E402
 from run_reader import AnalysisError, Run, load_run  # noqa: E402
 
@@ -39,7 +39,7 @@ GROWS_FROM = {"plateau": "r0", "increlora": "init_r"}
 
 def row_energies(run_dir: Path, data_dir: str, examples: int) -> dict[str, list[torch.Tensor]]:
     """Module name -> relative energy of each of its A rows."""
-    config, model, batch = trained_run(run_dir, data_dir, examples)
+    config, model, batch = trained_model(run_dir, data_dir, examples)
     real = batch["attention_mask"].bool()
     moments, hooks = {}, []
     for name in config["target_modules"]:
@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     splits = [rows_from_the_start(run, args.r0) for run in runs]  # every refusal before the first run's minutes
     print("run\tinitial rows: median, max\tgrown rows: median, max")
     for run, split in zip(runs, splits):
-        energies = row_energies(run.path, args.data_dir, args.examples)
+        try:
+            energies = row_energies(run.path, args.data_dir, args.examples)
+        except UsageError as error:
+            raise AnalysisError(str(error)) from None
         initial = [float(e) for v in energies.values() for e in v[:split]]
         grown = [float(e) for v in energies.values() for e in v[split:]] if split is not None else []
         cells = [f"{statistics.median(x):.2f}, {max(x):.2f}" if x else "-" for x in (initial, grown)]

@@ -109,7 +109,7 @@ def read_metrics(path: Path) -> dict:
                 raise Damaged(path, f"its {key} is not text")
         elif isinstance(value, (list, dict)):
             continue
-        elif value is not None and not (_number(value) and math.isfinite(value)):
+        elif value is not None and not finite_number(value):
             raise Damaged(path, f"its {key} is not a finite number")
     return metrics
 
@@ -143,6 +143,11 @@ def read_jsonl(path: Path, record: Callable[[dict], bool] | None = None, shape: 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite_number(value) -> bool:
+    """A number a run file may hold as a figure: not a bool, not NaN or an infinity."""
+    return _number(value) and math.isfinite(value)
 
 
 def _count(value) -> bool:

@@ -4,10 +4,12 @@ task's sentences to pass through it (the analysis tools that look inside a model
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from adarank.errors import UsageError  # adarank before peft: its filter drops bitsandbytes' notice
 from peft import PeftModel
+from safetensors import SafetensorError
 from adarank.tasks import get_task
 from adarank.tasks.glue.data import load_glue, tokenize
 from adarank.tasks.glue.spec import GlueSpec
@@ -39,14 +41,62 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
         what = "training" if split == "train" else "dev"
         raise UsageError(f"--examples {examples} is more than the {len(sentences)} {what} sentences of "
                          f"{data.source}: give --examples {len(sentences)} or fewer")
-    model_arguments = config["arguments"]["model"]
+    model_arguments = _model_arguments(config, config_path)
+    _check_adapter_settings(adapter / "adapter_config.json")
     four_bit = config.get("four_bit_cpu_kernels") is not None  # the run's base was NF4: load it so again
     tokenizer, base, _ = load_model(model_arguments["model_name_or_path"], task, load_in_4bit=four_bit,
                                     compute_dtype=model_arguments.get("bnb_4bit_compute_dtype"))
-    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    except SafetensorError as error:
+        raise UsageError(_damaged(adapter / "adapter_model.safetensors", str(error))) from None
+    _check_target_modules(model, config.get("target_modules"), config_path)
     rows = part(tokenize(data, tokenizer, 128)).select(range(examples))
     batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
     return config, model, batch
+
+
+def _damaged(path: Path, why: str) -> str:
+    return f"{path} is damaged ({why}): train the run again or leave it out"
+
+
+def _model_arguments(config: dict, config_path: Path) -> dict:
+    """config.json's arguments.model, naming the base model the run adapted."""
+    model = (config.get("arguments") or {}).get("model")
+    if model is None:
+        raise UsageError(_damaged(config_path, "it names no arguments.model, the base model the run adapted"))
+    if not isinstance(model.get("model_name_or_path"), str):
+        raise UsageError(_damaged(config_path, "its arguments.model names no model_name_or_path"))
+    return model
+
+
+def _check_adapter_settings(settings: Path) -> None:
+    """The adapter's adapter_config.json, which PEFT reads: there, and a JSON object naming its peft_type."""
+    if not settings.is_file():
+        raise UsageError(f"{settings} is missing (PEFT reads the adapter's settings there): "
+                         "train the run again or leave it out")
+    try:
+        document = json.loads(settings.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise UsageError(_damaged(settings, str(error))) from None
+    if not isinstance(document, dict) or "peft_type" not in document:
+        raise UsageError(_damaged(settings, "it names no peft_type"))
+
+
+def _check_target_modules(model, names, config_path: Path) -> None:
+    """config.json's target_modules: module names, each one the loaded adapter adapts."""
+    if names is None:
+        raise UsageError(_damaged(config_path, "it names no target_modules"))
+    if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
+        raise UsageError(_damaged(config_path, "its target_modules is not a list of module names"))
+    for name in names:
+        try:
+            adapted = hasattr(model.base_model.model.get_submodule(name), "base_layer")
+        except AttributeError:  # no such module
+            adapted = False
+        if not adapted:
+            raise UsageError(_damaged(config_path, f"its target_modules names {name}, which the run's adapter "
+                                                   "does not adapt"))
 
 
 def model_tool_parser(doc: str, examples: int, sentences: str) -> argparse.ArgumentParser:
