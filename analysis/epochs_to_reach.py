@@ -24,6 +24,10 @@ from tables import csv_text, markdown
 def evaluations(run: Run, key: str) -> list[dict]:
     """The run's dev evaluations in order, each with its step and epoch."""
     records = [r for r in run.require_finished().history().records if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+    infinite = next((r for r in records if math.isinf(r[key])), None)
+    if infinite is not None:  # a score is bounded: an infinite one would be the run's best and reach any target
+        raise AnalysisError(f"{run.path / 'history.jsonl'} has an infinite {key} at step {infinite.get('step')}: "
+                            "the file is damaged")
     if not records:
         raise AnalysisError(f"{run.path / 'history.jsonl'} holds no {key}: the run never evaluated during training")
     return records

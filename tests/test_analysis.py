@@ -669,6 +669,21 @@ def test_a_history_that_is_not_utf8_is_named_in_one_line(runs_root, tmp_path, ca
     assert line == f"error: {run / 'history.jsonl'} is not UTF-8 text: the file is damaged"
 
 
+def test_an_infinite_score_in_a_history_is_named_not_taken_as_the_best(runs_root, tmp_path, capsys):
+    import epochs_to_reach
+
+    run = tmp_path / "run"
+    shutil.copytree(runs_root / "sst2-lora-1", run)
+    records = read_jsonl(run / "history.jsonl")
+    damaged_at = next(r for r in records if "eval_accuracy" in r)
+    damaged_at["eval_accuracy"] = float("inf")
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))  # json writes Infinity
+    line = main_fails_cleanly(capsys, epochs_to_reach.main, [str(run), "--reference", str(runs_root / "sst2-lora-2")],
+                              one_line=True)
+    assert line == (f"error: {run / 'history.jsonl'} has an infinite eval_accuracy at step {damaged_at['step']}: "
+                    "the file is damaged")
+
+
 # --- damaged run files, unlike runs set against each other, numbers the tools would misuse -------
 
 def damaged(runs_root: Path, folder: Path, run: str, **files: str) -> Path:
