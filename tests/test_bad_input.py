@@ -285,6 +285,11 @@ BAD_FLAGS = [
     (("--batch_eval_metrics",), "--batch_eval_metrics cannot be used here"),
     (("--debug", "underflow_overflow"), "--debug cannot be used here"),
     (("--optim", "galore_adamw"), "--optim galore_adamw needs the package galore_torch, which is not installed"),
+    # Optimizers whose packages this machine lacks, each a traceback at the Trainer's start before.
+    *[(("--optim", optim), f"--optim {optim} needs the package {package}, which is not installed")
+      for optim, package in (("adamw_torch_xla", "torch_xla"), ("adamw_torch_npu_fused", "torch_npu"),
+                             ("adamw_anyprecision", "torchdistx"), ("adamw_torch_4bit", "torchao"),
+                             ("adamw_torch_8bit", "torchao"), ("stable_adamw", "optimi (pip install torch-optimi)"))],
     (("--use_liger_kernel",), "--use_liger_kernel needs the package liger_kernel, which is not installed"),
     (("--fsdp", "full_shard"), "--fsdp shards the model over processes, and this run has one"),
     (("--metric_for_best_model", "foo"), "--metric_for_best_model foo is no metric of sst2: use one of loss, accuracy"),

@@ -27,9 +27,12 @@ CHANGES_THE_RUN = (
      "it drops the last dev batch too, and every dev example must be scored"),
     ("debug", "--debug", bool, "its underflow/overflow checks fail on this harness's models (boolean inputs)"),
 )
-# a word in --optim's value -> the package that optimizer needs
+# a word in --optim's value -> the package (its import name) that optimizer needs
 OPTIMIZER_PACKAGES = {"galore": "galore_torch", "apollo": "apollo_torch", "lomo": "lomo_optim",
-                      "schedule_free": "schedulefree", "grokadamw": "grokadamw"}
+                      "schedule_free": "schedulefree", "grokadamw": "grokadamw", "torch_xla": "torch_xla",
+                      "npu": "torch_npu", "anyprecision": "torchdistx", "torch_4bit": "torchao",
+                      "torch_8bit": "torchao", "stable_adamw": "optimi"}
+PIP_NAMES = {"optimi": "torch-optimi"}  # where pip's name is not the import name
 
 
 def _installed(package: str) -> bool:
@@ -53,8 +56,9 @@ def check_trainer_options(training, task: Task) -> None:
             raise UsageError(f"{flag} cannot be used here: {why}; leave it out")
     if missing := _needed_packages(training):
         flag, package = missing[0]
-        raise UsageError(f"{flag} needs the package {package}, which is not installed: install it or leave the "
-                         "flag out")
+        pip = f" (pip install {PIP_NAMES[package]})" if package in PIP_NAMES else ""
+        raise UsageError(f"{flag} needs the package {package}{pip}, which is not installed: install it or leave "
+                         "the flag out")
     if training.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise UsageError("--fsdp shards the model over processes, and this run has one: start it with torchrun "
                          "--nproc_per_node N, or leave --fsdp out")
