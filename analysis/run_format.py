@@ -1,11 +1,11 @@
-"""The versions of the run directory's documents, and the steps that read an older config.json in
-today's terms. Training writes ``format_version`` (FORMAT_VERSION) into config.json and metrics.json;
-files without one are version 1."""
+"""The versions of the run directory's documents, and the steps that read an older config.json or
+metrics.json in today's terms. Training writes ``format_version`` (FORMAT_VERSION) into config.json
+and metrics.json; files without one are version 1."""
 
 from __future__ import annotations
 
-# A later version adds a step to MIGRATIONS.
-FORMAT_VERSION = 2
+# A later version adds a step to MIGRATIONS (and to migrate_metrics where metrics.json changed).
+FORMAT_VERSION = 3
 
 
 def _config_v1_to_v2(config: dict) -> dict:
@@ -31,7 +31,12 @@ def _config_v1_to_v2(config: dict) -> dict:
     return config
 
 
-MIGRATIONS = {1: _config_v1_to_v2}  # version -> the step that brings a config.json one version up
+def _config_v2_to_v3(config: dict) -> dict:
+    """Version 3 changed metrics.json alone (``migrate_metrics``): a version 2 config.json reads as it is."""
+    return config
+
+
+MIGRATIONS = {1: _config_v1_to_v2, 2: _config_v2_to_v3}  # version -> the step that brings a config.json one up
 
 
 def migrate_config(config: dict) -> dict:
@@ -45,3 +50,45 @@ def migrate_config(config: dict) -> dict:
         config = MIGRATIONS[version](config)
         version += 1
     return {**config, "format_version": FORMAT_VERSION}
+
+
+# Methods whose adapters switch directions off while they stay held: before version 3, AdaLoRA's
+# metrics.json averaged what it held and SoRA's what was live.
+MASKING = {"adalora", "qadalora"}
+
+
+def _count(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def migrate_metrics(metrics: dict, config: dict) -> dict:
+    """A metrics.json of any version in today's terms (``config``: the run's config.json, read already).
+
+    Since version 3, ``average_adapter_params`` is what every method holds and trains, and
+    ``average_live_adapter_params`` / ``final_live_adapter_params`` what is switched on. Before, SoRA
+    reported the live figure as its average: held is then A and B at r_max (config.json's adapter count,
+    taken before training) plus the gates, one per direction. AdaLoRA reported what it held; its live
+    figures were not recorded, so they stay absent. Every other method holds only live directions.
+    Figures that are missing or no numbers are left as they are, for the readers to report.
+    """
+    version = metrics.get("format_version", 1)
+    if not _count(version) or version >= FORMAT_VERSION:
+        return metrics
+    metrics = {**metrics, "format_version": FORMAT_VERSION}
+    held = metrics.get("average_adapter_params", metrics.get("adapter_params"))
+    final = metrics.get("final_adapter_params", metrics.get("adapter_params"))
+    method = config.get("method")
+    if method == "sora":
+        parameters = config.get("parameters") if isinstance(config.get("parameters"), dict) else {}
+        start = parameters.get("adapter_params", metrics.get("adapter_params"))
+        gates = metrics.get("initial_total_rank")
+        if not all(map(_count, (held, start, gates))):
+            return metrics
+        metrics["average_live_adapter_params"], metrics["average_adapter_params"] = held, start + gates
+        if _count(final):
+            metrics["final_live_adapter_params"] = final + gates
+    elif method not in MASKING and _count(held):
+        metrics["average_adapter_params"] = metrics["average_live_adapter_params"] = held
+        if _count(final):
+            metrics["final_live_adapter_params"] = final
+    return metrics

@@ -15,6 +15,7 @@ from pathlib import Path
 from run_files import (DIAGNOSTICS_RECORD, HISTORY_RECORD, RANK_RECORD, SUMMARY_RECORD, AnalysisError, Damaged,
                        JsonLines, diagnostics_record, history_record, rank_record, read_metrics, summary_record)
 from run_files import read_config, read_jsonl, read_object, text
+from run_format import migrate_metrics
 
 # Shorter axis labels for three of the paper's module names (any other name is shown as it is).
 KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output": "ffn out",
@@ -219,7 +220,7 @@ def load_run(path: str | Path) -> Run:
     run = Run(path, config=read_config(path))
     if (path / "metrics.json").is_file():
         try:
-            run.metrics = read_metrics(path / "metrics.json")
+            run.metrics = migrate_metrics(read_metrics(path / "metrics.json"), run.config)
         except Damaged as damage:
             run.problem, run.damage = damage.short, damage
     return run

@@ -3,7 +3,10 @@
     python analysis/summarize_runs.py RUNS_ROOT [--csv] [--paper] [--bootstrap 2000] [--pair-all]
 
 Table 1: task x method x budget, the task's metric as mean +- std over seeds
-(n), trainable parameters, adapter MB, train time and peak memory.
+(n), trainable parameters, the adapter parameters held and trained averaged over
+the optimizer steps (and, where a method switched directions off, the live ones:
+AdaLoRA's unmasked triplets, SoRA's nonzero gates), adapter MB, train time and
+peak memory.
 Table 2: for two methods on the same task and budget, the difference of the
 means and a paired bootstrap 95% interval of it, resampling the dev examples
 (the same resample for both methods, each method's metric averaged over its
@@ -147,6 +150,17 @@ def from_the_start(runs: list[Run], key: str) -> str:
     return f"{np.mean(whole):.0f}" + (f" ({len(whole)} of {len(runs)}; {resumed} resumed)" if resumed else "")
 
 
+def live_count(runs: list[Run]) -> str:
+    """The live adapter parameters averaged over the steps, mean over the runs that recorded them:
+    AdaLoRA's runs written before metrics.json's version 3 did not ("-", never guessed)."""
+    live = [r.metrics.get("average_live_adapter_params") for r in runs]
+    known = [value for value in live if value is not None]
+    if not known:
+        return "-"
+    return mean_count(known) + (f" ({len(known)} of {len(runs)}; {len(runs) - len(known)} unrecorded)"
+                                if len(known) < len(runs) else "")
+
+
 def results_rows(groups: dict) -> list[dict]:
     rows, names = [], method_names(groups)
     for group, runs in groups.items():
@@ -159,14 +173,19 @@ def results_rows(groups: dict) -> list[dict]:
             row[key.removeprefix("eval_")] = f"{scale * mean:.2f}" + (f" +- {scale * std:.2f}" if len(runs) > 1 else "")
         row["trainable params"] = mean_count([r.metrics["trainable_params"] for r in runs])
         row["adapter params"] = mean_count([r.metrics["adapter_params"] for r in runs])
-        # Growing methods: the adapter parameters trained, averaged over the optimizer steps.
+        # The adapter parameters held and trained, averaged over the optimizer steps (growing methods hold
+        # more as they grow), and those of the directions switched on (fewer under AdaLoRA's mask, SoRA's gates).
         row["avg adapter params"] = mean_count(
             [r.metrics.get("average_adapter_params", r.metrics["adapter_params"]) for r in runs])
+        row["avg live params"] = live_count(runs)
         sizes = [s for s in map(adapter_mb, runs) if s is not None]
         row["adapter MB"] = f"{np.mean(sizes):.3f}" if sizes else "-"
         row["train s"] = from_the_start(runs, "train_seconds")
         row["peak MB"] = from_the_start(runs, "peak_memory_mb")
         rows.append(row)
+    if all(row["avg live params"] == row["avg adapter params"] for row in rows):
+        for row in rows:  # no method switched a direction off: the column would repeat the one before
+            del row["avg live params"]
     return rows
 
 

@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from adarank.arguments import AdapterArguments
+from adarank.memory import parameter_counts
+from adarank.methods.adalora.allocation import ALLOCATOR_STATE_FILE
 from adarank.tasks.glue.data import load_glue, tokenize
 from adarank.tasks.glue.model import load_model
 from adarank.tasks import TASKS
@@ -56,6 +58,51 @@ def build_adalora(tiny_model, orth_reg_weight: float):
 def demo_batch(tokenizer, size=8):
     data = tokenize(load_glue(TASKS["sst2"], demo=True, max_train_samples=size), tokenizer, 64)
     return data.train, DataCollatorWithPadding(tokenizer)([data.train[i] for i in range(size)])
+
+
+def built_adalora(tiny_model, total_step: int):
+    task = TASKS["sst2"]
+    tokenizer, model, _ = load_model(tiny_model, task, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return tokenizer, build_adapter(model, task, "adalora", AdapterArguments(method="adalora"), total_step=total_step)
+
+
+def test_the_live_average_leaves_out_the_masked_triplets_once_the_mask_prunes(tiny_model, tmp_path):
+    """average_live_adapter_params: at each optimizer step the triplets the allocator's mask leaves on,
+    their row of P and column of Q, plus every E entry; what the run holds until the first masking."""
+    tokenizer, built = built_adalora(tiny_model, total_step=20)
+    (allocation,) = built.callbacks
+    held = parameter_counts(built.model, 0).adapter_params  # P, E and Q at init_r
+    shapes = {name: p.shape for name, p in built.model.base_model.model.named_parameters()}
+    counted = []
+
+    class EachStep(TrainerCallback):  # after the allocation of the step
+        def on_step_end(self, args, state, control, **kwargs):
+            ranks = allocation.effective_ranks()
+            counted.append(sum(r * (shapes[n.replace("lora_E", "lora_A")][1] + shapes[n.replace("lora_E", "lora_B")][0])
+                               + shapes[n][0] for n, r in ranks.items()))
+
+    train, _ = demo_batch(tokenizer, size=32)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=20,
+                             learning_rate=1e-2, report_to="none", save_strategy="no")
+    Trainer(model=built.model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=[allocation, EachStep()]).train()
+    masked = next(step for step, live in enumerate(counted) if live < held)
+    assert len(counted) == 20 and masked > 0 and set(counted[:masked]) == {held}
+    assert all(live < held for live in counted[masked:])
+    figures = allocation.summary()
+    assert figures["average_live_adapter_params"] == pytest.approx(sum(counted) / 20)
+    assert figures["final_live_adapter_params"] == counted[-1]
+
+
+def test_a_checkpoint_without_the_live_count_leaves_the_live_average_unknown(tiny_model, tmp_path):
+    """A run resumed from a checkpoint written before the live count existed cannot know the steps
+    before it: its live average is null (unknown), not the average of the steps after the resume."""
+    _, built = built_adalora(tiny_model, total_step=20)
+    (allocation,) = built.callbacks
+    torch.save({"ipt": {}, "exp_avg_ipt": {}, "exp_avg_unc": {}, "rank_pattern": None},
+               tmp_path / ALLOCATOR_STATE_FILE)
+    allocation.restore(tmp_path)
+    assert allocation.summary()["average_live_adapter_params"] is None
 
 
 def test_the_orthogonal_regulariser_is_in_the_trainers_training_loss(tiny_model, tmp_path):

@@ -120,6 +120,8 @@ def test_results_table_matches_the_metrics_files(runs_root):
         expected = f"{statistics.mean(accuracies):.2f} +- {statistics.stdev(accuracies):.2f}"
         assert rows[(method, "small")]["accuracy"] == expected and rows[(method, "small")]["seeds"] == 2
         assert rows[(method, "small")]["trainable params"] == f"{values[0]['trainable_params']:,}"
+        live = statistics.mean(v["average_live_adapter_params"] for v in values)  # AdaLoRA's mask prunes
+        assert rows[(method, "small")]["avg live params"] == f"{round(live):,}"
     apart = {Path(r["run"]).name: r["why"] for r in tables["apart"]}
     assert apart == {"demo": "synthetic demo data", "stopped": "unfinished or failed (no metrics.json)"}
     (comparison,) = tables["comparisons"]

@@ -134,6 +134,10 @@ def test_a_resumed_adalora_run_continues_the_same_schedule(tiny_model, tmp_path)
     a = json.loads((straight / "metrics.json").read_text())
     b = json.loads((resumed / "metrics.json").read_text())
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)
+    # The live parameters of the steps before the checkpoint travel with it: the same average.
+    assert a["average_live_adapter_params"] < a["average_adapter_params"] == b["average_adapter_params"]
+    assert b["average_live_adapter_params"] == pytest.approx(a["average_live_adapter_params"])
+    assert b["final_live_adapter_params"] == a["final_live_adapter_params"] < a["average_live_adapter_params"]
 
 
 def test_a_default_run_directory_is_named_by_the_resolved_budget(tiny_model, tmp_path, monkeypatch):

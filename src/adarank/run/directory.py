@@ -23,8 +23,10 @@ from adarank.run.space import MIN_FREE_BYTES, check_free_space, existing_ancesto
 
 FINISHED_MARKER = "metrics.json"
 # The version of config.json and metrics.json written today; analysis/run_format.py reads every
-# version up to it (a change to either document's entries raises it there and here).
-FORMAT_VERSION = 2
+# version up to it (a change to either document's entries raises it there and here). Version 3:
+# metrics.json's average_adapter_params counts what every method holds and trains (SoRA's gates and
+# all r_max directions too), and average_live_adapter_params what is switched on.
+FORMAT_VERSION = 3
 # Every document a run writes; a new run in the same directory removes them all first, so that no
 # file of the previous run is left beside the new config.json.
 RUN_FILES = (

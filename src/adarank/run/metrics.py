@@ -25,7 +25,10 @@ class RunMetrics:
     peak_memory_evaluation_mb: float
     data: str  # "synthetic", or where the data came from
     resumed_from_step: int | None  # time and peak memory cover the part of training after this step only
-    average_adapter_params: int  # over the optimizer steps; methods whose adapters change size report their own
+    # The adapter parameters the run holds and trains, averaged over the optimizer steps; methods whose
+    # adapters change size report their own, and methods that switch directions off (AdaLoRA's mask,
+    # SoRA's gates) also the live ones (``adapter_figures``).
+    average_adapter_params: int
     method_figures: dict = field(default_factory=dict)  # the method's own summary (AdaLoRA's final ranks ...)
     memory: dict = field(default_factory=dict)  # MemoryReport.summary(), on the main process
     note: str | None = None  # what a reader must know (synthetic data)
@@ -46,8 +49,7 @@ class RunMetrics:
             "peak_memory_evaluation_mb": self.peak_memory_evaluation_mb,
             "data": self.data,
             "resumed_from_step": self.resumed_from_step,
-            "average_adapter_params": self.average_adapter_params,
-            **self.method_figures,
+            **self.adapter_figures(),
             **({"note": self.note} if self.note else {}),
             # Metrics the dev labels leave undefined (one class: no Matthews correlation), stored as null.
             **({"undefined_metrics": undefined} if undefined else {}),
@@ -58,6 +60,16 @@ class RunMetrics:
         if diverged := [k for k, v in document.items() if isinstance(v, float) and not math.isfinite(v)]:
             document.update({key: None for key in diverged}, non_finite=diverged)
         return document
+
+    def adapter_figures(self) -> dict:
+        """The held adapter parameters averaged over the steps, the method's own figures, and the live ones:
+        the parameters of the directions switched on, averaged and at the end (a method that never
+        switches one off holds only live ones; AdaLoRA's and SoRA's report their own, null if unknown)."""
+        figures = {"average_adapter_params": self.average_adapter_params, **self.method_figures}
+        figures.setdefault("average_live_adapter_params", figures["average_adapter_params"])
+        figures.setdefault("final_live_adapter_params", figures.get("final_adapter_params",
+                                                                    self.parameters.adapter_params))
+        return figures
 
 
 # metrics.json's figures of what evaluating cost, beside the dev scores under the same eval_ prefix.

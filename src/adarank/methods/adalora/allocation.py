@@ -1,5 +1,6 @@
 """AdaLoRA's allocation in the Trainer: the callback that runs it once per optimizer step, logs
-the ranks, and carries the allocator's state through checkpoints; and how to read that state."""
+the ranks, counts the live parameters, and carries the allocator's state through checkpoints; and
+how to read that state."""
 
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ class AdaLoraAllocation(TrainerCallback):
         self.first_step = 0
         self.seconds = 0.0  # spent in the allocation (importance update, masking), for metrics.json
         self.threshold: float | None = None  # of the last masking, for ranks.jsonl and the scalars
+        # Sum over the run's optimizer steps of the live parameters, and the steps it covers (through
+        # checkpoints; None: resumed from a checkpoint that did not carry them, so the average is unknown).
+        self.live_sum, self.live_steps = 0.0, 0
+        inner = dict(model.base_model.model.named_parameters())  # each triplet's row of P and column of Q
+        self.widths = {self._unnamed(name % "lora_E"): inner[name % "lora_A"].shape[1] + inner[name % "lora_B"].shape[0]
+                       for name in self._allocator.name_set}
+        self._live: tuple | None = None  # (the rank pattern last counted, its live parameters)
         self._record_thresholds()
 
     def _record_thresholds(self) -> None:
@@ -90,6 +98,21 @@ class AdaLoraAllocation(TrainerCallback):
             return {name: int(sum(mask)) for name, mask in pattern.items()}
         return {name % "lora_E": self._config.init_r for name in self._allocator.name_set}
 
+    def _unnamed(self, key: str) -> str:
+        """A lora_E name without the adapter's: PEFT's save_pretrained swaps the rank pattern for one whose
+        keys lack it."""
+        return key.replace(f".{self._allocator.adapter_name}", "")
+
+    def live_params(self) -> int:
+        """The parameters of the triplets the mask leaves on: each one's row of P and column of Q, plus
+        every entry of E (masked entries are trained too, and may return). Counted again only when the
+        allocator sets a new rank pattern."""
+        pattern = self._config.rank_pattern
+        if self._live is None or self._live[0] is not pattern:
+            live = sum(rank * self.widths[self._unnamed(name)] for name, rank in self.effective_ranks().items())
+            self._live = (pattern, live + self._allocator.init_bgt)
+        return self._live[1]
+
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps != self._config.total_step:
             raise RuntimeError(
@@ -111,15 +134,23 @@ class AdaLoraAllocation(TrainerCallback):
         started = time.perf_counter()
         self.model.base_model.update_and_allocate(step)
         self.seconds += time.perf_counter() - started
+        if self.live_steps is not None:
+            self.live_sum += self.live_params()
+            self.live_steps += 1
         budget, masked = self._allocator.budget_schedule(step)
         final_step = self._config.total_step - self._config.tfinal
         if (masked and step < final_step) or step == final_step:
             self._log(step + 1, "prune", budget,
                       **({"mask_threshold": self.threshold} if self.threshold is not None else {}))
 
-    def timing(self) -> dict:
+    def summary(self) -> dict:
+        """metrics.json's AdaLoRA figures: the allocation's time, and the live parameters averaged over
+        the optimizer steps (null where a resume lost the steps before it) and at the end."""
+        average = None if self.live_steps is None else \
+            self.live_sum / self.live_steps if self.live_steps else float(self.live_params())
         return {"allocation_seconds": round(self.seconds, 3),
-                "allocation_seconds_per_step": round(self.seconds / self.calls, 6) if self.calls else None}
+                "allocation_seconds_per_step": round(self.seconds / self.calls, 6) if self.calls else None,
+                "average_live_adapter_params": average, "final_live_adapter_params": self.live_params()}
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.calls != state.global_step - self.first_step:
@@ -148,7 +179,8 @@ class AdaLoraAllocation(TrainerCallback):
         allocator = self._allocator
         torch.save(
             {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
-             "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": pattern},
+             "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": pattern,
+             "live_sum": self.live_sum, "live_steps": self.live_steps},
             folder / ALLOCATOR_STATE_FILE,
         )
 
@@ -164,6 +196,8 @@ class AdaLoraAllocation(TrainerCallback):
         for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
             setattr(allocator, name, {k: v.to(device) for k, v in saved[name].items()})
         self._config.rank_pattern = saved["rank_pattern"]
+        # A checkpoint written before the live count existed: the steps before it are not known.
+        self.live_sum, self.live_steps = saved.get("live_sum", 0.0), saved.get("live_steps")
 
     def _log(self, step: int, event: str, budget: int, **extra) -> None:
         if self.rank_log is not None:

@@ -86,7 +86,7 @@ class AdaLora(ShapeChanging, AdapterMethod):
         vectorise_allocator(peft_model)
         vectorise_regulariser(peft_model)
         allocation = AdaLoraAllocation(peft_model, request.rank_log)
-        return BuiltAdapter(peft_model, callbacks=[allocation], summary=allocation.timing,
+        return BuiltAdapter(peft_model, callbacks=[allocation], summary=allocation.summary,
                             scalars=lambda: regulariser_scalars(peft_model))
 
     def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:

@@ -1,5 +1,5 @@
 """SoRA in the Trainer: the gates' proximal step after every optimizer step, the ranks it leaves,
-the live parameters it trains, the gates through checkpoints, and the fold at the end.
+the parameters it holds and the live ones, the gates through checkpoints, and the fold at the end.
 
 The Trainer owns the optimizer of A and B (and the task head); the gates are not in it: they
 require gradients only from ``on_train_begin``, after the optimizer is made. Each gate's gradient
@@ -40,6 +40,8 @@ class SoraGates(TrainerCallback):
         # Parameters each gate entry switches on or off: its row of A and its column of B.
         self.widths = torch.cat([torch.full((layer.r[adapter],), float(layer.in_features + layer.out_features),
                                             dtype=torch.float64) for layer in layers.values()])  # exact counts
+        # Held and trained throughout: A and B of every r_max direction, and every gate entry.
+        self.held = int(self.widths.sum()) + len(self.widths)
         self.param_steps = torch.zeros((), dtype=torch.float64)  # sum over steps of the live parameters
         self.grads = torch.zeros(len(self.widths))  # the gates' gradients since the last step
         self.hooks: list = []
@@ -61,8 +63,10 @@ class SoraGates(TrainerCallback):
     def summary(self) -> dict:
         final = self.final if self.final is not None else self.ranks()
         final_params = sum(r * (self.layers[n].in_features + self.layers[n].out_features) for n, r in final.items())
-        average = float(self.param_steps) / self.steps if self.steps else float(self.live_params())
-        return {"average_adapter_params": average, "final_adapter_params": final_params,
+        live = float(self.param_steps) / self.steps if self.steps else float(self.live_params())
+        # final_adapter_params: the folded adapter's A and B (the live directions, no gates), as saved.
+        return {"average_adapter_params": self.held, "average_live_adapter_params": live,
+                "final_adapter_params": final_params, "final_live_adapter_params": final_params + len(self.widths),
                 "initial_total_rank": self.plan.max_rank * len(self.layers), "final_total_rank": sum(final.values()),
                 "gate_steps": self.steps}
 

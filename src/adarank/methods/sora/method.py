@@ -3,9 +3,11 @@ per adapted module, and the callback that sparsifies the gates.
 
 Budgets: a SoRA run is labelled and compared with the LoRA rank of its budget (2 for small, 8 for
 large, or --lora_r) and starts at 1.5x that rank (``arguments``' module docstring says why); how
-far the gates prune is learned, so metrics.json reports the live adapter parameters averaged over
-the optimizer steps and the count the saved adapter holds (``average_adapter_params``,
-``final_adapter_params``), to set beside LoRA's at the same budget.
+far the gates prune is learned, so metrics.json reports, beside the parameters the run holds and
+trains (``average_adapter_params``: A and B at r_max and the gates, as for every method), the live
+ones averaged over the optimizer steps (``average_live_adapter_params``: the directions whose gate is
+not zero, and every gate entry) and the count the saved adapter holds (``final_adapter_params``), to
+set beside LoRA's at the same budget.
 """
 
 from __future__ import annotations
