@@ -340,6 +340,35 @@ BAD_FLAGS = [
     (("--lora_alpha", "inf"), "--lora_alpha inf must be a finite number"),
     (("--method", "adalora", "--orth_reg_weight", "nan"), "--orth_reg_weight nan must be a finite number"),
     (("--num_train_epochs", "inf"), "--num_train_epochs inf must be a finite number"),
+    # Trainer values that ended in a traceback as the Trainer started, at the first step, or after the training.
+    (("--neftune_noise_alpha", "-1"), "--neftune_noise_alpha -1 must be >= 0"),
+    (("--eval_accumulation_steps", "0"), "--eval_accumulation_steps 0 must be at least 1"),
+    (("--lr_scheduler_kwargs", '{"foo": 1}'), "--lr_scheduler_type linear takes no 'foo' (it takes none)"),
+    (("--lr_scheduler_kwargs", '{"num_cycles": 2}'), "--lr_scheduler_type linear takes no 'num_cycles'"),
+    (("--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"foo": 1}'),
+     "--lr_scheduler_type cosine takes no 'foo' (it takes: num_cycles)"),
+    (("--lr_scheduler_type", "reduce_lr_on_plateau", "--eval_strategy", "steps", "--eval_steps", "1",
+      "--lr_scheduler_kwargs", '{"foo": 1}'), "reduce_lr_on_plateau takes no 'foo' (it takes: mode, factor, patience"),
+    (("--lr_scheduler_kwargs", '{"num_warmup_steps": 3}'), "num_warmup_steps is the Trainer's to set (--warmup_steps)"),
+    (("--lr_scheduler_type", "cosine_with_min_lr"),
+     "--lr_scheduler_type cosine_with_min_lr: One of min_lr or min_lr_rate should be set"),
+    (("--lr_scheduler_type", "warmup_stable_decay"),
+     "--lr_scheduler_type warmup_stable_decay needs num_decay_steps in --lr_scheduler_kwargs"),
+    (("--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_cycles": "x"}'),
+     "could not convert string to float: 'x' (it takes: num_cycles)"),
+    (("--lr_scheduler_kwargs", "zz"), "--lr_scheduler_kwargs 'zz' is not a JSON object"),
+    (("--optim_args", "zzz"), "--optim_args 'zzz': 'zzz' is not key=value"),
+    (("--gradient_checkpointing", "--gradient_checkpointing_kwargs", "zz"),
+     "--gradient_checkpointing_kwargs 'zz' is not a JSON object"),
+    (("--gradient_checkpointing", "--gradient_checkpointing_kwargs", '{"foo": 1}'),
+     "--gradient_checkpointing_kwargs: unknown key 'foo' (it takes: use_reentrant,"),
+    (("--activation_checkpointing", "--activation_checkpointing_kwargs", '{"debug": true}'),
+     '--activation_checkpointing_kwargs: debug needs "use_reentrant": false'),
+    (("--torch_compile", "--torch_compile_backend", "nope"),
+     "--torch_compile_backend nope is no backend accelerate knows: use one of no, eager, aot_eager, inductor"),
+    (("--torch_compile", "--torch_compile_mode", "nope"), "--torch_compile_mode nope is no mode of the inductor"),
+    (("--accelerator_config", "zz"), "--accelerator_config zz: no such file"),
+    (("--accelerator_config", '{"foo": 1}'), "--accelerator_config: unknown key 'foo' (it takes: split_batches,"),
 ]
 # Argument files: the file and the key are named.
 BAD_FILES = [
@@ -353,6 +382,8 @@ BAD_FILES = [
     ("args.yaml", "learnig_rate: 0.001\n", "args.yaml: unknown key 'learnig_rate' (did you mean 'learning_rate'?)"),
     ("args.yaml", "method: adalora\nlora_r: 4\n", "--lora_r is not AdaLoRA's"),
     ("args.json", '{"lora_alpha": NaN}', "args.json: lora_alpha nan must be a finite number"),
+    ("args.yaml", "accelerator_config:\n  foo: 1\n", "args.yaml: accelerator_config: unknown key 'foo'"),
+    ("args.yaml", "lr_scheduler_kwargs: [1]\n", "--lr_scheduler_kwargs [1] is not a JSON object"),
 ]
 
 
@@ -554,7 +585,7 @@ def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_de
 # plan on the loaded model, a Trainer option that breaks only once the Trainer starts.
 LATE_FAILURES = [
     ("--method", "eva", "--eva_rho", "1000"),
-    ("--method", "lora", "--lr_scheduler_kwargs", '{"a": 1}', "--save_strategy", "no"),
+    ("--method", "lora", "--optim", "sgd", "--optim_args", "momentum=fast", "--save_strategy", "no"),
 ]
 
 

@@ -20,7 +20,7 @@ from adarank.errors import UsageError, first_line
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
-from adarank.trainer_options import check_trainer_options
+from adarank.trainer_options import check_accelerator_config, check_trainer_options
 from adarank.validation import (REWRITTEN_STEPS, check_given_steps, check_numbers, check_reporting,
                                 join_negative_values, typed_file_values)
 
@@ -196,6 +196,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
         check_keys(argv[0], given, classes)
         given = typed_file_values(argv[0], given, classes)
         check_given_steps(given, argv[0])
+        check_accelerator_config(given.get("accelerator_config"), argv[0])
         explicit = set(given)
         if given.get("no_bf16"):
             if given.get("bf16"):
@@ -215,6 +216,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
                                 **(defaults or {})})
         check_flags(parser, argv)
         check_given_steps({name: _flag_value(argv, name) for name in REWRITTEN_STEPS})
+        check_accelerator_config(_flag_value(argv, "accelerator_config"))  # TrainingArguments reads it as it parses
         if "no_bf16" in explicit:
             if "bf16" in explicit:
                 raise UsageError("--bf16 and --no_bf16 contradict each other: give one")
@@ -233,7 +235,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
                           source=source, argv=tuple(given_argv))
     check_numbers(arguments, source)  # every training number in its range, before anything is loaded
     check_reporting(training)
-    check_trainer_options(training, task)
+    check_trainer_options(training, task, explicit)
     return arguments
 
 
