@@ -20,7 +20,8 @@ from adarank.errors import UsageError, first_line
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
-from adarank.trainer_options import check_accelerator_config, check_trainer_options
+from adarank.trainer_kwargs import check_accelerator_config
+from adarank.trainer_options import check_trainer_options
 from adarank.validation import (REWRITTEN_STEPS, check_given_steps, check_numbers, check_reporting,
                                 join_negative_values, typed_file_values)
 
