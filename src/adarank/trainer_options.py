@@ -14,7 +14,7 @@ import os
 
 from huggingface_hub import constants
 
-from adarank.errors import UsageError
+from adarank.errors import UsageError, first_line
 from adarank.tasks import Task
 from adarank.trainer_kwargs import check_object_flags
 
@@ -35,6 +35,7 @@ OPTIMIZER_PACKAGES = {"galore": "galore_torch", "apollo": "apollo_torch", "lomo"
                       "npu": "torch_npu", "anyprecision": "torchdistx", "torch_4bit": "torchao",
                       "torch_8bit": "torchao", "stable_adamw": "optimi"}
 PIP_NAMES = {"optimi": "torch-optimi"}  # where pip's name is not the import name
+MODEL_OPTIMIZERS = ("galore", "apollo", "lomo")  # built from the model's layers, not from parameters alone
 
 
 def _installed(package: str) -> bool:
@@ -80,6 +81,24 @@ def check_trainer_options(training, task: Task, explicit=frozenset()) -> None:
     check_object_flags(training, explicit)
 
 
+def _optimizer_trial(training) -> None:
+    """Build the optimizer --optim and --optim_args name, as the Trainer would, on one parameter: a value it
+    cannot read (momentum=fast) or take (momentum=-1) is refused now, not after the run directory is taken.
+    Optimizers built around the model (GaLore, APOLLO, LOMO) are left to the Trainer."""
+    import torch
+    from transformers import Trainer
+
+    optim = str(getattr(training.optim, "value", training.optim))
+    if any(word in optim for word in MODEL_OPTIMIZERS):
+        return
+    try:
+        optimizer, arguments = Trainer.get_optimizer_cls_and_kwargs(training)
+        optimizer([torch.nn.Parameter(torch.zeros(1))], **arguments)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"--optim {optim} --optim_args {training.optim_args!r}: {first_line(error)}: fix the value, "
+                         "or leave it out") from None
+
+
 def _check_texts(training) -> None:
     """Values of text flags the Trainer fails on only once it starts: --optim_args, the compile backend and mode."""
     for item in training.optim_args.replace(" ", "").split(",") if training.optim_args else ():  # as transformers
@@ -87,6 +106,8 @@ def _check_texts(training) -> None:
         if not key or not value or "=" in value:
             raise UsageError(f"--optim_args {training.optim_args!r}: {item!r} is not key=value: write it as "
                              "comma-separated key=value items (beta1=0.9,eps=1e-8)")
+    if training.optim_args:
+        _optimizer_trial(training)
     from accelerate.utils import DynamoBackend
 
     backend = training.torch_compile_backend
