@@ -370,6 +370,9 @@ BAD_FLAGS = [
     (("--torch_compile", "--torch_compile_backend", "nope"),
      "--torch_compile_backend nope is no backend accelerate knows: use one of no, eager, aot_eager, inductor"),
     (("--torch_compile", "--torch_compile_mode", "nope"), "--torch_compile_mode nope is no mode of the inductor"),
+    # The runs here are --demo runs: real data named beside them would be ignored.
+    (("--data_dir", "{tmp}"), "--demo trains on built-in synthetic data, so --data_dir would be ignored: drop --demo "
+                              "to use that data, or drop --data_dir"),
     (("--accelerator_config", "zz"), "--accelerator_config zz: no such file"),
     (("--accelerator_config", '{"foo": 1}'), "--accelerator_config: unknown key 'foo' (it takes: split_batches,"),
 ]
@@ -387,6 +390,8 @@ BAD_FILES = [
     ("args.json", '{"lora_alpha": NaN}', "args.json: lora_alpha nan must be a finite number"),
     ("args.yaml", "accelerator_config:\n  foo: 1\n", "args.yaml: accelerator_config: unknown key 'foo'"),
     ("args.yaml", "lr_scheduler_kwargs: [1]\n", "--lr_scheduler_kwargs [1] is not a JSON object"),
+    ("args.yaml", "data_dir: glue\n", "args.yaml: demo trains on built-in synthetic data, so data_dir would be "
+                                     "ignored: drop demo to use that data, or drop data_dir"),
 ]
 
 

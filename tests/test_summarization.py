@@ -238,6 +238,11 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
     (("--demo", "--repetition_penalty", "nan"), "--repetition_penalty nan must be a finite number"),
     (("--demo", "--length_penalty", "inf"), "--length_penalty inf must be a finite number"),
     (("--data_dir", "x"), "--data_dir is for GLUE"),
+    # --demo's synthetic records would silently replace the data these name.
+    (("--demo", "--data_file", "train.jsonl"), "--demo trains on built-in synthetic data, so --data_file would be "
+                                                "ignored: drop --demo to use that data, or drop --data_file"),
+    (("--demo", "--validation_split_percentage", "150"), "so --validation_split_percentage would be ignored"),
+    (("--demo", "--text_column", "document"), "so --text_column would be ignored"),
     (("--validation_file", __file__.replace(".py", ".jsonl")), "--validation_file without --data_file"),
 ])
 def test_bad_summarization_flags(capsys, tiny_llama, tmp_path, argv, message):

@@ -22,7 +22,7 @@ from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
 from adarank.trainer_kwargs import check_accelerator_config
 from adarank.trainer_options import check_trainer_options
-from adarank.validation import (REWRITTEN_STEPS, check_given_steps, check_numbers, check_reporting,
+from adarank.validation import (REWRITTEN_STEPS, check_demo_data, check_given_steps, check_numbers, check_reporting,
                                 join_negative_values, typed_file_values)
 
 DEMO_EPOCHS = 4
@@ -237,6 +237,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     check_numbers(arguments, source)  # every training number in its range, before anything is loaded
     check_reporting(training)
     check_trainer_options(training, task, explicit)
+    check_demo_data(data.demo, explicit, source)
     return arguments
 
 

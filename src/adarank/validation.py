@@ -200,3 +200,20 @@ def _wandb_key_here() -> bool:
     except (OSError, netrc.NetrcParseError):  # no such file, or one netrc cannot read
         return False
     return entry is not None and bool(entry[2])  # the key is the entry's password
+
+
+# Flags that name real data, which --demo's built-in synthetic data would silently replace.
+REAL_DATA_FLAGS = ("data_dir", "data_file", "validation_file", "test_file", "validation_split_percentage",
+                   "text_column", "summary_column")
+
+
+def check_demo_data(demo: bool, explicit: set[str], source: str | None = None) -> None:
+    """Refuse --demo beside a flag that names real data: one of the two would be ignored."""
+    given = [name for name in REAL_DATA_FLAGS if name in explicit]
+    if not (demo and given):
+        return
+    if source is None:
+        raise UsageError(f"--demo trains on built-in synthetic data, so --{given[0]} would be ignored: drop --demo "
+                         f"to use that data, or drop --{given[0]}")
+    raise UsageError(f"{source}: demo trains on built-in synthetic data, so {given[0]} would be ignored: drop demo to "
+                     f"use that data, or drop {given[0]}")
