@@ -63,6 +63,11 @@ def test_adalora_logs_its_allocation_as_ranks_jsonl_holds_it(tiny_model, tmp_pat
     assert {"Orth_regu_loss/lora_A", "Orth_regu_loss/lora_B"} <= set(curves)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {v for _, v in curves["train/num_train_param"]} == {metrics["adapter_params"]}
+    # The live parameters: every triplet's until the mask first prunes, fewer after; the last one logged at
+    # the final step is the run's final live count.
+    live = [v for _, v in curves["train/num_live_param"]]
+    assert live[0] == metrics["adapter_params"] and min(live) < live[0]
+    assert live[-1] == metrics["final_live_adapter_params"]
     assert [s for s, _ in curves["Eval_sst2/accuracy"]] == [10, 20]
 
     card = (run_dir / "adapter" / "README.md").read_text()

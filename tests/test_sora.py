@@ -238,9 +238,11 @@ def test_the_demo_script_sparsifies_logs_and_saves_a_plain_lora_adapter(seeded_b
     # Held and trained throughout, as every method counts it: A and B at r_max, and the gates.
     assert metrics["average_adapter_params"] == start
     assert metrics["final_live_adapter_params"] < metrics["average_live_adapter_params"] < start
-    # TensorBoard's trainable parameters are the live ones at each logging step (the gates included):
-    # here every step, so their mean is the live average.
-    live = [value for _, value in scalars(run_dir)["train/num_train_param"]]
+    # TensorBoard's live parameters at each logging step (the gates included): here every step, so their
+    # mean is the live average; its trainable parameters are the held ones, as for every method.
+    curves = scalars(run_dir)
+    assert {value for _, value in curves["train/num_train_param"]} == {start}
+    live = [value for _, value in curves["train/num_live_param"]]
     assert len(live) == 16 and live[0] == start
     assert live[-1] == metrics["final_live_adapter_params"] == metrics["final_adapter_params"] + 36
     assert metrics["average_live_adapter_params"] == pytest.approx(sum(live) / 16)

@@ -11,7 +11,9 @@ The names follow the AdaLoRA authors' scheme, so their dashboards and ours read 
 - ``Growth/rank_added`` at a growth event;
 - ``Orth_regu_loss/lora_A`` and ``Orth_regu_loss/lora_B`` (AdaLoRA's regulariser, each half);
   ``orth_regu_loss`` (R), ``regu_loss`` (gamma R, the part of the loss it is), ``num_train_param``
-  (trainable adapter parameters now): written ``train/<name>`` as the Trainer writes its own;
+  (adapter parameters held and trained now) and ``num_live_param`` (those of the directions switched on:
+  fewer under AdaLoRA's mask and SoRA's gates, as metrics.json counts them): written ``train/<name>`` as
+  the Trainer writes its own;
 - ``Eval_<task>/<metric>``: the dev metrics of every evaluation.
 
 Events (``ranks.jsonl`` records) are sent at the step of their record; the rest at logging steps
@@ -192,8 +194,8 @@ class ScalarsAtLogs(TrainerCallback):
         if not logs or "loss" not in logs or not self.scalars.integrations:  # training logs, reported somewhere
             return
         parameters = self.adapter_parameters()
-        values = {**self.scalars.ranks_now(), "num_train_param": parameters}
-        if self.method_scalars is not None:
+        values = {**self.scalars.ranks_now(), "num_train_param": parameters, "num_live_param": parameters}
+        if self.method_scalars is not None:  # methods that switch directions off send their own live count
             values.update(self.method_scalars())
         self.scalars.send(values)
 

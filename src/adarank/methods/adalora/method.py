@@ -87,7 +87,8 @@ class AdaLora(ShapeChanging, AdapterMethod):
         vectorise_regulariser(peft_model)
         allocation = AdaLoraAllocation(peft_model, request.rank_log)
         return BuiltAdapter(peft_model, callbacks=[allocation], summary=allocation.summary,
-                            scalars=lambda: regulariser_scalars(peft_model))
+                            scalars=lambda: {**regulariser_scalars(peft_model),
+                                             "num_live_param": float(allocation.live_params())})
 
     def parameters_at_rank(self, rank: int, shapes: Shapes) -> int:
         return sum(rank * (i + o + 1) for i, o in shapes)  # P, Q and the diagonal E (section 3.1)

@@ -71,10 +71,11 @@ class SoraGates(TrainerCallback):
                 "gate_steps": self.steps}
 
     def scalars(self) -> dict[str, float]:
-        """For --report_to at logging steps: the live parameters (not the r_max count the shapes give) and
-        the gates' mean magnitude."""
+        """For --report_to at logging steps: the parameters held (A and B at r_max, and the gates, which are
+        not the model's parameters) and the live ones, as metrics.json counts them, and the gates' mean magnitude."""
         gates = torch.cat([g.detach() for g in self.gates])
-        return {"num_train_param": float(self.live_params()), "Sora/mean_abs_gate": float(gates.abs().mean())}
+        return {"num_train_param": float(self.held), "num_live_param": float(self.live_params()),
+                "Sora/mean_abs_gate": float(gates.abs().mean())}
 
     def _log(self, step: int, event: str, ranks: dict[str, int], **extra) -> None:
         self.logged = ranks
