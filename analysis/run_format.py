@@ -57,7 +57,8 @@ def migrate_config(config: dict) -> dict:
 MASKING = {"adalora", "qadalora"}
 
 
-def _count(value) -> bool:
+def _number(value) -> bool:
+    """As run_files' test of a figure (run_files imports this module, so it cannot be imported here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -72,7 +73,7 @@ def migrate_metrics(metrics: dict, config: dict) -> dict:
     Figures that are missing or no numbers are left as they are, for the readers to report.
     """
     version = metrics.get("format_version", 1)
-    if not _count(version) or version >= FORMAT_VERSION:
+    if not _number(version) or version >= FORMAT_VERSION:
         return metrics
     metrics = {**metrics, "format_version": FORMAT_VERSION}
     held = metrics.get("average_adapter_params", metrics.get("adapter_params"))
@@ -82,13 +83,13 @@ def migrate_metrics(metrics: dict, config: dict) -> dict:
         parameters = config.get("parameters") if isinstance(config.get("parameters"), dict) else {}
         start = parameters.get("adapter_params", metrics.get("adapter_params"))
         gates = metrics.get("initial_total_rank")
-        if not all(map(_count, (held, start, gates))):
+        if not all(map(_number, (held, start, gates))):
             return metrics
         metrics["average_live_adapter_params"], metrics["average_adapter_params"] = held, start + gates
-        if _count(final):
+        if _number(final):
             metrics["final_live_adapter_params"] = final + gates
-    elif method not in MASKING and _count(held):
+    elif method not in MASKING and _number(held):
         metrics["average_adapter_params"] = metrics["average_live_adapter_params"] = held
-        if _count(final):
+        if _number(final):
             metrics["final_live_adapter_params"] = final
     return metrics
