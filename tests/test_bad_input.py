@@ -361,6 +361,9 @@ BAD_FLAGS = [
     (("--optim", "sgd", "--optim_args", "momentum=fast"),
      "--optim sgd --optim_args 'momentum=fast': could not convert string to float: 'fast'"),
     (("--optim", "sgd", "--optim_args", "momentum=-1"), "--optim sgd --optim_args 'momentum=-1': Invalid momentum value"),
+    (("--optim", "adamw_torch", "--optim_args", "betas=0.8"), "--optim_args: --optim adamw_torch does not read "
+     "'betas', and the Trainer would drop it without a word: leave it out (AdamW's betas and eps are --adam_beta1"),
+    (("--optim", "sgd", "--optim_args", "momentum=0.5,nesterov_=1"), "--optim sgd does not read 'nesterov_'"),
     (("--gradient_checkpointing", "--gradient_checkpointing_kwargs", "zz"),
      "--gradient_checkpointing_kwargs 'zz' is not a JSON object"),
     (("--gradient_checkpointing", "--gradient_checkpointing_kwargs", '{"foo": 1}'),
@@ -649,3 +652,15 @@ def test_push_to_hub_is_refused_where_the_hub_client_is_offline(capsys, tiny_mod
                          "--push_to_hub", "--output_dir", str(tmp_path / "p"), one_line=True)
     assert line.startswith("error: --push_to_hub with HF_HUB_OFFLINE set: the hub is out of reach")
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("optim, items", [("sgd", "momentum=0.5"), ("rmsprop", "alpha=0.9,eps=1e-6"),
+                                          ("ademamix", "alpha=5.0")])  # ademamix: 5.0 is its default value
+def test_optimizer_arguments_the_optimizer_reads_are_accepted(tmp_path, optim, items):
+    from transformers import TrainingArguments
+
+    from adarank.tasks import get_task
+    from adarank.trainer_options import check_trainer_options
+
+    training = TrainingArguments(str(tmp_path), optim=optim, optim_args=items, report_to=[])
+    check_trainer_options(training, get_task("sst2"))

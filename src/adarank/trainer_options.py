@@ -9,6 +9,7 @@ traceback at start-up or, worse, after the whole training.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 
@@ -97,6 +98,35 @@ def _optimizer_trial(training) -> None:
     except (ValueError, TypeError) as error:
         raise UsageError(f"--optim {optim} --optim_args {training.optim_args!r}: {first_line(error)}: fix the value, "
                          "or leave it out") from None
+    if ignored := _ignored_keys(training, arguments):
+        adam = " (AdamW's betas and eps are --adam_beta1, --adam_beta2, --adam_epsilon)" if "betas" in arguments else ""
+        raise UsageError(f"--optim_args: --optim {optim} does not read {ignored[0]!r}, and the Trainer would drop it "
+                         f"without a word: leave it out{adam}")
+
+
+def _ignored_keys(training, arguments: dict) -> list[str]:
+    """The --optim_args keys the optimizer's keyword arguments do not depend on (``arguments``: those built from
+    every key): the same without the key, and the same with another value in it."""
+    items = dict(item.partition("=")[::2] for item in training.optim_args.replace(" ", "").split(","))
+    ignored = []
+    for key, value in items.items():
+        without = {k: v for k, v in items.items() if k != key}
+        other = {**items, key: value + "7"}
+        if all(_arguments_with(training, variant) == arguments for variant in (without, other)):
+            ignored.append(key)
+    return ignored
+
+
+def _arguments_with(training, items: dict) -> dict | None:
+    """The optimizer's keyword arguments were --optim_args ``items`` (None: a value it cannot read)."""
+    from transformers import Trainer
+
+    variant = copy.copy(training)
+    variant.optim_args = ",".join(f"{key}={value}" for key, value in items.items()) or None
+    try:
+        return Trainer.get_optimizer_cls_and_kwargs(variant)[1]
+    except (ValueError, TypeError):
+        return None
 
 
 def _check_texts(training) -> None:
