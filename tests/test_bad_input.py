@@ -373,6 +373,10 @@ BAD_FLAGS = [
     (("--torch_compile", "--torch_compile_backend", "nope"),
      "--torch_compile_backend nope is no backend accelerate knows: use one of no, eager, aot_eager, inductor"),
     (("--torch_compile", "--torch_compile_mode", "nope"), "--torch_compile_mode nope is no mode of the inductor"),
+    # Backends accelerate names that this torch has not (onnxrt), or has without their package (tvm)
+    (("--torch_compile", "--torch_compile_backend", "onnxrt"), "--torch_compile_backend onnxrt cannot compile here "
+     "(torch has no such backend, or its package is not installed): use one of no, eager, aot_eager, inductor"),
+    (("--torch_compile", "--torch_compile_backend", "tvm"), "--torch_compile_backend tvm cannot compile here"),
     # The runs here are --demo runs: real data named beside them would be ignored.
     (("--data_dir", "{tmp}"), "--demo trains on built-in synthetic data, so --data_dir would be ignored: drop --demo "
                               "to use that data, or drop --data_dir"),

@@ -37,6 +37,7 @@ OPTIMIZER_PACKAGES = {"galore": "galore_torch", "apollo": "apollo_torch", "lomo"
                       "torch_8bit": "torchao", "stable_adamw": "optimi"}
 PIP_NAMES = {"optimi": "torch-optimi"}  # where pip's name is not the import name
 MODEL_OPTIMIZERS = ("galore", "apollo", "lomo")  # built from the model's layers, not from parameters alone
+BACKEND_PACKAGES = {"tvm": "tvm"}  # compile backends dynamo registers whose package it imports only as it compiles
 
 
 def _installed(package: str) -> bool:
@@ -129,6 +130,16 @@ def _arguments_with(training, items: dict) -> dict | None:
         return None
 
 
+def _compile_backends(known: list[str]) -> list[str]:
+    """The compile backends of ``known`` (accelerate's) that this torch can run: registered with dynamo, and
+    their package installed ("no": no compilation)."""
+    from torch._dynamo import list_backends
+
+    registered = set(list_backends(exclude_tags=()))
+    return [name for name in known if name == "no" or name in registered
+            and (name not in BACKEND_PACKAGES or _installed(BACKEND_PACKAGES[name]))]
+
+
 def _check_texts(training) -> None:
     """Values of text flags the Trainer fails on only once it starts: --optim_args, the compile backend and mode."""
     for item in training.optim_args.replace(" ", "").split(",") if training.optim_args else ():  # as transformers
@@ -145,6 +156,10 @@ def _check_texts(training) -> None:
     if backend is not None and backend.lower() not in backends:
         raise UsageError(f"--torch_compile_backend {backend} is no backend accelerate knows: use one of "
                          f"{', '.join(backends)}, or leave it out (inductor)")
+    if backend is not None and backend.lower() not in _compile_backends(backends):
+        raise UsageError(f"--torch_compile_backend {backend} cannot compile here (torch has no such backend, or its "
+                         f"package is not installed): use one of {', '.join(_compile_backends(backends))}, or leave "
+                         "it out (inductor)")
     if training.torch_compile_mode is not None and (backend or "inductor").lower() == "inductor":
         from torch._inductor import list_mode_options
 
