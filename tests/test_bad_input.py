@@ -125,6 +125,24 @@ def test_the_task_script_itself_exits_with_one_line():
     assert "plateau" not in line
 
 
+def test_a_flag_under_its_old_name_leaves_the_refusal_one_line(tmp_path):
+    # TrainingArguments warns of --gradient_checkpointing's new name as it parses, before the check refuses
+    done = subprocess.run([sys.executable, str(SRC / "glue-cola.py"), "--demo", "--output_dir", str(tmp_path / "run"),
+                           "--gradient_checkpointing", "--gradient_checkpointing_kwargs", "zz"],
+                          capture_output=True, text=True, timeout=300)
+    line = error_line(done.returncode, done.stderr, one_line=True)
+    assert line.startswith("error: --gradient_checkpointing_kwargs 'zz' is not a JSON object")
+
+
+def test_the_old_name_warning_is_logged_once_the_flags_pass(caplog, tmp_path):
+    from adarank.arguments import parse_arguments
+    from adarank.tasks import get_task
+
+    parse_arguments(get_task("cola"), ["--demo", "--output_dir", str(tmp_path / "run"), "--gradient_checkpointing"])
+    assert "`gradient_checkpointing` is deprecated and will be removed in v6. Use `activation_checkpointing` " \
+           "instead." in [record.getMessage() for record in caplog.records]
+
+
 @pytest.mark.parametrize("flags, message", [
     (("--orth_reg_weight", "-1"), "--orth_reg_weight -1.0 must be >= 0"),
     (("--lora_dropout", "1.5"), "--lora_dropout 1.5 must be in [0, 1)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,7 +183,18 @@ def run_defaults(task: Task, demo: bool, recipe_name: str = "paper") -> dict:
 
 def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=(),
                     defaults: dict | None = None) -> Arguments:
-    """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own."""
+    """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own. The warnings
+    the parse raises (TrainingArguments' on a flag's old name) are held until every check has passed and then
+    logged a line each: a refused run ends in its one error line alone."""
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("default")
+        arguments = _parse(task, argv, method_arguments, defaults)
+    for warning in held:
+        logging.getLogger("adarank").warning("%s", " ".join(str(warning.message).split()))
+    return arguments
+
+
+def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict | None) -> Arguments:
     argv = sys.argv[1:] if argv is None else list(argv)
     given_argv = list(argv)
     task_classes = (task.arguments,) if task.arguments is not None else ()
