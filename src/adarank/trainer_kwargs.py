@@ -121,9 +121,8 @@ def _check_checkpointing_kwargs(training, explicit) -> None:
     if _not_an_object(given):
         raise UsageError(f"{flag} {given!r} is not a JSON object: write it as {example}")
     known = {key: (test, requirement) for key, test, requirement in CHECKPOINTING_KEYS}
+    _refuse_unknown_keys(flag, given or {}, known)
     for key, value in (given or {}).items():
-        if key not in known:
-            raise UsageError(f"{flag}: unknown key {key!r} (it takes: {', '.join(known)}): drop it")
         test, requirement = known[key]
         if not test(value):
             raise UsageError(f"{flag}: {key} {json.dumps(value)} must be {requirement}")
@@ -159,7 +158,11 @@ def check_accelerator_config(value, source: str | None = None) -> None:
         return
     if not isinstance(config, dict):
         raise UsageError(f"{shown}: not a JSON object: write it as {example}")
-    known = list(AcceleratorConfig.__dataclass_fields__)
-    for key in config:
+    _refuse_unknown_keys(shown, config, AcceleratorConfig.__dataclass_fields__)
+
+
+def _refuse_unknown_keys(name: str, given: dict, known) -> None:
+    """Refuse the first key of the JSON object ``given`` (the value of ``name``) that is none of ``known``."""
+    for key in given:
         if key not in known:
-            raise UsageError(f"{shown}: unknown key {key!r} (it takes: {', '.join(known)}): drop it")
+            raise UsageError(f"{name}: unknown key {key!r} (it takes: {', '.join(known)}): drop it")
