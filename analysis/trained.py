@@ -65,7 +65,8 @@ def _model_arguments(config: dict, config_path: Path) -> dict:
     model = (config.get("arguments") or {}).get("model")
     if model is None:
         raise UsageError(_damaged(config_path, "it names no arguments.model, the base model the run adapted"))
-    if not isinstance(model.get("model_name_or_path"), str):
+    name = model.get("model_name_or_path", "")  # null: the embedded default model
+    if name is not None and not (isinstance(name, str) and name):
         raise UsageError(_damaged(config_path, "its arguments.model names no model_name_or_path"))
     return model
 

@@ -89,6 +89,21 @@ def test_config_json_without_the_modules_or_the_model_is_named_in_one_line(runs_
     assert line == f"error: {run / 'config.json'} is damaged ({why}): train the run again or leave it out"
 
 
+@pytest.mark.parametrize("tool, shown", [
+    ("layer_spread", "bert.encoder.layer.5."),  # the embedded MiniLM's sixth layer: the tiny test model has two
+    ("row_energy", "run (lora grows no rows)\t"),
+])
+def test_a_run_on_the_embedded_default_model_is_read(data, tmp_path, capsys, tool, shown):
+    # config.json names the default model null: the tool loads the embedded one, as the run did
+    run = tmp_path / "run"
+    assert run_task("sst2", "--data_dir", data, "--method", "lora", "--max_eval_samples", "16", *QUICK,
+                    "--max_steps", "2", "--output_dir", str(run)) == 0
+    assert json.loads((run / "config.json").read_text())["arguments"]["model"]["model_name_or_path"] is None
+    capsys.readouterr()
+    TOOLS[tool]([str(run), "--data_dir", data, "--examples", "4"])
+    assert shown in capsys.readouterr().out
+
+
 def cell(energies: list[float]) -> str:
     return f"{statistics.median(energies):.2f}, {max(energies):.2f}" if energies else "-"
 
