@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cli import at_least, command_line, fail_cleanly
-from run_files import finite_number
+from run_files import Unreadable, finite_number
 from run_reader import AnalysisError, load_run
 from tables import csv_text, markdown
 
@@ -78,6 +78,8 @@ def _memory_of(run) -> dict:
         return json.loads(memory_file.read_text(encoding="utf-8"))
     except ValueError as error:  # a cut-off file, or one that is not UTF-8
         raise AnalysisError(f"{memory_file} is damaged ({error}): train the run again or leave it out") from None
+    except OSError as error:
+        raise Unreadable(memory_file, error) from None
 
 
 def _maybe(value, form: str) -> str:

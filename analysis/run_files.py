@@ -34,6 +34,18 @@ class Damaged(AnalysisError):
         return f"{self.path.name} is damaged ({self.why})"
 
 
+class Unreadable(AnalysisError):
+    """A run file the system will not read (no permission, an I/O error)."""
+
+    def __init__(self, path: Path, error: OSError):
+        self.path, self.why = path, error.strerror or str(error)
+        super().__init__(f"{path} cannot be read ({self.why}): make it readable, or leave the run out")
+
+    @property
+    def short(self) -> str:
+        return f"{self.path.name} cannot be read ({self.why})"
+
+
 @dataclass
 class JsonLines:
     records: list[dict]
@@ -46,6 +58,8 @@ def text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise AnalysisError(f"{path} is not UTF-8 text: the file is damaged") from None
+    except OSError as error:
+        raise Unreadable(path, error) from None
 
 
 def read_object(path: Path) -> dict:
@@ -54,6 +68,8 @@ def read_object(path: Path) -> dict:
         document = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:  # not JSON, or not UTF-8
         raise Damaged(path, str(error)) from None
+    except OSError as error:
+        raise Unreadable(path, error) from None
     if not isinstance(document, dict):
         raise Damaged(path, f"{JSON_KINDS.get(type(document), 'not a JSON object')}, not an object")
     return document

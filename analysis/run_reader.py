@@ -14,7 +14,7 @@ from pathlib import Path
 
 from run_files import (DIAGNOSTICS_RECORD, HISTORY_RECORD, RANK_RECORD, SUMMARY_RECORD, AnalysisError, Damaged,
                        JsonLines, diagnostics_record, history_record, rank_record, read_metrics, summary_record)
-from run_files import read_config, read_jsonl, read_object, text
+from run_files import Unreadable, read_config, read_jsonl, read_object, text
 from run_format import migrate_metrics
 
 # Shorter axis labels for three of the paper's module names (any other name is shown as it is).
@@ -56,7 +56,7 @@ class Run:
     config: dict = field(default_factory=dict)
     metrics: dict | None = None  # None: the run has not finished
     problem: str | None = None  # why the run cannot be read in full (a damaged config.json or metrics.json)
-    damage: Damaged | None = None  # a damaged metrics.json, as a tool that reads it reports it
+    damage: Damaged | Unreadable | None = None  # a damaged or unreadable metrics.json, as a tool reports it
 
     @property
     def name(self) -> str:
@@ -221,7 +221,7 @@ def load_run(path: str | Path) -> Run:
     if (path / "metrics.json").is_file():
         try:
             run.metrics = migrate_metrics(read_metrics(path / "metrics.json"), run.config)
-        except Damaged as damage:
+        except (Damaged, Unreadable) as damage:
             run.problem, run.damage = damage.short, damage
     return run
 
@@ -234,15 +234,13 @@ def _run_in(config: Path, root: Path) -> Run | None:
         return None  # a checkpoint, a saved adapter, a merged model, a run being replaced (run/replaced.py)
     try:
         document = read_object(config)
-    except Damaged as damage:
+    except (Damaged, Unreadable) as damage:
         return Run(config.parent, problem=damage.short)
-    except OSError as error:
-        return Run(config.parent, problem=f"config.json cannot be read ({error})")
     if not {"task", "method"} & document.keys():
         return None  # a model's config.json (a run's names its task and method)
     try:
         return load_run(config.parent)
-    except Damaged as damage:
+    except (Damaged, Unreadable) as damage:
         return Run(config.parent, problem=damage.short)
     except AnalysisError as error:
         return Run(config.parent, problem=str(error))

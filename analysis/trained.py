@@ -80,6 +80,8 @@ def _check_adapter_settings(settings: Path) -> None:
         document = json.loads(settings.read_text(encoding="utf-8"))
     except ValueError as error:
         raise UsageError(_damaged(settings, str(error))) from None
+    except OSError as error:
+        raise UsageError(f"{settings} cannot be read ({error.strerror or error}): make it readable") from None
     if not isinstance(document, dict) or "peft_type" not in document:
         raise UsageError(_damaged(settings, "it names no peft_type"))
 

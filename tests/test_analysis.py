@@ -671,6 +671,44 @@ def test_a_history_that_is_not_utf8_is_named_in_one_line(runs_root, tmp_path, ca
     assert line == f"error: {run / 'history.jsonl'} is not UTF-8 text: the file is damaged"
 
 
+def refuse_to_read(monkeypatch, name: str, folder: Path) -> None:
+    """Reading a file called ``name`` below ``folder`` fails as it does for a user without the permission (the
+    tests run as root, whom a chmod does not stop)."""
+    read_text = Path.read_text
+
+    def guarded(path, *args, **kwargs):
+        if path.name == name and folder in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", guarded)
+
+
+@pytest.mark.parametrize("name", ["predictions.tsv", "history.jsonl", "config.json"])
+def test_a_run_file_that_cannot_be_read_is_named_in_one_line(runs_root, tmp_path, capsys, monkeypatch, name):
+    import epochs_to_reach
+
+    run = shutil.copytree(runs_root / "sst2-lora-1", tmp_path / "run")
+    refuse_to_read(monkeypatch, name, run)
+    argv = [str(run), "--reference", str(runs_root / "sst2-lora-1")]
+    if name == "predictions.tsv":
+        shutil.copytree(runs_root / "sst2-adalora-1", tmp_path / "other")
+        main, argv = summarize_runs.main, [str(tmp_path), "--pair-all"]
+    else:
+        main = epochs_to_reach.main
+    line = main_fails_cleanly(capsys, main, argv, one_line=True)
+    assert line == f"error: {run / name} cannot be read (Permission denied): make it readable, or leave the run out"
+
+
+def test_a_metrics_json_that_cannot_be_read_leaves_its_run_out_of_the_table(runs_root, tmp_path, capsys,
+                                                                           monkeypatch):
+    root = copy_runs(runs_root, tmp_path / "runs")
+    refuse_to_read(monkeypatch, "metrics.json", root)
+    summarize_runs.main([str(root)])
+    out = capsys.readouterr().out
+    assert "metrics.json cannot be read (Permission denied)" in out
+
+
 def test_an_infinite_score_in_a_history_is_named_not_taken_as_the_best(runs_root, tmp_path, capsys):
     import epochs_to_reach
 
