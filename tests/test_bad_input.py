@@ -571,7 +571,11 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
              ("sora", ("--sora_max_rank", "3"), ("--sora_max_rank", "5"), "--sora_max_rank 3, this command gives 5"),
              # other data or another optimizer run: the resumed run would be neither
              ("lora", (), ("--max_train_samples", "16"), "--max_train_samples unset, this command gives 16"),
-             ("lora", (), ("--seed", "5"), "--seed 42, this command gives 5"))
+             ("lora", (), ("--seed", "5"), "--seed 42, this command gives 5"),
+             # another optimizer cannot read the checkpoint's state (a KeyError at the first step, after the
+             # stopped run's config.json was rewritten); another schedule makes a run of two halves
+             ("lora", (), ("--optim", "sgd"), "--optim adamw_torch_fused, this command gives sgd"),
+             ("lora", (), ("--lr_scheduler_type", "cosine"), "--lr_scheduler_type linear, this command gives cosine"))
     for number, (method, flags, changed, message) in enumerate(cases):
         run = tmp_path / f"{method}-{number}"
         assert run_task("cola", *argv, "--method", method, *flags, "--output_dir", str(run)) == 0

@@ -67,10 +67,16 @@ def adapter_arguments(args: Arguments) -> dict:
 def resumed_arguments(args: Arguments) -> dict:
     """The flags a resumed run must share with its checkpoint's run (the part of config.json's
     ``arguments`` that decides the adapters' shapes and training): the adapter groups, the model and
-    the modules adapted, the data trained on and the optimizer's steps (a resume on other data or with
-    another learning rate or batch would make a run that is neither)."""
+    the modules adapted, the data trained on, the optimizer and its schedule (a resume on other data, with
+    another learning rate, batch or optimizer, or over a longer schedule would make a run that is neither:
+    another optimizer cannot read the checkpoint's state, and AdaLoRA's budget follows the total steps)."""
     model, data, training = asdict(args.model), asdict(args.data), args.training.to_dict()
     return {**adapter_arguments(args), "model": {key: model[key] for key in ("model_name_or_path", "target_modules")},
             "data": {key: data[key] for key in ("data_dir", "demo", "max_train_samples")},
-            "training": {key: training[key] for key in ("learning_rate", "per_device_train_batch_size",
-                                                        "gradient_accumulation_steps", "seed")}}
+            "training": {key: training[key] for key in RESUMED_TRAINING}}
+
+
+# The TrainingArguments a resumed run takes from its checkpoint's run
+RESUMED_TRAINING = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "optim",
+                    "optim_args", "lr_scheduler_type", "lr_scheduler_kwargs", "max_steps", "num_train_epochs",
+                    "weight_decay")
