@@ -125,6 +125,25 @@ def test_the_task_script_itself_exits_with_one_line():
     assert "plateau" not in line
 
 
+@pytest.mark.parametrize("flags, message", [
+    (("--metric_for_best_model", "accuracy"), "--metric_for_best_model accuracy is no metric of mnli's evaluations: "
+     "use one of matched_loss, matched_accuracy, mismatched_loss, mismatched_accuracy"),
+    (("--load_best_model_at_end",), "--metric_for_best_model loss (the Trainer's default with "
+     "--load_best_model_at_end) is no metric of mnli's evaluations: use one of matched_loss,"),
+])
+def test_the_best_model_metric_of_a_task_with_two_dev_splits_names_its_split(capsys, tiny_model, tmp_path, flags,
+                                                                             message):
+    # the Trainer failed at the first evaluation: its logs name MNLI's metrics under the split's name
+    argv = ("--demo", "--method", "lora", "--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "run"),
+            "--max_steps", "2", "--max_eval_samples", "8", "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps",
+            "--save_steps", "1")
+    line = fails_cleanly(capsys, "mnli", *argv, *flags, one_line=True)
+    assert line.startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
+    fixed = [flag for flag in flags if flag != "accuracy" and flag != "--metric_for_best_model"]
+    assert run_task("mnli", *argv, *fixed, "--metric_for_best_model", "matched_accuracy") == 0
+
+
 def test_a_flag_under_its_old_name_leaves_the_refusal_one_line(tmp_path):
     # TrainingArguments warns of --gradient_checkpointing's new name as it parses, before the check refuses
     done = subprocess.run([sys.executable, str(SRC / "glue-cola.py"), "--demo", "--output_dir", str(tmp_path / "run"),
@@ -310,7 +329,11 @@ BAD_FLAGS = [
                              ("adamw_torch_8bit", "torchao"), ("stable_adamw", "optimi (pip install torch-optimi)"))],
     (("--use_liger_kernel",), "--use_liger_kernel needs the package liger_kernel, which is not installed"),
     (("--fsdp", "full_shard"), "--fsdp shards the model over processes, and this run has one"),
-    (("--metric_for_best_model", "foo"), "--metric_for_best_model foo is no metric of sst2: use one of loss, accuracy"),
+    (("--metric_for_best_model", "foo"), "--metric_for_best_model foo is no metric of sst2's evaluations: use one of "
+     "loss, accuracy"),
+    (("--metric_for_best_model", "foo_accuracy"), "--metric_for_best_model foo_accuracy is no metric of sst2's"),
+    (("--save_strategy", "best"), "--save_strategy best keeps the checkpoint with the best --metric_for_best_model, "
+     "and none is given: add one"),
     (("--budget", "huge"), "unknown budget 'huge'"),
     (("--learnig_rate", "1e-3"), "unknown flag --learnig_rate (did you mean --learning_rate?)"),
     (("--bf16", "--no_bf16"), "--bf16 and --no_bf16 contradict each other"),

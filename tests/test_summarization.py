@@ -244,6 +244,9 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
     (("--demo", "--validation_split_percentage", "150"), "so --validation_split_percentage would be ignored"),
     (("--demo", "--text_column", "document"), "so --text_column would be ignored"),
     (("--validation_file", __file__.replace(".py", ".jsonl")), "--validation_file without --data_file"),
+    # evaluations during training score the loss alone: the Trainer failed at the first one
+    (("--demo", "--metric_for_best_model", "rouge1"), "--metric_for_best_model rouge1 is no metric of cnndailymail's "
+                                                       "evaluations: use one of loss"),
 ])
 def test_bad_summarization_flags(capsys, tiny_llama, tmp_path, argv, message):
     assert message in fails_cleanly(capsys, "cnndailymail", *argv, "--model_name_or_path", tiny_llama,

@@ -36,6 +36,7 @@ from adarank.run.steps import count_optimizer_steps
 from adarank.fast_paths import take_fast_paths
 from adarank.run.trainer import RunTrainer
 from adarank.tasks import LoadedModel, Task, TaskData, get_task
+from adarank.trainer_options import check_best_metric
 
 log = logging.getLogger("adarank")
 
@@ -170,10 +171,10 @@ def _run_directory(setup: Setup, plan: Plan, data: TaskData) -> RunDirectory:
     run = RunDirectory(from_rank_zero(args.run_dir or default_run_dir(
         setup.task.name, setup.method.name, budget_label(plan.budget_rank), setup.args.training.seed, data.synthetic,
         args.adapter.recipe)))
+    check_best_metric(args.training, setup.task, list(data.dev), args.explicit)  # the splits evaluations log
     if setup.main_process:
         run.check_usable(args.run.overwrite_output_dir, resuming=setup.resume_step is not None)
-    # The Trainer's own files (checkpoints, TensorBoard logs) live inside the run directory.
-    setup.args.training.output_dir = str(run.checkpoints)
+    setup.args.training.output_dir = str(run.checkpoints)  # the Trainer's files (checkpoints, TensorBoard logs)
     return run
 
 
@@ -217,8 +218,7 @@ def _adapted_model(setup: Setup, request: AdapterRequest, plan: Plan, run: RunDi
 
 def _write_config(setup: Setup, data: TaskData, tokenized: TaskData, request: AdapterRequest,
                   adapted: AdaptedModel, run: RunDirectory) -> dict:
-    config = config_document(setup.args, setup.task, data, adapted.name, request, adapted.built.plan,
-                             adapted.counts, run)
+    config = config_document(setup.args, setup.task, data, adapted.name, request, adapted.built.plan, adapted.counts, run)
     config.update(adapted.fast_paths)
     config["tokenized_cache"] = tokenized.tokenized_cache  # split -> read / written / empty / off
     if setup.method.quantized:

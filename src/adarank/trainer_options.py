@@ -72,15 +72,26 @@ def check_trainer_options(training, task: Task, explicit=frozenset()) -> None:
     if training.push_to_hub and constants.HF_HUB_OFFLINE:  # as the hub client reads HF_HUB_OFFLINE
         raise UsageError("--push_to_hub with HF_HUB_OFFLINE set: the hub is out of reach; unset HF_HUB_OFFLINE "
                          "(and log in), or leave --push_to_hub out")
-    metric = training.metric_for_best_model
-    if metric is not None:
-        known = ("loss", *task.metrics)
-        name = metric.removeprefix("eval_")
-        if not any(name == m or name.endswith("_" + m) for m in known):
-            raise UsageError(f"--metric_for_best_model {metric} is no metric of {task.name}: use one of "
-                             f"{', '.join(known)}")
+    if str(getattr(training.save_strategy, "value", training.save_strategy)) == "best" and \
+            training.metric_for_best_model is None:
+        raise UsageError("--save_strategy best keeps the checkpoint with the best --metric_for_best_model, and none "
+                         "is given: add one (loss, or a dev metric of the task)")
     _check_texts(training)
     check_object_flags(training, explicit)
+
+
+def check_best_metric(training, task: Task, splits: list[str], explicit=frozenset()) -> None:
+    """Refuse a --metric_for_best_model (or the Trainer's "loss" under --load_best_model_at_end) that the
+    evaluations during training do not log, which the Trainer found at the first evaluation (a KeyError):
+    ``splits``, the dev splits they evaluate (each metric under its split's name where there are several,
+    MNLI's matched_accuracy); the task's metrics where the Trainer computes them (summarization's: the loss)."""
+    metric = training.metric_for_best_model
+    known = ("loss", *task.metrics) if task.trainer_metrics() is not None else ("loss",)
+    names = [f"{split}_{name}" for split in splits for name in known] if len(splits) > 1 else list(known)
+    if metric is not None and metric.removeprefix("eval_") not in names:
+        default = "" if "metric_for_best_model" in explicit else " (the Trainer's default with --load_best_model_at_end)"
+        raise UsageError(f"--metric_for_best_model {metric}{default} is no metric of {task.name}'s evaluations: use "
+                         f"one of {', '.join(names)}")
 
 
 def _optimizer_trial(training) -> None:
