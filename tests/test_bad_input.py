@@ -144,6 +144,13 @@ def test_the_best_model_metric_of_a_task_with_two_dev_splits_names_its_split(cap
     assert run_task("mnli", *argv, *fixed, "--metric_for_best_model", "matched_accuracy") == 0
 
 
+def test_label_smoothing_is_refused_on_a_regression_task(capsys, tiny):
+    # the Trainer's label smoother gathers class indices: it failed at the first step on STS-B's scores
+    line = fails_cleanly(capsys, "stsb", "--demo", *tiny, "--label_smoothing_factor", "0.1", one_line=True)
+    assert line == ("error: --label_smoothing_factor smooths class labels, and stsb is a regression (its labels are "
+                    "scores): leave it out")
+
+
 def test_a_flag_under_its_old_name_leaves_the_refusal_one_line(tmp_path):
     # TrainingArguments warns of --gradient_checkpointing's new name as it parses, before the check refuses
     done = subprocess.run([sys.executable, str(SRC / "glue-cola.py"), "--demo", "--output_dir", str(tmp_path / "run"),
@@ -376,6 +383,9 @@ BAD_FLAGS = [
     (("--adam_beta2", "1"), "--adam_beta2 1 must be in [0, 1)"),
     (("--adam_epsilon", "-1"), "--adam_epsilon -1 must be >= 0"),
     (("--label_smoothing_factor", "5"), "--label_smoothing_factor 5 must be in [0, 1)"),
+    # TrainingArguments imports deepspeed as it parses the flag: a traceback of three chained errors
+    (("--deepspeed", "ds.json"), "--deepspeed needs the package deepspeed, which is not installed: install it or "
+     "leave the flag out"),
     # Not a number: refused wherever the flag lives (the adapter's, a method's, the Trainer's).
     (("--lora_alpha", "nan"), "--lora_alpha nan must be a finite number"),
     (("--lora_alpha", "inf"), "--lora_alpha inf must be a finite number"),
@@ -437,6 +447,7 @@ BAD_FILES = [
     ("args.yaml", "method: adalora\nlora_r: 4\n", "--lora_r is not AdaLoRA's"),
     ("args.json", '{"lora_alpha": NaN}', "args.json: lora_alpha nan must be a finite number"),
     ("args.yaml", "accelerator_config:\n  foo: 1\n", "args.yaml: accelerator_config: unknown key 'foo'"),
+    ("args.yaml", "deepspeed: ds.json\n", "args.yaml: deepspeed needs the package deepspeed, which is not installed"),
     ("args.yaml", "lr_scheduler_kwargs: [1]\n", "--lr_scheduler_kwargs [1] is not a JSON object"),
     ("args.yaml", "data_dir: glue\n", "args.yaml: demo trains on built-in synthetic data, so data_dir would be "
                                      "ignored: drop demo to use that data, or drop data_dir"),

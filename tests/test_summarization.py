@@ -244,6 +244,11 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
     (("--demo", "--validation_split_percentage", "150"), "so --validation_split_percentage would be ignored"),
     (("--demo", "--text_column", "document"), "so --text_column would be ignored"),
     (("--validation_file", __file__.replace(".py", ".jsonl")), "--validation_file without --data_file"),
+    # --method none trains no adapter: the diagnostics failed as training started, the merge after the evaluation
+    (("--demo", "--method", "none", "--diagnostics"), "--diagnostics records the adapters' updates during training, "
+                                                        "and --method none trains no adapter: leave it out"),
+    (("--demo", "--method", "none", "--merge_adapter"), "--merge_adapter merges a trained adapter into the base, and "
+                                                          "--method none trains none: leave it out"),
     # evaluations during training score the loss alone: the Trainer failed at the first one
     (("--demo", "--metric_for_best_model", "rouge1"), "--metric_for_best_model rouge1 is no metric of cnndailymail's "
                                                        "evaluations: use one of loss"),

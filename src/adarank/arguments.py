@@ -21,7 +21,7 @@ from adarank.errors import UsageError, first_line
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
-from adarank.trainer_kwargs import check_accelerator_config
+from adarank.trainer_kwargs import check_read_as_parsed
 from adarank.trainer_options import check_trainer_options
 from adarank.validation import (REWRITTEN_STEPS, check_demo_data, check_given_steps, check_numbers, check_reporting,
                                 join_negative_values, typed_file_values)
@@ -209,7 +209,7 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
         check_keys(argv[0], given, classes)
         given = typed_file_values(argv[0], given, classes)
         check_given_steps(given, argv[0])
-        check_accelerator_config(given.get("accelerator_config"), argv[0])
+        check_read_as_parsed(given.get, argv[0])
         explicit = set(given)
         if given.get("no_bf16"):
             if given.get("bf16"):
@@ -229,7 +229,7 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
                                 **(defaults or {})})
         check_flags(parser, argv)
         check_given_steps({name: _flag_value(argv, name) for name in REWRITTEN_STEPS})
-        check_accelerator_config(_flag_value(argv, "accelerator_config"))  # TrainingArguments reads it as it parses
+        check_read_as_parsed(lambda name: _flag_value(argv, name))
         if "no_bf16" in explicit:
             if "bf16" in explicit:
                 raise UsageError("--bf16 and --no_bf16 contradict each other: give one")

@@ -7,6 +7,7 @@ when the Trainer built the scheduler, the first checkpointed step, or as Trainin
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import warnings
@@ -129,6 +130,17 @@ def _check_checkpointing_kwargs(training, explicit) -> None:
     if (given or {}).get("debug") and given.get("use_reentrant", True):
         raise UsageError(f"{flag}: debug needs \"use_reentrant\": false (checkpointing with re-entry has no debug "
                          "mode): add it, or drop debug")
+
+
+def check_read_as_parsed(value_of, source: str | None = None) -> None:
+    """Refuse the values TrainingArguments fails on in a traceback as it parses them: --accelerator_config, which
+    it reads then, and --deepspeed, whose package it imports then (``value_of``: a flag's value as given, by name;
+    ``source``: the argument file that gives them)."""
+    check_accelerator_config(value_of("accelerator_config"), source)
+    if value_of("deepspeed") is not None and importlib.util.find_spec("deepspeed") is None:
+        name = "--deepspeed" if source is None else f"{source}: deepspeed"
+        raise UsageError(f"{name} needs the package deepspeed, which is not installed: install it or leave the "
+                         "flag out")
 
 
 def check_accelerator_config(value, source: str | None = None) -> None:

@@ -50,8 +50,6 @@ def _needed_packages(training) -> list[tuple[str, str]]:
     needed = [("--optim " + optim, package) for word, package in OPTIMIZER_PACKAGES.items() if word in optim]
     if training.use_liger_kernel:
         needed.append(("--use_liger_kernel", "liger_kernel"))
-    if training.deepspeed:
-        needed.append(("--deepspeed", "deepspeed"))
     return [(flag, package) for flag, package in needed if not _installed(package)]
 
 
@@ -61,6 +59,9 @@ def check_trainer_options(training, task: Task, explicit=frozenset()) -> None:
     for name, flag, asks, why in CHANGES_THE_RUN:
         if asks(getattr(training, name)):
             raise UsageError(f"{flag} cannot be used here: {why}; leave it out")
+    if training.label_smoothing_factor and getattr(task, "is_regression", False):
+        raise UsageError(f"--label_smoothing_factor smooths class labels, and {task.name} is a regression (its labels "
+                         "are scores): leave it out")
     if missing := _needed_packages(training):
         flag, package = missing[0]
         pip = f" (pip install {PIP_NAMES[package]})" if package in PIP_NAMES else ""

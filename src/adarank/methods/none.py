@@ -23,6 +23,11 @@ class NoAdapter(AdapterMethod):
     trains = False
     reads = frozenset()
     ranks_hint = "it trains no adapter, so it has no rank, alpha or dropout"
+    refuses = {
+        "diagnostics": "--diagnostics records the adapters' updates during training, and --method {name} trains no "
+                       "adapter: leave it out",
+        "merge_adapter": "--merge_adapter merges a trained adapter into the base, and --method {name} trains none: "
+                         "leave it out"}
 
     def plan(self, request: AdapterRequest) -> NoAdapterPlan:
         if not request.task.allows_no_adapter:
