@@ -383,6 +383,10 @@ BAD_FLAGS = [
     (("--adam_beta2", "1"), "--adam_beta2 1 must be in [0, 1)"),
     (("--adam_epsilon", "-1"), "--adam_epsilon -1 must be >= 0"),
     (("--label_smoothing_factor", "5"), "--label_smoothing_factor 5 must be in [0, 1)"),
+    # TrainingArguments' message holds the strategies on lines of their own, which the line had cut off
+    (("--eval_strategy", "no", "--load_best_model_at_end"), "requires the save and eval strategy to match, except "
+     "when --save_strategy=\"best\", but found - Evaluation strategy: IntervalStrategy.NO - Save strategy: "
+     "SaveStrategy.EPOCH: --help describes every flag"),
     # TrainingArguments imports deepspeed as it parses the flag: a traceback of three chained errors
     (("--deepspeed", "ds.json"), "--deepspeed needs the package deepspeed, which is not installed: install it or "
      "leave the flag out"),

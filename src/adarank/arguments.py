@@ -17,7 +17,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from adarank.argument_file import read_argument_file
-from adarank.errors import UsageError, first_line
+from adarank.errors import UsageError, whole_message
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
@@ -239,7 +239,7 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
         try:
             parsed = parser.parse_args_into_dataclasses(args=argv)
         except ValueError as error:  # TrainingArguments' own checks
-            raise UsageError(f"{first_line(error)}: --help describes every flag") from None
+            raise UsageError(f"{whole_message(error)}: --help describes every flag") from None
     model, data, adapter, run, *extra, training = parsed
     task_options = extra.pop(0) if task_classes else None
     # Without --output_dir the pipeline names the run once its plan (and budget label) is known.

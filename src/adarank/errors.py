@@ -21,6 +21,12 @@ def first_line(error: Exception, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
+def whole_message(error: Exception, limit: int = 400) -> str:
+    """An exception's message on one line (its lines joined), for messages whose later lines hold the values
+    that explain the first (TrainingArguments': "... but found" and the strategies, a line each)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())[:limit] or type(error).__name__
+
+
 def exits_cleanly_on_usage_errors(main: Callable) -> Callable:
     """Turn a UsageError into one line on stderr and exit code 2; bugs still raise."""
 
