@@ -241,6 +241,9 @@ def test_a_mistyped_flag_names_the_closest_known_ones(capsys, tmp_path):
     (("--learnig_rate", "1e-3", "extra", "more"),
      ("--learnig_rate (did you mean --learning_rate?)", "unexpected arguments 'extra', 'more'")),
     (("--learning_rate", "fast"), ("argument --learning_rate/--learning-rate: invalid float value: 'fast'",)),
+    # another method's own flag joins the parser with that --method only: it had "no flag is close"
+    (("--method", "lora", "--sora_lambda", "1"),
+     ("unknown flag --sora_lambda (a flag of --method sora: give that method, or drop it)",)),
 ])
 def test_every_unknown_flag_and_stray_argument_is_named(capsys, tmp_path, flags, messages):
     line = fails_cleanly(capsys, "cola", "--demo", "--output_dir", str(tmp_path / "run"), *flags, one_line=True)
