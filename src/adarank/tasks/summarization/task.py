@@ -114,12 +114,7 @@ class SummarizationTask:
         tokenized = tokenize(data, tokenizer, max_seq_length, self.options.max_target_length,
                              shape.encoder_decoder, prompt)
         if shape.max_positions and not shape.encoder_decoder:
-            longest = max(max((len(r) for r in split["input_ids"]), default=0) + (
-                self.generation().max_new_tokens if split is not tokenized.train else 0)
-                for split in [tokenized.train, *tokenized.dev.values()] if len(split))
-            if longest > shape.max_positions:
-                raise UsageError(f"prompt, article and summary take up to {longest} tokens, more than this model's "
-                                 f"{shape.max_positions} positions: lower --max_seq_length or --max_target_length")
+            _check_positions(tokenized, shape.max_positions, self.generation().max_new_tokens)
         return tokenized
 
     def collator(self, tokenizer):
@@ -153,3 +148,19 @@ class SummarizationTask:
 
 
 SUMMARIZATION_TASKS = {"cnndailymail": SummarizationTask()}
+
+
+def _check_positions(tokenized: TaskData, positions: int, new_tokens: int) -> None:
+    """Refuse sequences a decoder-only model has no positions for: a training one (prompt, article and summary),
+    or a dev one with the --max_new_tokens generated after it."""
+    def longest(splits) -> int:
+        return max((len(row) for split in splits if len(split) for row in split["input_ids"]), default=0)
+
+    trained, prompted = longest([tokenized.train]), longest(tokenized.dev.values())
+    if trained > positions:
+        raise UsageError(f"prompt, article and summary take up to {trained} tokens, more than this model's "
+                         f"{positions} positions: lower --max_seq_length or --max_target_length")
+    if prompted + new_tokens > positions:
+        raise UsageError(f"a dev prompt of up to {prompted} tokens and --max_new_tokens {new_tokens} take "
+                         f"{prompted + new_tokens} positions, more than this model's {positions}: lower "
+                         "--max_new_tokens, --max_seq_length or --max_target_length")
