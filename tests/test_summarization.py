@@ -244,6 +244,9 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
     (("--demo", "--validation_split_percentage", "150"), "so --validation_split_percentage would be ignored"),
     (("--demo", "--text_column", "document"), "so --text_column would be ignored"),
     (("--validation_file", __file__.replace(".py", ".jsonl")), "--validation_file without --data_file"),
+    # greedy search has no candidates to weigh: the penalty was dropped without a word
+    (("--demo", "--num_beams", "1", "--length_penalty", "3"), "--length_penalty 3 weighs beam search's candidates, "
+                                                               "and --num_beams 1 searches greedily"),
     # the generated tokens follow a dev prompt: the line named the other two lengths only
     (("--demo", "--max_new_tokens", "100000"), "and --max_new_tokens 100000 take"),
     # --method none trains no adapter: the diagnostics failed as training started, the merge after the evaluation

@@ -50,6 +50,9 @@ def check_arguments(options: SummarizationArguments) -> None:
         raise UsageError(f"--max_new_tokens {options.max_new_tokens} must be at least 1")
     # length_penalty may be any number (below 1 favours shorter summaries); NaN and infinities are refused
     # with every float flag (validation.check_numbers).
+    if options.num_beams == 1 and options.length_penalty != 1.0:
+        raise UsageError(f"--length_penalty {options.length_penalty:g} weighs beam search's candidates, and "
+                         "--num_beams 1 searches greedily: raise --num_beams, or leave --length_penalty out")
     if not options.repetition_penalty > 0:  # NaN too
         raise UsageError(f"--repetition_penalty {options.repetition_penalty:g} must be above 0 (1: no penalty; "
                          "above 1 discourages repeated tokens)")
