@@ -390,6 +390,12 @@ BAD_FLAGS = [
     (("--eval_strategy", "no", "--load_best_model_at_end"), "requires the save and eval strategy to match, except "
      "when --save_strategy=\"best\", but found - Evaluation strategy: IntervalStrategy.NO - Save strategy: "
      "SaveStrategy.EPOCH: --help describes every flag"),
+    # read only beside another option, and dropped without a word otherwise
+    (("--fsdp_config", "{tmp}/a-file"), "--fsdp_config is read only with --fsdp, which this run does not use"),
+    (("--optim_target_modules", "attention"), "--optim_target_modules is read only with a GaLore or APOLLO --optim"),
+    # with --fsdp, TrainingArguments reads the file as it parses: a FileNotFoundError, a JSON error
+    (("--fsdp", "full_shard", "--fsdp_config", "{tmp}/none.json"), "--fsdp_config {tmp}/none.json: no such file"),
+    (("--fsdp", "full_shard", "--fsdp_config", "{tmp}/a-file"), "--fsdp_config {tmp}/a-file: the file holds no JSON"),
     # TrainingArguments imports deepspeed as it parses the flag: a traceback of three chained errors
     (("--deepspeed", "ds.json"), "--deepspeed needs the package deepspeed, which is not installed: install it or "
      "leave the flag out"),

@@ -133,10 +133,15 @@ def _check_checkpointing_kwargs(training, explicit) -> None:
 
 
 def check_read_as_parsed(value_of, source: str | None = None) -> None:
-    """Refuse the values TrainingArguments fails on in a traceback as it parses them: --accelerator_config, which
-    it reads then, and --deepspeed, whose package it imports then (``value_of``: a flag's value as given, by name;
+    """Refuse the values TrainingArguments fails on in a traceback as it parses them: --accelerator_config and
+    --fsdp_config (with --fsdp), which it reads then, and --deepspeed, whose package it imports then (``value_of``: a flag's value as given, by name;
     ``source``: the argument file that gives them)."""
     check_accelerator_config(value_of("accelerator_config"), source)
+    fsdp_config = value_of("fsdp_config")
+    if value_of("fsdp") and isinstance(fsdp_config, str) and not fsdp_config.startswith("{"):
+        name = "--fsdp_config" if source is None else f"{source}: fsdp_config"
+        if not isinstance(_json_file(fsdp_config, name, '\'{"min_num_params": 0}\''), dict):
+            raise UsageError(f"{name} {fsdp_config}: the file holds no JSON object: write one")
     if value_of("deepspeed") is not None and importlib.util.find_spec("deepspeed") is None:
         name = "--deepspeed" if source is None else f"{source}: deepspeed"
         raise UsageError(f"{name} needs the package deepspeed, which is not installed: install it or leave the "
@@ -158,19 +163,25 @@ def check_accelerator_config(value, source: str | None = None) -> None:
         except ValueError:
             return
     elif isinstance(value, str):  # the path of a JSON file
-        path, shown = Path(value), f"{name} {value}"
-        if not path.is_file():
-            why = "is a folder" if path.is_dir() else "no such file"
-            raise UsageError(f"{shown}: {why}: give a JSON object ({example}) or the path of a JSON file")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise UsageError(f"{shown}: the file holds no JSON ({first_line(error)}): fix it") from None
+        config, shown = _json_file(value, name, example), f"{name} {value}"
     if config is None or isinstance(config, AcceleratorConfig):
         return
     if not isinstance(config, dict):
         raise UsageError(f"{shown}: not a JSON object: write it as {example}")
     _refuse_unknown_keys(shown, config, AcceleratorConfig.__dataclass_fields__)
+
+
+def _json_file(value: str, name: str, example: str):
+    """The JSON document in the file a flag ``name`` names (TrainingArguments reads it as it parses): a file
+    that is not there or holds no JSON is refused."""
+    path, shown = Path(value), f"{name} {value}"
+    if not path.is_file():
+        why = "is a folder" if path.is_dir() else "no such file"
+        raise UsageError(f"{shown}: {why}: give a JSON object ({example}) or the path of a JSON file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{shown}: the file holds no JSON ({first_line(error)}): fix it") from None
 
 
 def _refuse_unknown_keys(name: str, given: dict, known) -> None:

@@ -30,6 +30,12 @@ CHANGES_THE_RUN = (
      "it drops the last dev batch too, and every dev example must be scored"),
     ("debug", "--debug", bool, "its underflow/overflow checks fail on this harness's models (boolean inputs)"),
 )
+# Options the Trainer reads only beside another, and drops without a word otherwise: (flag, the other, is it used)
+READ_ONLY_WITH = (
+    ("fsdp_config", "--fsdp", lambda training, optim: bool(training.fsdp)),
+    ("optim_target_modules", "a GaLore or APOLLO --optim (galore_adamw, apollo_adamw, ...)",
+     lambda training, optim: "galore" in optim or "apollo" in optim),
+)
 # a word in --optim's value -> the package (its import name) that optimizer needs
 OPTIMIZER_PACKAGES = {"galore": "galore_torch", "apollo": "apollo_torch", "lomo": "lomo_optim",
                       "schedule_free": "schedulefree", "grokadamw": "grokadamw", "torch_xla": "torch_xla",
@@ -59,6 +65,10 @@ def check_trainer_options(training, task: Task, explicit=frozenset()) -> None:
     for name, flag, asks, why in CHANGES_THE_RUN:
         if asks(getattr(training, name)):
             raise UsageError(f"{flag} cannot be used here: {why}; leave it out")
+    optim = str(getattr(training.optim, "value", training.optim))
+    for name, reader, read in READ_ONLY_WITH:
+        if name in explicit and not read(training, optim):
+            raise UsageError(f"--{name} is read only with {reader}, which this run does not use: leave it out")
     if training.label_smoothing_factor and getattr(task, "is_regression", False):
         raise UsageError(f"--label_smoothing_factor smooths class labels, and {task.name} is a regression (its labels "
                          "are scores): leave it out")
