@@ -2,6 +2,7 @@
 skipped, unfinished ones continued, the small files kept, N runs side by side. A stand-in Python
 (a shell script) plays the runs, so nothing trains here."""
 
+import importlib.util
 import os
 import shlex
 import stat
@@ -186,6 +187,77 @@ def test_a_dry_run_read_in_part_ends_quietly(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+
+def test_help_prints_the_usage_and_exits_0(tmp_path):
+    """--help or -h anywhere before `--` prints the module's docstring, not an error; after `--` it is a
+    flag for every run."""
+    listing, env = setup(tmp_path, "a src/glue-cola.py\n")
+    for argv in (("--help",), ("-h",), (listing, "--dry-run", "--help")):
+        done = drive(*argv, env=env)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout.startswith("Run the configurations x seeds of one benchmark list") and "jobs" in done.stdout
+    passed = drive(listing, "--dry-run", "--", "--help", env=env)
+    assert passed.returncode == 0 and "--help --seed 42" in passed.stdout
+
+
+def test_folders_that_cannot_be_made_are_refused_before_any_run_starts(tmp_path):
+    """mkdir fails under /proc, even for root: one line, no run started, and the runs folder made just
+    before the results folder failed is removed again."""
+    listing, env = setup(tmp_path, "a src/glue-cola.py\n")
+    for argv, message in ((("runs=/proc/adarank-bench/runs",),
+                           "runs: cannot make or write to /proc/adarank-bench/runs: No such file or directory "
+                           "(/proc/adarank-bench): give a folder you can write to"),
+                          (("results=/proc/adarank-bench/results",), "results: cannot make or write to /proc/")):
+        done = drive(listing, *argv, env=env)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
+        assert done.stdout == "" and calls(tmp_path) == [] and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "results").exists()
+    dry = drive(listing, "runs=/proc/adarank-bench/runs", "--dry-run", env=env)  # a dry run makes nothing
+    assert dry.returncode == 0 and "1 run(s) to do" in dry.stdout
+
+
+def test_a_list_that_is_no_file_or_cannot_be_read_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    """A named pipe is named as one (reading it would wait for a writer); a list that cannot be read (a
+    PermissionError, which root never meets: simulated) is one line too."""
+    listing, env = setup(tmp_path, "a src/glue-cola.py\n")
+    os.mkfifo(tmp_path / "pipe.list")
+    done = drive(tmp_path / "pipe.list", "--dry-run", env=env)
+    assert f"{tmp_path / 'pipe.list'} is a named pipe (FIFO), not a file: pass a benchmark list file" in \
+        error_line(done.returncode, done.stderr, one_line=True)
+
+    spec = importlib.util.spec_from_file_location("bench_run", DRIVER)
+    driver = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_run", driver)  # its dataclasses look their module up
+    spec.loader.exec_module(driver)
+    read_text = Path.read_text
+
+    def unreadable(path, *args, **kwargs):
+        if path.name == "bench.list":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository's root: back here after the test
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    code = driver.main([str(listing), "--dry-run"])
+    assert error_line(code, capsys.readouterr().err, one_line=True) == (
+        f"error: {listing} cannot be read (Permission denied): make it readable (chmod u+r) or pass another list")
+
+
+def test_counts_beyond_their_bounds_are_refused(tmp_path):
+    """nice above 19 (the lowest priority; nice(1) would clamp it silently), jobs above 64 and threads
+    above 1024 (a count that would overflow included), before anything starts."""
+    listing, env = setup(tmp_path, "a src/glue-cola.py\n")
+    for argv, message in ((("nice=99",), "nice must be 19 or less, not '99' (the lowest priority there is): give "
+                                         "nice=19 or less"),
+                          (("jobs=99999999999999999999999",), "jobs must be 64 or less, not '99999999999999999999999'"),
+                          (("jobs=65",), "jobs must be 64 or less, not '65' (runs side by side"),
+                          (("threads=1025",), "threads must be 1024 or less, not '1025'")):
+        done = drive(listing, *argv, env=env)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
+        assert calls(tmp_path) == [] and not (tmp_path / "runs").exists()
+    fine = drive(listing, "nice=19", "jobs=64", "threads=1024", "--dry-run", env=env)
+    assert fine.returncode == 0 and "64 at a time, 1024 thread(s) each" in fine.stdout
+
 def listed(name: str, *argv: str) -> list[list[str]]:
     """The runs a list in script/bench would start, as --dry-run prints them, with empty results."""
     env = {**os.environ, "PYTHON": "python"}
@@ -272,11 +344,15 @@ def test_the_step_profile_refuses_bad_input_in_one_line(tmp_path):
     bad = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--task", "rte"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "train.tsv" in bad.stderr
     zero = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--steps", "0"], capture_output=True, text=True)
-    assert zero.returncode != 0 and zero.stderr.strip() == "error: --steps must be at least 1"
+    assert error_line(zero.returncode, zero.stderr, one_line=True) == "error: --steps 0 must be at least 1: give " \
+                                                                      "--steps 1 or more"
+    for flag in ("--batch", "--rank", "--profiled"):  # exit 2, as any bad input of the bench scripts
+        done = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), flag, "0"], capture_output=True, text=True)
+        assert f"{flag} 0 must be at least 1" in error_line(done.returncode, done.stderr, one_line=True)
 
 
 def test_the_step_profile_names_a_damaged_data_folder_in_one_line(tmp_path):
-    """A train.tsv without a column, a folder without dev.tsv: the loader's one line, exit 1 as for any
+    """A train.tsv without a column, a folder without dev.tsv: the loader's one line, exit 2 as for any
     bad input of the bench scripts."""
     header = "index\tsentence1\tlabel\n0\tA dog runs.\tentailment\n"
     write_glue_task(tmp_path / "columns", header, header, folder="RTE")
@@ -288,5 +364,79 @@ def test_the_step_profile_names_a_damaged_data_folder_in_one_line(tmp_path):
                               (tmp_path / "dev", f"lacks {tmp_path / 'dev' / 'RTE' / 'dev.tsv'}: point it at")):
         done = subprocess.run([*PROFILE, "--data_dir", str(data_dir)], capture_output=True, text=True, timeout=300,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-        assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and message in done.stderr, data_dir
+        assert message in error_line(done.returncode, done.stderr, one_line=True), data_dir
+
+
+BENCH = ROOT / "script" / "bench"
+
+
+def bench(script: str, *argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / script), *map(str, argv)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+
+
+def test_the_speed_table_refuses_bad_input_before_it_measures(tmp_path):
+    """benchmark_speed.py: --repeat below 1 (no round: no median), an --only name that no configuration
+    starts with (an empty table after a matmul measurement), the reference loops without LoRA, and the
+    refusals it had (exit 1 then): one line, exit 2, nothing written."""
+    work = tmp_path / "speed"
+    (tmp_path / "file").write_text("")
+    for argv, message in ((("--repeat", "0"), "--repeat 0 must be at least 1: give --repeat 1 or more"),
+                          (("--repeat", "-1"), "--repeat -1 must be at least 1"),
+                          (("--only", "bogus"), "--only bogus: 'bogus' names no configuration: choose from "
+                                                "LoRA,AdaLoRA,QLoRA,QLoRA+AdaLoRA,plateau,reference"),
+                          (("--only", "LoRA,Lora"), "'Lora' names no configuration"),
+                          (("--only", "reference"), "the reference loops copy the LoRA run's settings: add LoRA"),
+                          (("--threads", "0"), "--threads 0: every count must be at least 1"),
+                          (("--threads", "1,x"), "--threads 1,x is not a whole number or a list of them"),
+                          (("--rank", "0"), "--rank 0 must be at least 1"),
+                          (("--repeat", "two"), "argument --repeat: invalid int value: 'two'"),
+                          (("--data_dir", "/nonexistent"), "/nonexistent/SST-2/train.tsv does not exist: pass the "
+                                                           "GLUE folder"),
+                          (("--work_dir", tmp_path / "file" / "speed"),
+                           f"{tmp_path / 'file'} is a file, not a folder")):
+        done = bench("benchmark_speed.py", "--quick", "--work_dir", work, *argv)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
+        assert done.stdout == "" and not work.exists(), argv
+
+
+def test_the_matmul_rate_refuses_bad_counts_in_one_line():
+    """matmul_rate.py: no thread (torch's RuntimeError), no timing (no median), a count torch overflows on."""
+    for argv, message in ((("--threads", "0"), "--threads 0 must be at least 1: give --threads 1 or more"),
+                          (("--threads", "-1"), "--threads -1 must be at least 1"),
+                          (("--threads", "99999999999999999999"), "--threads 99999999999999999999 is more than 1024"),
+                          (("--repeats", "0"), "--repeats 0 must be at least 1: give --repeats 1 or more"),
+                          (("--repeats", "x"), "argument --repeats: invalid int value: 'x': --help lists every flag")):
+        done = bench("matmul_rate.py", *argv)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
+        assert done.stdout == "", argv
+
+
+def test_the_token_cache_benchmark_refuses_bad_input_in_one_line(tmp_path):
+    """benchmark_token_cache.py: a task that is not GLUE's (a KeyError before), a data folder without the
+    task's files (adarank's UsageError, a traceback before), both before anything is printed."""
+    for argv, message in ((("--tasks", "sst2", "bogus"), "invalid choice: 'bogus' (choose from 'cola', 'sst2', "),
+                          (("--tasks", "cnndailymail"), "invalid choice: 'cnndailymail'"),
+                          (("--data_dir", tmp_path, "--tasks", "rte"), f"--data_dir {tmp_path} lacks "
+                                                                       f"{tmp_path / 'RTE' / 'train.tsv'}"),
+                          (("--max_seq_length", "0"), "--max_seq_length 0 must be at least 1")):
+        done = bench("benchmark_token_cache.py", *argv)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
+        assert done.stdout == "", argv
+
+
+def test_the_reference_loop_refuses_a_run_it_cannot_copy(tmp_path):
+    """speed_reference.py: --like without a config.json (a FileNotFoundError before) or with a damaged
+    one, --out under a file: one line, nothing written."""
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text("{")
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "out"
+    for like, where, message in (
+            (tmp_path / "none", out, f"--like {tmp_path / 'none'} holds no config.json: give the directory of a "
+                                     "finished LoRA run"),
+            (tmp_path / "damaged", out, f"{tmp_path / 'damaged' / 'config.json'} cannot be read as JSON"),
+            (tmp_path / "damaged", tmp_path / "file", f"--out {tmp_path / 'file'}: {tmp_path / 'file'} is a file")):
+        done = bench("speed_reference.py", "--reference", "padded", "--like", like, "--out", where)
+        assert message in error_line(done.returncode, done.stderr, one_line=True), like
+        assert not out.exists() and (tmp_path / "file").read_text() == ""

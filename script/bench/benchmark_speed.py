@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_cli import (at_least, command_line, exits_cleanly_on_usage_errors, folder_to_write, threads_at_most,
+                       UsageError)
 from matmul import model_shapes, step_matmul_rate
 from speed_table import markdown_table, median_run, ratios_of, rows_of
 
@@ -134,8 +136,8 @@ def _run(argv: list[str], out: Path, threads: int) -> None:
 # ---------------------------------------------------------------- the table
 
 
-def arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = command_line(__doc__)
     parser.add_argument("--quick", action="store_true", help="demo data, 20 steps a run: 3 minutes on 2 cores, a first look (too few steps for stable ratios)")
     parser.add_argument("--data_dir", default=None, help="GLUE folder with SST-2/ and RTE/ (default: synthetic demo data)")
     parser.add_argument("--task", choices=sorted(SCRIPTS), default="sst2",
@@ -149,17 +151,36 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--work_dir", default="runs/speed")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the whole list; figures are medians")
     parser.add_argument("--only", help="comma-separated labels' first words to run (e.g. LoRA,AdaLoRA,reference)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    at_least(1, train_examples=args.train_examples, eval_examples=args.eval_examples, epochs=args.epochs,
+             rank=args.rank, repeat=args.repeat)
     folder = FOLDERS[args.task]
     if args.data_dir is not None and not (Path(args.data_dir) / folder / "train.tsv").is_file():
-        raise SystemExit(f"error: {args.data_dir}/{folder}/train.tsv does not exist: pass the GLUE folder as --data_dir")
+        raise UsageError(f"{args.data_dir}/{folder}/train.tsv does not exist: pass the GLUE folder as --data_dir")
     try:
         args.thread_counts = [int(n) for n in args.threads.split(",")]
     except ValueError:
-        raise SystemExit(f"error: --threads {args.threads} is not a whole number or a list of them (1,2)") from None
+        raise UsageError(f"--threads {args.threads} is not a whole number or a list of them: give e.g. "
+                         "--threads 2 or --threads 1,2") from None
     if min(args.thread_counts) < 1:
-        raise SystemExit(f"error: --threads {args.threads}: every count must be at least 1")
+        raise UsageError(f"--threads {args.threads}: every count must be at least 1: give e.g. --threads 1 or 1,2")
+    threads_at_most("threads", args.thread_counts)
+    folder_to_write(args.work_dir, "work_dir")
+    check_only(args.only, args.rank, args.task)
     return args
+
+
+def check_only(only: str | None, rank: int, task: str) -> None:
+    """Refuse an --only name that no configuration's label starts with, and the reference loops
+    without LoRA (they copy the LoRA run's settings)."""
+    if not only:
+        return
+    names = list(dict.fromkeys(label.split()[0].rstrip(",") for label, _, _ in configurations(rank, None, False, task)))
+    unknown = [name for name in only.split(",") if name not in names]
+    if unknown:
+        raise UsageError(f"--only {only}: '{unknown[0]}' names no configuration: choose from {','.join(names)}")
+    if "reference" in only.split(",") and "LoRA" not in only.split(","):
+        raise UsageError(f"--only {only}: the reference loops copy the LoRA run's settings: add LoRA (LoRA,reference)")
 
 
 def run_rounds(args: argparse.Namespace, sizes: dict, chosen: list, data: list[str], work: Path,
@@ -174,10 +195,8 @@ def run_rounds(args: argparse.Namespace, sizes: dict, chosen: list, data: list[s
             if kind == "ours":
                 rounds[label].append(run_ours(flags, out, sizes, data, threads))
             else:
-                lora = rounds.get(f"LoRA r={args.rank}")
-                if not lora:
-                    raise SystemExit("error: the reference loops copy the LoRA run's settings: include LoRA in --only")
-                rounds[label].append(run_reference(flags, out, lora[-1], sizes, data, threads))
+                lora = rounds[f"LoRA r={args.rank}"][-1]  # --only with reference but not LoRA: refused up front
+                rounds[label].append(run_reference(flags, out, lora, sizes, data, threads))
             step = rounds[label][-1]["median_step_seconds"]
             print(f"  {label}{f' (round {round_index + 1})' if args.repeat > 1 else ''}: "
                   f"{time.perf_counter() - started:.0f} s, median step {step:.4f} s", flush=True)
@@ -211,8 +230,9 @@ def report(args: argparse.Namespace, sizes: dict, results: dict, default: str, e
         print(f"fraction_of_matmul_peak {lora_row['fraction_of_peak']:.2f}")
 
 
-def main() -> None:
-    args = arguments()
+@exits_cleanly_on_usage_errors
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
     sizes = dict(QUICK if args.quick else FULL)
     for key in sizes:
         if getattr(args, key) is not None:

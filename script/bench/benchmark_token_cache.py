@@ -7,20 +7,19 @@ checked to equal the rows tokenized.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from bench_cli import at_least, command_line, exits_cleanly_on_usage_errors
+from transformers import AutoTokenizer
 
-from transformers import AutoTokenizer  # noqa: E402
+from adarank.loading import embedded_model_path
+from adarank.tasks import TASKS
+from adarank.tasks.glue.data import load_glue, tokenize
+from adarank.tasks.glue.task import GlueTask
 
-from adarank.tasks.glue.data import load_glue, tokenize  # noqa: E402
-from adarank.loading import embedded_model_path  # noqa: E402
-from adarank.tasks import TASKS  # noqa: E402
+GLUE_TASKS = [name for name, task in TASKS.items() if isinstance(task, GlueTask)]
 
 
 def timed(function):
@@ -29,18 +28,21 @@ def timed(function):
     return result, time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@exits_cleanly_on_usage_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = command_line(__doc__)
     parser.add_argument("--data_dir", default="../shared/data/glue_data")
-    parser.add_argument("--tasks", nargs="+", default=["sst2", "cola", "rte"])
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "cola", "rte"], choices=GLUE_TASKS, metavar="TASK",
+                        help=f"GLUE tasks: {' '.join(GLUE_TASKS)}")
     parser.add_argument("--max_seq_length", type=int, default=128)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    at_least(1, max_seq_length=args.max_seq_length)
+    datas = {name: load_glue(TASKS[name], args.data_dir) for name in args.tasks}  # a missing file: before any timing
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     print("task\texamples\tno cache s\tfirst run (write) s\tlater run (read) s\tno cache / read")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["ADARANK_CACHE"] = cache
-        for name in args.tasks:
-            data = load_glue(TASKS[name], args.data_dir)
+        for name, data in datas.items():
             os.environ["ADARANK_TOKEN_CACHE"] = "0"
             plain, plain_s = timed(lambda: tokenize(data, tokenizer, args.max_seq_length))
             os.environ["ADARANK_TOKEN_CACHE"] = "1"

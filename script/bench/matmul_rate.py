@@ -6,10 +6,9 @@ training run is measured against, and whether bf16 pays on this CPU.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
+from bench_cli import at_least, command_line, exits_cleanly_on_usage_errors, threads_at_most
 from matmul import product_seconds
 
 # (tokens, in, out): a batch of 32 sequences of 64 tokens through MiniLM's attention and FFN matrices.
@@ -21,11 +20,14 @@ def rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
     return 2 * m * k * n / product_seconds(m, k, n, dtype, repeats) / 1e9
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@exits_cleanly_on_usage_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = command_line(__doc__)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=50)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=50, help="timings of each product; the median is kept")
+    args = parser.parse_args(argv)
+    at_least(1, threads=args.threads, repeats=args.repeats)
+    threads_at_most("threads", [args.threads])
     torch.set_num_threads(args.threads)
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AVX512-BF16 "
           f"{torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}, "

@@ -19,13 +19,13 @@ overhead and this machine's noise are in both figures).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_cli import at_least, command_line, exits_cleanly_on_usage_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
@@ -127,8 +127,9 @@ def report(label: str, figures: dict) -> None:
                                            for op, ms in figures["top"]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@exits_cleanly_on_usage_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = command_line(__doc__)
     parser.add_argument("--data_dir", required=True, help="GLUE folder with SST-2/ and RTE/, or the task's folder")
     parser.add_argument("--task", choices=["rte", "sst2"], default="rte")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default: fp32)")
@@ -138,16 +139,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 of warm-up)")
     parser.add_argument("--profiled", type=int, default=3, help="profiled steps (after the timed ones)")
-    args = parser.parse_args()
-    for name in ("batch", "rank", "steps", "profiled"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name} must be at least 1")
-    from adarank.errors import UsageError
-
-    try:
-        profile(args)
-    except UsageError as error:  # the data folder or the model: one line, as the other bench scripts do
-        raise SystemExit(f"error: {error}") from None
+    args = parser.parse_args(argv)
+    at_least(1, batch=args.batch, rank=args.rank, steps=args.steps, profiled=args.profiled)
+    profile(args)  # the data folder or the model: adarank's UsageError, one line, exit 2
 
 
 def profile(args) -> None:

@@ -4,6 +4,7 @@
 """Run the configurations x seeds of one benchmark list, and keep each finished run's small files.
 
     python script/bench/run.py LIST [--dry-run] [KEY=VALUE ...] [-- extra flags for every run]
+    python script/bench/run.py --help
     python script/bench/run.py script/bench/cola-fidelity.list configs="lora-r2 plateau" seeds=42 jobs=1
 
 For every seed and, within a seed, every chosen configuration (so that all configurations of the
@@ -14,10 +15,12 @@ RUNS/<config>-seed<N>.log):
   - any other run starts, or continues from its newest complete checkpoint (--resume_from_checkpoint
     auto), and once it ends its small files are copied to RESULTS/<config>-seed<N>/: the names in
     `keep`, never adapters or checkpoints.
-JOBS runs go side by side, each with OMP_NUM_THREADS=THREADS (default: this machine's cores / JOBS:
-two single-threaded runs finish sooner than one two-threaded run on two cores; BENCHMARKS.md), at
-nice level NICE. The Python of the runs: $PYTHON, else .venv/bin/python, else python3. Paths are
-relative to the repository's root. Exit 0 when every run finished, 1 when one failed, 2 on bad input.
+JOBS runs go side by side (1 to 64), each with OMP_NUM_THREADS=THREADS (1 to 1024; default: this
+machine's cores / JOBS: two single-threaded runs finish sooner than one two-threaded run on two cores;
+BENCHMARKS.md), at nice level NICE (0 to 19, the lowest priority; -20 to -1 raise it, which only root
+may). RUNS and RESULTS are made before the first run starts. The Python of the runs: $PYTHON, else
+.venv/bin/python, else python3. Paths are relative to the repository's root. Exit 0 when every run
+finished, 1 when one failed, 2 on bad input.
 
 A list file holds one item a line (`#` starts a comment, a line ending in `\\` goes on):
   KEY = VALUE                   a setting; any KEY=VALUE on the command line replaces the list's
@@ -27,7 +30,8 @@ ones run by default: every configuration of the list), flags (added to every con
 jobs (default 2), threads, nice (default 0), and data (a file or folder that must exist). Any other
 key (epochs, precision, ...) is a value for the flags: `{key}` in a configuration or in `flags` is
 replaced by the value (a word that is `{key}` alone by the value's words, none where it is empty).
-Refused: a key neither the driver's nor a `{key}` in use, and a setting, seed or configuration given twice.
+Refused, in one line on stderr before any run starts: a key neither the driver's nor a `{key}` in use, a
+setting, seed or configuration given twice, a count out of its range, a folder that cannot be made.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +55,9 @@ ROOT = (HERE.parents[1] if len(HERE.parents) > 1 and (HERE.parents[1] / "src").i
         else Path(os.environ.get("SLURM_SUBMIT_DIR", ".")).resolve())
 KEEP = "config.json metrics.json history.jsonl ranks.jsonl predictions.tsv predictions.jsonl diagnostics.jsonl"
 DEFAULTS = {"seeds": "42", "flags": "", "keep": KEEP, "jobs": "2", "nice": "0"}
+MOST = {"jobs": (64, "runs side by side; more only share the same cores"),
+        "threads": (1024, "threads a run; more than any machine here has cores"),
+        "nice": (19, "the lowest priority there is")}
 DRIVER_KEYS = {"runs", "results", "seeds", "configs", "flags", "keep", "jobs", "threads", "nice", "data"}
 SETTING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -95,15 +103,26 @@ def words_of(text: str, where: str) -> list[str]:
         raise ListError(f"{where}: {str(error).lower()} in '{text}': close the quote or escape it") from None
 
 
-def read_list(path: Path) -> BenchList:
+def list_text(path: Path) -> str:
     if path.is_dir():
         raise ListError(f"{path} is a directory: pass a benchmark list file (script/bench/*.list)")
-    if not path.is_file():
+    if not path.exists():
         raise ListError(f"{path} does not exist: pass a benchmark list (script/bench/*.list)")
+    if not path.is_file():  # reading a named pipe would wait for a writer
+        mode = path.stat().st_mode
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ListError(f"{path} is {kind}, not a file: pass a benchmark list file (script/bench/*.list)")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ListError(f"{path} is not UTF-8 text (byte {error.start}): save the list as UTF-8") from None
+    except OSError as error:
+        raise ListError(f"{path} cannot be read ({error.strerror or error}): make it readable (chmod u+r) "
+                        "or pass another list") from None
+
+
+def read_list(path: Path) -> BenchList:
+    text = list_text(path)
     bench = BenchList()
     for number, line in logical_lines(text):
         setting = SETTING.match(line)
@@ -205,10 +224,40 @@ def cores() -> int:
 
 
 def whole(settings: dict[str, str], key: str, least: int, default: int | None = None) -> int:
+    """A count from ``least`` to its bound in MOST."""
     value = settings.get(key) or (str(default) if default is not None else "")
     if not re.fullmatch(r"-?[0-9]+", value) or int(value) < least:  # ASCII digits: int('²') fails
         raise ListError(f"{key} must be a whole number, {least} or more, not '{value}'")
+    most, why = MOST[key]
+    if int(value) > most:
+        raise ListError(f"{key} must be {most} or less, not '{value}' ({why}): give {key}={most} or less")
     return int(value)
+
+
+def nice_level(settings: dict[str, str]) -> int:
+    nice = whole(settings, "nice", -20)
+    if nice < 0 and os.geteuid() != 0:
+        raise ListError(f"nice={nice} raises the runs' priority, which only root may: give nice=0 to 19")
+    return nice
+
+
+def make_folders(folders: dict[str, Path]) -> None:
+    """Make each folder and what is missing above it; where one cannot be made or written to, the folders
+    made here are removed again and the error is one line."""
+    made: list[Path] = []
+    for key, folder in folders.items():
+        missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+        try:
+            for part in missing:
+                part.mkdir()
+                made.append(part)
+            problem = "" if os.access(folder, os.W_OK | os.X_OK) else "it is not writable"
+        except OSError as error:
+            problem = f"{error.strerror or error} ({error.filename})" if error.filename else str(error)
+        if problem:
+            for part in reversed(made):
+                part.rmdir()
+            raise ListError(f"{key}: cannot make or write to {folder}: {problem}: give a folder you can write to")
 
 
 @dataclass(frozen=True)
@@ -216,6 +265,7 @@ class Driver:
     runs: Path
     results: Path
     keep: tuple[str, ...]
+    jobs: int
     threads: int
     nice: int
 
@@ -260,8 +310,8 @@ def driver_of(settings: dict[str, str]) -> Driver:
     data = settings.get("data")
     if data and not (ROOT / data).exists():
         raise ListError(f"data: {data} does not exist (paths are relative to {ROOT})")
-    return Driver(Path(settings["runs"]), Path(settings["results"]), keep,
-                  whole(settings, "threads", 1, max(1, cores() // jobs)), whole(settings, "nice", -20))
+    return Driver(Path(settings["runs"]), Path(settings["results"]), keep, jobs,
+                  whole(settings, "threads", 1, max(1, cores() // jobs)), nice_level(settings))
 
 
 def split_arguments(argv: list[str]) -> tuple[Path, bool, list[str], list[str]]:
@@ -272,24 +322,31 @@ def split_arguments(argv: list[str]) -> tuple[Path, bool, list[str], list[str]]:
     dry = "--dry-run" in argv
     words = [word for word in argv if word != "--dry-run"]
     if not words or "=" in words[0] or words[0].startswith("-"):
-        raise ListError("usage: python script/bench/run.py LIST [--dry-run] [KEY=VALUE ...] [-- flags for every run]")
+        raise ListError("usage: python script/bench/run.py LIST [--dry-run] [KEY=VALUE ...] [-- flags for every run] "
+                        "(--help says more)")
     return Path(words[0]).resolve(), dry, words[1:], extra
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv[: argv.index("--")] if "--" in argv else argv):
+        print(__doc__.strip())
+        return 0
     try:
-        path, dry, overrides, extra = split_arguments(sys.argv[1:] if argv is None else argv)
+        path, dry, overrides, extra = split_arguments(argv)
         os.chdir(ROOT)
         bench = read_list(path)
         settings = apply_overrides(bench, overrides, path)
         runs = plan_runs(bench, settings, extra)
         driver = driver_of(settings)
+        pending = [run for run in runs if not (driver.results / run.name / "metrics.json").is_file()]
+        if pending and not dry:  # before the first run starts: a folder that cannot be made stops nothing midway
+            make_folders({"runs": driver.runs, "results": driver.results})
     except ListError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    pending = [run for run in runs if not (driver.results / run.name / "metrics.json").is_file()]
     to_train = [run for run in pending if not (driver.runs / run.name / "metrics.json").is_file()]
-    jobs = whole(settings, "jobs", 1)
+    jobs = driver.jobs
     print(f"{len(runs) - len(pending)} finished, {len(pending) - len(to_train)} to collect, {len(to_train)} "
           f"run(s) to do, {jobs} at a time, {driver.threads} thread(s) each", flush=True)
     if dry:
@@ -299,8 +356,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not pending:
         return 0
-    for folder in (driver.runs, driver.results):
-        folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         outcomes = list(pool.map(driver.one, pending))
     return 0 if all(outcomes) else 1

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_cli import UsageError, at_least, command_line, exits_cleanly_on_usage_errors, folder_to_write
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 
@@ -60,7 +62,20 @@ def trainer_of(args: argparse.Namespace, like: dict, model, tokenizer, train, ca
         callbacks=callbacks)
 
 
-def reference_loop(args: argparse.Namespace) -> dict:
+def run_settings(like: str) -> dict:
+    """The config.json of the LoRA run directory ``like``; missing or unreadable: one line."""
+    path = Path(like) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"--like {like} holds no config.json: give the directory of a finished LoRA run "
+                         "(benchmark_speed.py passes its own)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--like {like}: {path} cannot be read as JSON ({error}): give a LoRA run's "
+                         "directory") from None
+
+
+def reference_loop(args: argparse.Namespace, like: dict) -> dict:
     """Train and score once with the settings of the LoRA run given by --like (rank, alpha, dropout,
     modules, learning rate, batch); its speed figures."""
     import torch
@@ -69,7 +84,6 @@ def reference_loop(args: argparse.Namespace) -> dict:
     from adarank.run.callbacks import StepTimer
     from adarank.tasks import get_task
 
-    like = json.loads((Path(args.like) / "config.json").read_text())
     data = get_task(args.task).load_data(args.data_dir, args.data_dir is None, args.train_examples, args.eval_examples)
     tokenizer, model = load_peft_model(like, like["arguments"]["model"]["model_name_or_path"])
     padded = args.reference == "padded"
@@ -93,8 +107,9 @@ def reference_loop(args: argparse.Namespace) -> dict:
             "peak_memory_mb": peak.report()["peak_memory_mb"], "threads": torch.get_num_threads()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@exits_cleanly_on_usage_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = command_line(__doc__)
     parser.add_argument("--reference", choices=["padded", "dynamic"], required=True)
     parser.add_argument("--like", required=True, help="the LoRA run directory whose settings to copy")
     parser.add_argument("--out", required=True, help="the folder to write metrics.json to")
@@ -104,8 +119,10 @@ def main() -> None:
     parser.add_argument("--train_examples", type=int)
     parser.add_argument("--eval_examples", type=int)
     parser.add_argument("--epochs", type=int)
-    args = parser.parse_args()
-    metrics = reference_loop(args)
+    args = parser.parse_args(argv)
+    at_least(1, train_examples=args.train_examples, eval_examples=args.eval_examples, epochs=args.epochs)
+    folder_to_write(args.out, "out")
+    metrics = reference_loop(args, run_settings(args.like))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
