@@ -7,6 +7,7 @@ chosen steps, the orthogonal regulariser's share of the loss, and where AdaLoRA 
 from __future__ import annotations
 
 from cli import at_least, command_line, fail_cleanly
+from run_files import update_size
 from run_reader import KIND_LABELS, AnalysisError, Run, load_run, metric_keys
 from tables import csv_text, markdown
 
@@ -24,7 +25,7 @@ def row(run: Run, steps: list[int]) -> dict:
         out[key.removeprefix("eval_")] = "undefined" if value is None else f"{100 * value:.2f}"
     for step in [*steps, records[-1]["step"]]:
         if step in by_step:
-            out[f"norm dW @{step}"] = f"{sum(v**2 for v in by_step[step]['update_norm'].values()) ** 0.5:.3g}"
+            out[f"norm dW @{step}"] = f"{update_size(by_step[step]):.3g}"
     for step in steps[:2]:
         record = by_step.get(step, {})
         if "orth_reg_weighted" in record and losses.get(step):

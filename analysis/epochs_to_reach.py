@@ -62,6 +62,10 @@ def row(run: Run, key: str, target: float) -> dict:
 
 def rows(runs: list[Run], reference: list[Run]) -> list[dict]:
     one_task(runs + reference)
+    references = {run.path.resolve() for run in reference}
+    if all(run.path.resolve() in references for run in runs):  # as compare_ranks refuses a run in both groups
+        raise AnalysisError("every run is one of the references: a run measured against its own final score says "
+                            "nothing; give runs besides the references (LoRA at the same budget as --reference, say)")
     one_dev_set(runs + reference)
     for run in runs + reference:
         if "rouge" in metric_keys(run)[0]:

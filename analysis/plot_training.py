@@ -18,6 +18,7 @@ from pathlib import Path
 
 import style
 from cli import command_line, fail_cleanly
+from run_files import update_size
 from run_reader import AnalysisError, Run, load_run, metric_keys, one_task
 from run_settings import run_labels, setting_labels
 
@@ -90,7 +91,7 @@ def diagnostics_figure(runs: list[Run]):
         colour = colours[number % len(colours)]
         records = [r for r in run.diagnostics().records if "update_norm" in r]
         steps = [r["step"] for r in records]
-        total = [sum(v**2 for v in r["update_norm"].values()) ** 0.5 for r in records]
+        total = [update_size(r) for r in records]
         total_ax.plot(steps, total, color=colour, lw=1.4, label=names[run.path])
         losses = {h["step"]: h["loss"] for h in run.history().records if "loss" in h}
         shared = [(r["step"], r["orth_reg_weighted"] / losses[r["step"]]) for r in records

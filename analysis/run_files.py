@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from run_format import migrate_config
 
+FLOAT_MAX = sys.float_info.max
 JSON_KINDS = {list: "a JSON list", str: "a JSON string", int: "a JSON number", float: "a JSON number",
               bool: "true or false", type(None): "null"}
 
@@ -85,11 +87,7 @@ def read_config(path: Path) -> dict:
         raise Damaged(path / "config.json", "its format_version is not a number")
     if version < 1:
         raise Damaged(path / "config.json", f"its format_version {version} is no version: they start at 1")
-    arguments = config.get("arguments")
-    groups = arguments.items() if isinstance(arguments, dict) else ()  # training, model, ...: objects too
-    parts = [("arguments", arguments), *((f"arguments.{key}", value) for key, value in groups),
-             ("adapter", config.get("adapter")), ("task_settings", config.get("task_settings"))]
-    if broken := next((name for name, value in parts if value is not None and not isinstance(value, dict)), None):
+    if broken := _not_an_object(config):
         raise Damaged(path / "config.json", f"its {broken} is not an object")
     try:
         config = migrate_config(config)
@@ -103,7 +101,22 @@ def read_config(path: Path) -> dict:
     for key in ("task_metrics", "dev_splits"):
         if key in config and not _names(config[key]):
             raise Damaged(path / "config.json", f"its {key} is not a list of names")
+    seed = ((config.get("arguments") or {}).get("training") or {}).get("seed")
+    if seed is not None and not _count(seed):  # seeds pair and group runs: a list or a word would pair nothing
+        raise Damaged(path / "config.json", "its arguments.training.seed is not a whole number")
     return config
+
+
+def _not_an_object(config: dict) -> str | None:
+    """The first part of config.json that training writes as an object (arguments and its groups,
+    training, model, ...; the adapter and AdaLoRA's schedule in it; task_settings) and that is something
+    else, or None."""
+    arguments, adapter = config.get("arguments"), config.get("adapter")
+    groups = arguments.items() if isinstance(arguments, dict) else ()
+    parts = [("arguments", arguments), *((f"arguments.{key}", value) for key, value in groups), ("adapter", adapter),
+             ("adapter.schedule", adapter.get("schedule") if isinstance(adapter, dict) else None),
+             ("task_settings", config.get("task_settings"))]
+    return next((name for name, value in parts if value is not None and not isinstance(value, dict)), None)
 
 
 # metrics.json: its text entries; a method's own figures may be lists or objects; every other entry is a
@@ -127,7 +140,25 @@ def read_metrics(path: Path) -> dict:
             continue
         elif value is not None and not finite_number(value):
             raise Damaged(path, f"its {key} is not a finite number")
+        elif value is not None and (rule := _out_of_range(key, value)):
+            raise Damaged(path, f"its {key} is {value:g}: {rule}")
     return metrics
+
+
+# The figures of metrics.json whose range is known, by name: no score or count outside it is a result.
+# Counts, times and sizes stay below 2**53, where a float stops counting by ones (a mean of them stays finite).
+BOUNDS = ((re.compile(r"eval_(\w+_)?(matthews_correlation|pearson|spearman)"), -1, 1, "a correlation lies in [-1, 1]"),
+          (re.compile(r"eval_(\w+_)?(accuracy|f1)"), 0, 1, "an accuracy or F1 lies in [0, 1]"),
+          (re.compile(r"\w+_(params|examples|seconds|mb|steps?|rank|events|tokens)(_per_\w+)?"), 0, 2**53 - 1,
+           "a count, time or size is 0 or more, and below 2**53"))
+
+
+def _out_of_range(key: str, value: float) -> str | None:
+    """The rule of BOUNDS that metrics.json's ``key`` breaks with ``value``, or None."""
+    for pattern, low, high, rule in BOUNDS:
+        if pattern.fullmatch(key):
+            return None if low - 1e-9 <= value <= high + 1e-9 else rule  # the margin: a correlation of 1 + 2e-16
+    return None
 
 
 def _names(value) -> bool:
@@ -158,7 +189,9 @@ def read_jsonl(path: Path, record: Callable[[dict], bool] | None = None, shape: 
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number that reads as a float (a whole number past the largest float would overflow a figure)."""
+    return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                        and abs(value) <= FLOAT_MAX)
 
 
 def finite_number(value) -> bool:
@@ -167,7 +200,8 @@ def finite_number(value) -> bool:
 
 
 def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A whole number a float holds exactly (steps, ranks, versions, seeds: below 2**53, so a plot can place it)."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
 
 
 def history_record(record: dict) -> bool:
@@ -209,11 +243,17 @@ def diagnostics_record(record: dict) -> bool:
     """A diagnostics.jsonl record (train --diagnostics): the optimizer step; per module kind, the update's
     norm, the mean |E| and the importance scores; the orthogonal regulariser, plain and weighted."""
     per_kind = all(isinstance(record.get(key, {}), dict) and all(_number(v) for v in record.get(key, {}).values())
-                   for key in ("update_norm", "lora_E_abs_mean"))
+                   and bool(record.get(key, True)) for key in ("update_norm", "lora_E_abs_mean"))  # a kind at least
     importance = isinstance(record.get("importance", {}), dict) and all(
         isinstance(scores, list) and all(_number(v) for v in scores) for scores in record.get("importance", {}).values())
-    return (_count(record.get("step")) and per_kind and importance and bool(record.get("update_norm", True))
+    return (_count(record.get("step")) and per_kind and importance
             and all(_number(record.get(key, 0)) for key in ("orth_reg", "orth_reg_weighted")))
 
 
 DIAGNOSTICS_RECORD = "a diagnostics record (the step, then figures by module kind)"
+
+
+def update_size(record: dict) -> float:
+    """||dW||_F over every adapted matrix of a diagnostics record, from its norms by module kind (hypot: no
+    square of a large norm overflows)."""
+    return math.hypot(*record["update_norm"].values())

@@ -7,11 +7,12 @@ Predictions are the tables ``Run.predictions()`` reads from predictions.tsv:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from run_reader import AnalysisError, Run
+from run_reader import AnalysisError, Damaged, Run
 from scipy.stats import rankdata
 
 # --- metrics on label / prediction arrays ----------------------------------------------------
@@ -123,6 +124,28 @@ def aligned(tables: dict[Path, dict], split: str, keys: list) -> tuple[list, lis
     return labels, predictions
 
 
+def _number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def scoreable(metric: str, tables: dict[Path, dict]) -> None:
+    """Refuse predictions ``metric`` cannot score: a metric these tools do not know, a table of the other kind
+    of task (predictions.tsv for ROUGE, predictions.jsonl for a GLUE metric), a word for a correlation."""
+    for path, table in tables.items():
+        if metric not in METRICS:
+            raise Damaged(path / "config.json", f"its task_metrics names {metric}, a metric these tools cannot score")
+        first = next(iter(table.values()), None)
+        if first is not None and isinstance(first[1], dict) != (metric in ROUGE):
+            written = "predictions.jsonl (ROUGE by article)" if isinstance(first[1], dict) else "predictions.tsv"
+            raise Damaged(path / "config.json", f"its task_metrics names {metric}, but the run wrote {written}")
+        if metric in ("pearson", "spearman"):
+            if (word := next((x for pair in table.values() for x in pair if not _number(x)), None)) is not None:
+                raise Damaged(path / "predictions.tsv", f"{word!r} is no number, and {metric} correlates numbers")
+
+
 def encode(metric: str, labels, *prediction_sets):
     """Labels and predictions as arrays: floats for a correlation, article ids and each article's
     score for ROUGE, else class codes."""
@@ -156,6 +179,7 @@ def method_difference(metric: str, split: str, tables_a: dict[Path, dict], table
                       resamples: int = 2000) -> Difference:
     """a - b on the dev examples of ``split`` that every run predicted (tables: run path -> predictions)."""
     tables = {**tables_a, **tables_b}
+    scoreable(metric, tables)
     keys = sorted(set.intersection(*({k for k in table if k[0] == split} for table in tables.values())))
     if not keys:
         raise OtherExamples(f"the runs compared share no {split} example: they were not evaluated on the same data")

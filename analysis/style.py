@@ -59,10 +59,17 @@ def legend_below(figure, handles: list, labels: list[str]):
     return figure.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=7, frameon=False)
 
 
+def _what(path: Path) -> str:
+    """What ``path``, which is there and is no folder, is."""
+    if path.is_char_device() or path.is_block_device():
+        return "a device"
+    return "a pipe" if path.is_fifo() else "a socket" if path.is_socket() else "a file"
+
+
 def unwritable(out: Path, error: OSError) -> AnalysisError:
-    """The line that says why ``out`` cannot be written: a file where a folder should be, say."""
-    blocking = next((folder for folder in out.parents if folder.is_file()), None)
-    why = f"{blocking} is a file, not a folder" if blocking else error.strerror or str(error)
+    """The line that says why ``out`` cannot be written: a file (or a device, ...) where a folder should be, say."""
+    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
+    why = f"{blocking} is {_what(blocking)}, not a folder" if blocking else error.strerror or str(error)
     return AnalysisError(f"cannot write {out}: {why}; give --out a path in a folder you can write to")
 
 

@@ -20,7 +20,7 @@ Unfinished or failed runs and synthetic-data (--demo) runs are listed apart.
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 from cli import add_paper_options, command_line, enough_resamples, fail_cleanly
@@ -91,6 +91,19 @@ def repeated_seed(run: Run, group: list[Run]) -> str | None:
             "summarize the two folders apart to see each")
 
 
+def scored_alike(groups: dict, apart: list) -> None:
+    """Leave out of each group (into ``apart``) its runs scored on other metrics than most of its seeds
+    (config.json's task_metrics differ): their scores have no column beside the others'."""
+    for group in groups.values():
+        common = Counter(tuple(row_keys(run)) for run in group).most_common(1)[0][0]
+        counted = next(run for run in group if tuple(row_keys(run)) == common)
+        for run in [run for run in group if tuple(row_keys(run)) != common]:
+            group.remove(run)
+            apart.append((run, f"scored on {', '.join(row_keys(run))}, unlike its setting's seeds "
+                               f"({', '.join(common)}, as {counted.path}): its config.json's task_metrics differ; "
+                               "summarize it apart"))
+
+
 def split_runs(runs: list[Run]):
     """(finished real-data runs grouped by task, method, budget and setting, [(run, why it is apart)]).
 
@@ -103,6 +116,7 @@ def split_runs(runs: list[Run]):
             apart.append((run, why))
         else:
             groups[run.group].append(run)
+    scored_alike(groups, apart)
     return dict(sorted(groups.items())), apart
 
 

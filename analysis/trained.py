@@ -7,8 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from adarank.errors import UsageError  # adarank before peft: its filter drops bitsandbytes' notice
-from peft import PeftModel
+from adarank.errors import UsageError, first_line  # adarank before peft: its filter drops bitsandbytes' notice
+from peft import PeftModel, PeftType
 from safetensors import SafetensorError
 from adarank.tasks import get_task
 from adarank.tasks.glue.data import load_glue, tokenize
@@ -50,6 +50,8 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
         model = PeftModel.from_pretrained(base, str(adapter)).eval()
     except SafetensorError as error:
         raise UsageError(_damaged(adapter / "adapter_model.safetensors", str(error))) from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # settings PEFT cannot build, or unlike weights
+        raise UsageError(_damaged(adapter / "adapter_config.json", _unbuildable(error))) from None
     _check_target_modules(model, config.get("target_modules"), config_path)
     rows = part(tokenize(data, tokenizer, 128)).select(range(examples))
     batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
@@ -58,6 +60,16 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
 
 def _damaged(path: Path, why: str) -> str:
     return f"{path} is damaged ({why}): train the run again or leave it out"
+
+
+def _unbuildable(error: Exception) -> str:
+    """Why PEFT built no adapter from adapter_config.json: the first tensor it holds at another shape than the
+    weights saved beside it (of a message listing them all), or the error's first line."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    mismatch = next((line for line in lines if line.startswith("size mismatch")), None)
+    if mismatch:
+        return f"its settings do not fit adapter_model.safetensors: {mismatch}"
+    return f"its settings build no adapter: {first_line(error)}"
 
 
 def _model_arguments(config: dict, config_path: Path) -> dict:
@@ -84,6 +96,8 @@ def _check_adapter_settings(settings: Path) -> None:
         raise UsageError(f"{settings} cannot be read ({error.strerror or error}): make it readable") from None
     if not isinstance(document, dict) or "peft_type" not in document:
         raise UsageError(_damaged(settings, "it names no peft_type"))
+    if document["peft_type"] not in PeftType.__members__:
+        raise UsageError(_damaged(settings, f"its peft_type {document['peft_type']!r} is not one PEFT knows"))
 
 
 def _check_target_modules(model, names, config_path: Path) -> None:

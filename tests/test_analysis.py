@@ -1039,3 +1039,151 @@ def test_the_rank_strip_names_phases_of_the_wrong_shape(runs_root, tmp_path, cap
     (run / "ranks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     line = main_fails_cleanly(capsys, visualize_rank.main, [str(run), "--over-time"], one_line=True)
     assert message in line
+
+
+# --- entries of the wrong shape or out of range, and what a tool cannot score or draw: named, never a traceback ---
+
+def _version_1(change):
+    """A config.json change that also makes the file version 1 (no format_version), as runs written before
+    format versions read: migrated when read."""
+    def both(config):
+        config.pop("format_version")
+        change(config)
+    return both
+
+
+@pytest.mark.parametrize("file, change, message", [
+    ("config.json", _version_1(lambda c: c["adapter"].update(schedule=[1, 2])),
+     "config.json is damaged (its adapter.schedule is not an object)"),
+    ("config.json", _version_1(lambda c: c["adapter"].update(schedule="abc")),
+     "config.json is damaged (its adapter.schedule is not an object)"),
+    ("config.json", lambda c: c["arguments"]["training"].update(seed=[1]),
+     "config.json is damaged (its arguments.training.seed is not a whole number)"),
+    ("config.json", lambda c: c["arguments"]["training"].update(seed={"a": 1}),
+     "config.json is damaged (its arguments.training.seed is not a whole number)"),
+    ("metrics.json", lambda m: m.update(eval_accuracy=7.5),
+     "metrics.json is damaged (its eval_accuracy is 7.5: an accuracy or F1 lies in [0, 1])"),
+    ("metrics.json", lambda m: m.update(train_seconds=-5),
+     "metrics.json is damaged (its train_seconds is -5: a count, time or size is 0 or more, and below 2**53)"),
+    ("metrics.json", lambda m: m.update(train_seconds=1e308), "(its train_seconds is 1e+308: a count, time or size"),
+    ("metrics.json", lambda m: m.update(trainable_params=10**400), "(its trainable_params is not a finite number)"),
+], ids=["v1-schedule-list", "v1-schedule-word", "seed-list", "seed-object", "accuracy-7.5", "seconds-negative",
+        "seconds-1e308", "params-past-a-float"])
+def test_an_entry_of_the_wrong_shape_or_out_of_range_leaves_the_run_out_by_name(runs_root, tmp_path, file, change,
+                                                                                 message):
+    """These ended in a TypeError or OverflowError that took every table down, or were taken as results (a
+    seed that is a list, an accuracy of 750%, a negative time)."""
+    root = copy_runs(runs_root, tmp_path)
+    _edit_json(root / "sst2-adalora-1" / file, change)
+    tables = summarize_runs.summarize(root, resamples=1000)
+    assert [row["seeds"] for row in tables["results"] if row["method"] == "adalora"] == [1]
+    (left,) = [row for row in tables["apart"] if "sst2-adalora-1" in row["run"]]
+    assert message in left["why"]
+
+
+def test_a_schedule_or_seed_of_the_wrong_shape_is_named_by_the_rank_tools(runs_root, tmp_path, capsys):
+    import compare_ranks
+
+    root = copy_runs(runs_root, tmp_path)
+    run = root / "sst2-adalora-1"
+    _edit_json(run / "config.json", lambda c: c["arguments"]["training"].update(seed=[1]))
+    line = main_fails_cleanly(capsys, compare_ranks.main, [str(run), str(root / "sst2-adalora-2"), "--against",
+                                                           str(root / "sst2-lora-1")], one_line=True)
+    assert line == f"error: {run}/config.json is damaged (its arguments.training.seed is not a whole number): " \
+                   "train the run again or leave it out"
+    shutil.rmtree(run)
+    shutil.copytree(runs_root / "sst2-adalora-1", run)
+    records = [{k: v for k, v in record.items() if k != "phases"} for record in read_jsonl(run / "ranks.jsonl")]
+    (run / "ranks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))  # the strip reads the config's
+    for schedule in ([1, 2], "abc"):
+        _edit_json(run / "config.json", lambda c: c["adapter"].update(schedule=schedule))
+        line = main_fails_cleanly(capsys, visualize_rank.main, [str(run), "--over-time", "--out",
+                                                                str(tmp_path / "s.png")], one_line=True)
+        assert line == f"error: {run}/config.json is damaged (its adapter.schedule is not an object): " \
+                       "train the run again or leave it out"
+
+
+def test_a_seed_scored_on_other_metrics_than_its_setting_is_left_out_by_name(runs_root, tmp_path):
+    root = copy_runs(runs_root, tmp_path)
+    other = root / "sst2-lora-2"
+    _edit_json(other / "config.json", lambda c: c.update(task_metrics=["pearson"]))
+    _edit_json(other / "metrics.json", lambda m: m.update(eval_pearson=0.5))
+    tables = summarize_runs.summarize(root, resamples=1000)
+    assert [row["seeds"] for row in tables["results"] if row["method"] == "lora"] == [1]
+    (left,) = [row for row in tables["apart"] if row["run"] == str(other)]
+    assert left["why"] == (f"scored on eval_pearson, unlike its setting's seeds (eval_accuracy, as "
+                           f"{root / 'sst2-lora-1'}): its config.json's task_metrics differ; summarize it apart")
+
+
+@pytest.mark.parametrize("metric, damage, message", [
+    ("pearson", "predictions.tsv", "sst2-lora-1/predictions.tsv is damaged ('abc' is no number, and pearson "
+                                   "correlates numbers)"),
+    ("foo", None, "config.json is damaged (its task_metrics names foo, a metric these tools cannot score)"),
+    ("rouge1", None, "config.json is damaged (its task_metrics names rouge1, but the run wrote predictions.tsv)"),
+], ids=["word-for-a-correlation", "unknown-metric", "rouge-on-a-tsv"])
+def test_predictions_the_metric_cannot_score_are_named_in_one_line(runs_root, tmp_path, capsys, metric, damage,
+                                                                     message):
+    """Every seed of both methods scored on ``metric``: the paired bootstrap ended in a ValueError, KeyError or
+    TypeError."""
+    root = copy_runs(runs_root, tmp_path)
+    for run in root.iterdir():
+        _edit_json(run / "config.json", lambda c: c.update(task_metrics=[metric]))
+        _edit_json(run / "metrics.json", lambda m: m.update({f"eval_{metric}": 0.5}))
+    if damage:
+        lines = (root / "sst2-lora-1" / damage).read_text().splitlines()
+        lines[-1] = "\t".join([*lines[-1].split("\t")[:3], "abc"])
+        (root / "sst2-lora-1" / damage).write_text("\n".join(lines) + "\n")
+    line = main_fails_cleanly(capsys, summarize_runs.main, [str(root)], one_line=True)
+    assert line.startswith("error: ") and message in line and line.endswith(": train the run again or leave it out")
+
+
+def test_huge_figures_in_diagnostics_and_history_are_drawn_or_named(runs_root, tmp_path, capsys):
+    import diagnostics_table
+
+    root = copy_runs(runs_root, tmp_path / "runs")
+    run = root / "sst2-lora-1"
+    (run / "diagnostics.jsonl").write_text('{"step": 0, "update_norm": {"query": 1e200, "key": 1e200}}\n')
+    (row,) = diagnostics_table.main([str(run), "--steps", "0"])  # its square overflowed a float
+    assert row["norm dW @0"] == "1.41e+200"
+    assert plot_training.main([str(run), "--diagnostics", "--out", str(tmp_path / "d.png")]).is_file()
+    (run / "diagnostics.jsonl").write_text('{"step": 0, "update_norm": {"query": 1.0}, "lora_E_abs_mean": {}}\n')
+    line = main_fails_cleanly(capsys, plot_training.main, [str(run), "--diagnostics", "--out", str(tmp_path / "e.png")],
+                              one_line=True)  # the mean over no kind divided by zero
+    assert line == f"error: {run}/diagnostics.jsonl:1 is not a diagnostics record (the step, then figures by module " \
+                   "kind): the file is damaged"
+    history = (run / "history.jsonl").read_text()
+    (run / "history.jsonl").write_text(f'{{"step": {10**400}, "loss": 0.5}}\n' + history)
+    why = f"{run}/history.jsonl:1 is not a history record (the step, then numbers): the file is damaged"
+    line = main_fails_cleanly(capsys, plot_training.main, [str(run), "--out", str(tmp_path / "c.png")], one_line=True)
+    assert line == f"error: {why}"
+    report.main([str(root), "--out", str(tmp_path / "report.html")])
+    assert capsys.readouterr().err.splitlines() == [f"note: {run} is left out of the figures: {why}"]
+
+
+def test_a_run_measured_against_itself_or_written_to_a_device_is_refused(runs_root, tmp_path, capsys):
+    import epochs_to_reach
+
+    run = str(runs_root / "sst2-lora-1")
+    line = main_fails_cleanly(capsys, epochs_to_reach.main, [run, "--reference", run], one_line=True)
+    assert line == ("error: every run is one of the references: a run measured against its own final score says "
+                    "nothing; give runs besides the references (LoRA at the same budget as --reference, say)")
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("no /dev/full here")
+    line = main_fails_cleanly(capsys, plot_training.main, [run, "--out", "/dev/full/x.png"], one_line=True)
+    assert line == "error: cannot write /dev/full/x.png: /dev/full is a device, not a folder; give --out a path in " \
+                   "a folder you can write to"
+
+
+@pytest.mark.parametrize("config, why", [
+    ({"model_type": "bert", "hidden_size": "abc"}, "cannot read a model config from '{}' (Validation error for field "
+     "'hidden_size': TypeError: Field 'hidden_size' expected int, got str (value: 'abc')): give a model folder"),
+    ({"model_type": "bert", "hidden_size": 10, "num_attention_heads": 3}, "the model config '{}' builds no model "
+     "(The hidden size (10) is not a multiple of the number of attention heads (3)): give a config whose sizes"),
+    ({"model_type": "bert", "hidden_size": -8}, "the model config '{}' builds no model (Trying to create tensor with "
+     "negative dimension -8"),
+], ids=["width-a-word", "heads-do-not-divide", "negative-width"])
+def test_the_memory_plan_names_a_config_that_builds_no_model(tmp_path, capsys, config, why):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    line = main_fails_cleanly(capsys, memory_calculation.main, ["--model_name_or_path", str(path)], one_line=True)
+    assert line.startswith(f"error: {why.format(path)}")

@@ -76,6 +76,24 @@ def test_a_missing_adapter_config_is_named_in_one_line(runs_root, data, tmp_path
 
 
 @pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("change, why", [
+    ({"peft_type": "BOGUS"}, "its peft_type 'BOGUS' is not one PEFT knows"),
+    ({"r": "x"}, "its settings build no adapter: '<=' not supported between instances of 'str' and 'int'"),
+    ({"r": 4}, "its settings do not fit adapter_model.safetensors: size mismatch for base_model.model.bert.encoder."
+               "layer.0.attention.self.query.lora_A.default.weight: copying a param with shape torch.Size([2, 16]) "
+               "from checkpoint, the shape in current model is torch.Size([4, 16])."),
+], ids=["peft-type-unknown", "rank-a-word", "rank-unlike-the-weights"])
+def test_adapter_settings_peft_cannot_build_are_named_in_one_line(runs_root, data, tmp_path, capsys, tool, change,
+                                                                  why):
+    """These ended in a KeyError, a TypeError, or a RuntimeError of 110 lines (a size mismatch a tensor)."""
+    run = damaged_copy(runs_root, tmp_path)
+    settings = run / "adapter" / "adapter_config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), **change}))
+    line = fails_in_one_line(capsys, tool, [str(run), "--data_dir", data, "--examples", "4"])
+    assert line == f"error: {settings} is damaged ({why}): train the run again or leave it out"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
 @pytest.mark.parametrize("entry, why", [
     ("target_modules", "it names no target_modules"),
     ("arguments.model", "it names no arguments.model, the base model the run adapted"),

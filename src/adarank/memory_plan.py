@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from adarank.errors import UsageError, first_line
+from adarank.errors import UsageError, first_line, whole_message
 from adarank.loading import UNQUANTIZED_HEAD, embedded_model_path
 from adarank.memory import base_tensors
 from adarank.methods import BUILT_IN_METHODS, budget_rank, get_method
@@ -93,17 +94,23 @@ def model_skeleton(name_or_path: str | None, num_labels: int) -> nn.Module:
             config = AutoConfig.for_model(document.pop("model_type"), **document)
         else:
             config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, StrictDataclassError) as error:
+        # a field of the wrong type: the first line names the field, the next one what it holds
+        why = whole_message(error, 160) if isinstance(error, StrictDataclassError) else first_line(error, 120)
         raise UsageError(
-            f"cannot read a model config from {name_or_path!r} ({first_line(error, 120)}): "
+            f"cannot read a model config from {name_or_path!r} ({why}): "
             "give a model folder, a config.json, or a hub name reachable from here"
         ) from None
     config.num_labels = num_labels
     causal = any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
     kind = (AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM if causal
             else AutoModelForSequenceClassification)
-    with torch.device("meta"):
-        return kind.from_config(config)
+    try:
+        with torch.device("meta"):
+            return kind.from_config(config)
+    except (ValueError, TypeError, RuntimeError) as error:  # shapes that do not fit: heads, a negative width
+        raise UsageError(f"the model config {name_or_path!r} builds no model ({first_line(error, 160)}): "
+                         "give a config whose sizes are positive whole numbers that fit together") from None
 
 
 def is_generator(model: nn.Module) -> bool:
