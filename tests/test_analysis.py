@@ -936,6 +936,17 @@ def _edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(document))
 
 
+def assert_left_out_by_name(runs_root: Path, tmp_path: Path, file: str, change, message: str) -> None:
+    """The table over a copy of the runs, one run's ``file`` changed by ``change``, lists that run apart with
+    ``message`` in its reason and counts the rest."""
+    root = copy_runs(runs_root, tmp_path)
+    _edit_json(root / "sst2-adalora-1" / file, change)
+    tables = summarize_runs.summarize(root, resamples=1000)
+    assert [row["seeds"] for row in tables["results"] if row["method"] == "adalora"] == [1]
+    (left,) = [row for row in tables["apart"] if "sst2-adalora-1" in row["run"]]
+    assert message in left["why"]
+
+
 @pytest.mark.parametrize("file, change, message", [
     ("config.json", lambda c: c.update(format_version=0), "config.json is damaged (its format_version 0 is no version"),
     ("config.json", lambda c: c.update(budget=2), "config.json is damaged (its budget is not a name)"),
@@ -947,12 +958,7 @@ def _edit_json(path: Path, change) -> None:
 def test_a_run_file_entry_of_the_wrong_type_leaves_the_run_out_by_name(runs_root, tmp_path, file, change, message):
     """Entries the tables sort, average or print, of a type training never writes: the run is listed apart
     as damaged (these ended in a KeyError or TypeError, or printed nan as a score)."""
-    root = copy_runs(runs_root, tmp_path)
-    _edit_json(root / "sst2-adalora-1" / file, change)
-    tables = summarize_runs.summarize(root, resamples=1000)
-    assert [row["seeds"] for row in tables["results"] if row["method"] == "adalora"] == [1]
-    (left,) = [row for row in tables["apart"] if "sst2-adalora-1" in row["run"]]
-    assert message in left["why"]
+    assert_left_out_by_name(runs_root, tmp_path, file, change, message)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -1073,12 +1079,7 @@ def test_an_entry_of_the_wrong_shape_or_out_of_range_leaves_the_run_out_by_name(
                                                                                  message):
     """These ended in a TypeError or OverflowError that took every table down, or were taken as results (a
     seed that is a list, an accuracy of 750%, a negative time)."""
-    root = copy_runs(runs_root, tmp_path)
-    _edit_json(root / "sst2-adalora-1" / file, change)
-    tables = summarize_runs.summarize(root, resamples=1000)
-    assert [row["seeds"] for row in tables["results"] if row["method"] == "adalora"] == [1]
-    (left,) = [row for row in tables["apart"] if "sst2-adalora-1" in row["run"]]
-    assert message in left["why"]
+    assert_left_out_by_name(runs_root, tmp_path, file, change, message)
 
 
 def test_a_schedule_or_seed_of_the_wrong_shape_is_named_by_the_rank_tools(runs_root, tmp_path, capsys):
