@@ -187,7 +187,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     the parse raises (TrainingArguments' on a flag's old name) are held until every check has passed and then
     logged a line each: a refused run ends in its one error line alone."""
     with warnings.catch_warnings(record=True) as held:
-        warnings.simplefilter("default")
+        warnings.simplefilter("default", FutureWarning)  # the old names: once each, as outside the parse
         arguments = _parse(task, argv, method_arguments, defaults)
     for warning in held:
         logging.getLogger("adarank").warning("%s", " ".join(str(warning.message).split()))

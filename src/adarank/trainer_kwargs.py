@@ -134,8 +134,8 @@ def _check_checkpointing_kwargs(training, explicit) -> None:
 
 def check_read_as_parsed(value_of, source: str | None = None) -> None:
     """Refuse the values TrainingArguments fails on in a traceback as it parses them: --accelerator_config and
-    --fsdp_config (with --fsdp), which it reads then, and --deepspeed, whose package it imports then (``value_of``: a flag's value as given, by name;
-    ``source``: the argument file that gives them)."""
+    --fsdp_config (with --fsdp), which it reads then, and --deepspeed, whose package it imports then
+    (``value_of``: a flag's value as given, by name; ``source``: the argument file that gives them)."""
     check_accelerator_config(value_of("accelerator_config"), source)
     fsdp_config = value_of("fsdp_config")
     if value_of("fsdp") and isinstance(fsdp_config, str) and not fsdp_config.startswith("{"):

@@ -141,7 +141,7 @@ def _ignored_keys(training, arguments: dict) -> list[str]:
 
 
 def _arguments_with(training, items: dict) -> dict | None:
-    """The optimizer's keyword arguments were --optim_args ``items`` (None: a value it cannot read)."""
+    """The optimizer's keyword arguments had --optim_args been ``items`` (None: a value it cannot read)."""
     from transformers import Trainer
 
     variant = copy.copy(training)
