@@ -311,7 +311,7 @@ PROFILE = [sys.executable, str(ROOT / "script" / "bench" / "profile_step.py")]
 
 
 # the GLUE folder, or the task's own folder as training takes it; ours with or without --fast_dropout
-@pytest.mark.parametrize("folder, flags", [("", ()), ("RTE", ("--fast_dropout",))])
+@pytest.mark.parametrize("folder, flags", [("", ()), ("RTE", ("--fast_dropout", "--copies", "3"))])
 def test_the_step_profile_runs_on_real_examples(glue_dir, folder, flags):
     """script/bench/profile_step.py: both models timed and profiled, kinds that add up, the closing lines."""
     done = subprocess.run([*PROFILE, "--data_dir", str(glue_dir / folder), "--task", "rte", "--batch", "4",
@@ -321,6 +321,12 @@ def test_the_step_profile_runs_on_real_examples(glue_dir, folder, flags):
     out = done.stdout
     assert out.startswith("rte: 4 x ") and "fp32" in out.splitlines()[0]
     assert out.splitlines()[0].endswith("ours with --fast_dropout") == bool(flags)
+    copies = out.split("ours' copies and casts by input shape")[1:]
+    assert len(copies) == bool(flags)
+    if flags:  # three groups, each an operation, its ms and calls a step, and the shapes of its inputs
+        rows = copies[0].strip().splitlines()[1:]
+        assert len(rows) == 3 and all(row.split()[0] in ("aten::copy_", "aten::_to_copy") and "[" in row
+                                      for row in rows)
     for label in ("reference", "ours"):
         assert f"{label}: median step " in out
     kinds = ("matrix products", "attention kernels", "copies and casts", "dropout masks", "the rest")
@@ -346,6 +352,8 @@ def test_the_step_profile_refuses_bad_input_in_one_line(tmp_path):
     zero = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--steps", "0"], capture_output=True, text=True)
     assert error_line(zero.returncode, zero.stderr, one_line=True) == "error: --steps 0 must be at least 1: give " \
                                                                       "--steps 1 or more"
+    minus = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--copies", "-1"], capture_output=True, text=True)
+    assert "--copies -1 must be at least 0" in error_line(minus.returncode, minus.stderr, one_line=True)
     for flag in ("--batch", "--rank", "--profiled"):  # exit 2, as any bad input of the bench scripts
         done = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), flag, "0"], capture_output=True, text=True)
         assert f"{flag} 0 must be at least 1" in error_line(done.returncode, done.stderr, one_line=True)

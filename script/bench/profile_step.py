@@ -6,7 +6,7 @@ frozen weights held in bf16, as a run of the project takes them; with --fast_dro
 dropout masks that flag draws), forward, backward and AdamW step, timed and then profiled.
 
     python script/bench/profile_step.py --data_dir ../shared/data/glue_data [--task rte|sst2] [--bf16]
-        [--fast_dropout] [--batch 32] [--rank 3] [--steps 10] [--profiled 3]
+        [--fast_dropout] [--batch 32] [--rank 3] [--steps 10] [--profiled 3] [--copies N]
 
 Prints, for each model, the median step (wall clock, unprofiled, the two models taking turns) and
 the profile's self CPU time per step by kind: matrix products (mm, addmm, bmm and their in-place
@@ -14,7 +14,8 @@ forms), attention kernels, copies and casts (copy_, _to_copy), dropout masks, th
 top operations. The last lines give the speed-up of ours over the reference (reference step / ours)
 and what is left to remove in ours: its profiled step over the same step without any copy, cast or
 dropout mask (what a step would gain if they all went and nothing else changed; the profile's own
-overhead and this machine's noise are in both figures).
+overhead and this machine's noise are in both figures). With --copies N, ours' N costliest groups of
+copies and casts by the shapes of their inputs, from one more profile that records shapes.
 """
 
 from __future__ import annotations
@@ -118,6 +119,19 @@ def profiled_steps(model, optimizer, batch: dict, bf16: bool, profiled: int) -> 
     return {"kinds": kinds, "top": top, "calls": calls}
 
 
+def copies_by_shape(model, optimizer, batch: dict, bf16: bool, profiled: int, top: int) -> list[tuple]:
+    """The ``top`` groups of copies and casts (copy_, _to_copy) by the shapes of their inputs: (operation,
+    input shapes, self CPU ms a step, calls a step), costliest first; a profile of its own, shapes recorded."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(profiled):
+            step(model, optimizer, batch, bf16)
+    groups = [(e.key, str(e.input_shapes), e.self_cpu_time_total / 1000 / profiled, e.count / profiled)
+              for e in prof.key_averages(group_by_input_shape=True) if e.key in KINDS["copies and casts"]]
+    return sorted(groups, key=lambda group: -group[2])[:top]
+
+
 def report(label: str, figures: dict) -> None:
     total = sum(figures["kinds"].values())
     print(f"{label}: median step {figures['median_ms']:.1f} ms (unprofiled); profile, self CPU ms a step:")
@@ -139,8 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 of warm-up)")
     parser.add_argument("--profiled", type=int, default=3, help="profiled steps (after the timed ones)")
+    parser.add_argument("--copies", type=int, default=0,
+                        help="also list ours' N costliest groups of copies and casts by input shape")
     args = parser.parse_args(argv)
     at_least(1, batch=args.batch, rank=args.rank, steps=args.steps, profiled=args.profiled)
+    at_least(0, copies=args.copies)
     profile(args)  # the data folder or the model: adarank's UsageError, one line, exit 2
 
 
@@ -173,6 +190,12 @@ def profile(args) -> None:
     left = kinds["copies and casts"] + kinds["dropout masks"]
     print(f"left in ours: copies, casts and dropout masks {left / total:.1%} of its profiled step; without them "
           f"its step would be {total / (total - left):.2f}x shorter, nothing else changed")
+    if args.copies:
+        print(f"ours' copies and casts by input shape (self CPU ms a step, calls a step; {kinds['copies and casts']:.1f} "
+              "ms in all above):")
+        for op, shapes, ms, calls in copies_by_shape(ours, optimizers["ours"], batch, args.bf16, args.profiled,
+                                                     args.copies):
+            print(f"  {op:<15} {ms:7.2f} {calls:6.0f}  {shapes}")
 
 
 if __name__ == "__main__":
