@@ -407,6 +407,7 @@ BAD_FLAGS = [
     # Trainer values that ended in a traceback as the Trainer started, at the first step, or after the training.
     (("--neftune_noise_alpha", "-1"), "--neftune_noise_alpha -1 must be >= 0"),
     (("--eval_accumulation_steps", "0"), "--eval_accumulation_steps 0 must be at least 1"),
+    (("--eval_delay", "-5"), "--eval_delay -5 must be >= 0"),
     (("--lr_scheduler_kwargs", '{"foo": 1}'), "--lr_scheduler_type linear takes no 'foo' (it takes none)"),
     (("--lr_scheduler_kwargs", '{"num_cycles": 2}'), "--lr_scheduler_type linear takes no 'num_cycles'"),
     (("--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"foo": 1}'),

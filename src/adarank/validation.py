@@ -46,6 +46,7 @@ RULES = (
     ("training", "adam_epsilon", lambda v: v >= 0, "must be >= 0"),
     ("training", "label_smoothing_factor", lambda v: 0 <= v < 1, "must be in [0, 1) (0: no smoothing)"),
     ("training", "neftune_noise_alpha", lambda v: v >= 0, "must be >= 0 (leave it unset for no noise)"),
+    ("training", "eval_delay", lambda v: v >= 0, "must be >= 0 (epochs or steps to wait before the first evaluation)"),
     ("training", "eval_accumulation_steps", lambda v: v >= 1,
      "must be at least 1 (leave it unset to keep the predictions on the device until the evaluation ends)"),
     ("model", "max_seq_length", lambda v: v >= 1, "must be at least 1 token"),
