@@ -99,9 +99,9 @@ def scored_alike(groups: dict, apart: list) -> None:
         counted = next(run for run in group if tuple(row_keys(run)) == common)
         for run in [run for run in group if tuple(row_keys(run)) != common]:
             group.remove(run)
-            apart.append((run, f"scored on {', '.join(row_keys(run))}, unlike its setting's seeds "
-                               f"({', '.join(common)}, as {counted.path}): its config.json's task_metrics differ; "
-                               "summarize it apart"))
+            apart.append((run, f"scored on {', '.join(row_keys(run))}, unlike {counted.path} of its setting "
+                               f"({', '.join(common)}), which the table counts: its config.json's task_metrics "
+                               "differ; summarize it apart"))
 
 
 def split_runs(runs: list[Run]):
@@ -112,11 +112,19 @@ def split_runs(runs: list[Run]):
     """
     groups, apart = defaultdict(list), []
     for run in runs:
-        if why := apart_because(run) or repeated_seed(run, groups.get(run.group, [])):
+        if why := apart_because(run):
             apart.append((run, why))
         else:
             groups[run.group].append(run)
-    scored_alike(groups, apart)
+    scored_alike(groups, apart)  # first: a seed whose counted run it sets aside keeps its other run
+    for key, group in groups.items():
+        kept = []
+        for run in group:
+            if why := repeated_seed(run, kept):
+                apart.append((run, why))
+            else:
+                kept.append(run)
+        groups[key] = kept
     return dict(sorted(groups.items())), apart
 
 

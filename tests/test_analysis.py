@@ -1112,8 +1112,8 @@ def test_a_seed_scored_on_other_metrics_than_its_setting_is_left_out_by_name(run
     tables = summarize_runs.summarize(root, resamples=1000)
     assert [row["seeds"] for row in tables["results"] if row["method"] == "lora"] == [1]
     (left,) = [row for row in tables["apart"] if row["run"] == str(other)]
-    assert left["why"] == (f"scored on eval_pearson, unlike its setting's seeds (eval_accuracy, as "
-                           f"{root / 'sst2-lora-1'}): its config.json's task_metrics differ; summarize it apart")
+    assert left["why"] == (f"scored on eval_pearson, unlike {root / 'sst2-lora-1'} of its setting (eval_accuracy), "
+                           "which the table counts: its config.json's task_metrics differ; summarize it apart")
 
 
 @pytest.mark.parametrize("metric, damage, message", [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import TrainingArguments
 
 from adarank.methods import BUILT_IN_METHODS
 from conftest import QUICK, run_task
@@ -605,6 +606,9 @@ def test_auto_resume_into_a_run_of_another_method_is_refused(capsys, tiny_model,
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+DEFAULT_OPTIM = TrainingArguments("unused", report_to=[]).optim.value  # adamw_torch_fused from torch 2.8
+
+
 def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_left_alone(capsys, tiny_model, tmp_path):
     """Resuming a rank-2 LoRA checkpoint with --budget large ended in 72 size-mismatch lines from the
     state dict; under --resume_from_checkpoint auto it first rewrote the stopped run's config.json to
@@ -622,7 +626,7 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
              ("lora", (), ("--seed", "5"), "--seed 42, this command gives 5"),
              # another optimizer cannot read the checkpoint's state (a KeyError at the first step, after the
              # stopped run's config.json was rewritten); another schedule makes a run of two halves
-             ("lora", (), ("--optim", "sgd"), "--optim adamw_torch_fused, this command gives sgd"),
+             ("lora", (), ("--optim", "sgd"), f"--optim {DEFAULT_OPTIM}, this command gives sgd"),
              ("lora", (), ("--lr_scheduler_type", "cosine"), "--lr_scheduler_type linear, this command gives cosine"))
     for number, (method, flags, changed, message) in enumerate(cases):
         run = tmp_path / f"{method}-{number}"
@@ -648,7 +652,8 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
 
 def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_decides(tiny_model, tmp_path):
     """A run stopped before its first checkpoint starts afresh under auto with the flags now given; a
-    --budget beside an unchanged --lora_r (which sets the rank) does not count as a change."""
+    --budget beside an unchanged --lora_r (which sets the rank) does not count as a change, nor do
+    --num_train_epochs where --max_steps decides the schedule."""
     argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8",
             "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_steps", "2")
     early = tmp_path / "early"
@@ -661,8 +666,8 @@ def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_de
     ranked = tmp_path / "ranked"
     assert run_task("cola", *argv, "--method", "lora", "--lora_r", "4", "--output_dir", str(ranked)) == 0
     (ranked / "metrics.json").unlink()
-    assert run_task("cola", *argv, "--method", "lora", "--lora_r", "4", "--budget", "large", "--output_dir",
-                    str(ranked), "--resume_from_checkpoint", "auto") == 0
+    assert run_task("cola", *argv, "--method", "lora", "--lora_r", "4", "--budget", "large", "--num_train_epochs", "7",
+                    "--output_dir", str(ranked), "--resume_from_checkpoint", "auto") == 0
     assert json.loads((ranked / "metrics.json").read_text())["resumed_from_step"] == 2
 
 

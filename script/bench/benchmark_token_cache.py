@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 
-from bench_cli import at_least, command_line, exits_cleanly_on_usage_errors
+from bench_cli import at_least, command_line, exits_cleanly_on_usage_errors  # first: it puts src/ on the path
 from transformers import AutoTokenizer
 
 from adarank.loading import embedded_model_path

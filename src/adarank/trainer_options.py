@@ -122,7 +122,8 @@ def _optimizer_trial(training) -> None:
         raise UsageError(f"--optim {optim} --optim_args {training.optim_args!r}: {first_line(error)}: fix the value, "
                          "or leave it out") from None
     if ignored := _ignored_keys(training, arguments):
-        adam = " (AdamW's betas and eps are --adam_beta1, --adam_beta2, --adam_epsilon)" if "betas" in arguments else ""
+        adam = " (AdamW's betas and eps are --adam_beta1, --adam_beta2, --adam_epsilon)" if "betas" in arguments \
+            and ignored[0] in ("betas", "beta1", "beta2", "eps") else ""
         raise UsageError(f"--optim_args: --optim {optim} does not read {ignored[0]!r}, and the Trainer would drop it "
                          f"without a word: leave it out{adam}")
 

@@ -22,18 +22,17 @@ def _close(name: str, known: list[str]) -> list[str]:
     return [c for c in close if ratio[c] >= ratio[close[0]] - 0.1] if close else []
 
 
-def _owner(name: str) -> str | None:
-    """The registered method whose own flags include ``name`` (they join the parser with its --method), or None."""
+def _owners(name: str) -> list[str]:
+    """The registered methods whose own flags include ``name`` (they join the parser with the --method)."""
     from adarank.methods.base import METHODS  # registered by now: the built-in ones and the entry script's
 
-    owners = [m.name for m in METHODS.values() if m.arguments is not None and name in
-              {f.name for f in fields(m.arguments)}]
-    return owners[0] if owners else None
+    return [m.name for m in METHODS.values() if m.arguments is not None and name in
+            {f.name for f in fields(m.arguments)}]
 
 
 def _suggestion(name: str, known: list[str], prefix: str = "--") -> str:
-    if owner := _owner(name.lstrip("-").replace("-", "_")):
-        return f"a flag of --method {owner}: give that method, or drop it"
+    if owners := _owners(name.lstrip("-").replace("-", "_")):
+        return f"a flag of --method {' or '.join(owners)}: give that method, or drop it"
     close = _close(name.lstrip("-").replace("-", "_"), known)
     if not close:
         return "no flag is close" if prefix else "no key is close"

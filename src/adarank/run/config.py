@@ -73,7 +73,8 @@ def resumed_arguments(args: Arguments) -> dict:
     model, data, training = asdict(args.model), asdict(args.data), args.training.to_dict()
     return {**adapter_arguments(args), "model": {key: model[key] for key in ("model_name_or_path", "target_modules")},
             "data": {key: data[key] for key in ("data_dir", "demo", "max_train_samples")},
-            "training": {key: training[key] for key in RESUMED_TRAINING}}
+            "training": {key: training[key] for key in RESUMED_TRAINING
+                         if not (key == "num_train_epochs" and training["max_steps"] > 0)}}  # --max_steps decides
 
 
 # The TrainingArguments a resumed run takes from its checkpoint's run
