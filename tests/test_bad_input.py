@@ -653,7 +653,7 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
 def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_decides(tiny_model, tmp_path):
     """A run stopped before its first checkpoint starts afresh under auto with the flags now given; a
     --budget beside an unchanged --lora_r (which sets the rank) does not count as a change, nor do
-    --num_train_epochs where --max_steps decides the schedule."""
+    --num_train_epochs where --max_steps decides the schedule, nor torch's AdamW under its other name."""
     argv = ("--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--max_eval_samples", "8",
             "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_steps", "2")
     early = tmp_path / "early"
@@ -669,6 +669,15 @@ def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_de
     assert run_task("cola", *argv, "--method", "lora", "--lora_r", "4", "--budget", "large", "--num_train_epochs", "7",
                     "--output_dir", str(ranked), "--resume_from_checkpoint", "auto") == 0
     assert json.loads((ranked / "metrics.json").read_text())["resumed_from_step"] == 2
+    # torch's AdamW with and without its fused kernel keep the same state: a run started under the
+    # other name (as before a torch upgrade changed the default) resumes under the default
+    other = "adamw_torch" if DEFAULT_OPTIM == "adamw_torch_fused" else "adamw_torch_fused"
+    renamed = tmp_path / "renamed"
+    assert run_task("cola", *argv, "--method", "lora", "--optim", other, "--output_dir", str(renamed)) == 0
+    (renamed / "metrics.json").unlink()
+    assert run_task("cola", *argv, "--method", "lora", "--output_dir", str(renamed),
+                    "--resume_from_checkpoint", "auto") == 0
+    assert json.loads((renamed / "metrics.json").read_text())["resumed_from_step"] == 2
 
 
 # Values found wrong only after the previous run was set aside for the new one (run/replaced.py): a method's

@@ -251,12 +251,21 @@ def _changed_flag(run_dir: Path, adapter: dict) -> tuple[str, str, str] | None:
         pairs += [(name, before[name], value) for name, value in flags.items() if name in before]
     rank_given_alike = any(name in RANK_FLAGS and now is not None and before == now for name, before, now in pairs)
     for name, before, now in pairs:
-        if before != now and not (name == "budget" and rank_given_alike):
+        if _state_kind(name, before) != _state_kind(name, now) and not (name == "budget" and rank_given_alike):
             return name, _shown(before), _shown(now)
     return None
 
 
 RANK_FLAGS = ("lora_r", "target_r", "r_max")  # each, where given, sets the rank --budget would
+
+# Values of one flag that read and write the same checkpoint state: torch's AdamW with and without its
+# fused kernel (transformers' default --optim became adamw_torch_fused with torch 2.8, so a torch upgrade
+# between a stop and its resume changes the recorded name, not the optimizer).
+SAME_STATE = {"optim": {"adamw_torch": "adamw_torch_fused"}}
+
+
+def _state_kind(name: str, value):
+    return SAME_STATE.get(name, {}).get(value, value)
 
 
 def _shown(value) -> str:
