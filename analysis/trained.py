@@ -10,6 +10,7 @@ from pathlib import Path
 from adarank.errors import UsageError, first_line  # adarank before peft: its filter drops bitsandbytes' notice
 from peft import PeftModel, PeftType
 from safetensors import SafetensorError
+from transformers.utils import logging as hf_logging
 from adarank.tasks import get_task
 from adarank.tasks.glue.data import load_glue, tokenize
 from adarank.tasks.glue.spec import GlueSpec
@@ -44,8 +45,13 @@ def trained_model(run_dir: Path, data_dir: str, examples: int, split: str = "tra
     model_arguments = _model_arguments(config, config_path)
     _check_adapter_settings(adapter / "adapter_config.json")
     four_bit = config.get("four_bit_cpu_kernels") is not None  # the run's base was NF4: load it so again
-    tokenizer, base, _ = load_model(model_arguments["model_name_or_path"], task, load_in_4bit=four_bit,
-                                    compute_dtype=model_arguments.get("bnb_4bit_compute_dtype"))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its LOAD REPORT names the task head as new: the adapter holds the trained one
+    try:
+        tokenizer, base, _ = load_model(model_arguments["model_name_or_path"], task, load_in_4bit=four_bit,
+                                        compute_dtype=model_arguments.get("bnb_4bit_compute_dtype"))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     try:
         model = PeftModel.from_pretrained(base, str(adapter)).eval()
     except SafetensorError as error:
