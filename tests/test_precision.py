@@ -58,8 +58,8 @@ def test_the_default_precision_follows_the_cpu_and_its_reason_is_recorded(tiny_m
         assert precision["chosen_by"].startswith("default: this CPU has bf16 units (avx512_bf16: bf16 ")
         assert precision["chosen_by"].endswith("measured on an AVX512-BF16 CPU without AMX)")
     else:
-        assert precision["chosen_by"] == ("default: fp32 (this CPU has no bf16 units: bf16 would be emulated, "
-                                          "tens of times slower)")
+        assert precision["chosen_by"].startswith("default: fp32 (this CPU has no bf16 units: bf16 would be emulated; ")
+        assert precision["chosen_by"].endswith("measured on an AVX2 CPU without bf16 units)")
     off = tmp_path / "off"
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--no_bf16",
                     "--output_dir", str(off), "--max_eval_samples", "16", *QUICK) == 0

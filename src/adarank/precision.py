@@ -20,12 +20,15 @@ from adarank.tasks import Task
 # bf16 autocast on CPUs with bf16 units: matmuls in bf16, adapters, gradients, optimizer state and
 # AdaLoRA's importance scores in fp32. Each CPU kind's default comes from a measurement on that kind
 # (BENCHMARKS.md): the training throughput of LoRA in bf16 over fp32, with the accuracy of bf16 autocast
-# matching fp32's within seed noise on SST-2. Without bf16 units, bf16 is emulated: tens of times slower.
+# matching fp32's within seed noise on SST-2. Without bf16 units bf16 is emulated, and fp32 is the default:
+# BF16_EMULATED is that measurement.
 BF16_MEASURED = {
     "amx": "bf16 1.44x fp32 on SST-2 and 1.46x on RTE, measured on a Sapphire Rapids CPU",
     "avx512_bf16": "bf16 1.95-2.28x fp32 on SST-2 and 1.87-1.93x on RTE, measured on an AVX512-BF16 CPU "
                    "without AMX",
 }
+BF16_EMULATED = ("bf16 matmuls at 0.03x fp32's rate and LoRA training 24x slower on SST-2, measured on an AVX2 CPU "
+                 "without bf16 units")
 
 
 def cpu_kind() -> str:
@@ -61,7 +64,7 @@ def precision_note(training, explicit: set[str], task: Task) -> dict:
         why = (f"default: fp32 (bf16 autocast on the CPU is not yet measured against fp32 for "
                f"{task.family}; --bf16 asks for it)")
     else:
-        why = "default: fp32 (this CPU has no bf16 units: bf16 would be emulated, tens of times slower)"
+        why = f"default: fp32 (this CPU has no bf16 units: bf16 would be emulated; {BF16_EMULATED})"
     fp16 = {"fp16_autocast": True} if getattr(training, "fp16", False) else {}
     return {"bf16_autocast": bool(training.bf16), **fp16, "chosen_by": why}
 
