@@ -134,8 +134,7 @@ def _number(text: str) -> bool:
 def scoreable(metric: str, tables: dict[Path, dict]) -> None:
     """Refuse predictions ``metric`` (config.json's task_metrics, or the task's headline metric where a
     run predates them) cannot score: a metric these tools do not know, a table of the other kind of task
-    (predictions.tsv for ROUGE, predictions.jsonl for a GLUE metric), a word for a correlation, a class
-    prediction that none of its split's labels is."""
+    (predictions.tsv for ROUGE, predictions.jsonl for a GLUE metric), a word for a correlation."""
     for path, table in tables.items():
         if metric not in METRICS:
             raise Damaged(path / "config.json", f"its task_metrics names {metric}, a metric these tools cannot score")
@@ -146,18 +145,6 @@ def scoreable(metric: str, tables: dict[Path, dict]) -> None:
         if metric in ("pearson", "spearman"):
             if (word := next((x for pair in table.values() for x in pair if not _number(x)), None)) is not None:
                 raise Damaged(path / "predictions.tsv", f"{word!r} is no number, and {metric} correlates numbers")
-        elif metric not in ROUGE and (stray := _stray_prediction(table)) is not None:
-            raise Damaged(path / "predictions.tsv", f"{stray[1]!r} predicted for {stray[0]} example {stray[2]} is none "
-                                                    f"of the labels that split holds")
-
-
-def _stray_prediction(table: dict) -> tuple[str, str, int] | None:
-    """(split, prediction, index) of the first prediction that is none of its split's gold labels."""
-    labels = {}
-    for (split, _), (label, _) in table.items():
-        labels.setdefault(split, set()).add(label)
-    return next(((split, prediction, index) for (split, index), (_, prediction) in table.items()
-                 if prediction not in labels[split]), None)
 
 
 def encode(metric: str, labels, *prediction_sets):
