@@ -29,7 +29,9 @@ def test_adalora_trains_under_bf16_autocast_with_fp32_weights_and_importance(tin
     precision = config(run)["precision"]
     # The frozen base weights are held in bf16: 2 layers x 6 adapted matrices, the pooler, and the
     # original head PEFT keeps beside the trained copy.
-    assert precision == {"bf16_autocast": True, "chosen_by": "--bf16"}
+    emulated = "" if torch.cuda.is_available() or precisions.cpu_has_bf16_units() else \
+        f", on a CPU without bf16 units: emulated ({precisions.BF16_EMULATED})"
+    assert precision == {"bf16_autocast": True, "chosen_by": "--bf16" + emulated}
     assert config(run)["frozen_linear_weights_bf16"] == 14
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_loss"] == pytest.approx(metrics["eval_loss"])  # not NaN
@@ -77,6 +79,23 @@ def test_summarization_stays_fp32_by_default_until_bf16_is_measured_for_it(monke
     assert precisions.precision_note(training, set(), summaries)["chosen_by"] == (
         "default: fp32 (bf16 autocast on the CPU is not yet measured against fp32 for summarization; "
         "--bf16 asks for it)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU kinds; on a GPU its own bf16 support decides")
+@pytest.mark.parametrize("kind", ["amx", "avx512_bf16", "other"])
+def test_bf16_asked_for_on_a_cpu_without_bf16_units_is_named_emulated(monkeypatch, caplog, kind):
+    """--bf16 on an AVX2-only CPU trained 24x slower than its fp32 default without a word: the run warns
+    once and config.json says so; on CPUs with bf16 units --bf16 is recorded as it is."""
+    monkeypatch.setattr(precisions, "cpu_kind", lambda: kind)
+    with caplog.at_level("WARNING", logger="adarank"):
+        note = precisions.precision_note(SimpleNamespace(bf16=True), {"bf16"}, TASKS["sst2"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if kind == "other":
+        assert note["chosen_by"] == f"--bf16, on a CPU without bf16 units: emulated ({precisions.BF16_EMULATED})"
+        assert warnings == [f"--bf16 on a CPU without bf16 units: bf16 is emulated here ({precisions.BF16_EMULATED}); "
+                            "without --bf16 this CPU trains in fp32"]
+    else:
+        assert note["chosen_by"] == "--bf16" and warnings == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults; on a GPU its own bf16 support decides")

@@ -11,10 +11,14 @@ AdaLoRA's importance scores stay fp32.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from adarank.tasks import Task
+
+log = logging.getLogger(__name__)
 
 
 # bf16 autocast on CPUs with bf16 units: matmuls in bf16, adapters, gradients, optimizer state and
@@ -54,6 +58,10 @@ def precision_note(training, explicit: set[str], task: Task) -> dict:
         why = "--no_bf16"
     elif getattr(training, "fp16", False) and "bf16" not in explicit:
         why = "--fp16 (fp16 autocast instead of the bf16 default)"
+    elif "bf16" in explicit and not torch.cuda.is_available() and not cpu_has_bf16_units():
+        why = f"--bf16, on a CPU without bf16 units: emulated ({BF16_EMULATED})"
+        log.warning("--bf16 on a CPU without bf16 units: bf16 is emulated here (%s); without --bf16 this CPU "
+                    "trains in fp32", BF16_EMULATED)
     elif "bf16" in explicit:
         why = "--bf16"
     elif torch.cuda.is_available():
