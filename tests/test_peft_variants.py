@@ -254,6 +254,29 @@ def test_eva_refuses_more_components_than_a_matrix_reads_in_one_line(tiny_model,
            "reads 16 features: lower --eva_rho to 8 or less" in line
 
 
+def test_eva_refuses_components_no_training_batch_holds_and_leaves_no_directory(mixed_width_model, tmp_path, capsys):
+    """PEFT's EVA decomposes only a batch holding at least r x rho tokens and cycles over the data until it
+    has: with no such batch it never stopped. 60 components fit the 64-feature matrices, not a batch of one
+    short sentence."""
+    code = run_task("cola", "--demo", "--model_name_or_path", mixed_width_model, "--method", "eva", "--lora_r", "30",
+                    "--eva_rho", "2", "--max_steps", "2", "--no_bf16", "--output_dir", str(tmp_path / "e"), *QUICK,
+                    "--per_device_train_batch_size", "1")
+    line = error_line(code, without_progress_bars(capsys.readouterr().err), one_line=True)
+    assert "--method eva keeps 60 input components per matrix (--lora_r 30 x --eva_rho 2), but the largest " \
+           "training batch holds" in line and "raise --per_device_train_batch_size" in line
+    assert not (tmp_path / "e").exists()  # the directory the run made, and nothing written in it, went again
+
+
+def test_eva_counts_the_tokens_it_decomposes_as_peft_masks_them():
+    from adarank.methods.variants.eva import _counted_tokens
+
+    ids = torch.ones(2, 4, dtype=torch.long)
+    assert _counted_tokens({"input_ids": ids}) == 8
+    assert _counted_tokens({"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])}) == 4
+    labels = torch.tensor([[-100, 5, 6, -100], [7, -100, -100, -100]])  # a causal LM's prompt is masked out
+    assert _counted_tokens({"input_ids": ids, "attention_mask": torch.ones(2, 4), "labels": labels}) == 3
+
+
 def test_eva_names_a_lower_rank_where_no_rho_fits():
     from torch import nn
 

@@ -15,6 +15,8 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from adarank.errors import UsageError
@@ -146,6 +148,7 @@ class RunDirectory:
     def prepare(self, overwrite: bool, resume_step: int | None = None) -> None:
         """Take the directory for this process; start it afresh, or trim its logs back to a checkpoint."""
         self.check_usable(overwrite, resume_step is not None)
+        self._made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
         if resume_step is None:
@@ -163,9 +166,20 @@ class RunDirectory:
     def _clear(self) -> None:
         set_aside(self.path, RUN_FILES + RUN_FOLDERS)  # kept until this run can stand in for it (run/replaced.py)
 
-    def replacing(self, main_process: bool):
-        """Around training: a run this one replaced is dropped once it finishes, put back if it fails first."""
-        return replacing(self.path, RUN_FILES + RUN_FOLDERS, self.checkpoints, main_process)
+    @contextmanager
+    def replacing(self, main_process: bool) -> Iterator[None]:
+        """Around training: a run this one replaced is dropped once it finishes, put back if it fails first.
+        A directory this run made goes again where it fails before writing anything to it (a method that
+        refuses its adapters once the model is loaded)."""
+        try:
+            with replacing(self.path, RUN_FILES + RUN_FOLDERS, self.checkpoints, main_process):
+                yield
+        except BaseException:
+            if getattr(self, "_made", False) and {item.name for item in self.path.iterdir()} <= {".lock"}:
+                _HELD_LOCKS.pop(str(self.path.resolve()), None)
+                self._held.file.close()
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     def _rewind_logs(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run that is resumed from there, and the

@@ -17,6 +17,8 @@ holds the distribution: an ``initial`` record from EVA and a ``final`` one when 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -89,8 +91,9 @@ class Eva(OneProcess, LoraVariant):
             if torch.cuda.is_available():  # its forward passes and SVDs on the device training uses
                 model.to("cuda")
             # The adapters wait on the meta device for EVA's values (PEFT's advice: less memory while it runs).
+            _check_batches(plan, request.train_batches)
             peft_model = get_peft_model(model, self.peft_config(plan, request), low_cpu_mem_usage=True)
-            _initialise(peft_model, request.train_batches)
+            _initialise(peft_model, request.train_batches, round(plan.r * plan.rho))
         ranks = adapted_ranks(peft_model, request.target_modules)
         total, low, high = sum(ranks.values()), min(ranks.values()), max(ranks.values())
         log.info("EVA: %d directions over %d matrices (ranks %d to %d).", total, len(ranks), low, high)
@@ -113,13 +116,44 @@ def _check_components(model: nn.Module, plan: EvaPlan, targets: list[str]) -> No
                          f"{', or '.join(fixes) or 'adapt wider matrices (--target_modules)'}")
 
 
-def _initialise(model: PeftModel, batches: Callable[[], Iterator[dict]] | None) -> None:
+def _check_batches(plan: EvaPlan, batches: Callable[[], Iterator[dict]] | None) -> None:
+    """PEFT's EVA skips a batch holding fewer tokens than its components and cycles over the data until
+    every layer has converged: where no training batch is large enough, it would never stop."""
     if batches is None:
         raise RuntimeError("EVA initialises from the training data, but the request holds no train_batches")
+    components, largest = round(plan.r * plan.rho), 0
+    for batch in EvaBatches(batches):
+        largest = max(largest, _counted_tokens(batch))
+        if largest >= components:
+            return
+    raise UsageError(f"--method eva keeps {components} input components per matrix (--lora_r {plan.r} x --eva_rho "
+                     f"{plan.rho:g}), but the largest training batch holds {largest} tokens and EVA decomposes a "
+                     f"batch only where it holds at least that many: raise --per_device_train_batch_size, or lower "
+                     f"--eva_rho or --lora_r so that r x rho is at most {largest}")
+
+
+def _counted_tokens(batch: dict) -> int:
+    """The tokens of a batch whose inputs EVA decomposes: those attended to, less the ones a per-token
+    label masks out (PEFT's use_label_mask, label -100)."""
+    mask = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(batch["input_ids"]).bool()
+    if "labels" in batch:
+        mask &= batch["labels"] != -100
+    return int(mask.sum())
+
+
+def _initialise(model: PeftModel, batches: Callable[[], Iterator[dict]], components: int) -> None:
     started = time.perf_counter()
+    printed = io.StringIO()  # PEFT prints a line for every layer of every batch too small to decompose
     # Every process reads the whole training set in the same order, so there is nothing to gather.
-    initialize_lora_eva_weights(model, dataloader=EvaBatches(batches), show_progress_bar=False,
-                                gather_distributed_inputs=False)
+    with contextlib.redirect_stdout(printed):
+        initialize_lora_eva_weights(model, dataloader=EvaBatches(batches), show_progress_bar=False,
+                                    gather_distributed_inputs=False)
+    lines = printed.getvalue().splitlines()
+    others = [line for line in lines if not line.startswith("skipping SVD")]
+    if others:
+        print("\n".join(others))
+    if skipped := len(lines) - len(others):
+        log.info("EVA: %d layer inputs passed over, from batches of fewer than %d tokens.", skipped, components)
     log.info("EVA: initialised from the training data in %.1f s.", time.perf_counter() - started)
 
 
