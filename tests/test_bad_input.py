@@ -253,6 +253,36 @@ def test_every_unknown_flag_and_stray_argument_is_named(capsys, tmp_path, flags,
     assert not (tmp_path / "run").exists()
 
 
+def test_the_method_given_last_brings_its_flags_as_the_parse_takes_it():
+    """--method lora --method sora parses as sora, whose flags must be known: the first was taken."""
+    from adarank.arguments import requested_method
+
+    assert requested_method(["--method", "lora", "--method", "sora", "--sora_lambda", "1"]) == "sora"
+    assert requested_method(["--method=sora", "--method", "lora"]) == "lora"
+    assert requested_method(["--demo"]) is None
+
+
+@pytest.mark.parametrize("method", sorted(BUILT_IN_METHODS))
+def test_help_shows_every_flag_in_words(capsys, method):
+    """A bare % in a help text made argparse print the option's internals in its place (--fast_dropout)."""
+    assert run_task("cola", "--method", method, "--help") == 0
+    out = capsys.readouterr().out
+    assert "--output_dir" in out and "option_strings" not in out
+
+
+def test_every_flag_of_ours_has_a_help_text():
+    from dataclasses import fields, is_dataclass
+
+    from adarank import arguments
+    from adarank.methods import METHODS
+
+    own = [kind for kind in vars(arguments).values() if isinstance(kind, type) and is_dataclass(kind)
+           and kind.__module__ == arguments.__name__ and kind is not arguments.Arguments]
+    own += [METHODS[name].arguments for name in BUILT_IN_METHODS if METHODS[name].arguments is not None]
+    assert len(own) >= 8
+    assert [f"{kind.__name__}.{flag.name}" for kind in own for flag in fields(kind) if not flag.metadata.get("help")] == []
+
+
 @pytest.mark.parametrize("name, text", [
     ("args.json", json.dumps({"demo": True, "learnig_rate": 1e-3, "num_epochs": 2, "output_dir": "RUN"})),
     ("args.yaml", "demo: true\nlearnig_rate: 0.001\nnum_epochs: 2\noutput_dir: RUN\n"),

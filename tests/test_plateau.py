@@ -295,6 +295,15 @@ def test_the_default_growth_budget_is_planned_before_training(tiny_model, tmp_pa
     assert sum(growth.ranks.values()) == 12 * 2 + growth.plan.growth_budget == 32
 
 
+def test_the_plateau_scripts_take_the_own_flags_of_another_method_they_are_given(tiny_model, tmp_path):
+    """src/custom/*.py --method sora --sora_lambda ...: SoRA's flags were unknown there (only plateau's joined)."""
+    run_dir = tmp_path / "sora"
+    assert run_plateau("cola", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--method", "sora",
+                       "--sora_lambda", "0.001", "--output_dir", str(run_dir), *QUICK) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["method"] == "sora" and config["adapter"]["sora_lambda"] == 0.001
+
+
 def test_the_plain_demo_script_grows(tiny_model, tmp_path):
     """src/custom/glue-cola.py --demo with no plateau flags evaluates 4 times an epoch and grows."""
     run_dir = tmp_path / "demo"

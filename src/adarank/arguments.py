@@ -88,7 +88,8 @@ class AdapterArguments:
                           "classifier dropout, and AdaLoRA's small budget init 2-3 -> target 1). Flags you give win."})
     lora_alpha: float = field(default=16.0, metadata={
         "help": "Scaling numerator: updates are scaled by alpha/r (default: the recipe's, 16 or 32)."})
-    lora_dropout: float = field(default=0.0)
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "Dropout on the adapters' input, from 0 to below 1."})
     init_r: int | None = field(default=None, metadata={"help": "AdaLoRA's initial rank (default 1.5x target_r); IncreLoRA's first rank (default 1)."})
     target_r: int | None = field(default=None, metadata={"help": "AdaLoRA final average rank (overrides --budget)."})
     tinit: int | None = field(default=None, metadata={"help": "AdaLoRA's (and IncreLoRA's) warm-up steps before allocation (default: the paper's, scaled)."})
@@ -128,7 +129,7 @@ class RunArguments:
         metadata={"help": "On the CPU, draw dropout masks, hidden-state and attention-probability ones, with "
                           "adarank/dropout.py (the same distribution, two elements per 64-bit draw) instead of "
                           "PyTorch's; other random numbers than a run without it. Not the default: whole runs at "
-                          "RTE's lengths 1-2% shorter (BENCHMARKS.md)."})
+                          "RTE's lengths 1-2%% shorter (BENCHMARKS.md)."})
 
 
 @dataclass
@@ -275,13 +276,14 @@ def _asks_for(value: str | None) -> bool:
 
 def _flag_value(argv: list[str], name: str) -> str | None:
     """The value of ``--name value`` or ``--name=value`` in argv, read before the full parse
-    because it decides the other defaults."""
+    because it decides the other defaults: the last one given, as the parse takes."""
+    value = None
     for i, item in enumerate(argv):
         if item == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-        if item.startswith(f"--{name}="):
-            return item.split("=", 1)[1]
-    return None
+            value = argv[i + 1]
+        elif item.startswith(f"--{name}="):
+            value = item.split("=", 1)[1]
+    return value
 
 
 def scale_warmup(args: Arguments, task: Task, total_step: int) -> None:

@@ -45,17 +45,15 @@ log = logging.getLogger("adarank")
 def main(task: str, argv: list[str] | None = None, method: str | None = None, method_arguments=(),
          defaults: dict | None = None) -> dict:
     """The command line of a task script. ``method`` makes a registered method the script's
-    default, with its own flags (``AdapterMethod.arguments``) and defaults; without it, the method
-    the command line names brings its own flags."""
+    default, with its own flags (``AdapterMethod.arguments``) and defaults; the method the command
+    line names brings its own flags too."""
     configure_logging()
     if method is not None:
-        chosen = get_method(method)
-        defaults = {"method": method, **chosen.script_defaults, **(defaults or {})}
-    else:
-        named = requested_method(argv)
+        defaults = {"method": method, **get_method(method).script_defaults, **(defaults or {})}
+    for named in (method, requested_method(argv)):
         chosen = METHODS.get(named) if named else None
-    if chosen is not None and chosen.arguments is not None and chosen.arguments not in method_arguments:
-        method_arguments = (*method_arguments, chosen.arguments)
+        if chosen is not None and chosen.arguments is not None and chosen.arguments not in method_arguments:
+            method_arguments = (*method_arguments, chosen.arguments)
     return train(task, argv, method_arguments, defaults)
 
 
