@@ -496,6 +496,12 @@ BAD_FILES = [
     ("args.yaml", "lr_scheduler_kwargs: [1]\n", "--lr_scheduler_kwargs [1] is not a JSON object"),
     ("args.yaml", "data_dir: glue\n", "args.yaml: demo trains on built-in synthetic data, so data_dir would be "
                                      "ignored: drop demo to use that data, or drop data_dir"),
+    # A YAML key left empty is null: it failed in the optimizer once the run directory was taken
+    # (learning_rate), or sent the run to ./trainer_output (output_dir).
+    ("args.yaml", "learning_rate:\n", "args.yaml: learning_rate has no value: give it one, or leave the key out for "
+                                      "its default"),
+    ("args.yaml", "output_dir:\n", "args.yaml: output_dir has no value"),
+    ("args.json", '{"demo": null}', "args.json: demo has no value"),
 ]
 
 
@@ -527,6 +533,17 @@ def test_each_bad_value_of_an_argument_file_is_refused_naming_the_file_and_key(c
     (tmp_path / name).write_text(yaml.safe_dump(document) if name.endswith(".yaml") else json.dumps(document))
     assert message in fails_cleanly(capsys, "sst2", str(tmp_path / name), one_line=True)
     assert digests(run) == before
+
+
+def test_an_argument_file_with_an_upper_case_suffix_is_read(capsys, tmp_path):
+    """It was taken for a stray argument: "unexpected argument 'ARGS.YAML'"."""
+    (tmp_path / "ARGS.YAML").write_text("method: sora\nlearning_rate: fast\n")
+    assert "ARGS.YAML: learning_rate 'fast' is not a number" in fails_cleanly(capsys, "sst2", str(tmp_path / "ARGS.YAML"))
+    (tmp_path / "Args.Json").write_text('{"method": "sora"}')
+    from adarank.arguments import requested_method
+
+    assert requested_method([str(tmp_path / "ARGS.YAML")]) == "sora"
+    assert requested_method([str(tmp_path / "Args.Json")]) == "sora"
 
 
 @pytest.mark.parametrize("name, text", [("args.yaml", "method: lora\nlearning_rate: 1.0e-3\nlearning_rate: 2.0e-3\n"),

@@ -10,6 +10,11 @@ import yaml
 from adarank.errors import UsageError, first_line
 
 
+def is_argument_file(argument: str) -> bool:
+    """Whether a command line's one argument names an argument file (its suffix, in any case)."""
+    return argument.lower().endswith((".json", ".yaml", ".yml"))
+
+
 class _Twice(Exception):
     """A key set twice in one mapping (its name is the message)."""
 
@@ -36,7 +41,7 @@ def read_argument_file(path: Path) -> dict:
     would keep the last silently)."""
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             document = json.loads(text, object_pairs_hook=_once)
         else:
             document = yaml.load(text, _OnceLoader)  # safe: SafeLoader's constructors only

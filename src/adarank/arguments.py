@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from adarank.argument_file import read_argument_file
+from adarank.argument_file import is_argument_file, read_argument_file
 from adarank.errors import UsageError, whole_message
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
@@ -204,7 +204,7 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
     # No abbreviations: a flag read before the parse (--recipe, --demo) must be spelled out.
     parser = HfArgumentParser(classes, allow_abbrev=False)
     parser.error = argparse_error  # argparse's own complaints (a bad value, an ambiguous flag): one line too
-    source = argv[0] if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) else None
+    source = argv[0] if len(argv) == 1 and is_argument_file(argv[0]) else None
     if source is not None:
         given = read_argument_file(Path(argv[0]))
         check_keys(argv[0], given, classes)
@@ -259,7 +259,7 @@ def requested_method(argv: list[str] | None) -> str | None:
     a method's own flags join the parser; None where it names none (or the file cannot be read: the
     parse says why)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+    if len(argv) == 1 and is_argument_file(argv[0]):
         try:
             document = read_argument_file(Path(argv[0]))
         except UsageError:
