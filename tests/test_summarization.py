@@ -14,6 +14,7 @@ from peft import PeftModel
 from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from adarank.errors import UsageError
 from adarank.tasks.summarization.arguments import SummarizationArguments as Flags  # the family's flags
 from adarank.tasks.summarization.data import IGNORED, Prompt, SummaryCollator, demo_split, load_summaries, tokenize
 from adarank.tasks.summarization.generation import GenerationSettings, generate_summaries
@@ -85,6 +86,20 @@ def test_a_single_file_is_split_at_its_end_or_scored_whole(tmp_path):
     assert read.dev["validation"]["id"] == ["x1"]
     path.write_text("\ufeff" + json.dumps({"id": "j1", "article": "Story.", "highlights": "S."}) + "\n", encoding="utf-8")
     assert load_summaries(Flags(str(path)), False, None, None, True).dev["validation"]["id"] == ["j1"]
+
+
+def test_a_tsv_file_is_unquoted_so_a_quotation_mark_opens_no_field(tmp_path):
+    """An article starting with a quotation mark was read as a quoted field running over the records below
+    it, until the next quotation mark: three records became one, silently."""
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text('id\tarticle\thighlights\na1\t"Nobody," he said, "came."\tNo one came.\n'
+                   'a2\t"We won\tA win.\na3\tA third story.\tS 3.\n')
+    read = load_summaries(Flags(str(tsv)), False, None, None, True).dev["validation"]
+    assert read["id"] == ["a1", "a2", "a3"]
+    assert read["text"] == ['"Nobody," he said, "came."', '"We won', "A third story."]
+    tsv.write_text("id\tarticle\thighlights\na1\tA story\twith a tab.\tS.\n")
+    with pytest.raises(UsageError, match="data.tsv:2: more fields than the header has: a TSV field cannot hold a tab"):
+        load_summaries(Flags(str(tsv)), False, None, None, True)
 
 
 def test_the_real_sample_is_read():

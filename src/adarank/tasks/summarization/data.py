@@ -117,12 +117,15 @@ def _json_rows(path: Path):
 
 def _csv_rows(path: Path, suffix: str):
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # an article may be longer than csv's 128 KiB
+    # A TSV file is unquoted, as GLUE's are: a field that starts with a quotation mark is text, not the
+    # start of a quoted field that would run over the following lines. A CSV file is quoted as usual.
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {"delimiter": ","}
+    fix = "a TSV field cannot hold a tab: replace them" if suffix == ".tsv" else "quote fields that hold a comma"
     with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: else the first column is "\ufeffid"
-        reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+        reader = csv.DictReader(handle, **dialect)
         for record in reader:
             if None in record:  # more fields than the header names
-                raise UsageError(f"{path}:{reader.line_num}: more fields than the header has: quote fields "
-                                 "that hold the separator")
+                raise UsageError(f"{path}:{reader.line_num}: more fields than the header has: {fix}")
             yield reader.line_num, {k: v for k, v in record.items() if v is not None}
 
 
