@@ -13,6 +13,7 @@ from fixtures.glue import write_sst2_folder
 from transformers import AutoTokenizer
 
 from adarank import cache as token_cache
+from adarank.errors import UsageError
 from adarank.tasks import TASKS
 from adarank.tasks.glue.data import load_glue, tokenize
 
@@ -106,19 +107,39 @@ def test_an_empty_split_is_tokenized_but_not_cached(tiny_model, cache):
     assert status == "empty" and len(rows) == 0 and not cache.exists()
 
 
+def _overwrite_middle(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+def test_the_cache_switch_takes_the_usual_words_and_refuses_others(monkeypatch):
+    for value, on in (("0", False), ("OFF", False), ("False", False), ("no", False), ("1", True), ("Yes", True),
+                      ("on", True)):
+        monkeypatch.setenv("ADARANK_TOKEN_CACHE", value)
+        assert token_cache.enabled() is on, value
+    monkeypatch.setenv("ADARANK_TOKEN_CACHE", "disabled")  # it stayed on, silently
+    with pytest.raises(UsageError, match="ADARANK_TOKEN_CACHE='disabled': set it to 0 .off. or 1 .on., or unset it"):
+        token_cache.enabled()
+
+
 @pytest.mark.parametrize("damage", [
     lambda entry: (entry / "state.json").write_text("[1, 2]"),  # valid JSON of the wrong shape
     lambda entry: (entry / "state.json").write_text('{"_data_files": "x"}'),
     lambda entry: (entry / "dataset_info.json").write_text("{not json"),
     lambda entry: [f.unlink() for f in entry.glob("*.arrow")],
-], ids=["state-list", "state-wrong-field", "info-not-json", "arrow-missing"])
+    # Bytes overwritten inside the rows, the file's structure intact: read as it was, it gave token ids
+    # past the vocabulary (an IndexError in training) or, where they stayed in it, other tokens silently.
+    lambda entry: [_overwrite_middle(f) for f in entry.glob("*.arrow")],
+    lambda entry: (entry / token_cache.CHECKSUMS).unlink(),  # an entry of an earlier version, unverifiable
+], ids=["state-list", "state-wrong-field", "info-not-json", "arrow-missing", "arrow-bytes", "no-checksums"])
 def test_a_damaged_entry_is_tokenized_again_and_rewritten(tiny_model, tmp_path, cache, damage):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     data = sst2(tmp_path)
-    first = tokenize(data, tokenizer, 64)
+    rows = tokenize(data, tokenizer, 64).train.to_list()  # before the damage: the rows are memory-mapped
     for entry in cache.iterdir():
         damage(entry)
     again = tokenize(data, tokenizer, 64)
     assert again.tokenized_cache == {"train": "written", "validation": "written"}
-    assert again.train.to_list() == first.train.to_list()
+    assert again.train.to_list() == rows
     assert tokenize(data, tokenizer, 64).tokenized_cache == {"train": "read", "validation": "read"}

@@ -8,8 +8,10 @@ and the settings it closes over (maximum lengths, prompt tokens). A changed file
 setting or encode function makes a new entry, never a stale read.
 
 Entries are ``datasets`` Arrow folders under ``<cache root>/tokenized/`` (``$ADARANK_CACHE``
-moves the root), memory-mapped when read. ``ADARANK_TOKEN_CACHE=0`` turns the cache off; delete
-the folder to reclaim its space (full CNN/DailyMail takes gigabytes).
+moves the root), memory-mapped when read once each file is found to hold the bytes it was written
+with (their SHA-256 sums are saved with them; a damaged entry is tokenized and written again).
+``ADARANK_TOKEN_CACHE=0`` turns the cache off; delete the folder to reclaim its space (full
+CNN/DailyMail takes gigabytes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import datasets
 import pyarrow as pa
 import tokenizers
 import transformers
+
+from adarank.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +102,39 @@ def _source(function: Callable) -> str:
         return hashlib.sha256(function.__code__.co_code + repr(function.__code__.co_consts).encode()).hexdigest()
 
 
+SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def enabled() -> bool:
-    return os.environ.get("ADARANK_TOKEN_CACHE", "1") not in ("0", "false", "no", "off")
+    """$ADARANK_TOKEN_CACHE: on unless it says 0, false, no or off (in any case); another value is refused."""
+    value = os.environ.get("ADARANK_TOKEN_CACHE", "1")
+    if value.strip().lower() not in SWITCH:
+        raise UsageError(f"ADARANK_TOKEN_CACHE={value!r}: set it to 0 (off) or 1 (on), or unset it")
+    return SWITCH[value.strip().lower()]
+
+
+CHECKSUMS = "adarank-checksums.json"  # in an entry: each of its files' SHA-256, written before the entry appears
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    sums = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != CHECKSUMS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            sums[path.name] = digest.hexdigest()
+    return sums
+
+
+def _intact(entry: Path) -> bool:
+    """Whether every file of an entry has the bytes it was written with (an entry without checksums,
+    from an earlier version, counts as damaged and is written again)."""
+    try:
+        return json.loads((entry / CHECKSUMS).read_text()) == _checksums(entry)
+    except (OSError, ValueError):
+        return False
 
 
 def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: dict,
@@ -126,6 +161,8 @@ def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: di
     damaged = False
     if (entry / "dataset_info.json").is_file():
         try:
+            if not _intact(entry):
+                raise ValueError("its files differ from the checksums written with them")
             rows = datasets.load_from_disk(str(entry))
             log.info("%d tokenized rows read from the cache (%s)", len(rows), entry)
             return rows, "read"
@@ -137,6 +174,7 @@ def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: di
         entry.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}-"))
         rows.save_to_disk(str(scratch / "rows"))
+        (scratch / "rows" / CHECKSUMS).write_text(json.dumps(_checksums(scratch / "rows")))
         if damaged:
             shutil.rmtree(entry, ignore_errors=True)
         try:
