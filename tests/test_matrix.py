@@ -199,3 +199,18 @@ def test_flags_a_job_sets_itself_are_refused_among_the_extra_flags(tmp_path):
                              capture_output=True, text=True, env={**os.environ, "RUNS": str(tmp_path)}, timeout=60)
         assert error_line(job.returncode, job.stderr, one_line=True).startswith(f"error: {flag} among the extra flags")
     assert not any(tmp_path.iterdir())  # no job started
+
+
+def test_a_process_count_that_is_no_number_is_refused_before_the_run(tmp_path):
+    """NPROC=abc (or 0) ran one process, the shell's "integer expression expected" aside."""
+    stand_in = tmp_path / "python"  # would record a start
+    stand_in.write_text(f"#!/usr/bin/env bash\ntouch {tmp_path / 'started'}\n")
+    stand_in.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    for value in ("abc", "0", "2.5", "-1"):
+        job = subprocess.run(["bash", str(ROOT / "script" / "run_glue.sh"), "cola", "lora", "small", "42"],
+                             capture_output=True, text=True, timeout=60,
+                             env={**env, "NPROC": value, "PYTHON": str(stand_in), "RUNS": str(tmp_path / "runs")})
+        line = error_line(job.returncode, job.stderr, one_line=True)
+        assert line == f"error: NPROC={value} is not a number of processes: set NPROC to 1 or more, or unset it"
+    assert not (tmp_path / "started").exists()

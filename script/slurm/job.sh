@@ -37,6 +37,10 @@ run_job() {
     return 0
   fi
   NPROCS=${NPROC:-${SLURM_GPUS_ON_NODE:-1}} LAUNCHER=python
+  if [ -n "${NPROC:-}" ] && ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then  # a word or 0 ran one process silently
+    echo "error: NPROC=$NPROC is not a number of processes: set NPROC to 1 or more, or unset it" >&2
+    return 2
+  fi
   local launch=("$python")
   if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
     LAUNCHER=srun
