@@ -383,6 +383,10 @@ BAD_FLAGS = [
     (("--method", "adalora", "--orth_reg_weight", "-1"), "--orth_reg_weight -1.0 must be >= 0"),
     (("--method", "adalora", "--max_steps", "50", "--tinit", "40", "--tfinal", "30"),
      "impossible AdaLoRA schedule: tinit 40 + tfinal 30"),
+    # No multiple of delta_t in the pruning window: the budget fell in one step at its end, silently.
+    (("--method", "adalora", "--max_steps", "10", "--tinit", "1", "--tfinal", "1", "--delta_t", "100"),
+     "--delta_t 100: AdaLoRA re-allocates at the multiples of delta_t after tinit 1 up to total_step - tfinal = 9, "
+     "and none lies there"),
     (("--model_name_or_path", "{tmp}/nothing"), "could not load model '{tmp}/nothing'"),
     (("--resume_from_checkpoint", "{tmp}/nowhere/checkpoint-3"), "{tmp}/nowhere/checkpoint-3 does not exist"),
     (("--resume_from_checkpoint", "{tmp}/a-file"), "{tmp}/a-file is a file, not a checkpoint folder"),

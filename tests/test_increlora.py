@@ -271,6 +271,10 @@ def test_the_defaults_of_a_full_length_run():
     (("--tinit", "7", "--tfinal", "1"), "IncreLoRA grows ranks on AdaLoRA's schedule"),
     (("--top_h", "99"), "--top_h 99 is more than the 12 adapted matrices"),
     (("--top_h", "1", "--tinit", "4", "--tfinal", "2"), "--top_h 1 cannot reach the budget"),
+    # Ranks added at step 1 or later trained at k / 100 of the learning rate to the run's end, silently.
+    (("--restart_warmup", "100", "--tinit", "1", "--tfinal", "1", "--delta_t", "1"),
+     "--restart_warmup 100 is longer than the 7 steps after the first growth step (1 of 8): no added rank would "
+     "reach the full learning rate; use 7 or less"),
 ])
 def test_impossible_settings_are_refused_in_one_line(tiny_model, tmp_path, capsys, flags, message):
     line = fails_cleanly(capsys, "cola", "--demo", "--method", "increlora", "--model_name_or_path", tiny_model,

@@ -2,6 +2,7 @@ import pytest
 
 from adarank.errors import UsageError
 from adarank.methods.adalora import fit_budget_schedule
+from adarank.methods.adalora.schedule import check_allocations
 from adarank.run.steps import count_optimizer_steps
 from adarank.tasks import TASKS
 
@@ -45,3 +46,23 @@ def test_tfinal_zero_is_refused_since_the_final_budget_is_fixed_at_total_minus_t
 def test_a_one_step_run_cannot_prune():
     with pytest.raises(UsageError, match="at least 2 optimizer steps"):
         fit_budget_schedule(TASKS["rte"], 1)
+
+
+def test_tinit_below_zero_is_named_alone():
+    with pytest.raises(UsageError, match=r"^--tinit -1 must be >= 0 \(the steps at the full budget\)"):
+        fit_budget_schedule(TASKS["cola"], 100, tinit=-1)
+    with pytest.raises(UsageError, match=r"^--tfinal 0 must be >= 1"):  # it named --tinit 0 as well
+        fit_budget_schedule(TASKS["cola"], 100, tinit=0, tfinal=0)
+
+
+def test_a_delta_t_without_a_multiple_in_the_pruning_window_is_refused():
+    """PEFT re-allocates at the multiples of delta_t in (tinit, total_step - tfinal]; without one the
+    cubic schedule never runs and the budget falls to its target at once."""
+    with pytest.raises(UsageError, match=r"--delta_t 5: .* after tinit 5 up to total_step - tfinal = 9, and none "
+                                         r"lies there.*use --delta_t 4 or less"):
+        check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=5, tfinal=1, delta_t=5))  # 5 and 10: outside
+    check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=5, tfinal=1, delta_t=4))  # 8
+    check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=1, tfinal=1, delta_t=9))  # 9, the window's end
+    for total in (2, 3, 10, 50, 804, 6680):  # the scaled recipes always allocate
+        for task in ("cola", "sst2", "rte", "mnli"):
+            check_allocations(fit_budget_schedule(TASKS[task], total))

@@ -17,7 +17,7 @@ from torch import nn
 from adarank.errors import UsageError
 from adarank.methods.adalora.allocation import AdaLoraAllocation
 from adarank.methods.adalora.fast import distances_from_orthogonal, vectorise_allocator, vectorise_regulariser
-from adarank.methods.adalora.schedule import AdaLoraPlan, fit_budget_schedule, init_rank
+from adarank.methods.adalora.schedule import AdaLoraPlan, check_allocations, fit_budget_schedule, init_rank
 from adarank.methods.base import (LORA_FLAGS, AdapterMethod, AdapterRequest, BuiltAdapter, Ranks, Shapes, ShapeChanging,
                                   adapter_placement, budget_rank, check_lora_arguments, positive)
 from adarank.tasks import recipe_of
@@ -66,11 +66,12 @@ class AdaLora(ShapeChanging, AdapterMethod):
         for name in ("beta1", "beta2"):
             if not 0.0 < getattr(a, name) < 1.0:
                 raise UsageError(f"--{name} {getattr(a, name)} must lie strictly between 0 and 1 (the paper: 0.85)")
+        schedule = fit_budget_schedule(task, request.total_step, a.tinit, a.tfinal, a.delta_t, a.recipe)
+        check_allocations(schedule)
         return AdaLoraPlan(
             init_r=init_r, target_r=target_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
             orth_reg_weight=a.orth_reg_weight if a.orth_reg_weight is not None else recipe.orth_reg_weight,
-            beta1=a.beta1, beta2=a.beta2,
-            schedule=fit_budget_schedule(task, request.total_step, a.tinit, a.tfinal, a.delta_t, a.recipe),
+            beta1=a.beta1, beta2=a.beta2, schedule=schedule,
             compared_with_lora_r=budget_rank(a.budget) if from_recipe else target_r,
             init=a.adalora_init,
         )

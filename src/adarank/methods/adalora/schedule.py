@@ -106,11 +106,11 @@ def _check(s: BudgetSchedule, explicit: bool) -> None:
         )
     if s.delta_t < 1:
         raise UsageError(f"--delta_t {s.delta_t} must be at least 1: use 1 to re-allocate every step")
-    if s.tinit < 0 or s.tfinal < 1:
-        raise UsageError(
-            f"--tinit {s.tinit} must be >= 0 and --tfinal {s.tfinal} >= 1 (step total_step - tfinal "
-            f"fixes the final budget): try {suggestion}"
-        )
+    if s.tinit < 0:
+        raise UsageError(f"--tinit {s.tinit} must be >= 0 (the steps at the full budget): try {suggestion}")
+    if s.tfinal < 1:
+        raise UsageError(f"--tfinal {s.tfinal} must be >= 1 (step total_step - tfinal fixes the final budget): "
+                         f"try {suggestion}")
     if s.tinit + s.tfinal >= s.total_step:
         what = "the given" if explicit else "the scaled"
         raise UsageError(
@@ -154,3 +154,16 @@ class AdaLoraPlan(Plan):
         return {"init_r": self.init_r, "target_r": self.target_r, "lora_alpha": self.lora_alpha,
                 "lora_dropout": self.lora_dropout, "orth_reg_weight": self.orth_reg_weight,
                 "beta1": self.beta1, "beta2": self.beta2, **self.schedule.peft_arguments()}
+
+
+def check_allocations(s: BudgetSchedule) -> None:
+    """AdaLoRA (PEFT's budget_schedule) re-allocates at the multiples of delta_t after tinit up to
+    total_step - tfinal. Where none lies there, the cubic schedule never runs: the budget falls from its
+    start to its target in one step, after the window."""
+    last = s.total_step - s.tfinal
+    if (s.tinit // s.delta_t + 1) * s.delta_t > last:
+        raise UsageError(
+            f"--delta_t {s.delta_t}: AdaLoRA re-allocates at the multiples of delta_t after tinit {s.tinit} up to "
+            f"total_step - tfinal = {last}, and none lies there, so the budget would fall to its target in one step "
+            f"after step {last}: use --delta_t {last - s.tinit} or less, or lower --tinit or --tfinal"
+        )

@@ -60,6 +60,13 @@ class IncreLora(ShapeChanging, OwnLayers, OneProcess, AdapterMethod):
         if own.restart_warmup is not None and own.restart_warmup < 0:
             raise UsageError(f"--restart_warmup {own.restart_warmup} must be >= 0 steps (0: no restart warm-up)")
         schedule = _schedule(request, a)
+        first = growth_steps(schedule)[0]
+        left = schedule.total_step - first
+        if own.restart_warmup is not None and own.restart_warmup > left:
+            raise UsageError(f"--restart_warmup {own.restart_warmup} is longer than the {left} steps after the first "
+                             f"growth step ({first} of {schedule.total_step}): no added rank would "
+                             f"reach the full learning rate; use {left} or less (default --delta_t, "
+                             f"{schedule.delta_t})")
         return IncreLoraPlan(
             init_r=init_r, budget_r=budget_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
             scale=a.lora_alpha / budget_r, orth_reg_weight=orth, beta1=a.beta1, beta2=a.beta2, schedule=schedule,
