@@ -228,6 +228,10 @@ def test_a_resumed_run_continues_the_same_schedule(tiny_model, tmp_path):
     (("--r0", "10"), "--r0 10 must be between 1 and --r_max 8"),
     (("--delta_r", "0"), "--delta_r 0 must be at least 1"),
     (("--plateau_patience", "0"), "--plateau_patience 0 must be at least 1"),
+    # Growth out of reach: the run trained fixed LoRA r0 without a word.
+    (("--plateau_patience", "7", "--eval_every", "1"), "ranks can first grow after step 8 ((--plateau_patience 7 + "
+     "1) x --eval_every 1), and this run has 8 optimizer steps, so it trains fixed LoRA r0: lower --plateau_patience"),
+    (("--eval_every", "4"), "ranks can first grow after step 12"),
     (("--eval_every", "500"), "--eval_every 500 does not fit this run of 8 optimizer steps"),
     (("--grow_where", "importance", "--growth_budget", "0"), "--growth_budget 0 must be at least 1"),
     (("--importance_beta", "5", "--grow_where", "importance", "--eval_every", "1"),
@@ -272,6 +276,18 @@ def test_eval_every_and_gradient_window_default_to_the_run(total_step, steps_per
         assert eval_every == min(math.ceil(steps_per_epoch / 4), total_step)
 
 
+def test_growth_out_of_reach_of_the_default_schedule_is_said(caplog):
+    """A short trial run under the defaults is not refused, but the log says it cannot grow."""
+    with caplog.at_level("WARNING", logger="adarank"):
+        planned(2, 2)  # evaluations every step, patience 2: the first growth would come after step 3
+    assert "ranks can first grow after step 3 ((--plateau_patience 2 + 1) x --eval_every 1), and this run has 2 " \
+           "optimizer steps, so it trains fixed LoRA r0; lower" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adarank"):
+        planned(64, 16)
+    assert "can first grow" not in caplog.text
+
+
 def test_explicit_eval_every_and_gradient_window_are_kept_and_checked():
     plan = planned(804, 268, eval_every=40, gradient_window=3, growth_init="whitened")
     assert (plan.eval_every, plan.gradient_window) == (40, 3)
@@ -284,7 +300,7 @@ def test_explicit_eval_every_and_gradient_window_are_kept_and_checked():
 
 def test_the_default_growth_budget_is_planned_before_training(tiny_model, tmp_path):
     run_dir = tmp_path / "imp"
-    assert run_plateau("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "4", "--eval_every", "2",
+    assert run_plateau("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "8", "--eval_every", "2",
                        "--grow_where", "importance", "--output_dir", str(run_dir), *QUICK) == 0
     plan = json.loads((run_dir / "config.json").read_text())["adapter"]
     # 12 adapted matrices x delta_r 2 / 3; the explicit --eval_every is kept, the window follows it.

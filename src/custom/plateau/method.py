@@ -75,6 +75,7 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
                 f"use a value from 1 to {request.total_step}, or leave it out for {default_eval_every(request)} "
                 f"({EVALS_PER_EPOCH} evaluations per epoch)"
             )
+        _check_growth_can_happen(a.plateau_patience, eval_every, request)
         if a.growth_init not in GROWTH_INITS:
             raise UsageError(f"--growth_init {a.growth_init!r}: choose one of {', '.join(GROWTH_INITS)}")
         if a.grow_where not in ("all", "importance"):
@@ -120,6 +121,20 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
     def budget_ranks(self, rank: int, start_rank: int | None = None) -> Ranks:
         """From ``start_rank`` (--r0; default PlateauArguments.r0) up to the budget's rank, the ceiling r_max."""
         return Ranks(start_rank or PlateauArguments.r0, rank)
+
+
+def _check_growth_can_happen(patience: int, eval_every: int, request: AdapterRequest) -> None:
+    """Ranks first grow at the evaluation after ``patience`` ones without improvement, the first evaluation
+    setting the best loss, and never at the last step: a run shorter than that trains fixed LoRA r0. Asked for
+    with --plateau_patience or --eval_every, that is refused; with both defaults (a short trial run) it is said."""
+    earliest = (patience + 1) * eval_every
+    if earliest < request.total_step:
+        return
+    problem = (f"ranks can first grow after step {earliest} ((--plateau_patience {patience} + 1) x --eval_every "
+               f"{eval_every}), and this run has {request.total_step} optimizer steps, so it trains fixed LoRA r0")
+    if {"plateau_patience", "eval_every"} & request.explicit:
+        raise UsageError(f"{problem}: lower --plateau_patience or --eval_every, or train longer")
+    log.warning("%s; lower --plateau_patience or --eval_every, or train longer, to let them grow", problem)
 
 
 def _check_flags_read(a: PlateauArguments, explicit: frozenset[str]) -> None:
