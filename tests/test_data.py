@@ -56,6 +56,49 @@ def test_a_label_outside_the_label_set_names_file_and_line(tmp_path):
         load_glue(TASKS["sst2"], root)
 
 
+def test_old_mac_line_endings_are_named_not_read_as_one_header(tmp_path):
+    """CR-only line endings made one line: the refusal quoted the whole file as the header's columns."""
+    root = write_glue_task(tmp_path, "sentence\tlabel\rgood\t1\rbad\t0\r")
+    with pytest.raises(UsageError, match=r"train.tsv:1: a carriage return \(CR\) inside a line: .*convert its line "
+                                         r"endings$"):
+        load_glue(TASKS["sst2"], root)
+
+
+def test_a_header_column_named_twice_is_refused(tmp_path):
+    root = write_glue_task(tmp_path, "sentence\tlabel\tlabel\ngood\t1\t0\n")  # the first label was taken
+    with pytest.raises(UsageError, match=r"train.tsv:1: the header names column\(s\) label twice"):
+        load_glue(TASKS["sst2"], root)
+
+
+def test_a_long_header_is_quoted_short(tmp_path):
+    root = write_glue_task(tmp_path, "sentence\tlabl\t" + "x" * 5000 + "\ngood\t1\t2\n")
+    with pytest.raises(UsageError) as refused:
+        load_glue(TASKS["sst2"], root)
+    assert "header lacks column(s) label (found sentence, labl, xxx" in str(refused.value)
+    assert len(str(refused.value)) < 500
+
+
+def test_a_folder_named_as_a_file_is_said_to_be_a_folder(tmp_path):
+    root = write_glue_task(tmp_path, "sentence\tlabel\ngood\t1\n")
+    (tmp_path / "SST-2" / "train.tsv").unlink()
+    (tmp_path / "SST-2" / "train.tsv").mkdir()
+    with pytest.raises(UsageError, match=r"--data_dir: .*SST-2/train.tsv is a folder, not a file"):
+        load_glue(TASKS["sst2"], root)
+
+
+def test_empty_sentences_and_a_single_class_are_said(tmp_path, caplog):
+    root = write_glue_task(tmp_path, "sentence\tlabel\ngood\t1\n  \t1\nfine\t1\n\t1\n")
+    with caplog.at_level("WARNING", logger="adarank"):
+        data = load_glue(TASKS["sst2"], root)
+    assert len(data.train) == 4
+    assert "train.tsv: 2 example(s) with an empty sentence, the first at line 3" in caplog.text
+    assert "all 4 training examples are of class 1: the model can learn no other" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adarank"):
+        load_glue(TASKS["sst2"], write_glue_task(tmp_path / "both", "sentence\tlabel\ngood\t1\nbad\t0\n"))
+    assert caplog.text == ""
+
+
 def test_an_empty_split_is_refused(tmp_path):
     root = write_glue_task(tmp_path, "sentence\tlabel\n")
     with pytest.raises(UsageError, match="train split .* is empty"):

@@ -7,6 +7,7 @@ for STS-B) and ``idx`` (the row's position in its source, for predictions).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from adarank.tasks.glue.demo import make_demo_split
 from adarank.tasks.glue.spec import GlueSpec
 
 HUB_DATASET = "nyu-mll/glue"
+
+log = logging.getLogger("adarank")
 
 
 def load_glue(
@@ -41,7 +44,17 @@ def load_glue(
         data = _from_directory(task, Path(os.environ["GLUE_DIR"]), "GLUE_DIR")
     else:
         data = _from_hub(task)
-    return draw_subsets(data, max_train_samples, max_eval_samples, unit="examples")
+    data = draw_subsets(data, max_train_samples, max_eval_samples, unit="examples")
+    _say_if_one_class(task, data.train)
+    return data
+
+
+def _say_if_one_class(task: GlueSpec, train: datasets.Dataset) -> None:
+    """A training split of one class trains a model that can predict nothing else (MCC 0 on CoLA)."""
+    classes = set() if task.is_regression or len(train) == 0 else set(train["label"])
+    if len(classes) == 1:
+        log.warning("all %d training examples are of class %s: the model can learn no other; check the training "
+                    "file (or a small --max_train_samples)", len(train), task.labels[classes.pop()])
 
 
 def _from_directory(task: GlueSpec, root: Path, given_by: str) -> TaskData:
@@ -50,6 +63,9 @@ def _from_directory(task: GlueSpec, root: Path, given_by: str) -> TaskData:
     for folder in (root / task.data_folder, root):
         if all((folder / name).is_file() for name in needed):
             break
+        directories = [folder / name for name in needed if (folder / name).is_dir()]
+        if directories:
+            raise UsageError(f"{given_by}: {directories[0]} is a folder, not a file: give the GLUE files their names")
     else:
         missing = [str(root / task.data_folder / n) for n in needed if not (root / task.data_folder / n).is_file()]
         raise UsageError(
@@ -63,8 +79,8 @@ def _from_directory(task: GlueSpec, root: Path, given_by: str) -> TaskData:
     )
 
 
-def read_glue_tsv(path: Path, task: GlueSpec) -> datasets.Dataset:
-    """Read one GLUE TSV file: tab-separated, no quoting (sentences hold stray quotes)."""
+def _read_lines(path: Path) -> list[str]:
+    """A text file's lines, without their line endings (LF or CR LF)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: GLUE's MRPC files begin with a BOM
             lines = handle.read().split("\n")
@@ -75,7 +91,16 @@ def read_glue_tsv(path: Path, task: GlueSpec) -> datasets.Dataset:
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line.rstrip("\r") for line in lines]
+    inner = next((number for number, line in enumerate(lines, start=1) if "\r" in line), None)
+    if inner is not None:  # a file with old Mac line endings (CR alone) reads as one line
+        raise UsageError(f"{path}:{inner}: a carriage return (CR) inside a line: the file's lines must end in LF "
+                         "(or CR LF); convert its line endings")
+    return lines
 
+
+def read_glue_tsv(path: Path, task: GlueSpec) -> datasets.Dataset:
+    """Read one GLUE TSV file: tab-separated, no quoting (sentences hold stray quotes)."""
+    lines = _read_lines(path)
     if task.headerless_columns is not None:
         width, text_at, label_at, first = task.headerless_width, task.headerless_columns, task.headerless_label, 1
     else:
@@ -85,16 +110,22 @@ def read_glue_tsv(path: Path, task: GlueSpec) -> datasets.Dataset:
         wanted = [*task.text_columns, task.label_column]
         absent = [c for c in wanted if c not in header]
         if absent:
+            found = ", ".join(header)
             raise UsageError(
-                f"{path}:1: header lacks column(s) {', '.join(absent)} (found {', '.join(header)}): "
-                f"use the GLUE {task.data_folder} file as distributed"
+                f"{path}:1: header lacks column(s) {', '.join(absent)} (found {found[:200]}"
+                f"{'...' if len(found) > 200 else ''}): use the GLUE {task.data_folder} file as distributed"
             )
+        twice = [c for c in wanted if header.count(c) > 1]
+        if twice:
+            raise UsageError(f"{path}:1: the header names column(s) {', '.join(twice)} twice: which is meant? keep "
+                             "one of each")
         width, first = len(header), 2
         text_at = tuple(header.index(c) for c in task.text_columns)
         label_at = header.index(task.label_column)
         lines = lines[1:]
 
     columns: dict[str, list] = {"text_a": [], "label": [], "idx": []}
+    blank: list[int] = []  # the lines of examples with an empty sentence
     if task.is_pair:
         columns["text_b"] = []
     for offset, line in enumerate(lines):
@@ -105,11 +136,16 @@ def read_glue_tsv(path: Path, task: GlueSpec) -> datasets.Dataset:
                 f"{path}:{lineno}: expected {width} tab-separated fields, found {len(fields)}: "
                 "fix or remove that line"
             )
+        if not all(fields[at].strip() for at in text_at):
+            blank.append(lineno)
         columns["text_a"].append(fields[text_at[0]])
         if task.is_pair:
             columns["text_b"].append(fields[text_at[1]])
         columns["label"].append(_parse_label(task, fields[label_at], path, lineno))
         columns["idx"].append(offset)
+    if blank:
+        log.warning("%s: %d example(s) with an empty sentence, the first at line %d: trained and scored as given",
+                    path, len(blank), blank[0])
     features = task.features
     return datasets.Dataset.from_dict({k: columns[k] for k in features}, features=features)
 
