@@ -18,7 +18,8 @@ from pathlib import Path
 
 from adarank.errors import UsageError
 from adarank.run.config import resumed_arguments
-from adarank.run.directory import CHECKPOINTS, check_same_run, checkpoint_step
+from adarank.run.directory import CHECKPOINTS, checkpoint_step
+from adarank.run.same_run import check_same_run
 
 COMPLETE_MARKER = "checkpoint_complete"
 # Random states of processes other than the first: each process writes its own, while the first

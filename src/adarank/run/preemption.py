@@ -21,7 +21,8 @@ import torch
 from transformers import TrainerCallback
 
 from adarank.errors import UsageError
-from adarank.run.directory import RunDirectory, check_same_run, checkpoint_folder
+from adarank.run.directory import RunDirectory, checkpoint_folder
+from adarank.run.same_run import check_same_run
 from adarank.run.integrity import COMPLETE_MARKER, intact_checkpoints, mark_complete
 
 log = logging.getLogger("adarank")
