@@ -255,7 +255,7 @@ def test_every_unknown_flag_and_stray_argument_is_named(capsys, tmp_path, flags,
 
 def test_the_method_given_last_brings_its_flags_as_the_parse_takes_it():
     """--method lora --method sora parses as sora, whose flags must be known: the first was taken."""
-    from adarank.arguments import requested_method
+    from adarank.command_line import requested_method
 
     assert requested_method(["--method", "lora", "--method", "sora", "--sora_lambda", "1"]) == "sora"
     assert requested_method(["--method=sora", "--method", "lora"]) == "lora"
@@ -544,7 +544,7 @@ def test_an_argument_file_with_an_upper_case_suffix_is_read(capsys, tmp_path):
     (tmp_path / "ARGS.YAML").write_text("method: sora\nlearning_rate: fast\n")
     assert "ARGS.YAML: learning_rate 'fast' is not a number" in fails_cleanly(capsys, "sst2", str(tmp_path / "ARGS.YAML"))
     (tmp_path / "Args.Json").write_text('{"method": "sora"}')
-    from adarank.arguments import requested_method
+    from adarank.command_line import requested_method
 
     assert requested_method([str(tmp_path / "ARGS.YAML")]) == "sora"
     assert requested_method([str(tmp_path / "Args.Json")]) == "sora"
@@ -803,3 +803,22 @@ def test_optimizer_arguments_the_optimizer_reads_are_accepted(tmp_path, optim, i
 
     training = TrainingArguments(str(tmp_path), optim=optim, optim_args=items, report_to=[])
     check_trainer_options(training, get_task("sst2"))
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"WORLD_SIZE": "abc"}, "error: WORLD_SIZE='abc' is not a whole number: the launcher (torchrun) sets it; unset it, "
+                            "or start the run with torchrun"),
+    ({"LOCAL_RANK": "x1"}, "error: LOCAL_RANK='x1' is not a whole number"),
+    ({"WORLD_SIZE": "2"}, "error: WORLD_SIZE=2 asks for several processes, but no launcher set MASTER_ADDR: unset "
+                          "WORLD_SIZE, or start the run with torchrun"),
+    ({"WORLD_SIZE": "0"}, "error: WORLD_SIZE=0 is no number of processes"),
+])
+def test_launcher_variables_set_by_hand_are_named(capsys, monkeypatch, tmp_path, variables, message):
+    """They failed inside TrainingArguments with "...: --help describes every flag", blaming the flags."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    line = fails_cleanly(capsys, "cola", "--demo", "--output_dir", str(tmp_path / "run"), one_line=True)
+    assert line.startswith(message)
+    assert not (tmp_path / "run").exists()

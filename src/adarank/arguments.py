@@ -17,14 +17,15 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from adarank.argument_file import is_argument_file, read_argument_file
+from adarank.command_line import asks_for, flag_value
 from adarank.errors import UsageError, whole_message
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
 from adarank.trainer_kwargs import check_read_as_parsed
 from adarank.trainer_options import check_trainer_options
-from adarank.validation import (REWRITTEN_STEPS, check_demo_data, check_given_steps, check_numbers, check_reporting,
-                                join_negative_values, typed_file_values)
+from adarank.validation import (REWRITTEN_STEPS, check_demo_data, check_given_steps, check_launch_environment,
+                                check_numbers, check_reporting, join_negative_values, typed_file_values)
 
 DEMO_EPOCHS = 4
 
@@ -187,6 +188,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     """Parse flags (or one JSON/YAML file of them) over the task's defaults and a script's own. The warnings
     the parse raises (TrainingArguments' on a flag's old name) are held until every check has passed and then
     logged a line each: a refused run ends in its one error line alone."""
+    check_launch_environment()
     with warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("default", FutureWarning)  # the old names: once each, as outside the parse
         arguments = _parse(task, argv, method_arguments, defaults)
@@ -226,16 +228,16 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
     else:
         argv = join_negative_values(argv)
         explicit = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-        parser.set_defaults(**{**run_defaults(task, "--demo" in argv, _flag_value(argv, "recipe") or "paper"),
+        parser.set_defaults(**{**run_defaults(task, "--demo" in argv, flag_value(argv, "recipe") or "paper"),
                                 **(defaults or {})})
         check_flags(parser, argv)
-        check_given_steps({name: _flag_value(argv, name) for name in REWRITTEN_STEPS})
-        check_read_as_parsed(lambda name: _flag_value(argv, name))
+        check_given_steps({name: flag_value(argv, name) for name in REWRITTEN_STEPS})
+        check_read_as_parsed(lambda name: flag_value(argv, name))
         if "no_bf16" in explicit:
             if "bf16" in explicit:
                 raise UsageError("--bf16 and --no_bf16 contradict each other: give one")
             argv = [*argv, "--bf16", "false"]
-        elif "fp16" in explicit and "bf16" not in explicit and _asks_for(_flag_value(argv, "fp16")):
+        elif "fp16" in explicit and "bf16" not in explicit and asks_for(flag_value(argv, "fp16")):
             argv = [*argv, "--bf16", "false"]  # fp16 asked for: the bf16 default yields
         try:
             parsed = parser.parse_args_into_dataclasses(args=argv)
@@ -252,38 +254,6 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
     check_trainer_options(training, task, explicit)
     check_demo_data(data.demo, explicit, source)
     return arguments
-
-
-def requested_method(argv: list[str] | None) -> str | None:
-    """The --method a command line (or its one argument file) names, read before the full parse because
-    a method's own flags join the parser; None where it names none (or the file cannot be read: the
-    parse says why)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and is_argument_file(argv[0]):
-        try:
-            document = read_argument_file(Path(argv[0]))
-        except UsageError:
-            return None
-        method = document.get("method") if isinstance(document, dict) else None
-        return method if isinstance(method, str) else None
-    return _flag_value(argv, "method")
-
-
-def _asks_for(value: str | None) -> bool:
-    """Whether a boolean flag followed by ``value`` (None: nothing follows) turns its option on."""
-    return value is None or value.lower() not in ("false", "no", "f", "n", "0")
-
-
-def _flag_value(argv: list[str], name: str) -> str | None:
-    """The value of ``--name value`` or ``--name=value`` in argv, read before the full parse
-    because it decides the other defaults: the last one given, as the parse takes."""
-    value = None
-    for i, item in enumerate(argv):
-        if item == f"--{name}" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif item.startswith(f"--{name}="):
-            value = item.split("=", 1)[1]
-    return value
 
 
 def scale_warmup(args: Arguments, task: Task, total_step: int) -> None:

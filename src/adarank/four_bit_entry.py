@@ -6,7 +6,7 @@ script that says it quantises: refused, naming the 4-bit methods and the task's 
 
 from __future__ import annotations
 
-from adarank.arguments import requested_method
+from adarank.command_line import requested_method
 from adarank.errors import UsageError, exits_cleanly_on_usage_errors
 from adarank.methods import METHODS
 from adarank.pipeline import main

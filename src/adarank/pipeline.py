@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from transformers import set_seed
 
-from adarank.arguments import Arguments, parse_arguments, requested_method, scale_warmup
+from adarank.arguments import Arguments, parse_arguments, scale_warmup
+from adarank.command_line import requested_method
 from adarank.errors import configure_logging, exits_cleanly_on_usage_errors
 from adarank.loading import check_sequence_length
 from adarank.memory import MemoryReport, ParameterCounts, PeakMemory, base_parameter_count, parameter_counts

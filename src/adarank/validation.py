@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import netrc
 import os
+import re
 import typing
 from dataclasses import fields
 from types import NoneType, UnionType
@@ -220,3 +221,23 @@ def check_demo_data(demo: bool, explicit: set[str], source: str | None = None) -
                          f"to use that data, or drop --{given[0]}")
     raise UsageError(f"{source}: demo trains on built-in synthetic data, so {given[0]} would be ignored: drop demo to "
                      f"use that data, or drop {given[0]}")
+
+
+def check_launch_environment() -> None:
+    """The variables a launcher sets (torchrun; script/slurm/srun_task.sh under srun): whole numbers, and a
+    multi-process WORLD_SIZE with the rendezvous address that comes with it. Set by hand or left over
+    from another job, they failed in TrainingArguments with a message that blamed the flags."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        value = os.environ.get(name)
+        if value is not None and not re.fullmatch(r"-?\d+", value.strip()):
+            raise UsageError(f"{name}={value!r} is not a whole number: the launcher (torchrun) sets it; unset it, or "
+                             "start the run with torchrun")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 1:
+        problem = "is no number of processes"
+    elif world > 1 and not os.environ.get("MASTER_ADDR"):
+        problem = "asks for several processes, but no launcher set MASTER_ADDR"
+    else:
+        return
+    raise UsageError(f"WORLD_SIZE={world} {problem}: unset WORLD_SIZE, or start the run with torchrun "
+                     "(script/run_glue.sh with NPROC=N)")
