@@ -102,6 +102,11 @@ def test_a_tsv_file_is_unquoted_so_a_quotation_mark_opens_no_field(tmp_path):
         load_summaries(Flags(str(tsv)), False, None, None, True)
 
 
+def test_a_folder_given_as_the_data_file_is_called_a_folder(tmp_path):
+    with pytest.raises(UsageError, match=r"data file .* is a folder: give the path of a JSONL or CSV file"):
+        load_summaries(Flags(str(tmp_path)), False, None, None, True)  # it said the folder "does not exist"
+
+
 def test_the_real_sample_is_read():
     if not SAMPLE.is_file():
         pytest.skip(f"the shared CNN/DailyMail sample is not at {SAMPLE} (it comes beside the checkout)")
@@ -230,6 +235,8 @@ def test_method_none_scores_every_record_and_trains_nothing(tiny_bart, tmp_path)
     ('{"article": "  ", "highlights": "S."}\n', r"data.jsonl:1: column 'article' is empty"),
     ('{"article": "A.", "highlights": "S."}\nnot json\n', r"data.jsonl:2: not valid JSON"),
     ("", r"holds no records"),
+    ('{"id": "a", "article": "A.", "highlights": "S."}\n{"id": "a", "article": "B.", "highlights": "T."}\n',
+     r"data.jsonl:2: id 'a' again \(first at line 1\): give each record its own id"),
 ])
 def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path, content, message):
     path = tmp_path / "data.jsonl"

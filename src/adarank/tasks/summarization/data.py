@@ -73,6 +73,8 @@ def _from_files(files: SummarizationArguments, evaluate_only: bool) -> TaskData:
 
 def read_records(path: Path, files: SummarizationArguments) -> datasets.Dataset:
     """A JSON Lines (.jsonl, .json) or CSV (.csv, .tsv) file of articles and summaries."""
+    if path.is_dir():
+        raise UsageError(f"data file {path} is a folder: give the path of a JSONL or CSV file")
     if not path.is_file():
         raise UsageError(f"data file {path} does not exist: give the path of a JSONL or CSV file")
     suffix = path.suffix.lower()
@@ -84,6 +86,7 @@ def read_records(path: Path, files: SummarizationArguments) -> datasets.Dataset:
     except UnicodeDecodeError as error:
         raise UsageError(f"{path} is not UTF-8 text (byte {error.start}): re-encode it as UTF-8") from None
     columns: dict[str, list[str]] = {"id": [], "text": [], "summary": []}
+    first_at: dict[str, int] = {}  # id -> the line it was first read at
     for lineno, record in rows:
         for column in (files.text_column, files.summary_column):
             if column not in record:
@@ -92,7 +95,12 @@ def read_records(path: Path, files: SummarizationArguments) -> datasets.Dataset:
             value = record[column]
             if not isinstance(value, str) or not value.strip():
                 raise UsageError(f"{path}:{lineno}: column {column!r} is empty or not text: fix or remove that record")
-        columns["id"].append(str(record.get(ID_COLUMN, lineno)))
+        identifier = str(record.get(ID_COLUMN, lineno))
+        if identifier in first_at:  # predictions and the analysis tell records apart by it
+            raise UsageError(f"{path}:{lineno}: id {identifier!r} again (first at line {first_at[identifier]}): "
+                             "give each record its own id, or leave the ids out (the line numbers stand in)")
+        first_at[identifier] = lineno
+        columns["id"].append(identifier)
         columns["text"].append(record[files.text_column].strip())
         columns["summary"].append(record[files.summary_column].strip())
     if not columns["id"]:
