@@ -176,8 +176,9 @@ class RunDirectory:
                 yield
         except BaseException:
             if getattr(self, "_made", False) and {item.name for item in self.path.iterdir()} <= {".lock"}:
-                _HELD_LOCKS.pop(str(self.path.resolve()), None)
-                self._held.file.close()
+                held = _HELD_LOCKS.pop(str(self.path.resolve()), None)
+                if held is not None:
+                    held.file.close()
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
 
