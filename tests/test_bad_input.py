@@ -385,8 +385,8 @@ BAD_FLAGS = [
      "impossible AdaLoRA schedule: tinit 40 + tfinal 30"),
     # No multiple of delta_t in the pruning window: the budget fell in one step at its end, silently.
     (("--method", "adalora", "--max_steps", "10", "--tinit", "1", "--tfinal", "1", "--delta_t", "100"),
-     "--delta_t 100: AdaLoRA re-allocates at the multiples of delta_t after tinit 1 up to total_step - tfinal = 9, "
-     "and none lies there"),
+     "AdaLoRA re-allocates at the multiples of delta_t 100 after tinit 1 and before total_step - tfinal = 9, and "
+     "none lies there, so its budget falls to the target in one step, at step 9: use --delta_t 7 or less"),
     (("--model_name_or_path", "{tmp}/nothing"), "could not load model '{tmp}/nothing'"),
     (("--resume_from_checkpoint", "{tmp}/nowhere/checkpoint-3"), "{tmp}/nowhere/checkpoint-3 does not exist"),
     (("--resume_from_checkpoint", "{tmp}/a-file"), "{tmp}/a-file is a file, not a checkpoint folder"),
@@ -501,10 +501,9 @@ BAD_FILES = [
     ("args.yaml", "data_dir: glue\n", "args.yaml: demo trains on built-in synthetic data, so data_dir would be "
                                      "ignored: drop demo to use that data, or drop data_dir"),
     # A YAML key left empty is null: it failed in the optimizer once the run directory was taken
-    # (learning_rate), or sent the run to ./trainer_output (output_dir).
+    # (learning_rate). Null is the default only where that is none (test below).
     ("args.yaml", "learning_rate:\n", "args.yaml: learning_rate has no value: give it one, or leave the key out for "
                                       "its default"),
-    ("args.yaml", "output_dir:\n", "args.yaml: output_dir has no value"),
     ("args.json", '{"demo": null}', "args.json: demo has no value"),
 ]
 
@@ -537,6 +536,24 @@ def test_each_bad_value_of_an_argument_file_is_refused_naming_the_file_and_key(c
     (tmp_path / name).write_text(yaml.safe_dump(document) if name.endswith(".yaml") else json.dumps(document))
     assert message in fails_cleanly(capsys, "sst2", str(tmp_path / name), one_line=True)
     assert digests(run) == before
+
+
+def test_a_yaml_key_read_as_a_truth_value_is_explained(capsys, tmp_path):
+    (tmp_path / "args.yaml").write_text("demo: true\nyes: 1\n")  # it said "unknown key 'True'"
+    line = fails_cleanly(capsys, "sst2", str(tmp_path / "args.yaml"), one_line=True)
+    assert "unknown key True (YAML reads an unquoted yes, no, on or off as a truth value: quote the key)" in line
+
+
+def test_no_value_in_an_argument_file_is_the_default_where_that_is_none(tmp_path):
+    """output_dir: null sent the run to ./trainer_output (TrainingArguments' own default), not the run's name."""
+    from adarank.arguments import parse_arguments
+    from adarank.tasks import TASKS
+
+    (tmp_path / "args.yaml").write_text("demo: true\nmethod: adalora\ntarget_r:\noutput_dir: null\n"
+                                        "max_train_samples:\n")
+    args = parse_arguments(TASKS["sst2"], [str(tmp_path / "args.yaml")])
+    assert args.run_dir is None and args.adapter.target_r is None and args.data.max_train_samples is None
+    assert not {"output_dir", "target_r", "max_train_samples"} & set(args.explicit)
 
 
 def test_an_argument_file_with_an_upper_case_suffix_is_read(capsys, tmp_path):

@@ -55,14 +55,25 @@ def test_tinit_below_zero_is_named_alone():
         fit_budget_schedule(TASKS["cola"], 100, tinit=0, tfinal=0)
 
 
-def test_a_delta_t_without_a_multiple_in_the_pruning_window_is_refused():
-    """PEFT re-allocates at the multiples of delta_t in (tinit, total_step - tfinal]; without one the
-    cubic schedule never runs and the budget falls to its target at once."""
-    with pytest.raises(UsageError, match=r"--delta_t 5: .* after tinit 5 up to total_step - tfinal = 9, and none "
-                                         r"lies there.*use --delta_t 4 or less"):
-        check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=5, tfinal=1, delta_t=5))  # 5 and 10: outside
-    check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=5, tfinal=1, delta_t=4))  # 8
-    check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=1, tfinal=1, delta_t=9))  # 9, the window's end
-    for total in (2, 3, 10, 50, 804, 6680):  # the scaled recipes always allocate
+def test_a_delta_t_without_a_multiple_in_the_pruning_window_is_refused(caplog):
+    """PEFT re-allocates on the cubic schedule at the multiples of delta_t in (tinit, total_step - tfinal),
+    and masks to the target at total_step - tfinal itself; without a multiple in between the cubic
+    schedule never runs and the budget falls to its target at once."""
+    with pytest.raises(UsageError, match=r"delta_t 5 after tinit 5 and before total_step - tfinal = 9, and none "
+                                         r"lies there.*at step 9: use --delta_t 3 or less"):
+        check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=5, tfinal=1, delta_t=5), explicit=True)
+    with pytest.raises(UsageError, match="delta_t 9 after tinit 1"):  # 9 is the step that masks to the target
+        check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=1, tfinal=1, delta_t=9), explicit=True)
+    with pytest.raises(UsageError, match="at step 3: lower --tinit or --tfinal, or train longer"):
+        check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=2, tfinal=7, delta_t=1), explicit=True)
+    check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=5, tfinal=1, delta_t=3), explicit=True)  # 6
+    check_allocations(fit_budget_schedule(TASKS["cola"], 10, tinit=1, tfinal=1, delta_t=8), explicit=True)  # 8
+    with caplog.at_level("WARNING", logger="adarank"):  # the recipe scaled to a trial run: said, not refused
+        check_allocations(fit_budget_schedule(TASKS["cola"], 2), explicit=False)
+    assert "falls to the target in one step" in caplog.text and "scaled to this run of 2 steps" in caplog.text
+    for total in (10, 50, 64, 804, 6680):  # the scaled recipes re-allocate in runs of more than a few steps
         for task in ("cola", "sst2", "rte", "mnli"):
-            check_allocations(fit_budget_schedule(TASKS[task], total))
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="adarank"):
+                check_allocations(fit_budget_schedule(TASKS[task], total), explicit=False)
+            assert caplog.text == "", (task, total)

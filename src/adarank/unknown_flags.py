@@ -74,6 +74,8 @@ def check_keys(source: str, given: dict, classes) -> None:
     known = sorted({f.name for cls in classes for f in fields(cls) if f.init})
     unknown = [key for key in given if key not in known]
     if unknown:
-        named = ", ".join(f"{str(key)!r} ({_suggestion(str(key), known, prefix='')})" for key in unknown)
+        named = ", ".join(f"{key} (YAML reads an unquoted yes, no, on or off as a truth value: quote the key)"
+                          if isinstance(key, bool) else f"{str(key)!r} ({_suggestion(str(key), known, prefix='')})"
+                          for key in unknown)
         raise UsageError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {named}: "
                          "use the flag names of --help as keys")

@@ -150,11 +150,16 @@ def _typed(kind: type, value):
 
 
 def typed_file_values(source: str, given: dict, classes) -> dict:
-    """An argument file's values with the types of their flags; a value of another type, or none (a
-    YAML key left empty), is refused, naming the file and the key."""
+    """An argument file's values with the types of their flags; a value of another type is refused, naming
+    the file and the key. No value (null, a YAML key left empty) is the default where the flag's default is
+    none, and is left out as if not given; for another flag it is refused."""
     kinds = {f.name: _kind(typing.get_type_hints(cls).get(f.name)) for cls in classes for f in fields(cls) if f.init}
+    unset = {f.name for cls in classes for f in fields(cls) if f.init and f.default is None}
     typed = dict(given)
     for key, value in given.items():
+        if value is None and key in unset:
+            del typed[key]
+            continue
         if value is None:
             raise UsageError(f"{source}: {key} has no value: give it one, or leave the key out for its default")
         kind = kinds.get(key)

@@ -67,7 +67,7 @@ class AdaLora(ShapeChanging, AdapterMethod):
             if not 0.0 < getattr(a, name) < 1.0:
                 raise UsageError(f"--{name} {getattr(a, name)} must lie strictly between 0 and 1 (the paper: 0.85)")
         schedule = fit_budget_schedule(task, request.total_step, a.tinit, a.tfinal, a.delta_t, a.recipe)
-        check_allocations(schedule)
+        check_allocations(schedule, explicit=any(value is not None for value in (a.tinit, a.tfinal, a.delta_t)))
         return AdaLoraPlan(
             init_r=init_r, target_r=target_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
             orth_reg_weight=a.orth_reg_weight if a.orth_reg_weight is not None else recipe.orth_reg_weight,

@@ -9,12 +9,15 @@ fractions of its own length, so that pruning still happens, and ends, inside it.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
 from adarank.errors import UsageError
 from adarank.methods.base import Plan, Ranks
 from adarank.tasks import Task, recipe_of
+
+log = logging.getLogger("adarank")
 
 # AdaLoRA starts from 1.5x the final budget, b(0) = 1.5 b(T) (section 4, setup).
 INIT_RANK_FACTOR = 1.5
@@ -156,14 +159,19 @@ class AdaLoraPlan(Plan):
                 "beta1": self.beta1, "beta2": self.beta2, **self.schedule.peft_arguments()}
 
 
-def check_allocations(s: BudgetSchedule) -> None:
-    """AdaLoRA (PEFT's budget_schedule) re-allocates at the multiples of delta_t after tinit up to
-    total_step - tfinal. Where none lies there, the cubic schedule never runs: the budget falls from its
-    start to its target in one step, after the window."""
+def check_allocations(s: BudgetSchedule, explicit: bool) -> None:
+    """AdaLoRA (PEFT's budget_schedule) re-allocates on the cubic schedule at the multiples of delta_t
+    after tinit and before total_step - tfinal; at that step it masks to the target. Where no multiple lies
+    between, the cubic schedule never runs: the budget falls from its start to its target in one step.
+    Asked for with --tinit, --tfinal or --delta_t, that is refused; scaled to a run of a few steps, said."""
     last = s.total_step - s.tfinal
-    if (s.tinit // s.delta_t + 1) * s.delta_t > last:
-        raise UsageError(
-            f"--delta_t {s.delta_t}: AdaLoRA re-allocates at the multiples of delta_t after tinit {s.tinit} up to "
-            f"total_step - tfinal = {last}, and none lies there, so the budget would fall to its target in one step "
-            f"after step {last}: use --delta_t {last - s.tinit} or less, or lower --tinit or --tfinal"
-        )
+    if (s.tinit // s.delta_t + 1) * s.delta_t < last:
+        return
+    problem = (f"AdaLoRA re-allocates at the multiples of delta_t {s.delta_t} after tinit {s.tinit} and before "
+               f"total_step - tfinal = {last}, and none lies there, so its budget falls to the target in one step, "
+               f"at step {last}")
+    fix = (f"use --delta_t {last - s.tinit - 1} or less, or lower --tinit or --tfinal" if last - s.tinit > 1 else
+           "lower --tinit or --tfinal, or train longer")
+    if explicit:
+        raise UsageError(f"{problem}: {fix}")
+    log.warning("%s (the schedule scaled to this run of %d steps); %s to prune gradually", problem, s.total_step, fix)
