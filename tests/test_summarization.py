@@ -97,6 +97,11 @@ def test_a_tsv_file_is_unquoted_so_a_quotation_mark_opens_no_field(tmp_path):
     read = load_summaries(Flags(str(tsv)), False, None, None, True).dev["validation"]
     assert read["id"] == ["a1", "a2", "a3"]
     assert read["text"] == ['"Nobody," he said, "came."', '"We won', "A third story."]
+    # pandas' to_csv(sep="\t") quotes a field holding a quotation mark and doubles those inside: read
+    # unquoted, the article and the reference would keep the doubled marks, silently.
+    tsv.write_text('id\tarticle\thighlights\na1\t"He said ""hi""."\tS.\n')
+    with pytest.raises(UsageError, match="data.tsv:2: a field quoted as a CSV writer quotes it"):
+        load_summaries(Flags(str(tsv)), False, None, None, True)
     tsv.write_text("id\tarticle\thighlights\na1\tA story\twith a tab.\tS.\n")
     with pytest.raises(UsageError, match="data.tsv:2: more fields than the header has: a TSV field cannot hold a tab"):
         load_summaries(Flags(str(tsv)), False, None, None, True)

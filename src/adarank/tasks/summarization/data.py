@@ -134,7 +134,16 @@ def _csv_rows(path: Path, suffix: str):
         for record in reader:
             if None in record:  # more fields than the header names
                 raise UsageError(f"{path}:{reader.line_num}: more fields than the header has: {fix}")
+            if suffix == ".tsv" and any(_quoted(value) for value in record.values()):
+                raise UsageError(f"{path}:{reader.line_num}: a field quoted as a CSV writer quotes it (in quotation "
+                                 "marks, those inside doubled), and TSV files are read unquoted: write the file "
+                                 "without quoting (csv.QUOTE_NONE), or as .csv")
             yield reader.line_num, {k: v for k, v in record.items() if v is not None}
+
+
+def _quoted(value: str | None) -> bool:
+    """A field as pandas' or csv's default writer quotes one holding a quotation mark: "He said ""hi""."."""
+    return value is not None and len(value) > 1 and value[0] == value[-1] == '"' and '""' in value[1:-1]
 
 
 def _from_hub(files: SummarizationArguments) -> TaskData:
