@@ -13,6 +13,7 @@ from fixtures.glue import write_sst2_folder
 from transformers import AutoTokenizer
 
 from adarank import cache as token_cache
+from adarank.arguments import parse_arguments
 from adarank.errors import UsageError
 from adarank.tasks import TASKS
 from adarank.tasks.glue.data import load_glue, tokenize
@@ -121,6 +122,18 @@ def test_the_cache_switch_takes_the_usual_words_and_refuses_others(monkeypatch):
     monkeypatch.setenv("ADARANK_TOKEN_CACHE", "disabled")  # it stayed on, silently
     with pytest.raises(UsageError, match="ADARANK_TOKEN_CACHE='disabled': set it to 0 .off. or 1 .on., or unset it"):
         token_cache.enabled()
+    with pytest.raises(UsageError, match="ADARANK_TOKEN_CACHE='disabled'"):  # before anything is loaded
+        parse_arguments(TASKS["sst2"], ["--demo"])
+
+
+def test_files_beside_an_entrys_own_are_not_damage(tiny_model, tmp_path, cache):
+    """A later map's cache file in the entry's folder made every read a rewrite."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = sst2(tmp_path)
+    tokenize(data, tokenizer, 64)
+    for entry in cache.iterdir():
+        (entry / "cache-0123.arrow").write_bytes(b"not the entry's")
+    assert tokenize(data, tokenizer, 64).tokenized_cache == {"train": "read", "validation": "read"}
 
 
 @pytest.mark.parametrize("damage", [

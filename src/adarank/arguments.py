@@ -17,6 +17,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from adarank.argument_file import is_argument_file, read_argument_file
+from adarank.cache import enabled as token_cache_enabled
 from adarank.command_line import asks_for, flag_value
 from adarank.errors import UsageError, whole_message
 from adarank.precision import bf16_by_default
@@ -189,6 +190,7 @@ def parse_arguments(task: Task, argv: list[str] | None = None, method_arguments=
     the parse raises (TrainingArguments' on a flag's old name) are held until every check has passed and then
     logged a line each: a refused run ends in its one error line alone."""
     check_launch_environment()
+    token_cache_enabled()  # a bad $ADARANK_TOKEN_CACHE refused now, not once the model is loaded
     with warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("default", FutureWarning)  # the old names: once each, as outside the parse
         arguments = _parse(task, argv, method_arguments, defaults)

@@ -116,10 +116,11 @@ def enabled() -> bool:
 CHECKSUMS = "adarank-checksums.json"  # in an entry: each of its files' SHA-256, written before the entry appears
 
 
-def _checksums(folder: Path) -> dict[str, str]:
+def _checksums(folder: Path, names: set[str] | None = None) -> dict[str, str]:
+    """The SHA-256 of each file in ``folder`` (of those ``names``, where given)."""
     sums = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.name != CHECKSUMS:
+        if path.is_file() and path.name != CHECKSUMS and (names is None or path.name in names):
             digest = hashlib.sha256()
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -128,13 +129,18 @@ def _checksums(folder: Path) -> dict[str, str]:
     return sums
 
 
-def _intact(entry: Path) -> bool:
-    """Whether every file of an entry has the bytes it was written with (an entry without checksums,
-    from an earlier version, counts as damaged and is written again)."""
+def _damage(entry: Path) -> str | None:
+    """What is wrong with an entry's files against the checksums written with them; None where nothing is.
+    Files beside them (a later ``map``'s cache files) are not the entry's."""
     try:
-        return json.loads((entry / CHECKSUMS).read_text()) == _checksums(entry)
+        written = json.loads((entry / CHECKSUMS).read_text())
     except (OSError, ValueError):
-        return False
+        return "it has no readable checksums (written by an earlier version)"
+    if not isinstance(written, dict) or not written:
+        return "its checksums file is damaged"
+    now = _checksums(entry, names=set(written))
+    changed = sorted(name for name in written if now.get(name) != written[name])
+    return f"{', '.join(changed)} differ from the bytes written" if changed else None
 
 
 def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: dict,
@@ -161,8 +167,9 @@ def tokenized(split: datasets.Dataset, encode: Callable, tokenizer, settings: di
     damaged = False
     if (entry / "dataset_info.json").is_file():
         try:
-            if not _intact(entry):
-                raise ValueError("its files differ from the checksums written with them")
+            damage = _damage(entry)
+            if damage is not None:
+                raise ValueError(damage)
             rows = datasets.load_from_disk(str(entry))
             log.info("%d tokenized rows read from the cache (%s)", len(rows), entry)
             return rows, "read"
