@@ -288,6 +288,13 @@ def test_growth_out_of_reach_of_the_default_schedule_is_said(caplog):
     assert "can first grow" not in caplog.text
 
 
+def test_growth_is_not_judged_out_of_reach_where_the_trainer_evaluates_too(tiny_model, tmp_path):
+    """On a plain GLUE script (--eval_strategy epoch) the Trainer's evaluations reach the growth callback as
+    well, so a patience the method's own evaluations cannot reach may still be reached."""
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "plateau", "--max_steps", "8",
+                    "--eval_every", "1", "--plateau_patience", "7", "--output_dir", str(tmp_path / "run"), *QUICK) == 0
+
+
 def test_explicit_eval_every_and_gradient_window_are_kept_and_checked():
     plan = planned(804, 268, eval_every=40, gradient_window=3, growth_init="whitened")
     assert (plan.eval_every, plan.gradient_window) == (40, 3)

@@ -159,7 +159,8 @@ def _request(setup: Setup, data: TaskData) -> AdapterRequest:
         scale_warmup(setup.args, setup.task, total_step)
     return AdapterRequest(setup.task, setup.args.adapter, total_step, steps_per_epoch=steps_per_epoch,
                           method_arguments=setup.args.options_of(setup.method.arguments), resume_from=training.resume_from_checkpoint,
-                          gradient_checkpointing=training.gradient_checkpointing, explicit=frozenset(setup.args.explicit))
+                          gradient_checkpointing=training.gradient_checkpointing, explicit=frozenset(setup.args.explicit),
+                          trainer_evaluates=training.eval_strategy != "no")
 
 
 def _run_directory(setup: Setup, plan: Plan, data: TaskData) -> RunDirectory:

@@ -55,6 +55,7 @@ class AdapterRequest:
     # a method that initialises its adapters from data (run/batches.py); None outside a run.
     train_batches: Callable[[], Iterator[dict]] | None = None
     explicit: frozenset[str] = frozenset()  # the flags the user set, so a method can tell them from defaults
+    trainer_evaluates: bool = False  # --eval_strategy is not "no": the Trainer's evaluations reach the callbacks too
 
 
 @dataclass(frozen=True)

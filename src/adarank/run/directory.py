@@ -73,6 +73,7 @@ def checkpoint_step(checkpoint: str | Path) -> int:
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._made = False  # by this run's prepare (and so to go again where the run fails before writing to it)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -175,12 +176,21 @@ class RunDirectory:
             with replacing(self.path, RUN_FILES + RUN_FOLDERS, self.checkpoints, main_process):
                 yield
         except BaseException:
-            if getattr(self, "_made", False) and {item.name for item in self.path.iterdir()} <= {".lock"}:
-                held = _HELD_LOCKS.pop(str(self.path.resolve()), None)
-                if held is not None:
-                    held.file.close()
-                shutil.rmtree(self.path, ignore_errors=True)
+            if self._made and self._holds_only({".lock"}):
+                shutil.rmtree(self.path, ignore_errors=True)  # while still locked: no other job takes it meanwhile
+                self._unlock()
             raise
+
+    def _holds_only(self, names: set[str]) -> bool:
+        try:
+            return {item.name for item in self.path.iterdir()} <= names
+        except OSError:
+            return False
+
+    def _unlock(self) -> None:
+        held = _HELD_LOCKS.pop(str(self.path.resolve()), None)
+        if held is not None:
+            held.file.close()
 
     def _rewind_logs(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run that is resumed from there, and the

@@ -126,9 +126,10 @@ class PlateauLora(ShapeChanging, OneProcess, AdapterMethod):
 def _check_growth_can_happen(patience: int, eval_every: int, request: AdapterRequest) -> None:
     """Ranks first grow at the evaluation after ``patience`` ones without improvement, the first evaluation
     setting the best loss, and never at the last step: a run shorter than that trains fixed LoRA r0. Asked for
-    with --plateau_patience or --eval_every, that is refused; with both defaults (a short trial run) it is said."""
+    with --plateau_patience or --eval_every, that is refused; with both defaults (a short trial run) it is said.
+    Where the Trainer evaluates too (--eval_strategy), its evaluations count as well: nothing is known."""
     earliest = (patience + 1) * eval_every
-    if earliest < request.total_step:
+    if earliest < request.total_step or request.trainer_evaluates:
         return
     problem = (f"ranks can first grow after step {earliest} ((--plateau_patience {patience} + 1) x --eval_every "
                f"{eval_every}), and this run has {request.total_step} optimizer steps, so it trains fixed LoRA r0")
