@@ -262,6 +262,13 @@ def test_the_method_given_last_brings_its_flags_as_the_parse_takes_it():
     assert requested_method(["--demo"]) is None
 
 
+def test_a_method_given_twice_trains_the_last_with_its_flags(tiny_model, tmp_path):
+    run = tmp_path / "run"
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--method", "lora",
+                    "--method", "sora", "--sora_lambda", "0.001", "--output_dir", str(run), *QUICK) == 0
+    assert json.loads((run / "config.json").read_text())["method"] == "sora"
+
+
 @pytest.mark.parametrize("method", sorted(BUILT_IN_METHODS))
 def test_help_shows_every_flag_in_words(capsys, method):
     """A bare % in a help text made argparse print the option's internals in its place (--fast_dropout)."""

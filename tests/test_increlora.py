@@ -13,6 +13,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from adarank.arguments import AdapterArguments
+from adarank.errors import UsageError
 from adarank.methods import AdapterRequest, Ranks, lora_parameters
 from adarank.methods.increlora import IncreLora, IncreLoraArguments
 from adarank.tasks import TASKS
@@ -259,6 +260,18 @@ def test_the_defaults_of_a_full_length_run():
     assert (plan.restart_warmup, plan.scale, plan.budget_rank, plan.advance_learning) == (10, 8.0, 2, True)
     assert plan.growth_steps == tuple(range(800, 3201, 10))
     assert plan.ranks == Ranks(1, 3) and plan.top_h is None  # resolved on the model
+
+
+def test_a_restart_warmup_that_ends_with_the_run_is_accepted():
+    """After the first growth at step 1 of 8, a warm-up of 7 steps reaches the full rate at the last step."""
+    def planned(restart_warmup):
+        return IncreLora().plan(AdapterRequest(TASK, AdapterArguments(budget="small", tinit=1, tfinal=1, delta_t=1),
+                                               total_step=8,
+                                               method_arguments=IncreLoraArguments(restart_warmup=restart_warmup)))
+
+    assert planned(7).restart_warmup == 7
+    with pytest.raises(UsageError, match="--restart_warmup 8 is longer than the 7 steps after the first growth step"):
+        planned(8)
 
 
 @pytest.mark.parametrize("flags, message", [

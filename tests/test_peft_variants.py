@@ -275,6 +275,9 @@ def test_eva_counts_the_tokens_it_decomposes_as_peft_masks_them():
     assert _counted_tokens({"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])}) == 4
     labels = torch.tensor([[-100, 5, 6, -100], [7, -100, -100, -100]])  # a causal LM's prompt is masked out
     assert _counted_tokens({"input_ids": ids, "attention_mask": torch.ones(2, 4), "labels": labels}) == 3
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    assert _counted_tokens({"input_ids": ids, "attention_mask": mask, "labels": labels}) == 3
+    assert mask.all()  # the batch's own mask is left as it was
 
 
 def test_eva_names_a_lower_rank_where_no_rho_fits():

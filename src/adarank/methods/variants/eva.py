@@ -137,7 +137,7 @@ def _counted_tokens(batch: dict) -> int:
     label masks out (PEFT's use_label_mask, label -100)."""
     mask = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(batch["input_ids"]).bool()
     if "labels" in batch:
-        mask &= batch["labels"] != -100
+        mask = mask & (batch["labels"] != -100)  # not in place: .bool() of a bool mask is the batch's own tensor
     return int(mask.sum())
 
 
@@ -145,13 +145,15 @@ def _initialise(model: PeftModel, batches: Callable[[], Iterator[dict]], compone
     started = time.perf_counter()
     printed = io.StringIO()  # PEFT prints a line for every layer of every batch too small to decompose
     # Every process reads the whole training set in the same order, so there is nothing to gather.
-    with contextlib.redirect_stdout(printed):
-        initialize_lora_eva_weights(model, dataloader=EvaBatches(batches), show_progress_bar=False,
-                                    gather_distributed_inputs=False)
-    lines = printed.getvalue().splitlines()
-    others = [line for line in lines if not line.startswith("skipping SVD")]
-    if others:
-        print("\n".join(others))
+    try:
+        with contextlib.redirect_stdout(printed):
+            initialize_lora_eva_weights(model, dataloader=EvaBatches(batches), show_progress_bar=False,
+                                        gather_distributed_inputs=False)
+    finally:  # what else PEFT printed is shown, also where it failed
+        lines = printed.getvalue().splitlines()
+        others = [line for line in lines if not line.startswith("skipping SVD")]
+        if others:
+            print("\n".join(others))
     if skipped := len(lines) - len(others):
         log.info("EVA: %d layer inputs passed over, from batches of fewer than %d tokens.", skipped, components)
     log.info("EVA: initialised from the training data in %.1f s.", time.perf_counter() - started)
