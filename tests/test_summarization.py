@@ -107,6 +107,18 @@ def test_a_tsv_file_is_unquoted_so_a_quotation_mark_opens_no_field(tmp_path):
         load_summaries(Flags(str(tsv)), False, None, None, True)
 
 
+def test_a_csv_quotation_mark_that_never_closes_is_named_where_it_opens(tmp_path):
+    """It was refused at the file's last line ("no column 'highlights'"), where the swallowed records end."""
+    csv = tmp_path / "data.csv"
+    csv.write_text('id,article,highlights\na1,A story.,S1.\na2,"Unclosed, it says.,S2.\na3,Third.,S3.\na4,Fourth.,S4.\n')
+    with pytest.raises(UsageError, match=r"data.csv:3: a record from here to line 5 lacks column\(s\) highlights: a "
+                                         r"quotation mark that opens a field at this line and never closes\?"):
+        load_summaries(Flags(str(csv)), False, None, None, True)
+    csv.write_text('article,highlights\n"A story\nover two lines.",S1.\nB.,S2.\n')  # a quoted field over lines: fine
+    read = load_summaries(Flags(str(csv)), False, None, None, True).dev["validation"]
+    assert read["id"] == ["2", "4"] and read["text"] == ["A story\nover two lines.", "B."]  # the lines they start at
+
+
 def test_a_folder_given_as_the_data_file_is_called_a_folder(tmp_path):
     with pytest.raises(UsageError, match=r"data file .* is a folder: give the path of a JSONL or CSV file"):
         load_summaries(Flags(str(tmp_path)), False, None, None, True)  # it said the folder "does not exist"

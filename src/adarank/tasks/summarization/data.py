@@ -82,7 +82,8 @@ def read_records(path: Path, files: SummarizationArguments) -> datasets.Dataset:
         raise UsageError(f"{path}: unknown file type {suffix or '(none)'}: use .jsonl (one JSON object a line) "
                          "or .csv / .tsv with a header line")
     try:
-        rows = list(_json_rows(path) if suffix in (".jsonl", ".json") else _csv_rows(path, suffix))
+        rows = list(_json_rows(path) if suffix in (".jsonl", ".json") else
+                    _csv_rows(path, suffix, (files.text_column, files.summary_column)))
     except UnicodeDecodeError as error:
         raise UsageError(f"{path} is not UTF-8 text (byte {error.start}): re-encode it as UTF-8") from None
     columns: dict[str, list[str]] = {"id": [], "text": [], "summary": []}
@@ -123,7 +124,8 @@ def _json_rows(path: Path):
             yield lineno, record
 
 
-def _csv_rows(path: Path, suffix: str):
+def _csv_rows(path: Path, suffix: str, needed: tuple[str, ...]):
+    """(the line a record starts at, the record) of a CSV or TSV file with a header line."""
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # an article may be longer than csv's 128 KiB
     # A TSV file is unquoted, as GLUE's are: a field that starts with a quotation mark is text, not the
     # start of a quoted field that would run over the following lines. A CSV file is quoted as usual.
@@ -131,14 +133,21 @@ def _csv_rows(path: Path, suffix: str):
     fix = "a TSV field cannot hold a tab: replace them" if suffix == ".tsv" else "quote fields that hold a comma"
     with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: else the first column is "\ufeffid"
         reader = csv.DictReader(handle, **dialect)
+        end = 1 if reader.fieldnames else 0  # the header line read
         for record in reader:
+            start, end = end + 1, reader.line_num
+            if start < end and any(column not in record or record[column] is None for column in needed):
+                raise UsageError(f"{path}:{start}: a record from here to line {end} lacks column(s) "
+                                 f"{', '.join(c for c in needed if record.get(c) is None)}: a quotation mark that "
+                                 "opens a field at this line and never closes? quote whole fields, doubling the "
+                                 "quotation marks inside them")
             if None in record:  # more fields than the header names
                 raise UsageError(f"{path}:{reader.line_num}: more fields than the header has: {fix}")
             if suffix == ".tsv" and any(_quoted(value) for value in record.values()):
                 raise UsageError(f"{path}:{reader.line_num}: a field quoted as a CSV writer quotes it (in quotation "
                                  "marks, those inside doubled), and TSV files are read unquoted: write the file "
                                  "without quoting (csv.QUOTE_NONE), or as .csv")
-            yield reader.line_num, {k: v for k, v in record.items() if v is not None}
+            yield start, {k: v for k, v in record.items() if v is not None}
 
 
 def _quoted(value: str | None) -> bool:
