@@ -31,6 +31,7 @@ import pyarrow as pa
 import tokenizers
 import transformers
 
+from adarank.checksums import file_sha256
 from adarank.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,7 @@ def _checksums(folder: Path, names: set[str] | None = None) -> dict[str, str]:
     sums = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.name != CHECKSUMS and (names is None or path.name in names):
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            sums[path.name] = digest.hexdigest()
+            sums[path.name] = file_sha256(path)
     return sums
 
 

@@ -10,12 +10,12 @@ A marker written before it held a manifest (an empty file) vouches for completen
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
+from adarank.checksums import file_sha256
 from adarank.errors import UsageError
 from adarank.run.config import resumed_arguments
 from adarank.run.directory import CHECKPOINTS, checkpoint_step
@@ -27,18 +27,10 @@ COMPLETE_MARKER = "checkpoint_complete"
 OTHER_PROCESSES = re.compile(r"rng_state_[1-9]\d*\.pth")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def mark_complete(folder: Path) -> None:
     """Write the marker with the manifest of every file in ``folder`` (atomically: a marker is whole)."""
     files = {
-        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != COMPLETE_MARKER and not OTHER_PROCESSES.fullmatch(path.name)
     }
@@ -70,7 +62,7 @@ def checkpoint_problem(folder: Path) -> str | None:
             return f"lacks {name}"
         if path.stat().st_size != saved["bytes"]:
             return f"has {name} of {path.stat().st_size} bytes, {saved['bytes']} when saved"
-        if _sha256(path) != saved["sha256"]:
+        if file_sha256(path) != saved["sha256"]:
             return f"has {name} changed since it was saved"
     try:
         checkpoint_step(folder)
