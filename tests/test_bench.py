@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.cli import error_line
+from fixtures.cli import error_line, without_progress_bars
 from fixtures.glue import write_glue_task
 from fixtures.paths import ROOT
 
@@ -307,7 +307,32 @@ def test_every_list_names_entry_scripts_that_exist():
             assert "--num_train_epochs" not in by_name["none-seed42"] and "--num_train_epochs" in by_name["lora-seed42"]
 
 
-PROFILE = [sys.executable, str(ROOT / "script" / "bench" / "profile_step.py")]
+BENCH = ROOT / "script" / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch, capsys):
+    """Run a bench script's main() in this process, as its command line would: (exit code, stdout, stderr).
+    Every case here is refused before anything is measured; a process per case spent seconds importing torch."""
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import bench_cli beside them
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def run(script: str, *argv) -> tuple[int, str, str]:
+        spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", BENCH / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        try:
+            module.main([str(arg) for arg in argv])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+PROFILE = [sys.executable, str(BENCH / "profile_step.py")]
 
 
 # the GLUE folder, or the task's own folder as training takes it; ours with or without --fast_dropout
@@ -335,31 +360,27 @@ def test_the_step_profile_runs_on_real_examples(glue_dir, folder, flags):
     assert "speed-up, reference step / ours" in out and "left in ours: " in out
 
 
-def test_the_step_profile_refuses_a_batch_or_rank_the_task_and_model_cannot_give(glue_dir):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def test_the_step_profile_refuses_a_batch_or_rank_the_task_and_model_cannot_give(glue_dir, bench):
     for flags, message in ((("--batch", "5000"), "error: --batch 5000 is more than the task's 2490 training "
                                                  "examples: give --batch 2490 or fewer"),
                            (("--rank", "1000"), "error: --rank 1000 is more than the 384 singular directions")):
-        done = subprocess.run([*PROFILE, "--data_dir", str(glue_dir), "--task", "rte", *flags], capture_output=True,
-                              text=True, env=env, timeout=600)
-        last = done.stderr.strip().splitlines()[-1]
-        assert done.returncode != 0 and last.startswith(message) and "Traceback" not in done.stderr
+        code, _, err = bench("profile_step.py", "--data_dir", glue_dir, "--task", "rte", *flags)
+        assert error_line(code, without_progress_bars(err)).startswith(message), flags
 
 
-def test_the_step_profile_refuses_bad_input_in_one_line(tmp_path):
-    bad = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--task", "rte"], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "train.tsv" in bad.stderr
-    zero = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--steps", "0"], capture_output=True, text=True)
-    assert error_line(zero.returncode, zero.stderr, one_line=True) == "error: --steps 0 must be at least 1: give " \
-                                                                      "--steps 1 or more"
-    minus = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), "--copies", "-1"], capture_output=True, text=True)
-    assert "--copies -1 must be at least 0" in error_line(minus.returncode, minus.stderr, one_line=True)
+def test_the_step_profile_refuses_bad_input_in_one_line(tmp_path, bench):
+    code, _, err = bench("profile_step.py", "--data_dir", tmp_path, "--task", "rte")
+    assert "train.tsv" in error_line(code, err, one_line=True)
+    code, _, err = bench("profile_step.py", "--data_dir", tmp_path, "--steps", "0")
+    assert error_line(code, err, one_line=True) == "error: --steps 0 must be at least 1: give --steps 1 or more"
+    code, _, err = bench("profile_step.py", "--data_dir", tmp_path, "--copies", "-1")
+    assert "--copies -1 must be at least 0" in error_line(code, err, one_line=True)
     for flag in ("--batch", "--rank", "--profiled"):  # exit 2, as any bad input of the bench scripts
-        done = subprocess.run([*PROFILE, "--data_dir", str(tmp_path), flag, "0"], capture_output=True, text=True)
-        assert f"{flag} 0 must be at least 1" in error_line(done.returncode, done.stderr, one_line=True)
+        code, _, err = bench("profile_step.py", "--data_dir", tmp_path, flag, "0")
+        assert f"{flag} 0 must be at least 1" in error_line(code, err, one_line=True)
 
 
-def test_the_step_profile_names_a_damaged_data_folder_in_one_line(tmp_path):
+def test_the_step_profile_names_a_damaged_data_folder_in_one_line(tmp_path, bench):
     """A train.tsv without a column, a folder without dev.tsv: the loader's one line, exit 2 as for any
     bad input of the bench scripts."""
     header = "index\tsentence1\tlabel\n0\tA dog runs.\tentailment\n"
@@ -370,20 +391,11 @@ def test_the_step_profile_names_a_damaged_data_folder_in_one_line(tmp_path):
     for data_dir, message in ((tmp_path / "columns", "RTE/train.tsv:1: header lacks column(s) sentence2"),
                               (tmp_path / "columns" / "RTE", "RTE/train.tsv:1: header lacks column(s) sentence2"),
                               (tmp_path / "dev", f"lacks {tmp_path / 'dev' / 'RTE' / 'dev.tsv'}: point it at")):
-        done = subprocess.run([*PROFILE, "--data_dir", str(data_dir)], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        assert message in error_line(done.returncode, done.stderr, one_line=True), data_dir
+        code, _, err = bench("profile_step.py", "--data_dir", data_dir)
+        assert message in error_line(code, err, one_line=True), data_dir
 
 
-BENCH = ROOT / "script" / "bench"
-
-
-def bench(script: str, *argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH / script), *map(str, argv)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-
-
-def test_the_speed_table_refuses_bad_input_before_it_measures(tmp_path):
+def test_the_speed_table_refuses_bad_input_before_it_measures(tmp_path, bench):
     """benchmark_speed.py: --repeat below 1 (no round: no median), an --only name that no configuration
     starts with (an empty table after a matmul measurement), the reference loops without LoRA, and the
     refusals it had (exit 1 then): one line, exit 2, nothing written."""
@@ -403,24 +415,24 @@ def test_the_speed_table_refuses_bad_input_before_it_measures(tmp_path):
                                                            "GLUE folder"),
                           (("--work_dir", tmp_path / "file" / "speed"),
                            f"{tmp_path / 'file'} is a file, not a folder")):
-        done = bench("benchmark_speed.py", "--quick", "--work_dir", work, *argv)
-        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
-        assert done.stdout == "" and not work.exists(), argv
+        code, out, err = bench("benchmark_speed.py", "--quick", "--work_dir", work, *argv)
+        assert message in error_line(code, err, one_line=True), argv
+        assert out == "" and not work.exists(), argv
 
 
-def test_the_matmul_rate_refuses_bad_counts_in_one_line():
+def test_the_matmul_rate_refuses_bad_counts_in_one_line(bench):
     """matmul_rate.py: no thread (torch's RuntimeError), no timing (no median), a count torch overflows on."""
     for argv, message in ((("--threads", "0"), "--threads 0 must be at least 1: give --threads 1 or more"),
                           (("--threads", "-1"), "--threads -1 must be at least 1"),
                           (("--threads", "99999999999999999999"), "--threads 99999999999999999999 is more than 1024"),
                           (("--repeats", "0"), "--repeats 0 must be at least 1: give --repeats 1 or more"),
                           (("--repeats", "x"), "argument --repeats: invalid int value: 'x': --help lists every flag")):
-        done = bench("matmul_rate.py", *argv)
-        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
-        assert done.stdout == "", argv
+        code, out, err = bench("matmul_rate.py", *argv)
+        assert message in error_line(code, err, one_line=True), argv
+        assert out == "", argv
 
 
-def test_the_token_cache_benchmark_refuses_bad_input_in_one_line(tmp_path):
+def test_the_token_cache_benchmark_refuses_bad_input_in_one_line(tmp_path, bench):
     """benchmark_token_cache.py: a task that is not GLUE's (a KeyError before), a data folder without the
     task's files (adarank's UsageError, a traceback before), both before anything is printed."""
     for argv, message in ((("--tasks", "sst2", "bogus"), "invalid choice: 'bogus' (choose from 'cola', 'sst2', "),
@@ -428,12 +440,12 @@ def test_the_token_cache_benchmark_refuses_bad_input_in_one_line(tmp_path):
                           (("--data_dir", tmp_path, "--tasks", "rte"), f"--data_dir {tmp_path} lacks "
                                                                        f"{tmp_path / 'RTE' / 'train.tsv'}"),
                           (("--max_seq_length", "0"), "--max_seq_length 0 must be at least 1")):
-        done = bench("benchmark_token_cache.py", *argv)
-        assert message in error_line(done.returncode, done.stderr, one_line=True), argv
-        assert done.stdout == "", argv
+        code, out, err = bench("benchmark_token_cache.py", *argv)
+        assert message in error_line(code, err, one_line=True), argv
+        assert out == "", argv
 
 
-def test_the_reference_loop_refuses_a_run_it_cannot_copy(tmp_path):
+def test_the_reference_loop_refuses_a_run_it_cannot_copy(tmp_path, bench):
     """speed_reference.py: --like without a config.json (a FileNotFoundError before) or with a damaged
     one, --out under a file: one line, nothing written."""
     (tmp_path / "damaged").mkdir()
@@ -445,6 +457,6 @@ def test_the_reference_loop_refuses_a_run_it_cannot_copy(tmp_path):
                                      "finished LoRA run"),
             (tmp_path / "damaged", out, f"{tmp_path / 'damaged' / 'config.json'} cannot be read as JSON"),
             (tmp_path / "damaged", tmp_path / "file", f"--out {tmp_path / 'file'}: {tmp_path / 'file'} is a file")):
-        done = bench("speed_reference.py", "--reference", "padded", "--like", like, "--out", where)
-        assert message in error_line(done.returncode, done.stderr, one_line=True), like
+        code, _, err = bench("speed_reference.py", "--reference", "padded", "--like", like, "--out", where)
+        assert message in error_line(code, err, one_line=True), like
         assert not out.exists() and (tmp_path / "file").read_text() == ""
