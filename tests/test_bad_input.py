@@ -512,6 +512,10 @@ BAD_FILES = [
     ("args.yaml", "learning_rate:\n", "args.yaml: learning_rate has no value: give it one, or leave the key out for "
                                       "its default"),
     ("args.json", '{"demo": null}', "args.json: demo has no value"),
+    # A list for a flag of one value was joined with commas: [sora] was read as sora, after the 4-bit
+    # scripts had looked for a method name and found none (a full-precision SoRA run ran there).
+    ("args.yaml", "method: [sora]\n", "args.yaml: method ['sora'] is not one value (the flag takes one, not a list)"),
+    ("args.json", '{"seed": [1, 2]}', "args.json: seed [1, 2] is not one value"),
 ]
 
 
@@ -561,6 +565,14 @@ def test_no_value_in_an_argument_file_is_the_default_where_that_is_none(tmp_path
     args = parse_arguments(TASKS["sst2"], [str(tmp_path / "args.yaml")])
     assert args.run_dir is None and args.adapter.target_r is None and args.data.max_train_samples is None
     assert not {"output_dir", "target_r", "max_train_samples"} & set(args.explicit)
+
+
+def test_a_comma_separated_flag_takes_a_list_in_an_argument_file(tmp_path):
+    from adarank.arguments import parse_arguments
+    from adarank.tasks import TASKS
+
+    (tmp_path / "args.yaml").write_text("demo: true\ntarget_modules: [query, value]\n")
+    assert parse_arguments(TASKS["sst2"], [str(tmp_path / "args.yaml")]).model.target_modules == "query,value"
 
 
 def test_an_argument_file_with_an_upper_case_suffix_is_read(capsys, tmp_path):

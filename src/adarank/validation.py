@@ -124,8 +124,14 @@ def _kind(annotation) -> type | None:
     return options[0] if len(options) == 1 and options[0] in (bool, int, float, str) else None
 
 
-def _typed(kind: type, value):
+# Text flags that take comma-separated items, so an argument file may give them as a list.
+COMMA_SEPARATED = ("target_modules", "optim_args")
+
+
+def _typed(kind: type, value, key: str):
     """``value`` as a ``kind`` where it is one (a number written as text included); raises ValueError."""
+    if isinstance(value, list) and key not in COMMA_SEPARATED:
+        raise ValueError("one value (the flag takes one, not a list)")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -166,7 +172,7 @@ def typed_file_values(source: str, given: dict, classes) -> dict:
         if kind is None:
             continue
         try:
-            typed[key] = _typed(kind, value)
+            typed[key] = _typed(kind, value, key)
         except ValueError as wanted:
             raise UsageError(f"{source}: {key} {value!r} is not {wanted}: write it as --help shows the flag's "
                              "value") from None
