@@ -218,6 +218,31 @@ def test_an_unknown_compute_dtype_is_refused(tiny_model, tmp_path, capsys):
         "--bnb_4bit_compute_dtype", "float8", "--output_dir", str(tmp_path / "f"))
 
 
+def test_a_checkpoint_saved_in_4_bits_is_refused_by_every_method(tiny_model, tiny_llama, tmp_path, capsys):
+    """It loads as saved whatever a run asks: LoRA trained its 4-bit base under the label lora, PiSSA and
+    QLoRA ended in tracebacks (a quantised head cannot require gradients)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from adarank.loading import four_bit_loading
+
+    saved = {}
+    for name, source, kind in (("bert", tiny_model, AutoModelForSequenceClassification),
+                               ("llama", tiny_llama, AutoModelForCausalLM)):
+        kind.from_pretrained(source, **four_bit_loading(None, keep=[])).save_pretrained(tmp_path / name)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path / name)
+        saved[name] = str(tmp_path / name)
+    capsys.readouterr()  # the loading and saving progress bars
+    message = f"model {saved['bert']!r} is saved quantized (bitsandbytes in its config.json's quantization_config): " \
+              "give its full-precision original; the 4-bit methods quantize it themselves"
+    for method in ("lora", "pissa", "qlora"):
+        assert message in fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", saved["bert"], "--method",
+                                        method, "--output_dir", str(tmp_path / method), one_line=True), method
+        assert not (tmp_path / method).exists()
+    assert f"model {saved['llama']!r} is saved quantized" in fails_cleanly(
+        capsys, "cnndailymail", "--demo", "--model_name_or_path", saved["llama"], "--method", "lora", "--output_dir",
+        str(tmp_path / "summaries"))
+
+
 def test_a_model_without_quantisable_layers_is_refused():
     from adarank.loading import require_quantized_layers
 

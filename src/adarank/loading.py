@@ -126,6 +126,18 @@ def four_bit_loading(compute_dtype: str | None, keep: list[str] | None = None) -
     return {"quantization_config": config, "device_map": device_map}
 
 
+def refuse_quantized_checkpoint(config, source: str) -> None:
+    """A checkpoint saved quantized (its config.json holds a quantization_config) loads as saved whatever
+    a run asks: under LoRA it trained a 4-bit base labelled full precision, or failed in a traceback."""
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else \
+            getattr(quantization, "quant_method", None)
+        raise UsageError(f"model {source!r} is saved quantized ({getattr(method, 'value', method) or 'a method'} "
+                         "in its config.json's quantization_config): give its full-precision original; the 4-bit "
+                         "methods quantize it themselves")
+
+
 def finish_loading(model, tokenizer, source: str, load_kwargs: dict) -> None:
     """After from_pretrained (``load_kwargs``: its 4-bit arguments, or none): prepare a 4-bit model,
     keep the Trainer from rescaling the loss, give the model the tokenizer's padding."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from adarank.loading import EMBEDDED_MODEL, embedded_model_path, explained_load_errors, finish_loading, four_bit_loading
+from adarank.loading import (EMBEDDED_MODEL, embedded_model_path, explained_load_errors, finish_loading,
+                             four_bit_loading, refuse_quantized_checkpoint)
 from adarank.tasks.glue.spec import GlueSpec
 
 
@@ -25,6 +26,7 @@ def load_model(name_or_path: str | None, task: GlueSpec, load_in_4bit: bool = Fa
                                "reachable from here (offline, the default embedded model works)"):
         tokenizer = AutoTokenizer.from_pretrained(source)
         config = AutoConfig.from_pretrained(source, **label_kwargs)
+        refuse_quantized_checkpoint(config, source)
         if classifier_dropout is not None:  # BERT-style heads read classifier_dropout, DeBERTa's cls_dropout
             config.classifier_dropout = config.cls_dropout = classifier_dropout
         # A checkpoint with a head for another label count gets a fresh head, as in run_glue.py.

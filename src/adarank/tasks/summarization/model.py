@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from adarank.errors import UsageError
 from adarank.loading import (EMBEDDED_GENERATOR, embedded_generator_path, explained_load_errors, finish_loading,
-                             four_bit_loading)
+                             four_bit_loading, refuse_quantized_checkpoint)
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ def load_generator(name_or_path: str | None, load_in_4bit: bool = False, compute
                                "works)"):
         tokenizer = AutoTokenizer.from_pretrained(source)
         config = AutoConfig.from_pretrained(source)
+        refuse_quantized_checkpoint(config, source)
         kind = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         model = kind.from_pretrained(source, **load_kwargs)
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none: pad with eos
