@@ -801,6 +801,22 @@ def test_a_run_failing_after_it_set_the_previous_run_aside_puts_it_back(caplog, 
     assert f"the run it was to replace is back in {run}" in caplog.text
 
 
+def test_a_run_set_aside_by_a_replacement_killed_before_its_first_checkpoint_comes_back(capsys, caplog, tiny,
+                                                                                       tmp_path):
+    """A replacement killed while its model loaded (no handler runs) left the finished run in .replaced/;
+    the next run, without --overwrite_output_dir, took the directory and deleted it once it finished."""
+    from adarank.run.directory import RUN_FILES, RUN_FOLDERS
+    from adarank.run.replaced import set_aside
+
+    run = previous_run(tmp_path)
+    before = digests(run)
+    set_aside(run, RUN_FILES + RUN_FOLDERS)  # what the killed replacement had done: .lock and .replaced/ are left
+    line = fails_cleanly(capsys, "sst2", "--demo", "--method", "lora", "--max_steps", "2", *tiny, one_line=True)
+    assert f"{run} already holds a finished run" in line
+    assert digests(run) == before and not (run / ".replaced").exists()
+    assert f"A run that was to replace the one in {run} stopped before its first checkpoint" in caplog.text
+
+
 def test_a_diverged_run_says_so_and_stores_no_nan(capsys, tiny_model, tmp_path):
     run = tmp_path / "blown"
     assert run_task("sst2", "--demo", "--method", "lora", "--model_name_or_path", tiny_model, "--max_steps", "3",

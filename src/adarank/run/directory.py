@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from adarank.errors import UsageError
-from adarank.run.replaced import replacing, set_aside
+from adarank.run.replaced import replacing, restore_interrupted, set_aside
 from adarank.run.space import MIN_FREE_BYTES, check_free_space, existing_ancestor
 
 FINISHED_MARKER = "metrics.json"
@@ -144,6 +144,7 @@ class RunDirectory:
         self._check_writable()
         if self.path.is_dir() and not self.foreign:  # a foreign one is refused (check_usable), not written to
             self._lock()
+            restore_interrupted(self.path, RUN_FILES + RUN_FOLDERS, self.checkpoints)
         return self
 
     def prepare(self, overwrite: bool, resume_step: int | None = None) -> None:

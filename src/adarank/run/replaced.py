@@ -60,12 +60,27 @@ def put_back(path: Path, names: Sequence[str], checkpoints: Path) -> None:
         log.warning("The run this one replaced waits in %s until this run finishes (it has checkpoints to "
                     "continue from); to keep it, move it out before running again.", aside)
         return
+    _restore(path, names)
+    log.warning("This run failed before its first checkpoint: the run it was to replace is back in %s.", path)
+
+
+def restore_interrupted(path: Path, names: Sequence[str], checkpoints: Path) -> None:
+    """Before a run looks at ``path`` (holding its lock): a replaced run still aside with no checkpoint of
+    its replacement beside it was left by a replacement killed before it could put it back (SIGKILL, or
+    SIGTERM while the model loaded). It goes back in place, so that this run sees, and keeps, what is there."""
+    if (path / REPLACED).is_dir() and not any(checkpoints.glob("checkpoint-*")):
+        _restore(path, names)
+        log.warning("A run that was to replace the one in %s stopped before its first checkpoint: that run is "
+                    "back in place.", path)
+
+
+def _restore(path: Path, names: Sequence[str]) -> None:
+    aside = path / REPLACED
     for name in names:
         _remove(path / name)
     for item in aside.iterdir():
         item.rename(path / item.name)
     aside.rmdir()
-    log.warning("This run failed before its first checkpoint: the run it was to replace is back in %s.", path)
 
 
 def _remove(item: Path) -> None:
