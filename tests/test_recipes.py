@@ -115,7 +115,7 @@ def test_a_recipes_warm_up_steps_shrink_only_for_shorter_runs_and_never_when_giv
 
     cola = TASKS["cola"]
     full = cola.full_run_steps(cola.official)  # 268 steps an epoch, 25 epochs
-    for total_step, expected in ((full, 100), (full // 10, 10), (3, 1)):
+    for total_step, expected in ((full, 100), (full // 10, 10), (3, 1), (2, 1), (1, 0)):
         args = parse_arguments(cola, ["--recipe", "official"])
         scale_warmup(args, cola, total_step)
         assert args.training.warmup_steps == expected
@@ -126,3 +126,28 @@ def test_a_recipes_warm_up_steps_shrink_only_for_shorter_runs_and_never_when_giv
     paper = parse_arguments(cola, [])  # Table 8's warm-up is a fraction of the run already
     scale_warmup(paper, cola, 3)
     assert paper.training.warmup_steps == 0.06 and paper.warmup_note is None
+
+
+@pytest.mark.parametrize("flags", [(), ("--recipe", "official"), ("--lr_scheduler_type", "constant_with_warmup")],
+                         ids=["paper", "official", "constant_with_warmup"])
+def test_a_run_of_one_step_takes_no_warm_up_and_trains(tiny_model, tmp_path, flags):
+    """A warm-up's first step runs at learning rate 0: a run of one step (Table 8's 6% of it, or a recipe's
+    steps scaled down, each one step) trained nothing and reported its base model's score as the method's."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "one"
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "1",
+                    "--output_dir", str(run_dir), *flags) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["arguments"]["training"]["warmup_steps"] == 0 and "no warm-up" in config["warmup_note"]
+    lora_b = [w for name, w in load_file(run_dir / "adapter" / "adapter_model.safetensors").items() if "lora_B" in name]
+    assert lora_b and all(w.abs().sum() > 0 for w in lora_b)  # zero at the start: the step moved them
+
+
+def test_a_warm_up_given_for_a_run_of_one_step_is_refused(tiny_model, tmp_path, capsys):
+    line = fails_cleanly(capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--method", "lora",
+                         "--max_steps", "1", "--warmup_steps", "1", "--output_dir", str(tmp_path / "x"), one_line=True)
+    assert "--warmup_steps 1 spends this run's one optimizer step in warm-up, at learning rate 0" in line
+    assert not (tmp_path / "x").exists()
+    assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "1",
+                    "--warmup_steps", "1", "--lr_scheduler_type", "constant", "--output_dir", str(tmp_path / "c")) == 0

@@ -23,7 +23,7 @@ from adarank.errors import UsageError, whole_message
 from adarank.precision import bf16_by_default
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
-from adarank.trainer_kwargs import check_read_as_parsed
+from adarank.trainer_kwargs import check_read_as_parsed, scheduler_warms_up
 from adarank.trainer_options import check_trainer_options
 from adarank.validation import (REWRITTEN_STEPS, check_demo_data, check_given_steps, check_launch_environment,
                                 check_numbers, check_reporting, join_negative_values, typed_file_values)
@@ -261,13 +261,21 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
 def scale_warmup(args: Arguments, task: Task, total_step: int) -> None:
     """A recipe's warm-up given in steps (the authors' scripts: 100 to 3000) shrinks with the run,
     as the AdaLoRA schedule does, unless the user set --warmup_steps: a 3000-step warm-up would
-    otherwise outlast a short run, whose learning rate never reached its peak."""
+    otherwise outlast a short run, whose learning rate never reached its peak. A warm-up step runs
+    below the peak, the first at learning rate 0, so a run of one step takes none: it trained nothing."""
     recipe = recipe_of(task, args.adapter.recipe)
-    if recipe.warmup < 1 or "warmup_steps" in args.explicit or "warmup_ratio" in args.explicit:
-        return
-    published = task.full_run_steps(recipe)
-    if total_step < published:
-        args.training.warmup_steps = max(1, round(recipe.warmup * total_step / published))
+    given = "warmup_steps" in args.explicit or "warmup_ratio" in args.explicit
+    if total_step == 1 and args.training.get_warmup_steps(1) >= 1 and scheduler_warms_up(args.training):
+        if given:
+            raise UsageError(f"--warmup_steps {args.training.warmup_steps:g} spends this run's one optimizer step in "
+                             "warm-up, at learning rate 0: it would train nothing: give --warmup_steps 0, or more "
+                             "steps")
+        args.training.warmup_steps = 0
+        args.warmup_note = "no warm-up: this run's one optimizer step would run at learning rate 0 in it"
+    elif recipe.warmup >= 1 and not given and total_step < task.full_run_steps(recipe):
+        published = task.full_run_steps(recipe)
+        args.training.warmup_steps = min(total_step - 1, max(1, round(recipe.warmup * total_step / published)))
         args.warmup_note = (f"the {args.adapter.recipe} recipe's {recipe.warmup:g} warm-up steps for {published} "
                             f"steps, scaled to {args.training.warmup_steps} of this run's {total_step}")
+    if args.warmup_note:
         logging.getLogger("adarank").info("Warm-up: %s.", args.warmup_note)

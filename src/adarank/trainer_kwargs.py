@@ -63,6 +63,14 @@ def _scheduler_parameters(kind: str) -> dict[str, inspect.Parameter] | None:
     return None if any(p.kind is p.VAR_KEYWORD for p in parameters.values()) else dict(parameters)
 
 
+def scheduler_warms_up(training) -> bool:
+    """Whether the --lr_scheduler_type's schedule has a warm-up (constant and reduce_lr_on_plateau have none)."""
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    kind = SchedulerType(str(getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type)))
+    return "num_warmup_steps" in inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
+
+
 def _check_scheduler_kwargs(training) -> None:
     """Refuse --lr_scheduler_kwargs the chosen scheduler cannot take, or one it lacks, before the Trainer builds it."""
     kind = str(getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type))
