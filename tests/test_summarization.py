@@ -15,15 +15,19 @@ from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adarank.errors import UsageError
+from adarank.tasks.summarization.arguments import DEFAULT_PROMPT
 from adarank.tasks.summarization.arguments import SummarizationArguments as Flags  # the family's flags
 from adarank.tasks.summarization.data import IGNORED, Prompt, SummaryCollator, demo_split, load_summaries, tokenize
 from adarank.tasks.summarization.generation import GenerationSettings, generate_summaries
 from adarank.tasks.summarization.rouge import score_each, sentences_on_lines
 from conftest import read_jsonl, run_task
 from fixtures.cli import fails_cleanly
+from fixtures.models import embedded_tokenizer, saved
+from fixtures.models import tiny_llama as llama_of
 from fixtures.paths import ROOT, SHARED_DATA
 
 SAMPLE = SHARED_DATA / "cnn_dailymail" / "sample.jsonl"
+HERE = Path(__file__).parent
 FAST = ("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--logging_steps", "1",
         "--save_strategy", "no", "--num_beams", "2", "--max_new_tokens", "12", "--max_seq_length", "64",
         "--max_target_length", "24", "--per_device_eval_batch_size", "4")
@@ -247,6 +251,18 @@ def test_method_none_scores_every_record_and_trains_nothing(tiny_bart, tmp_path)
 
 # --- bad input -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("content", ['[{"article": "A.", "highlights": "S."}, {"article": "B.", "highlights": "T."}]\n',
+                                     '[\n  {"article": "A.", "highlights": "S."}\n]\n'])
+def test_a_json_array_is_named_with_the_fix(capsys, tiny_llama, tmp_path, content):
+    """It was refused as a JSON line that is no object, or as line 1 being no valid JSON."""
+    path = tmp_path / "data.json"
+    path.write_text(content)
+    line = fails_cleanly(capsys, "cnndailymail", "--data_file", str(path), "--model_name_or_path", tiny_llama,
+                         "--output_dir", str(tmp_path / "run"))
+    assert line == f"error: {path} holds a JSON array, and data files are read as JSON Lines: write one JSON " \
+                   "object a line (pandas: to_json(orient='records', lines=True))"
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"article": "A story.", "highlights": "S."}\n{"article": "B."}\n', r"data.jsonl:2: no column 'highlights'"),
     ('{"article": "  ", "highlights": "S."}\n', r"data.jsonl:1: column 'article' is empty"),
@@ -293,6 +309,22 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
                                                         "and --method none trains no adapter: leave it out"),
     (("--demo", "--method", "none", "--merge_adapter"), "--merge_adapter merges a trained adapter into the base, and "
                                                           "--method none trains none: leave it out"),
+    # the model was prompted with the reference itself (ROUGE-1 26.7 after one step)
+    (("--data_file", "train.jsonl", "--text_column", "highlights"), "--text_column highlights is the "
+                                                                    "--summary_column too"),
+    # flags that were read and ignored: the percentage beside a validation file, or the hub's own splits
+    (("--data_file", "train.jsonl", "--validation_file", "valid.jsonl", "--validation_split_percentage", "20"),
+     "--validation_split_percentage 20 holds records of --data_file out for validation, and --validation_file "
+     "names the validation records: give one of them"),
+    (("--validation_split_percentage", "20"), "--validation_split_percentage 20 holds records of --data_file out"),
+    (("--test_file", "test.jsonl"), "--test_file test.jsonl without --data_file: the hub's"),
+    # the training records were scored as if held out
+    (("--data_file", str(HERE / "train.jsonl"), "--validation_file", str(HERE / "fixtures" / ".." / "train.jsonl")),
+     f"--validation_file {HERE / 'fixtures' / '..' / 'train.jsonl'} is the --data_file: "),
+    (("--data_file", "train.jsonl", "--test_file", "./train.jsonl"), "--test_file ./train.jsonl is the --data_file"),
+    # a generator has no classification head: the value was dropped without a word
+    (("--demo", "--classifier_dropout", "0.1"), "--classifier_dropout 0.1 is the dropout before a classification "
+                                                "head, and a generator has none: leave it out"),
     # evaluations during training score the loss alone: the Trainer failed at the first one
     (("--demo", "--metric_for_best_model", "rouge1"), "--metric_for_best_model rouge1 is no metric of cnndailymail's "
                                                        "evaluations: use one of loss"),
@@ -300,6 +332,25 @@ def test_bad_records_are_refused_with_file_and_line(capsys, tiny_llama, tmp_path
 def test_bad_summarization_flags(capsys, tiny_llama, tmp_path, argv, message):
     assert message in fails_cleanly(capsys, "cnndailymail", *argv, "--model_name_or_path", tiny_llama,
                                     "--output_dir", str(tmp_path / "r"))
+
+
+def test_the_position_check_measures_a_dev_prompt_without_its_summary(capsys, tmp_path):
+    """Generation feeds a dev record's prompt alone: its reference summary was counted as well."""
+    tokenizer = embedded_tokenizer(summaries=True)
+    model = llama_of(tokenizer.vocab_size, max_position_embeddings=64, eos_token_id=tokenizer.eos_token_id,
+                     bos_token_id=tokenizer.cls_token_id, pad_token_id=tokenizer.pad_token_id)
+    folder = saved(tmp_path / "model", model, tokenizer)
+    before, after = Prompt(DEFAULT_PROMPT, chat=False).parts(tokenizer)
+    prompt = len(before) + 16 + len(after)  # every demo article is longer than --max_seq_length 16
+    argv = ("--demo", "--method", "lora", "--model_name_or_path", folder, "--max_seq_length", "16",
+            "--max_target_length", "24", "--num_beams", "1", "--max_steps", "1", "--max_eval_samples", "2",
+            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--eval_strategy", "no",
+            "--save_strategy", "no")
+    line = fails_cleanly(capsys, "cnndailymail", *argv, "--max_new_tokens", str(65 - prompt),
+                         "--output_dir", str(tmp_path / "refused"))
+    assert f"a dev prompt of up to {prompt} tokens and --max_new_tokens {65 - prompt} take 65 positions" in line
+    assert run_task("cnndailymail", *argv, "--max_new_tokens", str(64 - prompt), "--output_dir",
+                    str(tmp_path / "run")) == 0
 
 
 def test_method_none_is_refused_where_a_head_must_be_trained(capsys, tiny_model, tmp_path):

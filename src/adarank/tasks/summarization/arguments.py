@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from adarank.errors import UsageError
 
@@ -43,6 +44,7 @@ class SummarizationArguments:
 
 
 def check_arguments(options: SummarizationArguments) -> None:
+    _check_data_flags(options)
     for name in ("max_target_length", "num_beams"):
         if getattr(options, name) < 1:
             raise UsageError(f"--{name} {getattr(options, name)} must be at least 1")
@@ -64,3 +66,26 @@ def check_arguments(options: SummarizationArguments) -> None:
     if others:
         raise UsageError(f"--prompt_template names {', '.join(others)}: only {{text}} is filled in (with the "
                          "article); write the words themselves")
+
+
+def _check_data_flags(options: SummarizationArguments) -> None:
+    """Refuse data flags that would be ignored, or that would score the model on what it is prompted or trained with."""
+    if options.text_column == options.summary_column:  # the model would be prompted with the reference itself
+        raise UsageError(f"--text_column {options.text_column} is the --summary_column too: name the article's "
+                         "column with --text_column and the reference summary's with --summary_column")
+    percentage = options.validation_split_percentage
+    if percentage is not None and (options.data_file is None or options.validation_file is not None):
+        other = ("--validation_file names the validation records: give one of them" if options.validation_file else
+                 "without --data_file the hub's CNN/DailyMail is read, with its own validation split: add "
+                 "--data_file, or leave the percentage out")
+        raise UsageError(f"--validation_split_percentage {percentage:g} holds records of --data_file out for "
+                         f"validation, and {other}")
+    if options.test_file is not None and options.data_file is None and options.validation_file is None:
+        raise UsageError(f"--test_file {options.test_file} without --data_file: the hub's CNN/DailyMail is read, "
+                         "with its own test split: add --data_file (and --validation_file), or leave --test_file out")
+    for name in ("validation_file", "test_file"):
+        path = getattr(options, name)
+        if options.data_file is not None and path is not None and \
+                Path(path).resolve() == Path(options.data_file).resolve():
+            raise UsageError(f"--{name} {path} is the --data_file: the model would be scored on the records it "
+                             f"trained on: give a file of other records, or leave --{name} out")

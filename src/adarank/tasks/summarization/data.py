@@ -111,9 +111,14 @@ def read_records(path: Path, files: SummarizationArguments) -> datasets.Dataset:
 
 def _json_rows(path: Path):
     with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark would hide the first field
+        first = True
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if first and line.lstrip().startswith("["):  # json.dump of a list of records, on one line or many
+                raise UsageError(f"{path} holds a JSON array, and data files are read as JSON Lines: write one "
+                                 "JSON object a line (pandas: to_json(orient='records', lines=True))")
+            first = False
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:

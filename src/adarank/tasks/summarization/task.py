@@ -101,7 +101,11 @@ class SummarizationTask:
         return load_summaries(self.options, demo, max_train_samples, max_eval_samples, self.evaluate_only)
 
     def load_model(self, name_or_path, load_in_4bit=False, compute_dtype=None, classifier_dropout=None) -> LoadedModel:
-        """``classifier_dropout`` has no meaning here: a generator has no classification head."""
+        """``classifier_dropout`` has no meaning here: a generator has no classification head. The recipes set
+        none, so a value is the user's: refused before the model is loaded, not dropped."""
+        if classifier_dropout is not None:
+            raise UsageError(f"--classifier_dropout {classifier_dropout:g} is the dropout before a classification "
+                             "head, and a generator has none: leave it out")
         tokenizer, model, name = load_generator(name_or_path, load_in_4bit, compute_dtype)
         return LoadedModel(tokenizer, model, name, replace(self, shape=GeneratorShape.of(tokenizer, model)))
 
@@ -151,16 +155,17 @@ SUMMARIZATION_TASKS = {"cnndailymail": SummarizationTask()}
 
 
 def _check_positions(tokenized: TaskData, positions: int, new_tokens: int) -> None:
-    """Refuse sequences a decoder-only model has no positions for: a training one (prompt, article and summary),
-    or a dev one with the --max_new_tokens generated after it."""
-    def longest(splits) -> int:
-        return max((len(row) for split in splits if len(split) for row in split["input_ids"]), default=0)
-
-    trained, prompted = longest([tokenized.train]), longest(tokenized.dev.values())
+    """Refuse sequences a decoder-only model has no positions for: a whole record (prompt, article and summary),
+    trained on or scored for its loss, or a dev prompt alone (generation feeds no summary) with the
+    --max_new_tokens generated after it."""
+    dev = [split for split in tokenized.dev.values() if len(split)]
+    trained = max((len(ids) for split in [tokenized.train, *dev] if len(split) for ids in split["input_ids"]),
+                  default=0)
+    prompted = max((length for split in dev for length in split["prompt_length"]), default=0)
     if trained > positions:
         raise UsageError(f"prompt, article and summary take up to {trained} tokens, more than this model's "
                          f"{positions} positions: lower --max_seq_length or --max_target_length")
     if prompted + new_tokens > positions:
         raise UsageError(f"a dev prompt of up to {prompted} tokens and --max_new_tokens {new_tokens} take "
                          f"{prompted + new_tokens} positions, more than this model's {positions}: lower "
-                         "--max_new_tokens, --max_seq_length or --max_target_length")
+                         "--max_new_tokens (default: --max_target_length) or --max_seq_length")
