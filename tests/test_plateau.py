@@ -325,6 +325,8 @@ def test_the_plateau_scripts_take_the_own_flags_of_another_method_they_are_given
                        "--sora_lambda", "0.001", "--output_dir", str(run_dir), *QUICK) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["method"] == "sora" and config["adapter"]["sora_lambda"] == 0.001
+    # the scripts' own defaults are plateau's: SoRA took budget large and a Trainer that never evaluated
+    assert config["budget"] == "small" and config["arguments"]["training"]["eval_strategy"] != "no"
 
 
 def test_the_plain_demo_script_grows(tiny_model, tmp_path):

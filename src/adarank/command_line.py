@@ -8,6 +8,7 @@ from pathlib import Path
 
 from adarank.argument_file import is_argument_file, read_argument_file
 from adarank.errors import UsageError
+from adarank.methods.base import METHODS, get_method
 
 
 def requested_method(argv: list[str] | None) -> str | None:
@@ -23,6 +24,23 @@ def requested_method(argv: list[str] | None) -> str | None:
         method = document.get("method") if isinstance(document, dict) else None
         return method if isinstance(method, str) else None
     return flag_value(argv, "method")
+
+
+def script_setup(method: str | None, argv: list[str] | None, method_arguments: tuple,
+                 defaults: dict | None) -> tuple[tuple, dict | None]:
+    """A task script's method flags and defaults. ``method`` (a script made for a registered method) is the
+    default method, with its script's defaults where the command line names no other: the plateau scripts'
+    large budget and Trainer without evaluations are plateau's, not SoRA's there. The own flags of both it
+    and the method the command line names join the parser."""
+    named = requested_method(argv)
+    if method is not None:
+        own = get_method(method).script_defaults if named in (None, method) else {}
+        defaults = {"method": method, **own, **(defaults or {})}
+    for name in (method, named):
+        chosen = METHODS.get(name) if name else None
+        if chosen is not None and chosen.arguments is not None and chosen.arguments not in method_arguments:
+            method_arguments = (*method_arguments, chosen.arguments)
+    return method_arguments, defaults
 
 
 def asks_for(value: str | None) -> bool:

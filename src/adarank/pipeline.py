@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from transformers import set_seed
 
 from adarank.arguments import Arguments, parse_arguments, scale_warmup
-from adarank.command_line import requested_method
+from adarank.command_line import script_setup
 from adarank.errors import configure_logging, exits_cleanly_on_usage_errors
 from adarank.loading import check_sequence_length
 from adarank.memory import MemoryReport, ParameterCounts, PeakMemory, base_parameter_count, parameter_counts
 from adarank.methods.flags import check_method_flags
-from adarank.methods import METHODS, AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_label, budget_rank, get_method
+from adarank.methods import AdapterMethod, AdapterRequest, BuiltAdapter, Plan, budget_label, budget_rank, get_method
 from adarank.modules import check_rank_fits, resolve_target_modules
 from adarank.quantization import describe_kernels
 from adarank.run.callbacks import StepHistory, StepTimer
@@ -49,12 +49,7 @@ def main(task: str, argv: list[str] | None = None, method: str | None = None, me
     default, with its own flags (``AdapterMethod.arguments``) and defaults; the method the command
     line names brings its own flags too."""
     configure_logging()
-    if method is not None:
-        defaults = {"method": method, **get_method(method).script_defaults, **(defaults or {})}
-    for named in (method, requested_method(argv)):
-        chosen = METHODS.get(named) if named else None
-        if chosen is not None and chosen.arguments is not None and chosen.arguments not in method_arguments:
-            method_arguments = (*method_arguments, chosen.arguments)
+    method_arguments, defaults = script_setup(method, argv, method_arguments, defaults)
     return train(task, argv, method_arguments, defaults)
 
 
