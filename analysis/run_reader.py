@@ -25,6 +25,7 @@ KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output
 
 
 # Methods whose ranks are set at the start and never change: their runs need no ranks.jsonl.
+FOUR_BIT = {"qlora", "qadalora", "qdora", "qrslora"}  # the methods on a 4-bit base
 FIXED_RANKS = {"lora", "qlora", "dora", "qdora", "pissa", "rslora", "qrslora", "eva", "none"}
 
 
@@ -132,7 +133,7 @@ class Run:
             # Derived entries (the budget label's rank, a log line) add nothing to the setting.
             "adapter": {k: v for k, v in (self.config.get("adapter") or {}).items()
                         if k not in ("budget_rank", "schedule_note")},
-            "model_arguments": arguments.get("model"),
+            "model_arguments": self.model_arguments,
             "training": {k: training.get(k) for k in (
                 "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")},
@@ -142,6 +143,17 @@ class Run:
             **({"generation": {k: v for k, v in self.config["task_settings"].items() if k != "evaluate_only"}}
                if self.config.get("task_settings") else {}),
         })
+
+    @property
+    def model_arguments(self):
+        """config.json's model flags; a 4-bit run's compute dtype as it ran. Runs record it resolved; before,
+        an unset one was written unset, and on the CPU it was float32 (on a GPU it depended on the GPU)."""
+        model = self.config.get("arguments", {}).get("model")
+        device = (self.config.get("environment") or {}).get("device") or {}
+        if isinstance(model, dict) and model.get("bnb_4bit_compute_dtype") is None and self.method in FOUR_BIT \
+                and isinstance(device, dict) and device.get("type") == "cpu":
+            return {**model, "bnb_4bit_compute_dtype": "float32"}
+        return model
 
     @property
     def recipe(self) -> str:

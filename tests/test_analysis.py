@@ -156,6 +156,25 @@ def test_seeds_group_by_the_planned_adapter_not_the_flags_typed(runs_root, tmp_p
     assert (names[run.setting], names[faster.setting]) == ("learning_rate=0.005", "learning_rate=0.01")
 
 
+def test_a_4bit_runs_unset_compute_dtype_groups_with_the_one_it_ran_in(runs_root, tmp_path):
+    """Runs record the compute dtype resolved; an older CPU run's unset one was float32, and made a row
+    of its own beside float32's."""
+    def qlora(name: str, dtype, device: str = "cpu"):
+        copy = tmp_path / name
+        shutil.copytree(runs_root / "sst2-lora-1", copy)
+        config = json.loads((copy / "config.json").read_text())
+        config["method"] = "qlora"
+        config["arguments"]["model"]["bnb_4bit_compute_dtype"] = dtype
+        config["environment"]["device"] = {"type": device}
+        (copy / "config.json").write_text(json.dumps(config))
+        return load_run(copy)
+
+    resolved = qlora("resolved", "float32")
+    assert qlora("older", None).setting == resolved.setting
+    assert qlora("fp16", "float16").setting != resolved.setting
+    assert qlora("gpu", None, "cuda").setting != resolved.setting  # bf16 or fp16 there, as the GPU could
+
+
 def runs_copied(runs_root, root: Path, names: dict[str, str]) -> Path:
     """Copies of the fixture's runs: {where under root: which run}."""
     for where, name in names.items():

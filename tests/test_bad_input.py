@@ -714,7 +714,10 @@ def test_a_checkpoint_started_with_other_adapter_flags_is_refused_and_its_run_le
              # another optimizer cannot read the checkpoint's state (a KeyError at the first step, after the
              # stopped run's config.json was rewritten); another schedule makes a run of two halves
              ("lora", (), ("--optim", "sgd"), f"--optim {DEFAULT_OPTIM}, this command gives sgd"),
-             ("lora", (), ("--lr_scheduler_type", "cosine"), "--lr_scheduler_type linear, this command gives cosine"))
+             ("lora", (), ("--lr_scheduler_type", "cosine"), "--lr_scheduler_type linear, this command gives cosine"),
+             # the 4-bit layers computing in another dtype from the step resumed at (unset: float32 on the CPU)
+             ("qlora", (), ("--bnb_4bit_compute_dtype", "float16"),
+              "--bnb_4bit_compute_dtype float32, this command gives float16"))
     for number, (method, flags, changed, message) in enumerate(cases):
         run = tmp_path / f"{method}-{number}"
         assert run_task("cola", *argv, "--method", method, *flags, "--output_dir", str(run)) == 0
@@ -765,6 +768,16 @@ def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_de
     assert run_task("cola", *argv, "--method", "lora", "--output_dir", str(renamed),
                     "--resume_from_checkpoint", "auto") == 0
     assert json.loads((renamed / "metrics.json").read_text())["resumed_from_step"] == 2
+    # a 4-bit run from before config.json recorded its compute dtype resolved (unset: it says nothing)
+    older = tmp_path / "older"
+    assert run_task("cola", *argv, "--method", "qlora", "--output_dir", str(older)) == 0
+    (older / "metrics.json").unlink()
+    config = json.loads((older / "config.json").read_text())
+    assert config["arguments"]["model"]["bnb_4bit_compute_dtype"] == "float32"  # as resolved on the CPU
+    config["arguments"]["model"]["bnb_4bit_compute_dtype"] = None
+    (older / "config.json").write_text(json.dumps(config))
+    assert run_task("cola", *argv, "--method", "qlora", "--output_dir", str(older),
+                    "--resume_from_checkpoint", "auto") == 0
 
 
 # Values found wrong only after the previous run was set aside for the new one (run/replaced.py): a method's

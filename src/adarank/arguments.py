@@ -20,7 +20,9 @@ from adarank.argument_file import is_argument_file, read_argument_file
 from adarank.cache import enabled as token_cache_enabled
 from adarank.command_line import asks_for, flag_value
 from adarank.errors import UsageError, whole_message
-from adarank.precision import bf16_by_default
+from adarank.loading import chosen_compute_dtype
+from adarank.methods.base import METHODS
+from adarank.precision import bf16_by_default, four_bit_compute_note
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
 from adarank.trainer_kwargs import check_read_as_parsed, scheduler_warms_up
@@ -255,6 +257,9 @@ def _parse(task: Task, argv: list[str] | None, method_arguments, defaults: dict 
     check_reporting(training)
     check_trainer_options(training, task, explicit)
     check_demo_data(data.demo, explicit, source)
+    if adapter.method in METHODS and METHODS[adapter.method].quantized:  # as it will be: recorded, compared on resume
+        model.bnb_4bit_compute_dtype = chosen_compute_dtype(model.bnb_4bit_compute_dtype)
+        four_bit_compute_note(model.bnb_4bit_compute_dtype)
     return arguments
 
 

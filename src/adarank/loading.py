@@ -93,6 +93,21 @@ def embedded_generator_path() -> str:
     return str(target)
 
 
+def chosen_compute_dtype(requested: str | None) -> str:
+    """The dtype the 4-bit layers compute in: the one asked for, else bf16 on a GPU that computes in it
+    (fp16 on one that cannot), fp32 on the CPU. config.json records it, not the flag's unset default, so
+    that runs computing in different dtypes are not taken for seeds of one setting."""
+    cuda = torch.cuda.is_available()
+    if requested is None:
+        return ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+    if requested not in COMPUTE_DTYPES:
+        raise UsageError(f"--bnb_4bit_compute_dtype {requested!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+    if requested == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"this GPU ({torch.cuda.get_device_name(0)}) cannot compute in bfloat16: "
+                         "use --bnb_4bit_compute_dtype float16 or float32")
+    return requested
+
+
 def four_bit_loading(compute_dtype: str | None, keep: list[str] | None = None) -> dict:
     """from_pretrained arguments for NF4 with double quantisation (QLoRA, Dettmers et al. 2023);
     ``keep``: modules left unquantised (default: the classification head)."""
@@ -103,18 +118,7 @@ def four_bit_loading(compute_dtype: str | None, keep: list[str] | None = None) -
             f"4-bit loading needs bitsandbytes with a backend for this machine ({type(error).__name__}: "
             f"{first_line(error)}): pip install bitsandbytes, or use lora/adalora"
         ) from None
-    cuda = torch.cuda.is_available()
-    if compute_dtype is None:
-        compute_dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise UsageError(
-            f"--bnb_4bit_compute_dtype {compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}"
-        )
-    if compute_dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
-        raise UsageError(
-            f"this GPU ({torch.cuda.get_device_name(0)}) cannot compute in bfloat16: "
-            "use --bnb_4bit_compute_dtype float16 or float32"
-        )
+    compute_dtype = chosen_compute_dtype(compute_dtype)
     config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -122,7 +126,7 @@ def four_bit_loading(compute_dtype: str | None, keep: list[str] | None = None) -
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute_dtype],
         llm_int8_skip_modules=UNQUANTIZED_HEAD if keep is None else keep,
     )
-    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if cuda else "cpu"
+    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else "cpu"
     return {"quantization_config": config, "device_map": device_map}
 
 

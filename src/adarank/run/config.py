@@ -71,12 +71,14 @@ def resumed_arguments(args: Arguments) -> dict:
     another learning rate, batch or optimizer, or over a longer schedule would make a run that is neither:
     another optimizer cannot read the checkpoint's state, and AdaLoRA's budget follows the total steps)."""
     model, data, training = asdict(args.model), asdict(args.data), args.training.to_dict()
-    return {**adapter_arguments(args), "model": {key: model[key] for key in ("model_name_or_path", "target_modules")},
+    return {**adapter_arguments(args), "model": {key: model[key] for key in MODEL_RESUMED},
             "data": {key: data[key] for key in ("data_dir", "demo", "max_train_samples")},
             "training": {key: training[key] for key in RESUMED_TRAINING
                          if not (key == "num_train_epochs" and training["max_steps"] > 0)}}  # --max_steps decides
 
 
+# The model flags a resumed run takes from its checkpoint's run (the 4-bit compute dtype as it was resolved)
+MODEL_RESUMED = ("model_name_or_path", "target_modules", "bnb_4bit_compute_dtype")
 # The TrainingArguments a resumed run takes from its checkpoint's run
 RESUMED_TRAINING = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "optim",
                     "optim_args", "lr_scheduler_type", "lr_scheduler_kwargs", "max_steps", "num_train_epochs",

@@ -44,7 +44,8 @@ def _changed_flag(run_dir: Path, adapter: dict) -> tuple[str, str, str] | None:
     pairs = []  # (flag, recorded value, this command's value)
     for group, flags in json.loads(json.dumps(adapter, default=str)).items():  # as config.json holds them
         before = recorded.get(group) if isinstance(recorded.get(group), dict) else {}
-        pairs += [(name, before[name], value) for name, value in flags.items() if name in before]
+        pairs += [(name, before[name], value) for name, value in flags.items()
+                  if name in before and not (name in RESOLVED_SINCE and before[name] is None)]
     rank_given_alike = any(name in RANK_FLAGS and now is not None and before == now for name, before, now in pairs)
     for name, before, now in pairs:
         if _state_kind(name, before) != _state_kind(name, now) and not (name == "budget" and rank_given_alike):
@@ -53,6 +54,9 @@ def _changed_flag(run_dir: Path, adapter: dict) -> tuple[str, str, str] | None:
 
 
 RANK_FLAGS = ("lora_r", "target_r", "r_max")  # each, where given, sets the rank --budget would
+# Flags config.json records as resolved: a checkpoint's run from before that recorded them unset, which says
+# nothing of the value it ran with.
+RESOLVED_SINCE = ("bnb_4bit_compute_dtype",)
 
 # Values of one flag that read and write the same checkpoint state: torch's AdamW with and without its
 # fused kernel (transformers' default --optim became adamw_torch_fused with torch 2.8, so a torch upgrade
