@@ -205,6 +205,26 @@ def test_the_src_qlora_scripts_refuse_a_full_precision_method(tiny_model, tmp_pa
     assert not (tmp_path / "c").exists()
 
 
+def test_the_src_qlora_scripts_name_what_they_cannot_take(tiny_model, tmp_path, capsys):
+    """--method none was told it "trains a full-precision base"; bitsandbytes' loading flags of other QLoRA
+    scripts were taken for typos of --bnb_4bit_compute_dtype."""
+    from adarank.four_bit_entry import main_four_bit
+
+    argv = ["--demo", "--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "q")]
+    with pytest.raises(SystemExit) as stop:
+        main_four_bit("cnndailymail", "src/nlu-cnndailymail.py", [*argv, "--method", "none"])
+    assert error_line(stop.value.code, capsys.readouterr().err, one_line=True).startswith(
+        "error: --method none trains no adapter, so there is no base to quantise for: choose one of qlora")
+    for flag, value, why in (("--bnb_4bit_quant_type", "fp4", "the 4-bit methods quantise to NF4"),
+                             ("--bnb_4bit_use_double_quant", "false", "quantisation constants too"),
+                             ("--load_in_4bit", "true", "a 4-bit base is a method's: give --method qlora")):
+        with pytest.raises(SystemExit) as stop:
+            main_four_bit("cola", "src/glue-cola.py", [*argv, flag, value])
+        line = error_line(stop.value.code, capsys.readouterr().err, one_line=True)
+        assert f"unknown flag {flag} (" in line and why in line and "did you mean" not in line
+    assert not (tmp_path / "q").exists()
+
+
 def test_merging_into_a_4bit_base_is_refused(tiny_model, tmp_path, capsys):
     assert "--merge_adapter cannot merge into a 4-bit base" in fails_cleanly(
         capsys, "cola", "--demo", "--model_name_or_path", tiny_model, "--method", "qlora", "--merge_adapter",
@@ -241,6 +261,26 @@ def test_a_checkpoint_saved_in_4_bits_is_refused_by_every_method(tiny_model, tin
     assert f"model {saved['llama']!r} is saved quantized" in fails_cleanly(
         capsys, "cnndailymail", "--demo", "--model_name_or_path", saved["llama"], "--method", "lora", "--output_dir",
         str(tmp_path / "summaries"))
+
+
+@pytest.mark.parametrize("kind", ["other", "amx"])
+def test_a_compute_dtype_this_cpu_emulates_is_said_and_the_chosen_one_recorded(tiny_model, tmp_path, caplog,
+                                                                                monkeypatch, kind):
+    """bf16 and fp16 4-bit matmuls on a CPU without bf16 units ran many times slower without a word; and
+    config.json held the flag as typed (unset beside float32 for one computation), so the results table
+    took them for two settings."""
+    import adarank.precision as precisions
+    from adarank.arguments import parse_arguments
+
+    monkeypatch.setattr(precisions, "cpu_kind", lambda: kind)
+    for given, chosen in (((), "float32"), (("--bnb_4bit_compute_dtype", "bfloat16"), "bfloat16")):
+        caplog.clear()
+        args = parse_arguments(TASKS["cola"], ["--demo", "--model_name_or_path", tiny_model, "--method", "qlora",
+                                               *given])
+        assert args.model.bnb_4bit_compute_dtype == chosen
+        emulated = "--bnb_4bit_compute_dtype bfloat16 on a CPU without bf16 units: its matmuls are emulated"
+        assert (emulated in caplog.text) == (kind == "other" and chosen == "bfloat16")
+    assert parse_arguments(TASKS["cola"], ["--demo", "--method", "lora"]).model.bnb_4bit_compute_dtype is None
 
 
 def test_a_model_without_quantisable_layers_is_refused():

@@ -30,7 +30,18 @@ def _owners(name: str) -> list[str]:
             {f.name for f in fields(m.arguments)}]
 
 
+# bitsandbytes' loading flags a user may bring from other QLoRA scripts: here a choice of method, or fixed.
+NOT_FLAGS_HERE = {
+    "bnb_4bit_quant_type": "the 4-bit methods quantise to NF4, QLoRA's data type, always",
+    "bnb_4bit_use_double_quant": "the 4-bit methods quantise the quantisation constants too, as QLoRA does, always",
+    "load_in_4bit": "a 4-bit base is a method's: give --method qlora, qadalora, qdora or qrslora",
+    "load_in_8bit": "no method trains on an 8-bit base: give a 4-bit method (--method qlora) or a full-precision one",
+}
+
+
 def _suggestion(name: str, known: list[str], prefix: str = "--") -> str:
+    if (bare := name.lstrip("-").replace("-", "_")) in NOT_FLAGS_HERE:
+        return NOT_FLAGS_HERE[bare]
     if owners := _owners(name.lstrip("-").replace("-", "_")):
         return f"a flag of --method {' or '.join(owners)}: give that method, or drop it"
     close = _close(name.lstrip("-").replace("-", "_"), known)
