@@ -108,6 +108,12 @@ def test_fp16_asked_for_on_a_cpu_whose_default_is_bf16_replaces_the_default(tiny
                     "--output_dir", str(run), "--max_eval_samples", "16", *QUICK) == 0
     assert config(run)["precision"] == {"bf16_autocast": False, "fp16_autocast": True,
                                         "chosen_by": "--fp16 (fp16 autocast instead of the bf16 default)"}
+    monkeypatch.setattr(precisions, "cpu_kind", lambda: "other")  # fp32 by default: it said "the bf16 default"
+    plain = tmp_path / "fp16-plain"
+    assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--fp16",
+                    "--output_dir", str(plain), "--max_eval_samples", "16", *QUICK) == 0
+    assert config(plain)["precision"]["chosen_by"] == "--fp16 (fp16 autocast instead of the fp32 default)"
+    monkeypatch.setattr(precisions, "cpu_kind", lambda: "amx")
     kept = tmp_path / "fp16-false"  # --fp16 false asks for nothing: the default stays
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, "--max_steps", "2", "--fp16", "false",
                     "--output_dir", str(kept), "--max_eval_samples", "16", *QUICK) == 0

@@ -66,7 +66,7 @@ def precision_note(training, explicit: set[str], task: Task) -> dict:
     if "no_bf16" in explicit:
         why = "--no_bf16"
     elif getattr(training, "fp16", False) and "bf16" not in explicit:
-        why = "--fp16 (fp16 autocast instead of the bf16 default)"
+        why = f"--fp16 (fp16 autocast instead of the {'bf16' if bf16_by_default(task) else 'fp32'} default)"
     elif "bf16" in explicit and not torch.cuda.is_available() and not cpu_has_bf16_units():
         why = f"--bf16, on a CPU without bf16 units: emulated ({BF16_EMULATED})"
         log.warning("--bf16 on a CPU without bf16 units: bf16 is emulated here (%s); without --bf16 this CPU "
