@@ -26,7 +26,7 @@ KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output
 
 # Methods whose ranks are set at the start and never change: their runs need no ranks.jsonl.
 FOUR_BIT = {"qlora", "qadalora", "qdora", "qrslora"}  # the methods on a 4-bit base
-FIXED_RANKS = {"lora", "qlora", "dora", "qdora", "pissa", "rslora", "qrslora", "eva", "none"}
+FIXED_RANKS = {"lora", "qlora", "dora", "qdora", "pissa", "rslora", "qrslora", "none"}  # EVA writes its allocation
 
 
 def _without_none(value):
@@ -172,7 +172,7 @@ class Run:
         if not path.is_file() and self.method in FIXED_RANKS:
             raise AnalysisError(
                 f"{self.path} has no ranks.jsonl: a {self.method} run has fixed ranks, so there is nothing to draw "
-                "(rank heatmaps need an AdaLoRA or rank-growth run)"
+                "(rank heatmaps need a run whose ranks are allocated: AdaLoRA, SoRA, EVA, IncreLoRA or plateau)"
             )
         if not path.is_file():
             raise AnalysisError(f"{self.path} has no ranks.jsonl, which {self.method} runs write as their ranks change: "

@@ -81,6 +81,7 @@ def test_the_command_writes_png_and_pdf(runs_root, tmp_path):
 def test_a_lora_run_has_nothing_to_draw(runs_root, capsys):
     line = main_fails_cleanly(capsys, visualize_rank.main, [str(runs_root / "sst2-lora-1")])
     assert "has no ranks.jsonl: a lora run has fixed ranks, so there is nothing to draw" in line
+    assert line.endswith("(rank heatmaps need a run whose ranks are allocated: AdaLoRA, SoRA, EVA, IncreLoRA or plateau)")
 
 
 def test_not_a_run_directory(tmp_path, capsys):
