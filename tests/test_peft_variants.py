@@ -331,3 +331,39 @@ def test_eva_refuses_an_encoder_decoder_model_in_one_line(tiny_bart, tmp_path, c
                     "--output_dir", str(tmp_path / "e"), *QUICK)
     line = error_line(code, capsys.readouterr().err)  # after the data's tokenizing bars: the model tells
     assert "--method eva cannot initialise an encoder-decoder model" in line
+
+
+# --- EVA on a causal LM's summaries: only their tokens count ------------------------------------
+
+def summarize_with_eva(tiny_llama, run_dir: Path, *flags: str) -> int:
+    """EVA on two records of articles and summaries (a third held out), one a batch."""
+    from adarank.tasks.summarization.data import demo_split
+
+    data = run_dir.parent / "three.jsonl"
+    data.write_text("".join(json.dumps({"article": r["text"], "highlights": r["summary"]}) + "\n"
+                            for r in demo_split(3, seed=3)))
+    return run_task("cnndailymail", "--data_file", str(data), "--model_name_or_path", tiny_llama, "--method", "eva",
+                    "--max_eval_samples", "1", "--max_steps", "1", "--per_device_train_batch_size", "1",
+                    "--max_seq_length", "32", "--num_beams", "1", "--eval_strategy", "no", "--save_strategy", "no",
+                    "--output_dir", str(run_dir), *flags)
+
+
+def test_eva_bounds_its_passes_over_few_summaries_in_one_line(tiny_llama, tmp_path, capsys, monkeypatch):
+    """PEFT cycles over the batches until the components converge, with no limit: SmolLM2's layers still
+    turned after 71 passes over 2 batches of 8-token summaries, and the run never ended. The tiny Llama
+    converges in the fourth pass over these; a bound of 2 passes is the bound the test sees."""
+    from adarank.methods.variants import eva
+
+    monkeypatch.setattr(eva, "CONVERGENCE_PASSES", 2, raising=False)
+    code = summarize_with_eva(tiny_llama, tmp_path / "e", "--max_target_length", "8")
+    line = error_line(code, without_progress_bars(capsys.readouterr().err))
+    assert line == "error: EVA's components did not converge in 2 passes over the 2 training batches: give more " \
+                   "training data, longer summaries (--max_target_length), or lower --eva_tau below 0.99"
+    assert not (tmp_path / "e").exists()
+
+
+def test_eva_counts_a_summarization_runs_summary_tokens_and_names_their_length(tiny_llama, tmp_path, capsys):
+    code = summarize_with_eva(tiny_llama, tmp_path / "e", "--max_target_length", "2")  # 4 components, 2 tokens
+    line = error_line(code, without_progress_bars(capsys.readouterr().err))
+    assert "but the largest training batch holds 2 labelled (summary) tokens" in line
+    assert "raise --max_target_length or --per_device_train_batch_size, or lower --eva_rho or --lora_r" in line
