@@ -181,11 +181,23 @@ def test_the_schedule_raises_lambda_in_equal_phases():
     (("--sora_schedule", "exp", "--sora_max_lambda", "1e-4"), "--sora_max_lambda 0.0001 is below --sora_lambda 0.0003"),
     (("--sora_schedule", "linear", "--sora_max_lambda", "1", "--sora_phases", "9"),
      "--sora_phases 9 does not fit this run of 8 optimizer steps: use 2 to 8"),
+    (("--sora_schedule", "linear", "--sora_max_lambda", "1", "--sora_phases", "1"),
+     "--sora_phases 1 must be at least 2: a schedule raises lambda from one phase to the next"),
 ])
 def test_impossible_values_are_refused_in_one_line(tiny_model, tmp_path, capsys, flags, message):
     line = fails_cleanly(capsys, "cola", "--demo", "--method", "sora", "--model_name_or_path", tiny_model,
                          "--max_steps", "8", "--output_dir", str(tmp_path / "r"), *QUICK, *flags, one_line=True)
     assert message in line
+
+
+def test_a_schedule_on_a_run_of_one_step_asks_for_more_steps_or_none(tiny_model, tmp_path, capsys):
+    """The phases' range was 2 to 1, which no value fits."""
+    line = fails_cleanly(capsys, "cola", "--demo", "--method", "sora", "--model_name_or_path", tiny_model,
+                         "--max_steps", "1", "--output_dir", str(tmp_path / "r"), *QUICK, "--sora_schedule", "linear",
+                         "--sora_max_lambda", "1e-2", one_line=True)
+    assert line.endswith("--sora_schedule linear raises lambda in phases of at least one optimizer step, and this run "
+                         "has 1: train for 2 steps or more (--max_steps, --num_train_epochs), or give --sora_schedule "
+                         "none")
 
 
 def test_the_method_is_registered_with_its_flags():
