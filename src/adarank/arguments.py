@@ -79,7 +79,7 @@ class AdapterArguments:
         metadata={"help": "lora, adalora, qlora / qadalora (the same on a 4-bit NF4 base), none (the base model, "
                           "untrained); the rivals: increlora, sora, dora / qdora, pissa, rslora / qrslora, eva (their "
                           "own flags: --help with the method named); or a method registered by its entry scripts "
-                          "(plateau: src/custom/)."})
+                          "(plateau: the GLUE scripts in src/custom/)."})
     budget: str = field(
         default="small",
         metadata={"help": "small or large: final average rank 2 or 8 per adapted matrix (paper Table 1)."})

@@ -214,6 +214,8 @@ class OwnLayers:
 
 
 METHODS: dict[str, AdapterMethod] = {}
+# Methods their own entry scripts register, which the library's scripts do not import: where they run.
+OWN_SCRIPTS = {"plateau": "src/custom/'s, one for each GLUE task, e.g. src/custom/glue-rte.py"}
 
 
 def register_method(method: AdapterMethod) -> AdapterMethod:
@@ -222,6 +224,9 @@ def register_method(method: AdapterMethod) -> AdapterMethod:
 
 
 def get_method(name: str) -> AdapterMethod:
+    if name in OWN_SCRIPTS and name not in METHODS:
+        raise UsageError(f"--method {name} runs through its own scripts only ({OWN_SCRIPTS[name]}): run one of "
+                         f"those, or choose one of {', '.join(sorted(METHODS))}")
     if name not in METHODS:
         raise UsageError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
     return METHODS[name]

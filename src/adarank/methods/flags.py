@@ -5,19 +5,31 @@ LoRA's --lora_r, the 4-bit compute dtype). Each method names those it reads in `
 together: the 4-bit mixin adds the compute dtype); one the user gave explicitly to a method that does
 not read it is refused, naming the methods that do. So is a flag of another method's own argument class,
 which an entry script made for that method adds to the parser (src/custom's --r0 with --method adalora).
+A method that trains nothing (--method none) says which of the flags only training reads were given.
 Defaults are never refused: only the flags (or argument-file keys) the user gave.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 
 from adarank.errors import UsageError
 from adarank.methods.base import METHODS, AdapterMethod
 
+log = logging.getLogger("adarank")
+
 SELECTIVE_FLAGS = ("lora_r", "init_r", "target_r", "tinit", "tfinal", "delta_t", "orth_reg_weight", "adalora_init",
                    "beta1", "beta2", "lora_alpha", "lora_dropout", "bnb_4bit_compute_dtype")
 RANK_FLAGS = frozenset({"lora_r", "init_r", "target_r"})
+# What only training reads: the adapters, the training data, the optimizer and its schedule. Not what an
+# evaluation reads too: the evaluation batch size, --max_eval_samples, the data files and
+# --validation_split_percentage (the records scored), the lengths and generation flags, the precision, --seed;
+# nor --budget and --resume_from_checkpoint, which the job scripts give every method (the run's name, auto).
+TRAINING_FLAGS = ("target_modules", "max_train_samples", "learning_rate", "num_train_epochs", "max_steps",
+                  "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps", "warmup_ratio",
+                  "weight_decay", "lr_scheduler_type", "max_grad_norm", "optim", "adam_beta1", "adam_beta2",
+                  "adam_epsilon", "gradient_checkpointing", "peft_forward", "fast_dropout")
 
 
 def check_method_flags(method: AdapterMethod, explicit: set[str], extra=()) -> None:
@@ -30,6 +42,11 @@ def check_method_flags(method: AdapterMethod, explicit: set[str], extra=()) -> N
             owner = next((m.name for m in METHODS.values() if m.arguments is type(options)), "another method")
             raise UsageError(f"{_listed(given)} {_verb(given)} {owner}'s, not {title}'s: drop {_pronoun(given)}, "
                              f"or use --method {owner}")
+    training = [f"--{flag}" for flag in TRAINING_FLAGS if flag in explicit]
+    if training and not method.trains:  # said, not refused: a benchmark gives its baseline the others' flags
+        log.warning("%s %s read by training only, and --method %s trains nothing (it scores the base model as it "
+                    "is): %s not used", _listed(training), _verb(training), method.name,
+                    "it is" if len(training) == 1 else "they are")
     reads = method.flags_read
     if reads is None:  # a method that has not said what it reads
         return
