@@ -26,6 +26,9 @@ KIND_LABELS = {"attention.output": "attn out", "intermediate": "ffn in", "output
 
 # Methods whose ranks are set at the start and never change: their runs need no ranks.jsonl.
 FOUR_BIT = {"qlora", "qadalora", "qdora", "qrslora"}  # the methods on a 4-bit base
+# A GPU run's precision record, where it took the default, and the 4-bit compute dtype that default gave
+GPU_COMPUTE_DTYPES = {"default: the GPU computes in bf16": "bfloat16",
+                      "default: the GPU cannot compute in bf16": "float16"}
 FIXED_RANKS = {"lora", "qlora", "dora", "qdora", "pissa", "rslora", "qrslora", "none"}  # EVA writes its allocation
 
 
@@ -147,13 +150,19 @@ class Run:
     @property
     def model_arguments(self):
         """config.json's model flags; a 4-bit run's compute dtype as it ran. Runs record it resolved; before,
-        an unset one was written unset, and on the CPU it was float32 (on a GPU it depended on the GPU)."""
+        an unset one was written unset: float32 on the CPU; on a GPU bf16 where it computes in bf16, else fp16,
+        which the precision record says where the default bf16 autocast was taken."""
         model = self.config.get("arguments", {}).get("model")
+        if not isinstance(model, dict) or model.get("bnb_4bit_compute_dtype") is not None or self.method not in FOUR_BIT:
+            return model
         device = (self.config.get("environment") or {}).get("device") or {}
-        if isinstance(model, dict) and model.get("bnb_4bit_compute_dtype") is None and self.method in FOUR_BIT \
-                and isinstance(device, dict) and device.get("type") == "cpu":
-            return {**model, "bnb_4bit_compute_dtype": "float32"}
-        return model
+        precision = self.config.get("precision")
+        chosen_by = precision.get("chosen_by") if isinstance(precision, dict) else None
+        if isinstance(device, dict) and device.get("type") == "cpu":
+            dtype = "float32"
+        else:
+            dtype = GPU_COMPUTE_DTYPES.get(chosen_by) if isinstance(chosen_by, str) else None
+        return {**model, "bnb_4bit_compute_dtype": dtype} if dtype else model
 
     @property
     def recipe(self) -> str:
@@ -165,6 +174,9 @@ class Run:
         """What two methods' runs must share to be compared: the recipe and every choice of
         ``setting_fields`` outside the adapter (model, data, training arguments)."""
         shared = {k: v for k, v in self.setting_fields.items() if k != "adapter"}
+        if isinstance(shared.get("model_arguments"), dict):  # a 4-bit base's compute dtype is the method's own
+            shared["model_arguments"] = {k: v for k, v in shared["model_arguments"].items()
+                                         if k != "bnb_4bit_compute_dtype"}
         return {"recipe": self.recipe, **shared}
 
     def ranks(self) -> JsonLines:
@@ -175,8 +187,8 @@ class Run:
                 "(rank heatmaps need a run whose ranks are allocated: AdaLoRA, SoRA, EVA, IncreLoRA or plateau)"
             )
         if not path.is_file():
-            raise AnalysisError(f"{self.path} has no ranks.jsonl, which {self.method} runs write as their ranks change: "
-                                "copy it with the run's other files (the run may have been copied without it)")
+            raise AnalysisError(f"{self.path} has no ranks.jsonl, which {self.method} runs write as they allocate "
+                                "their ranks: copy it with the run's other files (the run may have been copied without it)")
         ranks = read_jsonl(path, rank_record, RANK_RECORD)
         if not ranks.records:
             raise AnalysisError(f"{path} holds no complete record: the run stopped before its first allocation")

@@ -174,6 +174,16 @@ def test_a_4bit_runs_unset_compute_dtype_groups_with_the_one_it_ran_in(runs_root
     assert qlora("older", None).setting == resolved.setting
     assert qlora("fp16", "float16").setting != resolved.setting
     assert qlora("gpu", None, "cuda").setting != resolved.setting  # bf16 or fp16 there, as the GPU could
+    on_gpu = qlora("bf16-gpu", "bfloat16", "cuda")
+    older_gpu = tmp_path / "older-gpu"
+    shutil.copytree(tmp_path / "gpu", older_gpu)
+    config = json.loads((older_gpu / "config.json").read_text())
+    config["precision"] = {"bf16_autocast": True, "chosen_by": "default: the GPU computes in bf16"}
+    (older_gpu / "config.json").write_text(json.dumps(config))
+    assert load_run(older_gpu).setting_fields["model_arguments"] == on_gpu.setting_fields["model_arguments"]
+    # LoRA and QLoRA compare as methods: the compute dtype is the 4-bit method's own
+    lora = load_run(runs_root / "sst2-lora-1")
+    assert lora.shared_fields == resolved.shared_fields and lora.setting != resolved.setting
 
 
 def runs_copied(runs_root, root: Path, names: dict[str, str]) -> Path:
@@ -1043,8 +1053,8 @@ def test_plot_and_diagnostics_tools_refuse_nothing_to_draw(runs_root, tmp_path, 
     adalora = root / "sst2-adalora-1"
     (adalora / "ranks.jsonl").unlink()
     line = main_fails_cleanly(capsys, visualize_rank.main, [str(adalora)], one_line=True)
-    assert line == f"error: {adalora} has no ranks.jsonl, which adalora runs write as their ranks change: copy it " \
-                   "with the run's other files (the run may have been copied without it)"
+    assert line == f"error: {adalora} has no ranks.jsonl, which adalora runs write as they allocate their ranks: " \
+                   "copy it with the run's other files (the run may have been copied without it)"
 
 
 @pytest.mark.parametrize("where, change, message", [
