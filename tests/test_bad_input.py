@@ -778,6 +778,7 @@ def test_other_flags_are_fine_where_no_checkpoint_is_resumed_or_the_rank_flag_de
     (older / "config.json").write_text(json.dumps(config))
     assert run_task("cola", *argv, "--method", "qlora", "--output_dir", str(older),
                     "--resume_from_checkpoint", "auto") == 0
+    assert json.loads((older / "metrics.json").read_text())["resumed_from_step"] == 2
 
 
 # Values found wrong only after the previous run was set aside for the new one (run/replaced.py): a method's
@@ -828,6 +829,13 @@ def test_a_run_set_aside_by_a_replacement_killed_before_its_first_checkpoint_com
     assert f"{run} already holds a finished run" in line
     assert digests(run) == before and not (run / ".replaced").exists()
     assert f"A run that was to replace the one in {run} stopped before its first checkpoint" in caplog.text
+    # a replacement killed once finished, before it dropped the run it replaced: it stays, the old one goes
+    from adarank.run.directory import RunDirectory
+
+    set_aside(run, RUN_FILES + RUN_FOLDERS)
+    (run / "metrics.json").write_text('{"eval_accuracy": 0.5}\n')
+    RunDirectory(run).lock_if_present()
+    assert (run / "metrics.json").read_text() == '{"eval_accuracy": 0.5}\n' and not (run / ".replaced").exists()
 
 
 def test_a_diverged_run_says_so_and_stores_no_nan(capsys, tiny_model, tmp_path):

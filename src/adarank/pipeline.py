@@ -128,6 +128,7 @@ def _set_up(task_name: str, argv, method_arguments, defaults) -> Setup | dict:
     setup = Setup(args, task, method, args.training.process_index == 0, None)
     if args.run_dir is not None and setup.main_process:  # a directory another process writes to: refused now
         setup.run = RunDirectory(args.run_dir).lock_if_present()
+    barrier()  # the other processes read it as process 0 left it (a run set aside there put back)
     if args.training.resume_from_checkpoint == "auto":
         finished = resolve_auto_resume(args, task.name)
         if finished is not None:

@@ -140,11 +140,12 @@ class RunDirectory:
 
     def lock_if_present(self) -> RunDirectory:
         """Take the directory's lock where it exists already: another process writing to it is
-        refused before anything slow happens (a new directory is locked when it is made)."""
+        refused before anything slow happens (a new directory is locked when it is made). Then a run that a
+        killed replacement left set aside is put back, or dropped where the replacement had finished."""
         self._check_writable()
         if self.path.is_dir() and not self.foreign:  # a foreign one is refused (check_usable), not written to
             self._lock()
-            restore_interrupted(self.path, RUN_FILES + RUN_FOLDERS, self.checkpoints)
+            restore_interrupted(self.path, RUN_FILES + RUN_FOLDERS, self.checkpoints, self.finished)
         return self
 
     def prepare(self, overwrite: bool, resume_step: int | None = None) -> None:

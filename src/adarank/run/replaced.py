@@ -64,11 +64,16 @@ def put_back(path: Path, names: Sequence[str], checkpoints: Path) -> None:
     log.warning("This run failed before its first checkpoint: the run it was to replace is back in %s.", path)
 
 
-def restore_interrupted(path: Path, names: Sequence[str], checkpoints: Path) -> None:
+def restore_interrupted(path: Path, names: Sequence[str], checkpoints: Path, finished: bool) -> None:
     """Before a run looks at ``path`` (holding its lock): a replaced run still aside with no checkpoint of
     its replacement beside it was left by a replacement killed before it could put it back (SIGKILL, or
-    SIGTERM while the model loaded). It goes back in place, so that this run sees, and keeps, what is there."""
-    if (path / REPLACED).is_dir() and not any(checkpoints.glob("checkpoint-*")):
+    SIGTERM while the model loaded). It goes back in place, so that this run sees, and keeps, what is there.
+    A replacement that finished (``finished``: killed before it dropped the replaced run) stays."""
+    if not (path / REPLACED).is_dir():
+        return
+    if finished:
+        shutil.rmtree(path / REPLACED)
+    elif not any(checkpoints.glob("checkpoint-*")):
         _restore(path, names)
         log.warning("A run that was to replace the one in %s stopped before its first checkpoint: that run is "
                     "back in place.", path)
