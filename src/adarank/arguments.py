@@ -25,7 +25,7 @@ from adarank.methods.base import METHODS
 from adarank.precision import bf16_by_default, four_bit_compute_note
 from adarank.tasks import Task, recipe_of
 from adarank.unknown_flags import argparse_error, check_flags, check_keys
-from adarank.trainer_kwargs import check_read_as_parsed, scheduler_warms_up
+from adarank.trainer_kwargs import check_read_as_parsed, first_step_learns
 from adarank.trainer_options import check_trainer_options
 from adarank.validation import (REWRITTEN_STEPS, check_demo_data, check_given_steps, check_launch_environment,
                                 check_numbers, check_reporting, join_negative_values, typed_file_values)
@@ -270,7 +270,8 @@ def scale_warmup(args: Arguments, task: Task, total_step: int) -> None:
     below the peak, the first at learning rate 0, so a run of one step takes none: it trained nothing."""
     recipe = recipe_of(task, args.adapter.recipe)
     given = "warmup_steps" in args.explicit or "warmup_ratio" in args.explicit
-    if total_step == 1 and args.training.get_warmup_steps(1) >= 1 and scheduler_warms_up(args.training):
+    if total_step == 1 and args.training.get_warmup_steps(1) >= 1 and \
+            not first_step_learns(args.training, args.training.get_warmup_steps(1)):
         if given:
             raise UsageError(f"--warmup_steps {args.training.warmup_steps:g} spends this run's one optimizer step in "
                              "warm-up, at learning rate 0: it would train nothing: give --warmup_steps 0, or more "

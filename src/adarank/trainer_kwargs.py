@@ -63,12 +63,21 @@ def _scheduler_parameters(kind: str) -> dict[str, inspect.Parameter] | None:
     return None if any(p.kind is p.VAR_KEYWORD for p in parameters.values()) else dict(parameters)
 
 
-def scheduler_warms_up(training) -> bool:
-    """Whether the --lr_scheduler_type's schedule has a warm-up (constant and reduce_lr_on_plateau have none)."""
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+def first_step_learns(training, warmup_steps: int) -> bool:
+    """Whether the --lr_scheduler_type's first step of a one-step run with ``warmup_steps`` of warm-up has a
+    learning rate above 0 (a linear warm-up's first step has 0; some schedules start above it): the
+    schedule itself, built on a stand-in optimizer, says. One the Trainer cannot build is judged there."""
+    import torch
+    from transformers.optimization import get_scheduler
 
-    kind = SchedulerType(str(getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type)))
-    return "num_warmup_steps" in inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
+    kind = str(getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=1,
+                      scheduler_specific_kwargs=dict(training.lr_scheduler_kwargs or {}))
+    except (ValueError, TypeError):
+        return True
+    return optimizer.param_groups[0]["lr"] > 0
 
 
 def _check_scheduler_kwargs(training) -> None:
