@@ -196,8 +196,11 @@ def test_a_schedule_on_a_run_of_one_step_asks_for_more_steps_or_none(tiny_model,
                          "--max_steps", "1", "--output_dir", str(tmp_path / "r"), *QUICK, "--sora_schedule", "linear",
                          "--sora_max_lambda", "1e-2", one_line=True)
     assert line.endswith("--sora_schedule linear raises lambda in phases of at least one optimizer step, and this run "
-                         "has 1: train for 2 steps or more (--max_steps, --num_train_epochs), or give --sora_schedule "
-                         "none")
+                         "has 1: train for 2 steps or more (--max_steps, --num_train_epochs), or drop --sora_schedule, "
+                         "--sora_max_lambda and --sora_phases for one lambda throughout")
+    # the fix it names runs: the default schedule holds one lambda throughout
+    assert run_task("cola", "--demo", "--method", "sora", "--model_name_or_path", tiny_model, "--max_steps", "1",
+                    "--output_dir", str(tmp_path / "one"), *QUICK) == 0
 
 
 def test_the_method_is_registered_with_its_flags():

@@ -163,11 +163,12 @@ def _check_gate_flags(s: SoraArguments, total_step: int, explicit: frozenset[str
         raise UsageError("--sora_schedule exp needs --sora_lambda above 0 (it multiplies lambda phase by phase)")
     if s.sora_phases < 2:
         raise UsageError(f"--sora_phases {s.sora_phases} must be at least 2: a schedule raises lambda from one phase "
-                         "to the next (one lambda throughout: --sora_schedule none)")
+                         "to the next (one lambda throughout: drop --sora_schedule, --sora_max_lambda and "
+                         "--sora_phases)")
     if total_step < 2:
         raise UsageError(f"--sora_schedule {s.sora_schedule} raises lambda in phases of at least one optimizer step, "
                          f"and this run has {total_step}: train for 2 steps or more (--max_steps, --num_train_epochs), "
-                         "or give --sora_schedule none")
+                         "or drop --sora_schedule, --sora_max_lambda and --sora_phases for one lambda throughout")
     if s.sora_phases > total_step:
         raise UsageError(f"--sora_phases {s.sora_phases} does not fit this run of {total_step} optimizer steps: "
                          f"use 2 to {total_step}")
