@@ -149,6 +149,10 @@ def test_a_warm_up_given_for_a_run_of_one_step_is_refused(tiny_model, tmp_path, 
                          "--max_steps", "1", "--warmup_steps", "1", "--output_dir", str(tmp_path / "x"), one_line=True)
     assert "--warmup_steps 1 spends this run's one optimizer step in warm-up, at learning rate 0" in line
     assert not (tmp_path / "x").exists()
+    (tmp_path / "args.yaml").write_text(f"demo: true\nmodel_name_or_path: {tiny_model}\nmethod: lora\nmax_steps: 1\n"
+                                        f"warmup_steps: 1\noutput_dir: {tmp_path / 'x'}\n")
+    line = fails_cleanly(capsys, "cola", str(tmp_path / "args.yaml"), one_line=True)
+    assert f"{tmp_path / 'args.yaml'}: warmup_steps 1 spends this run's one optimizer step in warm-up" in line
     for kind in ("constant", "cosine_warmup_with_min_lr"):  # no warm-up; one whose first step is above 0
         assert run_task("cola", "--demo", "--model_name_or_path", tiny_model, "--method", "lora", "--max_steps", "1",
                         "--warmup_steps", "1", "--lr_scheduler_type", kind, "--lr_scheduler_kwargs",

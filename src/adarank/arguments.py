@@ -28,7 +28,7 @@ from adarank.unknown_flags import argparse_error, check_flags, check_keys
 from adarank.trainer_kwargs import check_read_as_parsed, first_step_learns
 from adarank.trainer_options import check_trainer_options
 from adarank.validation import (REWRITTEN_STEPS, check_demo_data, check_given_steps, check_launch_environment,
-                                check_numbers, check_reporting, join_negative_values, typed_file_values)
+                                check_numbers, check_reporting, flag_name, join_negative_values, typed_file_values)
 
 DEMO_EPOCHS = 4
 
@@ -273,9 +273,9 @@ def scale_warmup(args: Arguments, task: Task, total_step: int) -> None:
     if total_step == 1 and args.training.get_warmup_steps(1) >= 1 and \
             not first_step_learns(args.training, args.training.get_warmup_steps(1)):
         if given:
-            raise UsageError(f"--warmup_steps {args.training.warmup_steps:g} spends this run's one optimizer step in "
-                             "warm-up, at learning rate 0: it would train nothing: give --warmup_steps 0, or more "
-                             "steps")
+            raise UsageError(f"{flag_name(args.source, 'warmup_steps')} {args.training.warmup_steps:g} spends this "
+                             "run's one optimizer step in warm-up, at learning rate 0: it would train nothing: give it "
+                             "0, or more steps")
         args.training.warmup_steps = 0
         args.warmup_note = "no warm-up: this run's one optimizer step would run at learning rate 0 in it"
     elif recipe.warmup >= 1 and not given and total_step < task.full_run_steps(recipe):

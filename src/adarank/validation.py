@@ -67,7 +67,7 @@ def check_given_steps(given: dict[str, object], source: str | None = None) -> No
     for name in REWRITTEN_STEPS:
         value = given.get(name)
         if value is not None and not isinstance(value, bool) and is_number(str(value)) and float(value) <= 0:
-            raise UsageError(f"{_name(source, name)} {float(value):g} must be > 0 (below 1: a fraction of the run)")
+            raise UsageError(f"{flag_name(source, name)} {float(value):g} must be > 0 (below 1: a fraction of the run)")
 
 
 def is_number(text: str) -> bool:
@@ -91,7 +91,7 @@ def join_negative_values(argv: list[str]) -> list[str]:
     return joined
 
 
-def _name(source: str | None, name: str) -> str:
+def flag_name(source: str | None, name: str) -> str:
     """How a value is named to the user: the flag, or the argument file and its key."""
     return f"--{name}" if source is None else f"{source}: {name}"
 
@@ -103,16 +103,16 @@ def check_numbers(args, source: str | None = None) -> None:
         if value is None or isinstance(value, bool):
             continue
         if isinstance(value, float) and not math.isfinite(value) or not test(value):
-            raise UsageError(f"{_name(source, name)} {value:g} {requirement}")
+            raise UsageError(f"{flag_name(source, name)} {value:g} {requirement}")
     groups = (args.model, args.data, args.adapter, args.run, args.training, *args.extra, args.task_options)
     for options in groups:  # every other number the user gave, a method's or task family's own flags included
         for name, value in (vars(options) if options is not None else {}).items():
             if (options is not args.training or name in args.explicit) and isinstance(value, float) \
                     and not math.isfinite(value):
-                raise UsageError(f"{_name(source, name)} {value:g} must be a finite number")
+                raise UsageError(f"{flag_name(source, name)} {value:g} must be a finite number")
     training = args.training
     if training.max_steps < 1 and training.num_train_epochs <= 0:
-        raise UsageError(f"{_name(source, 'num_train_epochs')} {training.num_train_epochs:g} trains nothing: "
+        raise UsageError(f"{flag_name(source, 'num_train_epochs')} {training.num_train_epochs:g} trains nothing: "
                          "give a positive number of epochs, or --max_steps")
 
 
