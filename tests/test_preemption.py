@@ -176,3 +176,25 @@ def test_the_job_script_passes_the_signal_on_and_a_second_submission_finishes(ti
     second = subprocess.run(["bash", *job], capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert json.loads((run_dir / "metrics.json").read_text())["total_step"] == 300
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_a_run_stopped_after_its_final_checkpoint_resumes_without_another_step(tiny_model, tmp_path, method):
+    """Stopped between its last checkpoint (at --max_steps, mid-epoch) and its results, a run resumed with
+    auto trained a fifth step of four: the Trainer takes a step before it compares the step with max_steps."""
+    run = tmp_path / method
+    argv = ("--demo", "--method", method, "--model_name_or_path", tiny_model, "--max_steps", "4", "--max_eval_samples",
+            "8", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "steps",
+            "--save_steps", "2", "--output_dir", str(run))
+    assert run_task("cola", *argv) == 0
+    whole = json.loads((run / "metrics.json").read_text())
+    ranks = (run / "ranks.jsonl").read_text() if method == "adalora" else None
+    history = read_jsonl(run / "history.jsonl")
+    (run / "metrics.json").unlink()  # as a run stopped after its final checkpoint
+    assert run_task("cola", *argv, "--resume_from_checkpoint", "auto") == 0
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] == 4 and resumed["total_step"] == whole["total_step"] == 4
+    assert {k: resumed[k] for k in ("train_loss", "eval_loss", "eval_matthews_correlation")} == \
+        {k: whole[k] for k in ("train_loss", "eval_loss", "eval_matthews_correlation")}
+    assert ranks is None or (run / "ranks.jsonl").read_text() == ranks  # its final record at step 4 still
+    assert max(h["step"] for h in read_jsonl(run / "history.jsonl")) == max(h["step"] for h in history) == 4

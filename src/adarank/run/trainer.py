@@ -58,6 +58,13 @@ class RunTrainer(ResumableTrainer):
         return ("run the same command with --resume_from_checkpoint auto to continue from "
                 + (newest.name if newest is not None else "the start (no complete checkpoint yet)"))
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed at the run's last step (stopped after its final checkpoint, before its results were written):
+        # the Trainer takes a step before it compares the step with max_steps, so the run trained one too many.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def writing(self, path: Path, what: str):
         """A block that writes ``what`` under ``path``: a full disk there ends the run in one line."""
         return refusing_a_full_disk(path, self.checkpoint_bytes, what, self.resume_advice)
