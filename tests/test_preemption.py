@@ -197,4 +197,7 @@ def test_a_run_stopped_after_its_final_checkpoint_resumes_without_another_step(t
     assert {k: resumed[k] for k in ("train_loss", "eval_loss", "eval_matthews_correlation")} == \
         {k: whole[k] for k in ("train_loss", "eval_loss", "eval_matthews_correlation")}
     assert ranks is None or (run / "ranks.jsonl").read_text() == ranks  # its final record at step 4 still
+    # the history's (and TensorBoard's) train_loss is the run's, as metrics.json's: it was this process's mean
+    assert [h["train_loss"] for h in read_jsonl(run / "history.jsonl") if "train_loss" in h][-1] == \
+        resumed["train_loss"] == whole["train_loss"]
     assert max(h["step"] for h in read_jsonl(run / "history.jsonl")) == max(h["step"] for h in history) == 4

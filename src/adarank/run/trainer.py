@@ -83,9 +83,21 @@ class RunTrainer(ResumableTrainer):
                 if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
                     callback.training_bar.close()
             raise
-        whole = None if self._loss_before is None else \
-            (self._loss_before + self._total_loss_scalar) / max(output.global_step, 1)
+        whole = self._whole_run_loss()
         return TrainOutput(output.global_step, whole, {**output.metrics, "train_loss": whole})
+
+    def _whole_run_loss(self) -> float | None:
+        """The mean loss over every step of the run, those before a resume included; None where they are unknown."""
+        if self._loss_before is None:
+            return None
+        return (self._loss_before + self._total_loss_scalar) / max(self.state.global_step, 1)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        # The Trainer's own train_loss averages this process's steps alone: the history and TensorBoard
+        # get the run's, as metrics.json does.
+        if "train_loss" in logs and self._loss_before is not None:
+            logs = {**logs, "train_loss": self._whole_run_loss()}
+        super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = checkpoint_folder(self.args.output_dir, self.state.global_step)
