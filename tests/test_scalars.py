@@ -110,6 +110,27 @@ def test_a_resumed_run_continues_the_same_curves_once(tiny_model, tmp_path, monk
         assert b[tag] == a[tag]
 
 
+@pytest.mark.parametrize("method", [("--method", "increlora", "--tinit", "2", "--tfinal", "4", "--delta_t", "2"),
+                                    ("--method", "sora")], ids=["increlora", "sora"])
+def test_a_resumed_growing_or_gated_run_logs_its_ranks_at_every_step_once(tiny_model, tmp_path, monkeypatch, method):
+    """A resumed run sent no ranks until its next ranks.jsonl record (IncreLoRA's curves stopped for the
+    rest of the run once it had grown); and a record landing on a logging step gave that step two points."""
+    common = ("sst2", "--demo", "--model_name_or_path", tiny_model, *method, "--max_steps", "12",
+              "--per_device_train_batch_size", "8", "--logging_steps", "1", "--eval_strategy", "no", "--report_to",
+              "tensorboard", "--save_strategy", "steps", "--save_steps", "6", "--save_total_limit", "3", "--seed", "3")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_task(*common, "--output_dir", str(straight)) == 0
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))
+    stop_and_resume(run_task, common, resumed, step=6)
+    a, b = scalars(straight), scalars(resumed)
+    ranked = [tag for tag in a if tag.startswith(("Ranknum/", "Budget/"))]
+    assert ranked
+    for tag in ranked:
+        steps = [s for s, _ in a[tag]]
+        assert steps == sorted(set(steps)) and set(range(1, 13)) <= set(steps), tag  # every step, once
+        assert b[tag] == a[tag], tag
+
+
 def test_nothing_is_written_without_report_to(tiny_model, tmp_path):
     run_dir = tmp_path / "none"
     assert run_task("sst2", "--demo", "--model_name_or_path", tiny_model, *ADALORA, "--report_to", "none",

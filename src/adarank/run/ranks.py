@@ -47,6 +47,10 @@ class RankLog:
         self.path = path
         self.enabled = enabled
         self.scalars = scalars
+        if scalars is not None and path.is_file():  # resumed: the ranks as its records left them (rewound)
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if records:
+                scalars.continue_from(records[-1])
 
     def write(self, step: int, event: str, budget: int, ranks: dict[str, int], **extra) -> dict:
         record = {

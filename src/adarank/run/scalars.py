@@ -143,6 +143,7 @@ class Scalars:
     def __init__(self):
         self._trainer = None
         self._last_record: dict | None = None
+        self._at_log: tuple[int, dict] = (-1, {})  # the ranks a logging step sent: (its step, the scalars)
 
     def bind(self, trainer) -> None:
         self._trainer = trainer
@@ -168,15 +169,26 @@ class Scalars:
             callback.on_log(trainer.args, state, trainer.control, logs=dict(scalars), model=trainer.model)
 
     def rank_record(self, record: dict) -> None:
-        """A ``ranks.jsonl`` record, at its step (RankLog calls this for every record it writes)."""
-        self.send(rank_scalars(record, self._last_record), record["step"])
+        """A ``ranks.jsonl`` record, at its step (RankLog calls this for every record it writes); what a
+        logging step of that step sent already, with the same value, is not sent twice."""
+        step, logged = self._at_log
+        self.send({k: v for k, v in rank_scalars(record, self._last_record).items()
+                   if not (step == record["step"] and logged.get(k) == v)}, record["step"])
         self._last_record = record
 
-    def ranks_now(self) -> dict[str, float]:
-        """The last record's ranks and budget, for the logging steps between events."""
-        if self._last_record is None:
+    def continue_from(self, record: dict) -> None:
+        """A resumed run's last ``ranks.jsonl`` record before it went on: its ranks are the ranks now (without
+        it a resumed run sent none until its next record), and the one a growth is counted from."""
+        self._last_record = record
+
+    def ranks_now(self, step: int) -> dict[str, float]:
+        """The last record's ranks and budget, for the logging steps between events (none at the step of a
+        record, sent already: a curve holds each step once)."""
+        if self._last_record is None or self._last_record["step"] == step:
             return {}
-        return {k: v for k, v in rank_scalars(self._last_record).items() if not k.startswith("Growth/")}
+        ranks = {k: v for k, v in rank_scalars(self._last_record).items() if not k.startswith("Growth/")}
+        self._at_log = (step, ranks)
+        return ranks
 
 
 class ScalarsAtLogs(TrainerCallback):
@@ -194,7 +206,8 @@ class ScalarsAtLogs(TrainerCallback):
         if not logs or "loss" not in logs or not self.scalars.integrations:  # training logs, reported somewhere
             return
         parameters = self.adapter_parameters()
-        values = {**self.scalars.ranks_now(), "num_train_param": parameters, "num_live_param": parameters}
+        values = {**self.scalars.ranks_now(state.global_step), "num_train_param": parameters,
+                  "num_live_param": parameters}
         if self.method_scalars is not None:  # methods that switch directions off send their own live count
             values.update(self.method_scalars())
         self.scalars.send(values)
