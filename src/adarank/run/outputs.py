@@ -10,6 +10,7 @@ from pathlib import Path
 from adarank.memory import MemoryReport
 from adarank.run.directory import RunDirectory
 from adarank.run.metrics import RunMetrics, dev_scores
+from adarank.run.ranks import final_ranks
 
 
 def save_outputs(run: RunDirectory, model, tokenizer, memory: MemoryReport, metrics: RunMetrics, config: dict,
@@ -30,14 +31,6 @@ def save_outputs(run: RunDirectory, model, tokenizer, memory: MemoryReport, metr
         tokenizer.save_pretrained(str(run / "merged"))
     run.write_text(*predictions)
     run.write_json("metrics.json", metrics.as_dict())  # last: marks the run finished
-
-
-def final_ranks(path: Path) -> dict | None:
-    """The last record of ranks.jsonl ({layer: {module kind: rank}} and its total), None without one."""
-    if not path.is_file():
-        return None
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else None
 
 
 def model_card(config: dict, metrics: dict, ranks: dict | None, saved: dict) -> str:

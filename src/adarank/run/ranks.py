@@ -39,6 +39,14 @@ def nest_by_layer(ranks: dict[str, int]) -> dict[str, dict[str, int]]:
     }
 
 
+def final_ranks(path: Path) -> dict | None:
+    """The last record of ranks.jsonl ({layer: {module kind: rank}} and its total), None without one."""
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
 class RankLog:
     """Appends allocation events to ``ranks.jsonl`` (main process only), and hands each record to
     ``scalars`` (run/scalars.py: TensorBoard, W&B) where one is given."""
@@ -47,10 +55,8 @@ class RankLog:
         self.path = path
         self.enabled = enabled
         self.scalars = scalars
-        if scalars is not None and path.is_file():  # resumed: the ranks as its records left them (rewound)
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if records:
-                scalars.continue_from(records[-1])
+        if scalars is not None and (last := final_ranks(path)) is not None:  # resumed: as its records left them
+            scalars.continue_from(last)
 
     def write(self, step: int, event: str, budget: int, ranks: dict[str, int], **extra) -> dict:
         record = {
