@@ -269,7 +269,7 @@ def scale_warmup(args: Arguments, task: Task, total_step: int) -> None:
     otherwise outlast a short run, whose learning rate never reached its peak. A warm-up step runs
     below the peak, the first at learning rate 0, so a run of one step takes none: it trained nothing."""
     recipe = recipe_of(task, args.adapter.recipe)
-    given = "warmup_steps" in args.explicit or "warmup_ratio" in args.explicit
+    given = "warmup_steps" in args.explicit
     if total_step == 1 and args.training.get_warmup_steps(1) >= 1 and \
             not first_step_learns(args.training, args.training.get_warmup_steps(1)):
         if given:

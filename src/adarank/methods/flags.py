@@ -27,7 +27,7 @@ RANK_FLAGS = frozenset({"lora_r", "init_r", "target_r"})
 # --validation_split_percentage (the records scored), the lengths and generation flags, the precision, --seed;
 # nor --budget and --resume_from_checkpoint, which the job scripts give every method (the run's name, auto).
 TRAINING_FLAGS = ("target_modules", "max_train_samples", "learning_rate", "num_train_epochs", "max_steps",
-                  "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps", "warmup_ratio",
+                  "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps",
                   "weight_decay", "lr_scheduler_type", "max_grad_norm", "optim", "adam_beta1", "adam_beta2",
                   "adam_epsilon", "gradient_checkpointing", "peft_forward", "fast_dropout")
 
